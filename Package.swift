@@ -1,0 +1,27 @@
+// swift-tools-version:5.9
+// ArcFlow graph compiler: tensor IR → passes → C/OpenMP → dlopen runtime.
+import PackageDescription
+
+let package = Package(
+    name: "arcflow",
+    products: [
+        .executable(name: "arcflow", targets: ["arcflow"]),
+        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs"]),
+    ],
+    targets: [
+        .target(name: "IR", path: "Sources/IR"),
+        .target(name: "Passes", dependencies: ["IR"], path: "Sources/Passes"),
+        .target(name: "Codegen", dependencies: ["IR"], path: "Sources/Codegen",
+                resources: [.embedInCode("Prelude/prelude.h")]),
+        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
+        .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
+        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs"],
+                          path: "Tools/arcflow"),
+        .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
+        .testTarget(name: "PassesTests", dependencies: ["IR", "Passes"], path: "Tests/PassesTests",
+                    resources: [.copy("Golden")]),
+        .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime"], path: "Tests/RuntimeTests"),
+        .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Runtime", "ArcFlowGraphs"],
+                    path: "Tests/ArcFlowGraphsTests", resources: [.copy("Fixtures")]),
+    ]
+)

@@ -1,0 +1,113 @@
+// Builds generated C into a shared library, cached by content hash, written atomically.
+
+import Foundation
+import IR
+
+/// A content-addressed cache of compiled libraries: `<root>/<key>/lib.so` with its SHA-256 in
+/// `lib.so.sha256`. The key hashes the C sources, the codegen version, the compiler identity and
+/// flags and the CPU features. Entries appear by directory rename, so a reader sees all or nothing;
+/// an entry whose library no longer matches its hash is deleted and rebuilt, never loaded.
+public struct BuildCache {
+    public var root: String
+    public var toolchain: Toolchain
+    /// Messages for the user (cache hits, rebuilds), e.g. printed in verbose mode.
+    public var log: (String) -> Void = { _ in }
+
+    public init(root: String = BuildCache.defaultRoot(), toolchain: Toolchain) {
+        self.root = root
+        self.toolchain = toolchain
+    }
+
+    /// `$ARCFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/arcflow`, else `~/.cache/arcflow`.
+    public static func defaultRoot(_ env: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let d = env["ARCFLOW_CACHE_DIR"], !d.isEmpty { return d }
+        if let x = env["XDG_CACHE_HOME"], !x.isEmpty { return x + "/arcflow" }
+        return (env["HOME"] ?? NSTemporaryDirectory()) + "/.cache/arcflow"
+    }
+
+    public func key(for program: CProgram) -> String {
+        var h = SHA256()
+        h.update(codegenVersion)
+        h.update(toolchain.identity)
+        h.update((toolchain.compileFlags + toolchain.linkFlags).joined(separator: " "))
+        h.update(cpuFeatureHash())
+        for s in program.sources { h.update(s.name); h.update(s.text) }
+        return SHA256.hex(h.finalize())
+    }
+
+    /// Result of `library(for:)`: the path of a verified library and whether it came from the cache.
+    public struct Entry {
+        public var path: String
+        public var key: String
+        public var cacheHit: Bool
+        /// The compile commands, as run (or as they were run for the cached entry).
+        public var commands: [[String]]
+    }
+
+    /// Returns a verified library for `program`, building it if the cache has no valid entry.
+    public func library(for program: CProgram) throws -> Entry {
+        let fm = FileManager.default
+        let key = key(for: program)
+        let dir = "\(root)/\(key)"
+        let lib = "\(dir)/lib.so"
+        if fm.fileExists(atPath: dir) {
+            if let expected = try? String(contentsOfFile: lib + ".sha256", encoding: .utf8),
+               let actual = try? sha256(ofFile: lib), expected.trimmingCharacters(in: .whitespacesAndNewlines) == actual {
+                let commands = (try? String(contentsOfFile: "\(dir)/commands.txt", encoding: .utf8))?
+                    .split(separator: "\n").map { $0.split(separator: " ").map(String.init) } ?? []
+                return Entry(path: lib, key: key, cacheHit: true, commands: commands)
+            }
+            log("cache entry \(key.prefix(16)) is corrupted; rebuilding")
+            try? fm.removeItem(atPath: dir)
+        }
+        try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let tmp = "\(root)/.tmp-\(key.prefix(16))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(atPath: tmp) }
+
+        // Compile every translation unit in parallel, then link.
+        var commands: [[String]] = []
+        var objects: [String] = []
+        for s in program.sources {
+            try s.text.write(toFile: "\(tmp)/\(s.name)", atomically: false, encoding: .utf8)
+            let obj = "\(tmp)/\(s.name).o"
+            commands.append(toolchain.compileCommand(source: "\(tmp)/\(s.name)", object: obj))
+            objects.append(obj)
+        }
+        var results = [Result<ProcessResult, Error>?](repeating: nil, count: commands.count)
+        let lock = NSLock()
+        DispatchQueue.concurrentPerform(iterations: commands.count) { i in
+            let r = Result { try runProcess(commands[i][0], Array(commands[i].dropFirst())) }
+            lock.lock(); results[i] = r; lock.unlock()
+        }
+        for (i, r) in results.enumerated() {
+            try check(try r!.get(), commands[i])
+        }
+        let link = toolchain.linkCommand(objects: objects, output: "\(tmp)/lib.so")
+        commands.append(link)
+        try check(try runProcess(link[0], Array(link.dropFirst())), link)
+        try sha256(ofFile: "\(tmp)/lib.so").write(toFile: "\(tmp)/lib.so.sha256", atomically: false, encoding: .utf8)
+        try commands.map { $0.joined(separator: " ") }.joined(separator: "\n")
+            .write(toFile: "\(tmp)/commands.txt", atomically: false, encoding: .utf8)
+        for s in program.sources { try? fm.removeItem(atPath: "\(tmp)/\(s.name).o") }
+
+        // Publish by rename; if another process won the race, use its entry.
+        if rename(tmp, dir) != 0 && !fm.fileExists(atPath: lib) {
+            throw ArcError("cannot publish cache entry \(dir): \(String(cString: strerror(errno)))")
+        }
+        return Entry(path: lib, key: key, cacheHit: false, commands: commands)
+    }
+
+    private func check(_ r: ProcessResult, _ command: [String]) throws {
+        guard r.status == 0 else {
+            let stderr = r.error.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw ArcError("C compiler failed (exit \(r.status)): \(command.joined(separator: " "))\n\(stderr)")
+        }
+    }
+}
+
+/// SHA-256 of a file's bytes, memory-mapped.
+public func sha256(ofFile path: String) throws -> String {
+    let data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+    return data.withUnsafeBytes { SHA256.hash($0) }
+}

@@ -1,0 +1,173 @@
+// Lowers a planned graph to C: kernels shared by identical shapes, a run function calling
+// them in order on one arena, and the small versioned ABI the runtime loads.
+
+import Foundation
+import IR
+
+/// Version of the C ABI between generated libraries and the runtime. Bump on any change to
+/// the exported functions' signatures or meaning.
+public let abiVersion = 1
+
+/// Version of the code generator; part of every cache key.
+public let codegenVersion = "arcflow-codegen-3"
+
+/// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
+public struct Binding: Equatable, Codable {
+    public var name: String
+    public var dtype: String
+    public var shape: [Int]
+
+    public init(name: String, type: TensorType) {
+        self.name = name
+        self.dtype = type.dtype.rawValue
+        self.shape = type.shape
+    }
+
+    public var type: TensorType { TensorType(DType(rawValue: dtype) ?? .f32, shape) }
+}
+
+/// One call in the run function, for profiles.
+public struct StepInfo: Equatable, Codable {
+    public var name: String
+    public var kernel: String
+    public var flops: Double
+    public var isGEMM: Bool
+}
+
+/// Generated C for one graph, split into translation units, plus what the runtime needs to call it.
+public struct CProgram {
+    /// File name → C source. `main.c` holds the ABI functions; `kernels_N.c` the kernels.
+    public var sources: [(name: String, text: String)]
+    public var inputs: [Binding]
+    public var weights: [Binding]
+    public var outputs: [Binding]
+    public var arenaBytes: Int
+    public var steps: [StepInfo]
+    public var flops: Double { steps.reduce(0) { $0 + $1.flops } }
+    public var gemmFlops: Double { steps.filter(\.isGEMM).reduce(0) { $0 + $1.flops } }
+}
+
+public enum CCodegen {
+    /// The C prelude every translation unit starts with (math, row kernels, attention).
+    public static var prelude: String { String(decoding: PackageResources.prelude_h, as: UTF8.self) }
+
+    /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
+    /// `translationUnits` caps how many kernel files are written (compiled in parallel).
+    public static func generate(_ graph: Graph, translationUnits: Int = 2) throws -> CProgram {
+        guard let arena = graph.attributes["arena_bytes"]?.intValue else {
+            throw ArcError("codegen: graph @\(graph.name) has no memory plan (run plan-memory)")
+        }
+        let names = Printer.valueNames(graph)
+        var inputIndex: [ValueID: Int] = [:], weightIndex: [ValueID: Int] = [:]
+        var inputs: [Binding] = [], weights: [Binding] = []
+        for (i, n) in graph.nodes.enumerated() {
+            if n.op == .input { inputIndex[i] = inputs.count; inputs.append(Binding(name: n.key!, type: n.type)) }
+            if n.op == .weight { weightIndex[i] = weights.count; weights.append(Binding(name: n.key!, type: n.type)) }
+        }
+        func root(_ id: ValueID) -> ValueID { graph[id].op == .reshape ? root(graph[id].operands[0]) : id }
+        func pointer(_ id: ValueID, const: Bool) -> String {
+            let r = root(id)
+            let t = "\(const ? "const " : "")\(cType(graph[id].type.dtype)) *"
+            if let k = inputIndex[r] { return "(\(t))inputs[\(k)]" }
+            if let k = weightIndex[r] { return "(\(t))weights[\(k)]" }
+            guard let off = graph[r].int("offset") else { fatalError("value %\(names[r]) has no arena offset") }
+            return "(\(t))(A + \(off))"
+        }
+
+        var kernelNames: [String: String] = [:]     // kernel text → function name
+        var kernelOrder: [(name: String, text: String, params: [String])] = []
+        var calls: [String] = []
+        var steps: [StepInfo] = []
+        for (i, node) in graph.nodes.enumerated() {
+            if node.op == .input || node.op == .weight || node.op == .reshape { continue }
+            let operandTypes = node.operands.map { graph[$0].type }
+            let outOffset = graph[root(i)].int("offset")
+            let inPlace = node.operands.firstIndex { o in
+                inputIndex[root(o)] == nil && weightIndex[root(o)] == nil && graph[root(o)].int("offset") == outOffset
+            }
+            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace)
+            for k in kernels {
+                let name: String
+                if let existing = kernelNames[k.text] {
+                    name = existing
+                } else {
+                    name = "k\(kernelOrder.count)_\(k.label)"
+                    kernelNames[k.text] = name
+                    kernelOrder.append((name, k.text.replacingOccurrences(of: "KERNEL_NAME", with: name), k.parameters))
+                }
+                let args = node.operands.map { pointer($0, const: true) } + (node.op == .constant ? [] : []) + [pointer(i, const: false)]
+                calls.append("    STEP(\(steps.count), \(k.isGEMM ? 1 : 0), \(name)(\(args.joined(separator: ", "))));")
+                steps.append(StepInfo(name: "%\(names[i])", kernel: name, flops: k.flops, isGEMM: k.isGEMM))
+            }
+        }
+
+        var outputs: [Binding] = []
+        var copies: [String] = []
+        for (k, o) in graph.outputs.enumerated() {
+            let t = graph[o.value].type
+            outputs.append(Binding(name: o.name, type: t))
+            copies.append("    memcpy(outputs[\(k)], \(pointer(o.value, const: true)), \(t.byteCount));")
+        }
+
+        // Kernels go to translation units balanced by size, compiled in parallel.
+        let units = max(1, min(translationUnits, kernelOrder.count))
+        var unitTexts = [String](repeating: "", count: units)
+        var unitSizes = [Int](repeating: 0, count: units)
+        let header = "// Generated by \(codegenVersion) from graph @\(graph.name). Do not edit.\n" + prelude + "\n"
+        for k in kernelOrder.sorted(by: { $0.text.count > $1.text.count }) {
+            let u = unitSizes.indices.min { unitSizes[$0] < unitSizes[$1] }!
+            unitTexts[u] += "\n__attribute__((visibility(\"hidden\")))\n" + k.text
+            unitSizes[u] += k.text.count
+        }
+        let declarations = kernelOrder.map { k in
+            "__attribute__((visibility(\"hidden\"))) void \(k.name)(\(k.params.joined(separator: ", ")));"
+        }.joined(separator: "\n")
+        let stepNames = steps.map { quoteC("\($0.name) \($0.kernel)") }.joined(separator: ",\n    ")
+
+        let main = header + """
+        \(declarations)
+
+        int arcflow_abi_version(void) { return \(abiVersion); }
+        size_t arcflow_workspace_size(void) { return \(arena)UL; }
+        int arcflow_num_steps(void) { return \(steps.count); }
+
+        const char *arcflow_step_name(int i) {
+            static const char *const names[] = {
+            \(stepNames.isEmpty ? "\"\"" : stepNames)
+            };
+            return i >= 0 && i < \(steps.count) ? names[i] : "";
+        }
+
+        /// One thread count for both OpenMP kernels and OpenBLAS: they share libgomp's pool.
+        void arcflow_set_threads(int n) {
+            if (n > 0) { omp_set_num_threads(n); openblas_set_num_threads(n); }
+        }
+
+        /// Runs the graph. `times` (nullable) accumulates seconds per step; with `gemm_only` set
+        /// only the GEMMs run, on the same operands: the baseline of `arcflow bench`.
+        int arcflow_run(void *workspace, const void *const *weights, const void *const *inputs,
+                        void *const *outputs, double *times, int gemm_only) {
+            char *A = (char *)workspace;
+            double t0 = 0;
+            (void)A; (void)weights; (void)inputs; (void)t0;
+        #define STEP(i, is_gemm, call) do { if (!gemm_only || (is_gemm)) { \\
+                if (times) t0 = omp_get_wtime(); call; if (times) times[i] += omp_get_wtime() - t0; } } while (0)
+        \(calls.joined(separator: "\n"))
+        #undef STEP
+        \(copies.joined(separator: "\n"))
+            return 0;
+        }
+
+        """
+        var sources = [(name: "main.c", text: main)]
+        for (u, text) in unitTexts.enumerated() where !text.isEmpty {
+            sources.append((name: "kernels_\(u).c", text: header + text))
+        }
+        return CProgram(sources: sources, inputs: inputs, weights: weights, outputs: outputs,
+                        arenaBytes: arena, steps: steps)
+    }
+
+    static func quoteC(_ s: String) -> String {
+        "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+}

@@ -1,0 +1,812 @@
+/*
+ * arcflow kernel prelude.
+ *
+ * Included textually at the top of every generated C11 translation unit (several TUs
+ * may be linked into one .so), so everything here is `static` / `static inline` and
+ * there is no global mutable state.  Build flags assumed by the generator:
+ *   gcc -std=c11 -O3 -march=native -fopenmp -fno-math-errno -fPIC -shared ...
+ * Nothing requires AVX-512: the intrinsic paths are guarded by __AVX512F__ / __AVX2__
+ * and there is a portable C fallback.  No alignment is assumed for any pointer.
+ *
+ * Contents
+ *   scalar math     af_exp af_expm1 af_tanh af_sigmoid af_silu af_gelu_tanh
+ *   conversions     af_bf16_to_f32 af_f32_to_bf16 af_f16_to_f32 af_f32_to_f16
+ *   row kernels     af_softmax af_log_softmax af_reduce_sum af_reduce_mean
+ *                   af_reduce_max af_layer_norm af_rms_norm
+ *   attention       af_attention
+ *
+ * Names starting with af__ (two underscores) are internal.
+ */
+#ifndef ARCFLOW_PRELUDE_H
+#define ARCFLOW_PRELUDE_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <omp.h>
+#include <cblas.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define AF__INLINE static inline __attribute__((always_inline))
+#define AF__UNUSED __attribute__((unused))
+#else
+#define AF__INLINE static inline
+#define AF__UNUSED
+#endif
+
+/* -std=c11 turns off floating-point contraction in gcc (-ffp-contract=off), so a*b+c is
+ * never fused on its own.  The polynomials below ask for fused multiply-adds explicitly
+ * when the target has them (fmaf is then a single instruction that vectorizes; without
+ * hardware FMA it would be a slow libm call, so the fallback is a plain mul+add). */
+#if defined(__FMA__) || defined(__AVX512F__)
+#define AF__FMA(a, b, c) fmaf((a), (b), (c))
+#else
+#define AF__FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* Row kernels only open a parallel region when at least this many elements are touched:
+ * below that the fork/join (a few microseconds) costs more than it saves. */
+#define AF_PAR_MIN_ELEMS 32768L
+
+/* Bit casts through memcpy: well defined in C11 and vectorized by gcc/clang. */
+AF__INLINE uint32_t af__f2u(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+AF__INLINE float af__u2f(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+AF__INLINE uint64_t af__d2u(double f) { uint64_t u; memcpy(&u, &f, sizeof u); return u; }
+
+/* ======================================================================================
+ * Scalar math
+ *
+ * All functions are branch-free (selects only) so that a `#pragma omp simd` loop calling
+ * them vectorizes.  Clamps are written as `x < lo ? lo : x`, which is false for NaN, so
+ * NaN flows through to the result.  Rounding to an integer uses the 1.5*2^23 "magic"
+ * addition (no float->int conversion, hence no UB on NaN/inf); the integer is read back
+ * from the low mantissa bits.
+ * ==================================================================================== */
+
+#define AF__MAGIC 12582912.0f            /* 1.5 * 2^23 */
+#define AF__LOG2E 1.44269504088896341f
+#define AF__LN2_HI 0.693359375f          /* 9 significant bits: n*LN2_HI is exact */
+#define AF__LN2_LO (-2.12194440e-4f)     /* ln2 - LN2_HI */
+
+/* q(r) = (expm1(r) - r) / r^2 on |r| <= ln2/2: degree-4 fit (Lawson/minimax on the
+ * *relative* error of r + r^2 q(r) versus expm1(r), max 1.3e-8 before float rounding).
+ * Shared by af_exp (as 1 + expm1(r)) and af_expm1, which needs the relative accuracy of
+ * expm1(r) itself near r = 0. */
+AF__INLINE float af__expm1_poly(float r) {
+    float q = 0.0013882516650483012f;
+    q = AF__FMA(q, r, 0.008366547524929047f);
+    q = AF__FMA(q, r, 0.04166720062494278f);
+    q = AF__FMA(q, r, 0.1666654348373413f);
+    q = AF__FMA(q, r, 0.4999999701976776f);
+    return AF__FMA(q, r * r, r);
+}
+
+/* exp(x) = 2^n * exp(r), n = rint(x/ln2), r = x - n*ln2 (Cody-Waite, |r| <= ln2/2).
+ * x is clamped to [-110, 89] (NaN passes); 2^n is applied as 2^(n>>1) * 2^(n - (n>>1)),
+ * two normal powers of two for every n in [-159, 128], so overflow to +inf (x > 88.72)
+ * and gradual underflow to 0 (x < -103.97) fall out of the final rounding.
+ * Max relative error ~1.5e-7 on [-87.3, 88.7]. */
+AF__INLINE float af_exp(float x) {
+    float xc = x < -110.0f ? -110.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float t = AF__FMA(xc, AF__LOG2E, AF__MAGIC);
+    float nf = t - AF__MAGIC;
+    uint32_t n = af__f2u(t) - af__f2u(AF__MAGIC);          /* two's complement of rint */
+    uint32_t n1 = (uint32_t)((int32_t)n >> 1);
+    uint32_t n2 = n - n1;
+    float r = AF__FMA(nf, -AF__LN2_HI, xc);
+    r = AF__FMA(nf, -AF__LN2_LO, r);
+    float p = af__expm1_poly(r) + 1.0f;
+    float s1 = af__u2f((n1 + 127u) << 23);
+    float s2 = af__u2f((n2 + 127u) << 23);
+    return p * s1 * s2;
+}
+
+/* expm1(x) = 2^n (1 + e) - 1 with e = expm1(r) from the polynomial, evaluated as
+ * 2 * (s*e + (s - 0.5)) with s = 2^(n-1): s - 0.5 is exact for the n that matter, n = 0
+ * returns e unchanged (tiny x keeps full relative accuracy), and s <= 2^127 stays finite
+ * so overflow only happens in the final doubling.  x is clamped to [-30, 89]
+ * (expm1(-30) == -1 in float).  Max relative error ~2e-7. */
+AF__INLINE float af_expm1(float x) {
+    float xc = x < -30.0f ? -30.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float t = AF__FMA(xc, AF__LOG2E, AF__MAGIC);
+    float nf = t - AF__MAGIC;
+    uint32_t n = af__f2u(t) - af__f2u(AF__MAGIC);
+    float r = AF__FMA(nf, -AF__LN2_HI, xc);
+    r = AF__FMA(nf, -AF__LN2_LO, r);
+    float e = af__expm1_poly(r);
+    float s = af__u2f((n + 126u) << 23);                   /* 2^(n-1) */
+    return 2.0f * AF__FMA(s, e, s - 0.5f);
+}
+
+/* tanh(|x|) = e / (e + 2) with e = expm1(2|x|): no cancellation near 0 (unlike
+ * 1 - 2/(exp(2x)+1)); |x| is clamped at 10 where tanh rounds to 1.  Odd by copysign. */
+AF__INLINE float af_tanh(float x) {
+    float a = fabsf(x);
+    a = a > 10.0f ? 10.0f : a;
+    float e = af_expm1(2.0f * a);
+    return copysignf(e / (e + 2.0f), x);
+}
+
+/* sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|) in (0, 1]: never inf/inf, and
+ * for very negative x the result is e/(1+e), accurate down to the subnormal range. */
+AF__INLINE float af_sigmoid(float x) {
+    float e = af_exp(-fabsf(x));
+    float num = x >= 0.0f ? 1.0f : e;
+    return num / (1.0f + e);
+}
+
+/* silu(x) = x * sigmoid(x).  The multiplier is clamped at -1e4 (where sigmoid is exactly
+ * 0) so that silu(-inf) is -0 instead of -inf*0 = NaN. */
+AF__INLINE float af_silu(float x) {
+    float xm = x < -1.0e4f ? -1.0e4f : x;
+    return xm * af_sigmoid(x);
+}
+
+/* gelu_tanh(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(z), z = 2u = 2 sqrt(2/pi) (x + 0.044715 x^3).
+ * In the negative tail z reaches -70 while the result is still ~1e-30; a float z would carry
+ * an absolute error ~1e-5 there, i.e. a 1e-5 relative error of exp(z).  So |z| and the
+ * range reduction r = n*ln2 - |z| are computed in double (a handful of vector ops); the exp
+ * polynomial and the rest stay in float: sigmoid(z) = (x >= 0 ? 1 : e) / (1 + e) with
+ * e = exp(-|z|).  |x| is clamped to 11 (|z| <= 112.5, e == 0 in float beyond) with an
+ * integer min on the bits: a float compare-select here makes gcc branch around the exp
+ * and the loop no longer vectorizes.  NaN still reaches the result through the x factor;
+ * the factor is clamped at -1e4 so gelu(-inf) = -0 rather than -inf*0 = NaN. */
+AF__INLINE float af_gelu_tanh(float x) {
+    uint32_t axb = af__f2u(x) & 0x7FFFFFFFu;
+    axb = axb < 0x41300000u ? axb : 0x41300000u;         /* min(|x|, 11.0f) */
+    double ax = (double)af__u2f(axb);
+    double az = ax * (1.5957691216057308 + 0.071354816272112 * (ax * ax));   /* |z| */
+    double td = az * 1.4426950408889634 + 6755399441055744.0; /* 1.5*2^52: rint */
+    double nd = td - 6755399441055744.0;
+    uint32_t n = (uint32_t)af__d2u(td);                  /* rint(|z|/ln2) in [0, 163] */
+    float r = (float)(nd * 0.6931471805599453 - az);     /* exp(-|z|) = 2^-n exp(r) */
+    float p = af__expm1_poly(r) + 1.0f;
+    uint32_t n1 = n >> 1, n2 = n - n1;
+    float e = p * af__u2f((127u - n1) << 23) * af__u2f((127u - n2) << 23);
+    float num = x >= 0.0f ? 1.0f : e;
+    float xm = x < -1.0e4f ? -1.0e4f : x;
+    return xm * (num / (1.0f + e));
+}
+
+/* ---------------- 16-bit float conversions (exact, branch-free) -------------------- */
+
+/* bf16 is the top half of an f32. */
+AF__INLINE float af_bf16_to_f32(uint16_t h) { return af__u2f((uint32_t)h << 16); }
+
+/* Round to nearest even by adding 0x7FFF + lsb before truncating; values above the
+ * largest bf16 carry into the exponent and become inf as IEEE requires.  NaN is kept
+ * as a quiet NaN with its sign (the carry trick could otherwise turn it into inf). */
+AF__INLINE uint16_t af_f32_to_bf16(float f) {
+    uint32_t u = af__f2u(f);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    uint32_t qnan = (u >> 16) | 0x0040u;
+    return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? qnan : rounded);
+}
+
+/* binary16 -> f32: normals/inf/NaN by rebiasing the exponent (+112, or +224 for the
+ * all-ones exponent), subnormals as an exact int->float conversion times 2^-24. */
+AF__INLINE float af_f16_to_f32(uint16_t h) {
+    uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
+    uint32_t em = (uint32_t)h & 0x7FFFu;
+    uint32_t o = (em << 13) + 0x38000000u;
+    o = em >= 0x7C00u ? o + 0x38000000u : o;
+    float sub = (float)(int32_t)em * 5.9604644775390625e-8f;
+    uint32_t bits = em < 0x0400u ? af__f2u(sub) : o;
+    return af__u2f(bits | sign);
+}
+
+/* f32 -> binary16, round to nearest even (F. Giesen's float_to_half_fast3_rtne, written
+ * with selects): |f| >= 65536 (and NaN/inf) -> inf or quiet NaN; |f| < 2^-14 -> subnormal
+ * via a float addition of 0.5, whose ulp 2^-24 is the half subnormal spacing, so the FPU
+ * does the RNE; otherwise rebias and round with 0xFFF + lsb (carries give inf at 65520). */
+AF__INLINE uint16_t af_f32_to_f16(float f) {
+    uint32_t u = af__f2u(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7FFFFFFFu;
+    uint32_t infnan = a > 0x7F800000u ? 0x7E00u : 0x7C00u;
+    uint32_t sub = af__f2u(af__u2f(a) + 0.5f) - 0x3F000000u;
+    uint32_t norm = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13;
+    uint32_t r = a >= 0x47800000u ? infnan : (a < 0x38800000u ? sub : norm);
+    return (uint16_t)(r | sign);
+}
+
+/* ======================================================================================
+ * Row kernels.  View [outer, n, inner]: element (o, i, j) at x[(o*n + i)*inner + j].
+ * inner == 1 (contiguous rows) is the fast path; inner > 1 processes blocks of AF__COLB
+ * adjacent columns at once so the loads stay unit-stride and vectorize across j.
+ * Sums are accumulated in double (vectorized), which keeps 1e5-element sums at ~1e-8.
+ * ==================================================================================== */
+
+#define AF__COLB 64
+
+AF__INLINE int af__par_ok(long elems) { return elems >= AF_PAR_MIN_ELEMS; }
+
+/* One contiguous softmax row: max pass, exp pass (stores e, sums in double), scale pass. */
+static void af__softmax_row(const float *restrict x, float *restrict y, long n) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (long i = 0; i < n; i++) {
+        float e = af_exp(x[i] - m);
+        y[i] = e;
+        s += (double)e;
+    }
+    float inv = (float)(1.0 / s);
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] *= inv;
+}
+
+/* w (<= AF__COLB) adjacent columns of a strided axis: same three passes, vector over j. */
+static void af__softmax_cols(const float *restrict x, float *restrict y, long n, long inner,
+                             long w) {
+    float m[AF__COLB];
+    double s[AF__COLB];
+    float inv[AF__COLB];
+    for (long j = 0; j < w; j++) { m[j] = -INFINITY; s[j] = 0.0; }
+    for (long i = 0; i < n; i++) {
+        const float *xr = x + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) m[j] = xr[j] > m[j] ? xr[j] : m[j];
+    }
+    for (long i = 0; i < n; i++) {
+        const float *xr = x + i * inner;
+        float *yr = y + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) {
+            float e = af_exp(xr[j] - m[j]);
+            yr[j] = e;
+            s[j] += (double)e;
+        }
+    }
+    for (long j = 0; j < w; j++) inv[j] = (float)(1.0 / s[j]);
+    for (long i = 0; i < n; i++) {
+        float *yr = y + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) yr[j] *= inv[j];
+    }
+}
+
+/* y = softmax(x) along the middle axis (max-subtracted). */
+static AF__UNUSED void af_softmax(const float *restrict x, float *restrict y, long outer, long n,
+                                  long inner) {
+    if (outer <= 0 || n <= 0 || inner <= 0) return;
+    if (inner == 1) {
+#pragma omp parallel for schedule(static) if (outer > 1 && af__par_ok(outer * n))
+        for (long o = 0; o < outer; o++) af__softmax_row(x + o * n, y + o * n, n);
+        return;
+    }
+    long nb = (inner + AF__COLB - 1) / AF__COLB;
+#pragma omp parallel for schedule(static) if (outer * nb > 1 && af__par_ok(outer * n * inner))
+    for (long t = 0; t < outer * nb; t++) {
+        long o = t / nb, j0 = (t % nb) * AF__COLB;
+        long w = inner - j0 < AF__COLB ? inner - j0 : AF__COLB;
+        af__softmax_cols(x + o * n * inner + j0, y + o * n * inner + j0, n, inner, w);
+    }
+}
+
+/* log_softmax row: y = (x - max) - log(sum exp(x - max)).  Both terms are <= 0 / >= 0 so
+ * the final subtraction never cancels; log is one libm call per row. */
+static void af__log_softmax_row(const float *restrict x, float *restrict y, long n) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (long i = 0; i < n; i++) s += (double)af_exp(x[i] - m);
+    float ls = (float)log(s);
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] = (x[i] - m) - ls;
+}
+
+static void af__log_softmax_cols(const float *restrict x, float *restrict y, long n, long inner,
+                                 long w) {
+    float m[AF__COLB], ls[AF__COLB];
+    double s[AF__COLB];
+    for (long j = 0; j < w; j++) { m[j] = -INFINITY; s[j] = 0.0; }
+    for (long i = 0; i < n; i++) {
+        const float *xr = x + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) m[j] = xr[j] > m[j] ? xr[j] : m[j];
+    }
+    for (long i = 0; i < n; i++) {
+        const float *xr = x + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) s[j] += (double)af_exp(xr[j] - m[j]);
+    }
+    for (long j = 0; j < w; j++) ls[j] = (float)log(s[j]);
+    for (long i = 0; i < n; i++) {
+        const float *xr = x + i * inner;
+        float *yr = y + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) yr[j] = (xr[j] - m[j]) - ls[j];
+    }
+}
+
+static AF__UNUSED void af_log_softmax(const float *restrict x, float *restrict y, long outer,
+                                      long n, long inner) {
+    if (outer <= 0 || n <= 0 || inner <= 0) return;
+    if (inner == 1) {
+#pragma omp parallel for schedule(static) if (outer > 1 && af__par_ok(outer * n))
+        for (long o = 0; o < outer; o++) af__log_softmax_row(x + o * n, y + o * n, n);
+        return;
+    }
+    long nb = (inner + AF__COLB - 1) / AF__COLB;
+#pragma omp parallel for schedule(static) if (outer * nb > 1 && af__par_ok(outer * n * inner))
+    for (long t = 0; t < outer * nb; t++) {
+        long o = t / nb, j0 = (t % nb) * AF__COLB;
+        long w = inner - j0 < AF__COLB ? inner - j0 : AF__COLB;
+        af__log_softmax_cols(x + o * n * inner + j0, y + o * n * inner + j0, n, inner, w);
+    }
+}
+
+/* ---------------- reductions ----------------
+ * op: 0 = sum, 1 = mean, 2 = max.  max propagates NaN (tracked with a flag so the max
+ * itself stays a plain vectorizable compare/select); sum/mean accumulate in double. */
+#define AF__RED_SUM 0
+#define AF__RED_MEAN 1
+#define AF__RED_MAX 2
+
+AF__INLINE double af__sum_d(const float *restrict x, long n) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (long i = 0; i < n; i++) s += (double)x[i];
+    return s;
+}
+
+AF__INLINE float af__max_f(const float *restrict x, long n) {
+    float m = -INFINITY;
+    int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+    for (long i = 0; i < n; i++) {
+        float v = x[i];
+        m = v > m ? v : m;
+        nan |= (v != v);
+    }
+    return nan ? NAN : m;
+}
+
+/* Contiguous row reduction.  A long row (few rows, large n) is split across threads in
+ * fixed static chunks whose partials are combined in thread order: deterministic for a
+ * given thread count. */
+static float af__reduce_row(const float *restrict x, long n, int op, int par) {
+    int nt = par ? omp_get_max_threads() : 1;
+    if (nt > 64) nt = 64;
+    if (nt <= 1 || !af__par_ok(n)) {
+        if (op == AF__RED_MAX) return af__max_f(x, n);
+        double s = af__sum_d(x, n);
+        return (float)(op == AF__RED_MEAN ? s / (double)n : s);
+    }
+    double part[64];
+    float mpart[64];
+    int used = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        long lo = n * t / T, hi = n * (t + 1) / T;
+        if (op == AF__RED_MAX) mpart[t] = af__max_f(x + lo, hi - lo);
+        else part[t] = af__sum_d(x + lo, hi - lo);
+        if (t == 0) used = T;
+    }
+    if (op == AF__RED_MAX) {
+        float m = mpart[0];
+        for (int t = 1; t < used; t++) m = (mpart[t] > m || mpart[t] != mpart[t]) ? mpart[t] : m;
+        return m;
+    }
+    double s = 0.0;
+    for (int t = 0; t < used; t++) s += part[t];
+    return (float)(op == AF__RED_MEAN ? s / (double)n : s);
+}
+
+/* w adjacent columns of a strided axis, vector over j. */
+static void af__reduce_cols(const float *restrict x, float *restrict y, long n, long inner, long w,
+                            int op) {
+    if (op == AF__RED_MAX) {
+        float m[AF__COLB];
+        int nan[AF__COLB];
+        for (long j = 0; j < w; j++) { m[j] = -INFINITY; nan[j] = 0; }
+        for (long i = 0; i < n; i++) {
+            const float *xr = x + i * inner;
+#pragma omp simd
+            for (long j = 0; j < w; j++) {
+                float v = xr[j];
+                m[j] = v > m[j] ? v : m[j];
+                nan[j] |= (v != v);
+            }
+        }
+        for (long j = 0; j < w; j++) y[j] = nan[j] ? NAN : m[j];
+        return;
+    }
+    double s[AF__COLB];
+    for (long j = 0; j < w; j++) s[j] = 0.0;
+    for (long i = 0; i < n; i++) {
+        const float *xr = x + i * inner;
+#pragma omp simd
+        for (long j = 0; j < w; j++) s[j] += (double)xr[j];
+    }
+    for (long j = 0; j < w; j++) y[j] = (float)(op == AF__RED_MEAN ? s[j] / (double)n : s[j]);
+}
+
+static void af__reduce(const float *restrict x, float *restrict y, long outer, long n, long inner,
+                       int op) {
+    if (outer <= 0 || inner <= 0) return;
+    if (n <= 0) {  /* empty reduction: identity (sum 0, max -inf, mean NaN) */
+        float id = op == AF__RED_SUM ? 0.0f : (op == AF__RED_MAX ? -INFINITY : NAN);
+        for (long t = 0; t < outer * inner; t++) y[t] = id;
+        return;
+    }
+    int nt = omp_get_max_threads();
+    if (inner == 1) {
+        if (outer >= 4L * nt || !af__par_ok(outer * n)) {
+#pragma omp parallel for schedule(static) if (outer > 1 && af__par_ok(outer * n))
+            for (long o = 0; o < outer; o++) y[o] = af__reduce_row(x + o * n, n, op, 0);
+        } else {
+            for (long o = 0; o < outer; o++) y[o] = af__reduce_row(x + o * n, n, op, 1);
+        }
+        return;
+    }
+    long nb = (inner + AF__COLB - 1) / AF__COLB;
+#pragma omp parallel for schedule(static) if (outer * nb > 1 && af__par_ok(outer * n * inner))
+    for (long t = 0; t < outer * nb; t++) {
+        long o = t / nb, j0 = (t % nb) * AF__COLB;
+        long w = inner - j0 < AF__COLB ? inner - j0 : AF__COLB;
+        af__reduce_cols(x + o * n * inner + j0, y + o * inner + j0, n, inner, w, op);
+    }
+}
+
+/* y[o, j] = sum_i x[o, i, j]   (y has shape [outer, inner]) */
+static AF__UNUSED void af_reduce_sum(const float *restrict x, float *restrict y, long outer, long n,
+                                     long inner) {
+    af__reduce(x, y, outer, n, inner, AF__RED_SUM);
+}
+/* y[o, j] = mean_i x[o, i, j] */
+static AF__UNUSED void af_reduce_mean(const float *restrict x, float *restrict y, long outer,
+                                      long n, long inner) {
+    af__reduce(x, y, outer, n, inner, AF__RED_MEAN);
+}
+/* y[o, j] = max_i x[o, i, j]  (NaN if any element is NaN) */
+static AF__UNUSED void af_reduce_max(const float *restrict x, float *restrict y, long outer, long n,
+                                     long inner) {
+    af__reduce(x, y, outer, n, inner, AF__RED_MAX);
+}
+
+/* ---------------- normalization ---------------- */
+
+/* Layer norm over contiguous rows of length n.  Two passes in double (mean, then the
+ * centered sum of squares) so a large mean (1000 + N(0,1)) costs no accuracy.  The output
+ * pass is float: (x - mean_f) - (mean - mean_f) keeps the double mean's precision (the
+ * first difference is exact when x is near the mean, the correction is tiny). */
+static AF__UNUSED void af_layer_norm(const float *restrict x, float *restrict y,
+                                     const float *restrict gamma, const float *restrict beta,
+                                     long rows, long n, float eps) {
+    if (rows <= 0 || n <= 0) return;
+#pragma omp parallel for schedule(static) if (rows > 1 && af__par_ok(rows * n))
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double mean = af__sum_d(xr, n) / (double)n;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (long i = 0; i < n; i++) {
+            double d = (double)xr[i] - mean;
+            ss += d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+        float mf = (float)mean;
+        float mc = (float)(mean - (double)mf);
+        if (gamma && beta) {
+#pragma omp simd
+            for (long i = 0; i < n; i++) yr[i] = AF__FMA(((xr[i] - mf) - mc) * rstd, gamma[i], beta[i]);
+        } else if (gamma) {
+#pragma omp simd
+            for (long i = 0; i < n; i++) yr[i] = ((xr[i] - mf) - mc) * rstd * gamma[i];
+        } else if (beta) {
+#pragma omp simd
+            for (long i = 0; i < n; i++) yr[i] = ((xr[i] - mf) - mc) * rstd + beta[i];
+        } else {
+#pragma omp simd
+            for (long i = 0; i < n; i++) yr[i] = ((xr[i] - mf) - mc) * rstd;
+        }
+    }
+}
+
+/* RMS norm over contiguous rows: y = x / sqrt(mean(x^2) + eps) * gamma; sum of squares in
+ * double. */
+static AF__UNUSED void af_rms_norm(const float *restrict x, float *restrict y,
+                                   const float *restrict gamma, long rows, long n, float eps) {
+    if (rows <= 0 || n <= 0) return;
+#pragma omp parallel for schedule(static) if (rows > 1 && af__par_ok(rows * n))
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (long i = 0; i < n; i++) ss += (double)xr[i] * (double)xr[i];
+        float rstd = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+        if (gamma) {
+#pragma omp simd
+            for (long i = 0; i < n; i++) yr[i] = (xr[i] * rstd) * gamma[i];
+        } else {
+#pragma omp simd
+            for (long i = 0; i < n; i++) yr[i] = xr[i] * rstd;
+        }
+    }
+}
+
+/* ======================================================================================
+ * Attention (flash-attention style, streaming softmax)
+ *
+ * Work unit: one (b, h, query tile of AF__QB = 64 queries).  Everything is computed
+ * transposed, "vector over queries":
+ *   QT[d][i] = scale * q[i, d]                    packed once per query tile (D x 64)
+ *   ST[j][i] = sum_d K[j][d] * QT[d][i]           micro-kernel 1 (K read in place)
+ *   online softmax per query lane i               (no horizontal reductions at all)
+ *   OT[d][i] = alpha[i]*OT[d][i] + sum_j V[j][d] * PT[j][i]   micro-kernel 2 (V in place)
+ *   out[i, d] = OT[d][i] / l[i]                   transposed back once per query tile
+ * Both GEMMs have the same shape: broadcast one element of a row-major K/V row and FMA it
+ * into 64-query vectors, so K and V are used directly from the [B,S,H,D] layout (no
+ * packing, no transposes, any D works: D is only a loop length) and 16-wide FMAs always
+ * run full.  Register tile: AF__RK (6) rows x 64 queries = 24 zmm accumulators on AVX-512
+ * (4 query vectors + 1 broadcast more), 6 x 16 = 12 ymm on AVX2.
+ * Key tile AF__KT (256): ST is 256 x 64 floats = 64 KB (L2-resident), the softmax
+ * rescale of OT happens once per 256 keys.  Per-thread memory: (2*D + KT + 4) * 64
+ * floats, independent of Sq and Sk.
+ * ==================================================================================== */
+
+#define AF__QB 64
+#define AF__KT 256
+#define AF__RK 6
+
+#if defined(__AVX512F__)
+typedef __m512 af__vec;
+#define AF__VW 16
+#define af__vld(p) _mm512_loadu_ps(p)
+#define af__vst(p, a) _mm512_storeu_ps((p), (a))
+#define af__vset1(x) _mm512_set1_ps(x)
+#define af__vfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define af__vmul(a, b) _mm512_mul_ps((a), (b))
+#define af__vmax(a, b) _mm512_max_ps((a), (b))
+#define af__vzero() _mm512_setzero_ps()
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 af__vec;
+#define AF__VW 8
+#define af__vld(p) _mm256_loadu_ps(p)
+#define af__vst(p, a) _mm256_storeu_ps((p), (a))
+#define af__vset1(x) _mm256_set1_ps(x)
+#define af__vfma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define af__vmul(a, b) _mm256_mul_ps((a), (b))
+#define af__vmax(a, b) _mm256_max_ps((a), (b))
+#define af__vzero() _mm256_setzero_ps()
+#else
+typedef float af__vec; /* portable fallback: "vectors" of one float */
+#define AF__VW 1
+#define af__vld(p) (*(p))
+#define af__vst(p, a) (*(p) = (a))
+#define af__vset1(x) (x)
+#define af__vfma(a, b, c) ((a) * (b) + (c))
+#define af__vmul(a, b) ((a) * (b))
+#define af__vmax(a, b) ((a) > (b) ? (a) : (b))
+#define af__vzero() 0.0f
+#endif
+
+/* query vectors per register tile: 4x16 on AVX-512, 2x8 on AVX2 (16 ymm registers),
+ * 8 scalars in the fallback */
+#if AF__VW == 16
+#define AF__NV 4
+#elif AF__VW == 8
+#define AF__NV 2
+#else
+#define AF__NV 8
+#endif
+#define AF__CB (AF__NV * AF__VW) /* query columns per register tile; divides AF__QB */
+
+/* Micro-kernel 1: st[r][c] = sum_d a[r*lda + d] * b[d*AF__QB + c] for r < R (R <= AF__RK,
+ * a compile-time constant after inlining), c < AF__CB; mx[c] = max(mx[c], st[r][c]). */
+AF__INLINE void af__mk_qk(const float *restrict a, long lda, const float *restrict b, long D,
+                          float *restrict st, float *restrict mx, const int R) {
+    af__vec c[AF__RK][AF__NV];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < AF__NV; v++) c[r][v] = af__vzero();
+    for (long d = 0; d < D; d++) {
+        af__vec bv[AF__NV];
+        for (int v = 0; v < AF__NV; v++) bv[v] = af__vld(b + d * AF__QB + v * AF__VW);
+        for (int r = 0; r < R; r++) {
+            af__vec av = af__vset1(a[r * lda + d]);
+            for (int v = 0; v < AF__NV; v++) c[r][v] = af__vfma(av, bv[v], c[r][v]);
+        }
+    }
+    for (int v = 0; v < AF__NV; v++) {
+        af__vec m = af__vld(mx + v * AF__VW);
+        for (int r = 0; r < R; r++) {
+            af__vst(st + r * AF__QB + v * AF__VW, c[r][v]);
+            m = af__vmax(m, c[r][v]);
+        }
+        af__vst(mx + v * AF__VW, m);
+    }
+}
+
+/* Micro-kernel 2: ot[r][c] = al[c]*ot[r][c] + sum_{j<kt} a[j*lda + r] * p[j*AF__QB + c]
+ * for r < R, c < AF__CB. */
+AF__INLINE void af__mk_pv(const float *restrict a, long lda, const float *restrict p, long kt,
+                          float *restrict ot, const float *restrict al, const int R) {
+    af__vec c[AF__RK][AF__NV];
+    for (int v = 0; v < AF__NV; v++) {
+        af__vec s = af__vld(al + v * AF__VW);
+        for (int r = 0; r < R; r++) c[r][v] = af__vmul(s, af__vld(ot + r * AF__QB + v * AF__VW));
+    }
+    for (long j = 0; j < kt; j++) {
+        af__vec pv[AF__NV];
+        for (int v = 0; v < AF__NV; v++) pv[v] = af__vld(p + j * AF__QB + v * AF__VW);
+        for (int r = 0; r < R; r++) {
+            af__vec av = af__vset1(a[j * lda + r]);
+            for (int v = 0; v < AF__NV; v++) c[r][v] = af__vfma(av, pv[v], c[r][v]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < AF__NV; v++) af__vst(ot + r * AF__QB + v * AF__VW, c[r][v]);
+}
+
+/* Instantiate the micro-kernels for every row count 1..AF__RK (remainders of kt and D). */
+static void af__qk_rows(const float *restrict a, long lda, const float *restrict b, long D,
+                        float *restrict st, float *restrict mx, long rows) {
+    long r = 0;
+    for (; r + AF__RK <= rows; r += AF__RK)
+        af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, AF__RK);
+    switch (rows - r) {
+    case 5: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 5); break;
+    case 4: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 4); break;
+    case 3: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 3); break;
+    case 2: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 2); break;
+    case 1: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 1); break;
+    default: break;
+    }
+}
+
+static void af__pv_rows(const float *restrict a, long lda, const float *restrict p, long kt,
+                        float *restrict ot, const float *restrict al, long D) {
+    long r = 0;
+    for (; r + AF__RK <= D; r += AF__RK)
+        af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, AF__RK);
+    switch (D - r) {
+    case 5: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 5); break;
+    case 4: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 4); break;
+    case 3: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 3); break;
+    case 2: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 2); break;
+    case 1: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 1); break;
+    default: break;
+    }
+}
+
+/* floats of scratch one thread needs for one query tile */
+AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 4) * AF__QB; }
+
+/* One query tile: q, out point at query row 0 of the tile (head offset applied), k, v at
+ * key row 0 of the head; rows are ld = H*D floats apart.  rq <= AF__QB valid queries; the
+ * padding lanes compute on zero queries and are never stored. */
+static void af__attn_tile(const float *restrict q, const float *restrict k,
+                          const float *restrict v, float *restrict out, long ld, long D, long rq,
+                          long Sk, float scale, float *restrict buf) {
+    float *qt = buf;                   /* D x QB */
+    float *ot = qt + D * AF__QB;       /* D x QB */
+    float *st = ot + D * AF__QB;       /* KT x QB */
+    float *m = st + AF__KT * AF__QB;   /* running max   */
+    float *l = m + AF__QB;             /* running sum   */
+    float *al = l + AF__QB;            /* rescale factor */
+    float *mt = al + AF__QB;           /* tile max      */
+    for (long d = 0; d < D; d++)
+        for (long i = 0; i < AF__QB; i++) qt[d * AF__QB + i] = i < rq ? q[i * ld + d] * scale : 0.0f;
+    memset(ot, 0, sizeof(float) * (size_t)(D * AF__QB));
+    for (long i = 0; i < AF__QB; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+
+    for (long j0 = 0; j0 < Sk; j0 += AF__KT) {
+        long kt = Sk - j0 < AF__KT ? Sk - j0 : AF__KT;
+        for (long i = 0; i < AF__QB; i++) mt[i] = -INFINITY;
+        for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
+            af__qk_rows(k + j0 * ld, ld, qt + c0, D, st + c0, mt + c0, kt);
+        /* online softmax: new max, rescale factor for the old state, p = exp(s - max) */
+#pragma omp simd
+        for (long i = 0; i < AF__QB; i++) {
+            float mn = mt[i] > m[i] ? mt[i] : m[i];
+            al[i] = af_exp(m[i] - mn);
+            m[i] = mn;
+            l[i] *= al[i];
+        }
+        for (long j = 0; j < kt; j++) {
+            float *sr = st + j * AF__QB;
+#pragma omp simd
+            for (long i = 0; i < AF__QB; i++) {
+                float p = af_exp(sr[i] - m[i]);
+                sr[i] = p;
+                l[i] += p;
+            }
+        }
+        for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
+            af__pv_rows(v + j0 * ld, ld, st + c0, kt, ot + c0, al + c0, D);
+    }
+    for (long i = 0; i < rq; i++) {
+        float inv = 1.0f / l[i];
+        for (long d = 0; d < D; d++) out[i * ld + d] = ot[d * AF__QB + i] * inv;
+    }
+}
+
+/* Fallback when scratch memory cannot be allocated: per query, a max pass and then an
+ * accumulate pass straight into the output row.  O(1) extra memory, ~1.5x the work. */
+static void af__attn_noscratch(const float *restrict q, const float *restrict k,
+                               const float *restrict v, float *restrict out, long B, long Sq,
+                               long Sk, long H, long D, float scale) {
+    long ld = H * D;
+    for (long b = 0; b < B; b++)
+        for (long h = 0; h < H; h++)
+            for (long i = 0; i < Sq; i++) {
+                const float *qr = q + (b * Sq + i) * ld + h * D;
+                float *o = out + (b * Sq + i) * ld + h * D;
+                float mx = -INFINITY;
+                for (long j = 0; j < Sk; j++) {
+                    const float *kr = k + (b * Sk + j) * ld + h * D;
+                    float s = 0.0f;
+                    for (long d = 0; d < D; d++) s = AF__FMA(qr[d], kr[d], s);
+                    s *= scale;
+                    mx = s > mx ? s : mx;
+                }
+                for (long d = 0; d < D; d++) o[d] = 0.0f;
+                float sum = 0.0f;
+                for (long j = 0; j < Sk; j++) {
+                    const float *kr = k + (b * Sk + j) * ld + h * D;
+                    const float *vr = v + (b * Sk + j) * ld + h * D;
+                    float s = 0.0f;
+                    for (long d = 0; d < D; d++) s = AF__FMA(qr[d], kr[d], s);
+                    float p = af_exp(s * scale - mx);
+                    sum += p;
+                    for (long d = 0; d < D; d++) o[d] = AF__FMA(p, vr[d], o[d]);
+                }
+                for (long d = 0; d < D; d++) o[d] /= sum;
+            }
+}
+
+/* out[b,i,h,:] = sum_j softmax_j(scale * <q[b,i,h,:], k[b,j,h,:]>) v[b,j,h,:]
+ * q, out: [B, Sq, H, D]; k, v: [B, Sk, H, D]; no mask.  Parallel over (b, h, query tile)
+ * with a static schedule in (b, h)-major order, so each thread works through whole heads
+ * and that head's K/V stay in its L2.  Uses omp_get_max_threads() threads. */
+static AF__UNUSED void af_attention(const float *restrict q, const float *restrict k,
+                                    const float *restrict v, float *restrict out, long B, long Sq,
+                                    long Sk, long H, long D, float scale) {
+    if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
+    long nqt = (Sq + AF__QB - 1) / AF__QB;
+    long ntask = B * H * nqt;
+    long ld = H * D;
+    long per = af__attn_scratch(D);
+    int nth = omp_get_max_threads();
+    if ((long)nth > ntask) nth = (int)ntask;
+    if (nth < 1) nth = 1;
+    double flops = 4.0 * (double)B * (double)H * (double)Sq * (double)Sk * (double)D;
+    if (flops < 2.0e6) nth = 1;
+    float *buf = (float *)aligned_alloc(64, sizeof(float) * (size_t)per * (size_t)nth);
+    if (!buf) {
+        af__attn_noscratch(q, k, v, out, B, Sq, Sk, H, D, scale);
+        return;
+    }
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *tb = buf + (size_t)omp_get_thread_num() * (size_t)per;
+#pragma omp for schedule(static)
+        for (long t = 0; t < ntask; t++) {
+            long bh = t / nqt, i0 = (t % nqt) * AF__QB;
+            long b = bh / H, h = bh % H;
+            long rq = Sq - i0 < AF__QB ? Sq - i0 : AF__QB;
+            af__attn_tile(q + (b * Sq + i0) * ld + h * D, k + b * Sk * ld + h * D,
+                          v + b * Sk * ld + h * D, out + (b * Sq + i0) * ld + h * D, ld, D, rq,
+                          Sk, scale, tb);
+        }
+    }
+    free(buf);
+}
+
+#endif /* ARCFLOW_PRELUDE_H */

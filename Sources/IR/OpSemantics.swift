@@ -1,0 +1,225 @@
+// Shape and type rules of every op, in one place: used by the builder, parser and verifier.
+
+public enum OpSemantics {
+    /// Infers the result type of `op`, or checks `declared` where the type cannot be inferred
+    /// (sources, reshape, broadcast, convert). Throws a message without location; the verifier
+    /// prefixes it with the line and the op.
+    public static func resultType(_ op: OpCode, operands: [TensorType], attributes: [String: Attribute],
+                                  declared: TensorType?, region: Graph? = nil) throws -> TensorType {
+        func need(_ n: Int) throws {
+            if operands.count != n { throw ArcError("expects \(n) operand\(n == 1 ? "" : "s"), got \(operands.count)") }
+        }
+        func needDeclared() throws -> TensorType {
+            guard let d = declared else { throw ArcError("needs an explicit result type") }
+            if d.shape.contains(where: { $0 < 0 }) { throw ArcError("negative dimension in \(d)") }
+            return d
+        }
+        func needF32(_ types: [TensorType]) throws {
+            if let t = types.first(where: { $0.dtype != .f32 }) {
+                throw ArcError("computes in f32 but an operand is \(t); insert a convert")
+            }
+        }
+        func axis(_ name: String, rank: Int) throws -> Int {
+            guard let a = attributes[name]?.intValue else { throw ArcError("needs an integer attribute '\(name)'") }
+            if a < 0 || a >= rank { throw ArcError("\(name) \(a) out of range for rank \(rank)") }
+            return a
+        }
+        func float(_ name: String) throws -> Double {
+            guard let v = attributes[name]?.floatValue else { throw ArcError("needs a float attribute '\(name)'") }
+            return v
+        }
+
+        switch op {
+        case .input, .weight, .constant:
+            try need(0)
+            return try needDeclared()
+
+        case .convert:
+            try need(1)
+            let d = try needDeclared()
+            if d.shape != operands[0].shape { throw ArcError("convert changes dtype only, not shape: \(operands[0]) to \(d)") }
+            return d
+
+        case _ where op.isElementwiseUnary:
+            try need(1)
+            try needF32(operands)
+            return operands[0]
+
+        case _ where op.isElementwiseBinary, .select:
+            try need(op == .select ? 3 : 2)
+            try needF32(operands)
+            if let t = operands.first(where: { $0.shape != operands[0].shape }) {
+                throw ArcError("operand shapes differ: \(operands[0]) and \(t); broadcast explicitly")
+            }
+            return operands[0]
+
+        case .reduce_sum, .reduce_max, .reduce_mean:
+            try need(1)
+            try needF32(operands)
+            let x = operands[0]
+            guard let axes = attributes["axes"]?.intsValue, !axes.isEmpty else { throw ArcError("needs a non-empty 'axes' list") }
+            for (i, a) in axes.enumerated() {
+                if a < 0 || a >= x.rank { throw ArcError("axis \(a) out of range for \(x)") }
+                if i > 0 && a != axes[i - 1] + 1 { throw ArcError("axes \(axes) must be increasing and contiguous") }
+            }
+            let keep = attributes["keepdims"]?.boolValue ?? false
+            var shape: [Int] = []
+            for (i, d) in x.shape.enumerated() {
+                if axes.contains(i) { if keep { shape.append(1) } } else { shape.append(d) }
+            }
+            return x.with(shape: shape)
+
+        case .softmax, .log_softmax:
+            try need(1)
+            try needF32(operands)
+            _ = try axis("axis", rank: operands[0].rank)
+            return operands[0]
+
+        case .layer_norm, .rms_norm:
+            let maxOperands = op == .layer_norm ? 3 : 2
+            if operands.isEmpty || operands.count > maxOperands {
+                throw ArcError("expects 1 to \(maxOperands) operands (x, optional scale\(op == .layer_norm ? ", optional bias" : "")), got \(operands.count)")
+            }
+            try needF32(operands)
+            _ = try float("eps")
+            let x = operands[0]
+            guard let n = x.shape.last else { throw ArcError("needs rank >= 1, got \(x)") }
+            for p in operands.dropFirst() where p.shape != [n] {
+                throw ArcError("scale and bias must be f32[\(n)] for \(x), got \(p)")
+            }
+            return x
+
+        case .matmul:
+            try need(2)
+            try needF32(operands)
+            let (a, b) = (operands[0], operands[1])
+            if a.rank < 2 || b.rank < 2 { throw ArcError("operands need rank >= 2, got \(a) and \(b)") }
+            let ta = attributes["transpose_a"]?.boolValue ?? false
+            let tb = attributes["transpose_b"]?.boolValue ?? false
+            let m = ta ? a.shape[a.rank - 1] : a.shape[a.rank - 2]
+            let ka = ta ? a.shape[a.rank - 2] : a.shape[a.rank - 1]
+            let kb = tb ? b.shape[b.rank - 1] : b.shape[b.rank - 2]
+            let n = tb ? b.shape[b.rank - 2] : b.shape[b.rank - 1]
+            if ka != kb { throw ArcError("contraction sizes differ: \(a)\(ta ? "ᵀ" : "") · \(b)\(tb ? "ᵀ" : "") (\(ka) vs \(kb))") }
+            let batchA = Array(a.shape.dropLast(2)), batchB = Array(b.shape.dropLast(2))
+            if !batchB.isEmpty && batchB != batchA {
+                throw ArcError("batch dimensions differ: \(a) and \(b) (the right operand may also be unbatched)")
+            }
+            return a.with(shape: batchA + [m, n])
+
+        case .reshape:
+            try need(1)
+            let d = try needDeclared()
+            if d.dtype != operands[0].dtype || d.count != operands[0].count {
+                throw ArcError("cannot reshape \(operands[0]) to \(d)")
+            }
+            return d
+
+        case .transpose:
+            try need(1)
+            let x = operands[0]
+            guard let perm = attributes["perm"]?.intsValue, perm.sorted() == Array(0..<x.rank) else {
+                throw ArcError("needs 'perm', a permutation of 0..<\(x.rank)")
+            }
+            return x.with(shape: perm.map { x.shape[$0] })
+
+        case .slice:
+            try need(1)
+            let x = operands[0]
+            guard let start = attributes["start"]?.intsValue, let end = attributes["end"]?.intsValue,
+                  start.count == x.rank, end.count == x.rank else {
+                throw ArcError("needs 'start' and 'end' lists of length \(x.rank)")
+            }
+            for i in 0..<x.rank where start[i] < 0 || start[i] > end[i] || end[i] > x.shape[i] {
+                throw ArcError("slice [\(start[i]), \(end[i])) out of range for dimension \(i) of \(x)")
+            }
+            return x.with(shape: zip(start, end).map { $1 - $0 })
+
+        case .concat:
+            guard let first = operands.first else { throw ArcError("needs at least one operand") }
+            let ax = try axis("axis", rank: first.rank)
+            var shape = first.shape
+            shape[ax] = 0
+            for t in operands {
+                var s = t.shape
+                if s.count == first.rank { s[ax] = first.shape[ax] }
+                if t.dtype != first.dtype || s != first.shape {
+                    throw ArcError("operands must match except on axis \(ax): \(first) and \(t)")
+                }
+                shape[ax] += t.shape[ax]
+            }
+            return first.with(shape: shape)
+
+        case .broadcast:
+            try need(1)
+            let d = try needDeclared()
+            let x = operands[0]
+            if d.dtype != x.dtype || !isBroadcastable(x.shape, to: d.shape) {
+                throw ArcError("cannot broadcast \(x) to \(d)")
+            }
+            return d
+
+        case .rope:
+            try need(3)
+            try needF32(operands)
+            let (x, c, s) = (operands[0], operands[1], operands[2])
+            if x.rank < 3 || x.shape[x.rank - 1] % 2 != 0 {
+                throw ArcError("x must be [..., S, H, D] with even D, got \(x)")
+            }
+            let want = [x.shape[x.rank - 3], x.shape[x.rank - 1]]
+            if c.shape != want || s.shape != want {
+                throw ArcError("cos and sin must be f32\(want) for \(x), got \(c) and \(s)")
+            }
+            return x
+
+        case .attention:
+            try need(3)
+            try needF32(operands)
+            let (q, k, v) = (operands[0], operands[1], operands[2])
+            if q.rank != 4 || k.rank != 4 || v.rank != 4 {
+                throw ArcError("q, k, v must be [B, S, H, D], got \(q), \(k), \(v)")
+            }
+            if k.shape != v.shape || q.shape[0] != k.shape[0] || q.shape[2] != k.shape[2] || q.shape[3] != k.shape[3] {
+                throw ArcError("q \(q), k \(k), v \(v) disagree on batch, heads or head size")
+            }
+            _ = try float("scale")
+            return q
+
+        case .fusion:
+            guard let body = region else { throw ArcError("needs a region") }
+            let ins = body.inputs
+            if ins.count != operands.count {
+                throw ArcError("region has \(ins.count) inputs for \(operands.count) operands")
+            }
+            for (i, id) in ins.enumerated() where body[id].type != operands[i] || body[id].key != String(i) {
+                throw ArcError("region input \(i) must be keyed \"\(i)\" with type \(operands[i]), got \(body[id].type)")
+            }
+            guard body.outputs.count == 1 else { throw ArcError("region must have exactly one output") }
+            return body.type(body.outputs[0].value)
+
+        default:
+            throw ArcError("has no type rule")
+        }
+    }
+
+    /// Numpy-style broadcasting, aligned on the right: each source dimension is 1 or equal.
+    public static func isBroadcastable(_ from: [Int], to: [Int]) -> Bool {
+        if from.count > to.count { return false }
+        let offset = to.count - from.count
+        for (i, d) in from.enumerated() where d != 1 && d != to[offset + i] { return false }
+        return true
+    }
+
+    /// The common broadcast shape of two shapes, or nil.
+    public static func broadcastShape(_ a: [Int], _ b: [Int]) -> [Int]? {
+        let n = Swift.max(a.count, b.count)
+        var out = [Int](repeating: 1, count: n)
+        for i in 0..<n {
+            let da = i < n - a.count ? 1 : a[i - (n - a.count)]
+            let db = i < n - b.count ? 1 : b[i - (n - b.count)]
+            if da != db && da != 1 && db != 1 { return nil }
+            out[i] = da == 1 ? db : da
+        }
+        return out
+    }
+}

@@ -1,0 +1,71 @@
+// A loaded, ready-to-run program: library, bound weights, one arena allocated once.
+
+import Codegen
+import Foundation
+import IR
+
+public final class Executable {
+    public let library: NativeLibrary
+    public let inputs: [Binding]
+    public let outputs: [Binding]
+    public let weights: [Binding]
+    /// Keeps mapped or owned weight memory alive while the pointers are in use.
+    private let store: WeightStore
+    private let weightPointers: [UnsafeRawPointer?]
+    private let arena: UnsafeMutableRawPointer
+
+    /// Binds every weight by name, checking dtype and shape.
+    public init(library: NativeLibrary, inputs: [Binding], outputs: [Binding], weights: [Binding], store: WeightStore) throws {
+        self.library = library
+        self.inputs = inputs
+        self.outputs = outputs
+        self.weights = weights
+        self.store = store
+        weightPointers = try weights.map { w in
+            try store.validate(w.name, w.type)
+            return try store.raw(w.name)
+        }
+        var p: UnsafeMutableRawPointer?
+        guard posix_memalign(&p, 64, max(library.workspaceSize, 64)) == 0, let arena = p else {
+            throw ArcError("cannot allocate a \(library.workspaceSize)-byte arena")
+        }
+        self.arena = arena
+    }
+
+    deinit { free(arena) }
+
+    public func setThreads(_ n: Int) { library.setThreads(n) }
+
+    /// Runs on host tensors, checking names, dtypes and shapes of the inputs.
+    public func run(_ values: [String: Tensor]) throws -> [String: Tensor] {
+        let known = Set(inputs.map(\.name))
+        if let extra = values.keys.sorted().first(where: { !known.contains($0) }) {
+            throw ArcError("unexpected input '\(extra)' (the graph's inputs: \(inputs.map(\.name).joined(separator: ", ")))")
+        }
+        let encoded: [[UInt8]] = try inputs.map { b in
+            guard let t = values[b.name] else { throw ArcError("missing input '\(b.name)' (expected \(b.type))") }
+            guard t.type == b.type else { throw ArcError("input '\(b.name)' is \(t.type), expected \(b.type)") }
+            return encodeFloats(t.data, t.type.dtype)
+        }
+        let inBuffers = encoded.map { bytes -> UnsafeMutableRawPointer in
+            let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
+            bytes.withUnsafeBytes { if let b = $0.baseAddress { p.copyMemory(from: b, byteCount: bytes.count) } }
+            return p
+        }
+        let outBuffers = outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
+        defer { (inBuffers + outBuffers).forEach { $0.deallocate() } }
+        try runRaw(inputs: inBuffers.map { UnsafeRawPointer($0) }, outputs: outBuffers)
+        var result: [String: Tensor] = [:]
+        for (k, b) in outputs.enumerated() { result[b.name] = Tensor(b.type, decodeFloats(outBuffers[k], b.type)) }
+        return result
+    }
+
+    /// Runs on raw buffers in binding order. `times` (one slot per step) accumulates seconds.
+    public func runRaw(inputs: [UnsafeRawPointer?], outputs: [UnsafeMutableRawPointer?],
+                       times: UnsafeMutablePointer<Double>? = nil, gemmOnly: Bool = false) throws {
+        guard inputs.count == self.inputs.count, outputs.count == self.outputs.count else {
+            throw ArcError("expected \(self.inputs.count) inputs and \(self.outputs.count) outputs")
+        }
+        library.run(workspace: arena, weights: weightPointers, inputs: inputs, outputs: outputs, times: times, gemmOnly: gemmOnly)
+    }
+}

@@ -1,0 +1,209 @@
+// Graph + weights → passes → prologue run at compile time → C → cached library → model folder.
+
+import Codegen
+import Foundation
+import IR
+import Passes
+
+/// What `compile` writes next to `model.so`: everything needed to load and call it, and the
+/// hashes that say what it was built from.
+public struct Manifest: Codable {
+    public var abiVersion: Int
+    public var codegenVersion: String
+    public var graph: String
+    public var inputs: [Binding]
+    public var outputs: [Binding]
+    public var weights: [Binding]
+    public var arenaBytes: Int
+    public var steps: [StepInfo]
+    public var flops: Double
+    public var gemmFlops: Double
+    public var compiler: String
+    public var commands: [String]
+    public var irSHA256: String
+    public var weightsSHA256: String
+    public var librarySHA256: String
+    /// Model-specific facts (e.g. the sampler and its σ schedule), for tools driving the model.
+    public var model: [String: String]
+
+    enum CodingKeys: String, CodingKey {
+        case abiVersion = "abi_version", codegenVersion = "codegen_version", graph, inputs, outputs, weights
+        case arenaBytes = "arena_bytes", steps, flops, gemmFlops = "gemm_flops", compiler, commands
+        case irSHA256 = "ir_sha256", weightsSHA256 = "weights_sha256", librarySHA256 = "library_sha256", model
+    }
+}
+
+public struct CompileOptions {
+    public var pipeline = PipelineOptions()
+    /// Writes `000_input.ir`, `001_<pass>.ir`, … here (`.unchanged.ir` for passes that did nothing).
+    public var dumpIR: String?
+    /// Writes the generated C here (`main.c`, `kernels_N.c`, and `prologue/` when there is one).
+    public var dumpC: String?
+    public var cacheRoot: String = BuildCache.defaultRoot()
+    public var log: (String) -> Void = { _ in }
+    public var model: [String: String] = [:]
+    public init() {}
+}
+
+/// A compiled program in memory: the optimized module, its C, the verified library and the
+/// weights `@main` reads (prologue outputs layered over the stored weights).
+public struct CompiledProgram {
+    public var module: Module
+    public var program: CProgram
+    public var library: BuildCache.Entry
+    public var weights: WeightStore
+    public var passTimings: [PassTiming]
+    public var toolchain: Toolchain
+    public var model: [String: String]
+
+    /// Loads the library and binds the weights, ready to run.
+    public func load() throws -> Executable {
+        try Executable(library: try NativeLibrary(path: library.path), inputs: program.inputs, outputs: program.outputs,
+                       weights: program.weights, store: weights)
+    }
+}
+
+public enum ModelCompiler {
+    /// Checks weights, runs the pipeline (dumping as asked), evaluates the prologue, generates C
+    /// and builds (or finds in the cache) the library.
+    public static func build(_ module: Module, weights: WeightStore, options: CompileOptions = CompileOptions()) throws -> CompiledProgram {
+        try Verifier.verify(module)
+        for g in module.graphs {
+            for n in g.nodes where n.op == .weight && !(module.prologue.map { p in p.outputs.contains { $0.name == n.key! } } ?? false) {
+                try weights.validate(n.key!, n.type)
+            }
+        }
+
+        var pipeline = options.pipeline
+        if let dir = options.dumpIR { try installIRDump(&pipeline, directory: dir, input: module) }
+        var (optimized, timings) = try runPipeline(module, pipeline)
+        // Codegen needs offsets; without plan-memory every value gets its own bytes.
+        optimized.forEachGraph { g in if g.attributes["arena_bytes"] == nil { g = planArena(g, reuse: false) } }
+
+        let toolchain = try Toolchain.detect()
+        var cache = BuildCache(root: options.cacheRoot, toolchain: toolchain)
+        cache.log = options.log
+
+        var store: WeightStore = weights
+        if let prologue = optimized.prologue {
+            options.log("evaluating @prologue (\(prologue.outputs.count) weights) at compile time")
+            let program = try CCodegen.generate(prologue)
+            try dumpC(program, options.dumpC.map { "\($0)/prologue" })
+            let entry = try cache.library(for: program)
+            let exe = try Executable(library: try NativeLibrary(path: entry.path), inputs: [], outputs: program.outputs,
+                                     weights: program.weights, store: weights)
+            let lifted = TensorStore(label: "prologue outputs")
+            let buffers = program.outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
+            defer { buffers.forEach { $0.deallocate() } }
+            try exe.runRaw(inputs: [], outputs: buffers)
+            for (k, b) in program.outputs.enumerated() {
+                lifted.set(b.name, type: b.type, bytes: buffers[k], count: b.type.byteCount)
+            }
+            store = LayeredStore(lifted, over: weights)
+        }
+
+        let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount))
+        try dumpC(program, options.dumpC)
+        let entry = try cache.library(for: program)
+        options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
+        return CompiledProgram(module: optimized, program: program, library: entry, weights: store,
+                               passTimings: timings, toolchain: toolchain, model: options.model)
+    }
+
+    private static func dumpC(_ program: CProgram, _ dir: String?) throws {
+        guard let dir else { return }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for s in program.sources { try writeAtomically(s.text, to: "\(dir)/\(s.name)") }
+    }
+
+    /// Writes the model folder: `model.so`, `weights.safetensors`, `manifest.json`, `model.ir`.
+    public static func write(_ compiled: CompiledProgram, to folder: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let records = try compiled.program.weights.map { b -> TensorRecord in
+            let p = try compiled.weights.raw(b.name)
+            return TensorRecord(name: b.name, dtype: b.type.dtype, shape: b.shape,
+                                payload: .raw(Array(UnsafeRawBufferPointer(start: p, count: b.type.byteCount))))
+        }
+        try writeSafeTensors(records, metadata: ["format": "arcflow-weights"], to: "\(folder)/weights.safetensors")
+        let libData = try Data(contentsOf: URL(fileURLWithPath: compiled.library.path))
+        try writeAtomically(libData, to: "\(folder)/model.so")
+        let irText = Printer.print(compiled.module)
+        try writeAtomically(irText, to: "\(folder)/model.ir")
+        let manifest = Manifest(
+            abiVersion: abiVersion, codegenVersion: codegenVersion, graph: compiled.module.main.name,
+            inputs: compiled.program.inputs, outputs: compiled.program.outputs, weights: compiled.program.weights,
+            arenaBytes: compiled.program.arenaBytes, steps: compiled.program.steps, flops: compiled.program.flops,
+            gemmFlops: compiled.program.gemmFlops, compiler: compiled.toolchain.identity,
+            commands: compiled.library.commands.map { $0.joined(separator: " ") },
+            irSHA256: SHA256.hash(irText), weightsSHA256: try sha256(ofFile: "\(folder)/weights.safetensors"),
+            librarySHA256: libData.withUnsafeBytes { SHA256.hash($0) }, model: compiled.model)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeAtomically(try encoder.encode(manifest), to: "\(folder)/manifest.json")
+    }
+}
+
+/// A compiled model folder, loaded.
+public struct LoadedModel {
+    public var manifest: Manifest
+    public var executable: Executable
+
+    /// Reads the manifest, checks the library against its recorded hash, binds the weights.
+    public static func load(_ folder: String) throws -> LoadedModel {
+        let manifestPath = "\(folder)/manifest.json"
+        guard FileManager.default.fileExists(atPath: manifestPath) else {
+            throw ArcError("\(folder) is not a compiled model (no manifest.json); create one with `arcflow compile`")
+        }
+        let manifest: Manifest
+        do {
+            manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
+        } catch {
+            throw ArcError("\(manifestPath) is not a valid manifest: \(error.localizedDescription)")
+        }
+        guard manifest.abiVersion == abiVersion else {
+            throw ArcError("\(folder) was compiled for ABI \(manifest.abiVersion), this arcflow uses \(abiVersion); recompile it")
+        }
+        let lib = "\(folder)/model.so"
+        guard (try? sha256(ofFile: lib)) == manifest.librarySHA256 else {
+            throw ArcError("\(lib) does not match its manifest (corrupted or replaced); recompile the model")
+        }
+        let store = try SafeTensorsStore(path: "\(folder)/weights.safetensors")
+        let exe = try Executable(library: try NativeLibrary(path: lib), inputs: manifest.inputs, outputs: manifest.outputs,
+                                 weights: manifest.weights, store: store)
+        return LoadedModel(manifest: manifest, executable: exe)
+    }
+}
+
+/// Writes numbered dumps as the pipeline runs: `000_input.ir`, then `NNN_<pass>.ir` per pass,
+/// named `NNN_<pass>.unchanged.ir` when the pass changed nothing.
+public func installIRDump(_ options: inout PipelineOptions, directory dir: String, input: Module) throws {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try writeAtomically(Printer.print(input), to: "\(dir)/000_input.ir")
+    let previous = options.afterPass
+    options.afterPass = { index, name, m, changed in
+        try previous?(index, name, m, changed)
+        let file = String(format: "%03d_%@%@.ir", index, name, changed ? "" : ".unchanged")
+        try writeAtomically(Printer.print(m), to: "\(dir)/\(file)")
+    }
+}
+
+/// Writes via a temporary file in the same directory and a rename: readers never see half a file.
+public func writeAtomically(_ data: Data, to path: String) throws {
+    let dir = (path as NSString).deletingLastPathComponent
+    let tmp = "\(dir.isEmpty ? "." : dir)/.\((path as NSString).lastPathComponent).tmp.\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
+    do {
+        try data.write(to: URL(fileURLWithPath: tmp))
+        guard rename(tmp, path) == 0 else { throw ArcError("cannot write \(path): \(String(cString: strerror(errno)))") }
+    } catch let e as ArcError {
+        try? FileManager.default.removeItem(atPath: tmp)
+        throw e
+    } catch {
+        try? FileManager.default.removeItem(atPath: tmp)
+        throw ArcError("cannot write \(path): \(error.localizedDescription)")
+    }
+}
+
+public func writeAtomically(_ text: String, to path: String) throws {
+    try writeAtomically(Data(text.utf8), to: path)
+}

@@ -1,0 +1,82 @@
+// A generated library loaded with dlopen, behind the versioned C ABI of CProgram.swift.
+
+import Codegen
+import Foundation
+import IR
+
+public final class NativeLibrary {
+    typealias RunFunction = @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<UnsafeRawPointer?>?,
+                                            UnsafePointer<UnsafeRawPointer?>?, UnsafePointer<UnsafeMutableRawPointer?>?,
+                                            UnsafeMutablePointer<Double>?, Int32) -> Int32
+    typealias IntFunction = @convention(c) () -> Int32
+    typealias SizeFunction = @convention(c) () -> Int
+    typealias NameFunction = @convention(c) (Int32) -> UnsafePointer<CChar>?
+    typealias ThreadsFunction = @convention(c) (Int32) -> Void
+
+    public let path: String
+    private let handle: UnsafeMutableRawPointer
+    private let runFunction: RunFunction
+    public let workspaceSize: Int
+    public let stepNames: [String]
+    private let setThreadsFunction: ThreadsFunction
+
+    /// Loads `path` and checks its ABI version; `dlerror()` is reported verbatim.
+    public init(path: String) throws {
+        self.path = path
+        guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            throw ArcError("cannot load \(path): \(String(cString: dlerror()))")
+        }
+        handle = h
+        func symbol<T>(_ name: String, _ type: T.Type) throws -> T {
+            guard let s = dlsym(h, name) else {
+                dlclose(h)
+                throw ArcError("\(path) is not an arcflow library: missing symbol \(name)")
+            }
+            return unsafeBitCast(s, to: type)
+        }
+        let version = try symbol("arcflow_abi_version", IntFunction.self)()
+        guard version == abiVersion else {
+            dlclose(h)
+            throw ArcError("\(path) has ABI version \(version), this arcflow expects \(abiVersion); recompile the model")
+        }
+        runFunction = try symbol("arcflow_run", RunFunction.self)
+        workspaceSize = try symbol("arcflow_workspace_size", SizeFunction.self)()
+        let count = try symbol("arcflow_num_steps", IntFunction.self)()
+        let name = try symbol("arcflow_step_name", NameFunction.self)
+        stepNames = (0..<count).map { String(cString: name($0)!) }
+        setThreadsFunction = try symbol("arcflow_set_threads", ThreadsFunction.self)
+    }
+
+    // No dlclose: OpenMP worker threads of the library's libgomp outlive any run, and
+    // unmapping the code under them crashes the process at exit. Libraries stay loaded.
+
+    public func setThreads(_ n: Int) { setThreadsFunction(Int32(n)) }
+
+    func run(workspace: UnsafeMutableRawPointer?, weights: [UnsafeRawPointer?], inputs: [UnsafeRawPointer?],
+             outputs: [UnsafeMutableRawPointer?], times: UnsafeMutablePointer<Double>?, gemmOnly: Bool) {
+        let status = weights.withUnsafeBufferPointer { w in
+            inputs.withUnsafeBufferPointer { i in
+                outputs.withUnsafeBufferPointer { o in
+                    runFunction(workspace, w.baseAddress, i.baseAddress, o.baseAddress, times, gemmOnly ? 1 : 0)
+                }
+            }
+        }
+        precondition(status == 0, "generated code returned \(status)")
+    }
+}
+
+/// Physical cores of this machine (the default thread count): distinct (package, core) pairs.
+public func physicalCoreCount() -> Int {
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else {
+        return ProcessInfo.processInfo.activeProcessorCount
+    }
+    var cores = Set<String>()
+    var physical = "0"
+    for line in info.split(separator: "\n") {
+        let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.count == 2 else { continue }
+        if parts[0] == "physical id" { physical = parts[1] }
+        if parts[0] == "core id" { cores.insert("\(physical):\(parts[1])") }
+    }
+    return cores.isEmpty ? ProcessInfo.processInfo.activeProcessorCount : cores.count
+}

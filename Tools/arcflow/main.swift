@@ -1,0 +1,52 @@
+// arcflow: compile diffusion-transformer graphs to native code and run them.
+
+import Foundation
+import IR
+
+let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
+    (dumpIRSpec, dumpIRCommand),
+    (compileSpec, compileCommand),
+    (runSpec, runCommand),
+    (benchSpec, benchCommand),
+    (randomWeightsSpec, randomWeightsCommand),
+    (randomInputsSpec, randomInputsCommand),
+    (exampleSpec, exampleCommand),
+]
+
+let topHelp = """
+usage: arcflow <command> [options]
+
+Compiles a tensor-IR graph (and its weights) to a native library with C/OpenMP kernels, and runs it.
+
+commands:
+\(commands.map { "  " + $0.spec.name.padding(toLength: 16, withPad: " ", startingAt: 0) + $0.spec.summary }.joined(separator: "\n"))
+
+Run `arcflow <command> --help` for a command's options.
+"""
+
+setvbuf(stdout, nil, _IOLBF, 0)
+let argv = Array(CommandLine.arguments.dropFirst())
+guard let first = argv.first, first != "-h", first != "--help", first != "help" else {
+    print(topHelp)
+    exit(argv.isEmpty ? 2 : 0)
+}
+guard let command = commands.first(where: { $0.spec.name == first }) else {
+    FileHandle.standardError.write("arcflow: error: unknown command '\(first)'\n\(topHelp)\n".data(using: .utf8)!)
+    exit(2)
+}
+do {
+    try command.run(Array(argv.dropFirst()))
+    exit(0)
+} catch let h as HelpRequested {
+    print(h.text, terminator: "")
+    exit(0)
+} catch let u as UsageError {
+    FileHandle.standardError.write("arcflow \(first): error: \(u.message)\n\(u.usage)\n".data(using: .utf8)!)
+    exit(2)
+} catch let e as ArcError {
+    FileHandle.standardError.write("arcflow \(first): error: \(e.message)\n".data(using: .utf8)!)
+    exit(1)
+} catch {
+    FileHandle.standardError.write("arcflow \(first): error: \(error.localizedDescription)\n".data(using: .utf8)!)
+    exit(1)
+}
