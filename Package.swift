@@ -19,9 +19,11 @@ let package = Package(
                           path: "Tools/arcflow"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
         .testTarget(name: "PassesTests", dependencies: ["IR", "Passes"], path: "Tests/PassesTests",
-                    resources: [.copy("Golden")]),
-        .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime"], path: "Tests/RuntimeTests"),
+                    exclude: ["Golden"]),
+        // Depends on the arcflow executable so `swift test` builds it: CLITests run it as a process.
+        .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "arcflow"],
+                    path: "Tests/RuntimeTests"),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Runtime", "ArcFlowGraphs"],
-                    path: "Tests/ArcFlowGraphsTests", resources: [.copy("Fixtures")]),
+                    path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
     ]
 )

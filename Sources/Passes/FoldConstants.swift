@@ -50,7 +50,9 @@ func foldConstantsIn(_ graph: Graph) throws -> Graph {
                     return Tensor(n.type, (0..<n.type.count).map { n.constant!.value(at: $0) })
                 }
                 let t = try Interpreter.evaluate(node, args)
-                r.map[i] = r.append(Node(op: .constant, type: node.type, constant: .dense(t.data), name: node.name))
+                // All-equal results stay splats: later folds (broadcasts) keep them free.
+                let data: ConstantData = t.data.allSatisfy({ $0 == t.data.first }) && !t.data.isEmpty ? .splat(t.data[0]) : .dense(t.data)
+                r.map[i] = r.append(Node(op: .constant, type: node.type, constant: data, name: node.name))
                 continue
             }
         }

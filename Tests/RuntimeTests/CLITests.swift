@@ -1,0 +1,205 @@
+// The arcflow command line, run as a process: end to end on the examples, and one-line errors
+// (non-zero exit, no stack trace) for every kind of bad input.
+
+import Foundation
+import IR
+import Runtime
+import XCTest
+
+final class CLITests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "arcflow-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    struct Result { var status: Int32; var out: String; var err: String }
+
+    /// Runs the arcflow binary built next to this test bundle.
+    @discardableResult
+    func arcflow(_ args: [String], env: [String: String] = [:]) throws -> Result {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("arcflow").path
+        var bundleDir = URL(fileURLWithPath: CommandLine.arguments[0])
+        while !FileManager.default.isExecutableFile(atPath: bundleDir.appendingPathComponent("arcflow").path) && bundleDir.path != "/" {
+            bundleDir.deleteLastPathComponent()
+        }
+        let exe = FileManager.default.isExecutableFile(atPath: bin) ? bin : bundleDir.appendingPathComponent("arcflow").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        var environment = ProcessInfo.processInfo.environment
+        environment["ARCFLOW_CACHE_DIR"] = dir + "/cache"
+        for (k, v) in env { environment[k] = v }
+        p.environment = environment
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    }
+
+    /// A failure must be one line on stderr, exit 1, and no crash report.
+    func assertOneLineError(_ r: Result, contains needle: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(r.status, 1, "exit status; stderr: \(r.err)", file: file, line: line)
+        let lines = r.err.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "expected one line, got: \(r.err)", file: file, line: line)
+        XCTAssertTrue(r.err.contains(needle), "'\(needle)' not in: \(r.err)", file: file, line: line)
+        XCTAssertFalse(r.err.contains("Fatal error") || r.err.contains("Backtrace") || r.err.contains("crashed"), file: file, line: line)
+    }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let p = "\(dir)/\(name)"
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        return p
+    }
+
+    let mlpIR = CLITests.root.appendingPathComponent("examples/mlp.ir").path
+    let blockIR = CLITests.root.appendingPathComponent("examples/transformer_block.ir").path
+
+    // MARK: End to end
+
+    func testTransformerBlockCompilesRunsAndMatchesInterpreter() throws {
+        XCTAssertEqual(try arcflow(["random-weights", blockIR, "-o", "w.safetensors", "--seed", "3"]).status, 0)
+        XCTAssertEqual(try arcflow(["random-inputs", blockIR, "-o", "in.safetensors", "--seed", "4"]).status, 0)
+        let c = try arcflow(["compile", blockIR, "--weights", "w.safetensors", "-o", "model", "--dump-ir", "ir", "--dump-c"])
+        XCTAssertEqual(c.status, 0, c.err)
+        XCTAssertTrue(c.out.contains("library built"), c.out)
+
+        // One dump per pass plus the input, numbered, each printing back identically.
+        let dumps = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/ir").sorted()
+        XCTAssertEqual(dumps, ["000_input.ir", "001_fold-constants.unchanged.ir", "002_cse.unchanged.ir", "003_lift-weights.unchanged.ir",
+                               "004_dce.unchanged.ir", "005_fuse-elementwise.ir", "006_plan-memory.ir"])
+        for d in dumps {
+            let text = try String(contentsOfFile: "\(dir)/ir/\(d)", encoding: .utf8)
+            XCTAssertEqual(Printer.print(try Parser.parseVerified(text)), text, d)
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(dir)/model/c/main.c"))
+
+        let r = try arcflow(["run", "--model", "model", "--inputs", "in.safetensors", "-o", "out.safetensors", "--profile"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("attention"), "profile lists kernels: \(r.err)")
+
+        let module = try Parser.parseVerified(try String(contentsOfFile: blockIR, encoding: .utf8))
+        let weights = try SafeTensorsStore(path: "\(dir)/w.safetensors"), inputs = try SafeTensorsStore(path: "\(dir)/in.safetensors")
+        let expected = try Interpreter.run(module, inputs: ["x": try inputs.tensor("x")]) { k, _ in try weights.tensor(k) }
+        let got = try SafeTensorsStore(path: "\(dir)/out.safetensors").tensor("y")
+        let c2 = compare(got, expected["y"]!)
+        XCTAssertLessThan(c2.relativeL2, 1e-5, "relative L2 \(c2.relativeL2)")
+
+        // Same IR again: a cache hit.
+        let again = try arcflow(["compile", blockIR, "--weights", "w.safetensors", "-o", "model2"])
+        XCTAssertTrue(again.out.contains("library cache hit"), again.out)
+    }
+
+    func testHelpOnEveryCommand() throws {
+        for c in ["dump-ir", "compile", "run", "bench", "random-weights", "random-inputs", "example"] {
+            let r = try arcflow([c, "--help"])
+            XCTAssertEqual(r.status, 0, c)
+            XCTAssertTrue(r.out.hasPrefix("usage: arcflow \(c)"), r.out)
+        }
+        XCTAssertEqual(try arcflow(["--help"]).status, 0)
+        let bad = try arcflow(["compile", "--frobnicate"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.err.contains("unknown option --frobnicate"), bad.err)
+    }
+
+    func testDumpIRWithNoPassesPrintsTheParsedGraph() throws {
+        let r = try arcflow(["dump-ir", mlpIR, "--passes", "none"])
+        XCTAssertEqual(r.out, try String(contentsOfFile: mlpIR, encoding: .utf8))
+        let fused = try arcflow(["dump-ir", mlpIR, "--print-after", "fuse-elementwise", "--time-passes"])
+        XCTAssertTrue(fused.out.contains("fusion"), fused.out)
+        XCTAssertTrue(fused.err.contains("IR Dump After fuse-elementwise"), fused.err)
+        XCTAssertTrue(fused.err.contains("pass timing"), fused.err)
+    }
+
+    // MARK: Bad input
+
+    func testUnparsableIR() throws {
+        let f = try write("bad.ir", "graph @g {\n  %x = input \"x\" : f32[2,\n}\n")
+        assertOneLineError(try arcflow(["dump-ir", f]), contains: "bad.ir:3:1: expected an integer, found '}'")
+    }
+
+    func testShapeMismatchNamesTheOp() throws {
+        let f = try write("shape.ir", "graph @g {\n  %x = input \"x\" : f32[2,3]\n  %y = matmul %x, %x : f32[2,3]\n  output \"y\" %y\n}\n")
+        assertOneLineError(try arcflow(["dump-ir", f]), contains: "shape.ir: line 3: matmul %y in @g: contraction sizes differ")
+    }
+
+    func testMissingAndMistypedWeights() throws {
+        try writeSafeTensors([TensorRecord(name: "fc1.weight", dtype: .f32, shape: [64, 256], payload: .floats(Array(repeating: 0, count: 64 * 256)))],
+                             to: "\(dir)/wrong.safetensors")
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "wrong.safetensors", "-o", "m"]),
+                           contains: "weight 'fc1.weight' in wrong.safetensors is f32[64,256], expected f32[256,64]")
+        try writeSafeTensors([TensorRecord(name: "fc1.weight", dtype: .bf16, shape: [256, 64], payload: .floats(Array(repeating: 0, count: 64 * 256)))],
+                             to: "\(dir)/dtype.safetensors")
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "dtype.safetensors", "-o", "m"]),
+                           contains: "weight 'fc1.weight' in dtype.safetensors is bf16[256,64], expected f32[256,64]")
+        try writeSafeTensors([], to: "\(dir)/empty.safetensors")
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "empty.safetensors", "-o", "m"]),
+                           contains: "missing weight 'fc1.weight' (expected f32[256,64])")
+    }
+
+    func testTruncatedAndLyingSafetensors() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
+        let full = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/w.safetensors"))
+        try full.prefix(full.count - 100).write(to: URL(fileURLWithPath: "\(dir)/truncated.safetensors"))
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "truncated.safetensors", "-o", "m"]), contains: "truncated.safetensors")
+        var lying = full
+        lying.replaceSubrange(0..<8, with: withUnsafeBytes(of: UInt64(1 << 40).littleEndian) { Data($0) })
+        try lying.write(to: URL(fileURLWithPath: "\(dir)/lying.safetensors"))
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "lying.safetensors", "-o", "m"]), contains: "lying.safetensors")
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: "\(dir)/tiny.safetensors"))
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "tiny.safetensors", "-o", "m"]), contains: "tiny.safetensors")
+    }
+
+    func testNoCompilerAndCompilerFailure() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"], env: ["ARCFLOW_CC": "/nonexistent/cc"]),
+                           contains: "no C compiler found: ARCFLOW_CC=/nonexistent/cc is not an executable")
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"], env: ["PATH": "/nonexistent"]),
+                           contains: "no C compiler found (looked for gcc, cc and clang in PATH)")
+        // A "compiler" that answers --version but rejects every source.
+        let fake = try write("fakecc", "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'fakecc 1.0'; exit 0; fi\necho 'fakecc: error: no thanks' >&2\nexit 3\n")
+        chmod(fake, 0o755)
+        let r = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"], env: ["ARCFLOW_CC": fake])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.contains("C compiler failed (exit 3): \(fake) -std=c11"), r.err)
+        XCTAssertTrue(r.err.contains("fakecc: error: no thanks"), r.err)
+        XCTAssertFalse(r.err.contains("Backtrace"))
+    }
+
+    func testCorruptedCacheEntryIsRebuiltNotLoaded() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
+        XCTAssertEqual(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"]).status, 0)
+        let cache = "\(dir)/cache"
+        let entries = try FileManager.default.contentsOfDirectory(atPath: cache).filter { !$0.hasPrefix(".") }
+        XCTAssertEqual(entries.count, 1)
+        try Data("garbage".utf8).write(to: URL(fileURLWithPath: "\(cache)/\(entries[0])/lib.so"))
+        let r = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m", "-v"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("is corrupted; rebuilding"), r.err)
+        XCTAssertTrue(r.out.contains("library built"), r.out)
+        // A corrupted model folder is refused, not loaded.
+        try Data("garbage".utf8).write(to: URL(fileURLWithPath: "\(dir)/m/model.so"))
+        XCTAssertEqual(try arcflow(["random-inputs", mlpIR, "-o", "in.safetensors"]).status, 0)
+        assertOneLineError(try arcflow(["run", "--model", "m", "--inputs", "in.safetensors", "-o", "o.safetensors"]),
+                           contains: "model.so does not match its manifest")
+    }
+
+    func testRunRejectsWrongInputs() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
+        XCTAssertEqual(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"]).status, 0)
+        try writeSafeTensors([TensorRecord(name: "x", dtype: .f32, shape: [8, 65], payload: .floats(Array(repeating: 0, count: 8 * 65)))],
+                             to: "\(dir)/in.safetensors")
+        assertOneLineError(try arcflow(["run", "--model", "m", "--inputs", "in.safetensors", "-o", "o.safetensors"]),
+                           contains: "input 'x' in in.safetensors is f32[8,65], expected f32[8,64]")
+        assertOneLineError(try arcflow(["run", "--model", "nowhere", "--inputs", "in.safetensors", "-o", "o.safetensors"]),
+                           contains: "nowhere is not a compiled model")
+    }
+}
