@@ -140,6 +140,8 @@ enum KernelEmitter {
             return [k]
         case .constant:
             return [constant(node)]
+        case .arc_step:
+            return [arcStep(node, operandTypes)]
         default:
             throw ArcError("codegen: no kernel for \(node.op.rawValue)")
         }
@@ -334,6 +336,42 @@ enum KernelEmitter {
         """
         let params = parameters(operandTypes, x, inPlace: nil)
         return Kernel(text: function(params, body), label: "rope_\(shapeLabel(x.shape))", parameters: params)
+    }
+
+    /// One ArcFlow step: per token and sub-position, softmax of the K log-weights, φ of the K−1
+    /// rates times Δ, then per channel x − Δ·Σ_k w_k·φ_k·μ_k. Δ and K are compile-time constants.
+    private static func arcStep(_ node: Node, _ operandTypes: [TensorType]) -> Kernel {
+        let x = node.type
+        let k = node.int("components")!, p = node.int("positions")!
+        let f = x.shape.last!
+        let rows = f == 0 ? 0 : x.count / f
+        let delta = cFloat(Float(node.float("delta")!))
+        let body = """
+            #pragma omp parallel for schedule(static)\(x.count >= parallelThreshold / 4 ? "" : " if(0)")
+            for (long t = 0; t < \(rows)L; t++) {
+                for (long j = 0; j < \(p)L; j++) {
+                    float w[\(k)];
+                    float m = -INFINITY, s = 0.0f;
+                    for (long c = 0; c < \(k)L; c++) m = fmaxf(m, in2[(t * \(k)L + c) * \(p)L + j]);
+                    for (long c = 0; c < \(k)L; c++) { w[c] = af_exp(in2[(t * \(k)L + c) * \(p)L + j] - m); s += w[c]; }
+                    w[0] /= s;
+                    for (long c = 1; c < \(k)L; c++) {
+                        /* φ(z) = expm1(z')/z', z' = sgn(z)·max(|z|, 1e-4): the reference's clamp. */
+                        const float z = in3[(t * \(k - 1)L + c - 1) * \(p)L + j] * \(delta);
+                        const float zc = z >= 0.0f ? fmaxf(z, 1e-4f) : fminf(z, -1e-4f);
+                        w[c] = w[c] / s * (af_expm1(zc) / zc);
+                    }
+                    for (long ch = 0; ch < \(f / p)L; ch++) {
+                        float v = 0.0f;
+                        for (long c = 0; c < \(k)L; c++) v += w[c] * in1[t * \(k * f)L + c * \(f)L + ch * \(p)L + j];
+                        out[t * \(f)L + ch * \(p)L + j] = in0[t * \(f)L + ch * \(p)L + j] - \(delta) * v;
+                    }
+                }
+            }
+
+        """
+        let params = parameters(operandTypes, x, inPlace: nil)
+        return Kernel(text: function(params, body), label: "arc_step_\(shapeLabel(x.shape))", parameters: params)
     }
 
     /// Standalone constants (operands of GEMMs or norms) are filled into the arena each run:

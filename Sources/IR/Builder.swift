@@ -17,13 +17,24 @@ public final class GraphBuilder {
     public private(set) var firstError: ArcError?
     private var weightIDs: [String: ValueID] = [:]
     private var usedNames: Set<String> = []
+    private var scopeAttributes: [String: Attribute] = [:]
 
     public init(name: String) { graph = Graph(name: name) }
 
+    /// Tags every node appended inside `body` with `attributes` (e.g. `arc_step = 0`), so a
+    /// pass can find the ops that together implement one composite computation.
+    public func withAttributes<T>(_ attributes: [String: Attribute], _ body: () throws -> T) rethrows -> T {
+        let saved = scopeAttributes
+        scopeAttributes.merge(attributes) { _, new in new }
+        defer { scopeAttributes = saved }
+        return try body()
+    }
+
     /// Appends a node after inferring its type. The returned value is usable even on error.
     @discardableResult
-    public func append(_ op: OpCode, _ operands: [Value], attributes: [String: Attribute] = [:], type declared: TensorType? = nil,
+    public func append(_ op: OpCode, _ operands: [Value], attributes ownAttributes: [String: Attribute] = [:], type declared: TensorType? = nil,
                        key: String? = nil, constant: ConstantData? = nil, region: Graph? = nil, name: String? = nil) -> Value {
+        let attributes = op.isSource ? ownAttributes : ownAttributes.merging(scopeAttributes) { own, _ in own }
         let type: TensorType
         do {
             type = try OpSemantics.resultType(op, operands: operands.map(\.type), attributes: attributes, declared: declared, region: region)

@@ -25,6 +25,8 @@ public enum OpCode: String, CaseIterable, Hashable, Sendable {
     case reshape, transpose, slice, concat, broadcast
     // Composite transformer ops.
     case rope, attention
+    // One closed-form ArcFlow step (reference §3.2), made by the fold-arc-integral pass.
+    case arc_step
     // A fused kernel: the node's region computes its value from its operands.
     case fusion
 

@@ -122,6 +122,8 @@ public enum Interpreter {
             return rope(args[0], cos: args[1], sin: args[2])
         case .attention:
             return attention(args[0], args[1], args[2], scale: node.float("scale")!)
+        case .arc_step:
+            return arcStep(args, delta: node.float("delta")!, components: node.int("components")!, positions: node.int("positions")!)
         case .fusion:
             let region = node.region!
             var inputs: [String: Tensor] = [:]
@@ -332,6 +334,42 @@ public enum Interpreter {
                         out[base + i] = Float(x0 * c0 - x1 * s0)
                         out[base + i + 1] = Float(x1 * c1 + x0 * s1)
                     }
+                }
+            }
+        }
+        return Tensor(x.type, out)
+    }
+
+    /// φ(z) = expm1(z)/z with the reference's clamp z' = sgn(z)·max(|z|, 1e-4), sgn(0) = +1: the
+    /// exact integral factor of exp(γ(σ_src − σ)) over a step, kept away from 0/0.
+    public static func phi(_ z: Double) -> Double {
+        let zc = z >= 0 ? Swift.max(z, 1e-4) : Swift.min(z, -1e-4)
+        return Foundation_expm1(zc) / zc
+    }
+
+    /// One ArcFlow step in token layout: x − Δ·Σ_k softmax_k(ℓ)·φ(γ_k·Δ)·μ_k with γ_0 = 0 (φ = 1).
+    /// Element (t, c·P + j) of x pairs with means (t, k·F + c·P + j), log-weights (t, k·P + j) and
+    /// rates (t, (k−1)·P + j): weights and rates are per position j, shared over channels c.
+    static func arcStep(_ args: [Tensor], delta: Double, components k: Int, positions p: Int) -> Tensor {
+        let (x, mu, lw, g) = (args[0], args[1], args[2], args[3])
+        let f = x.shape.last!
+        let rows = f == 0 ? 0 : x.type.count / f
+        var out = x.data
+        var w = [Double](repeating: 0, count: k)
+        for t in 0..<rows {
+            for j in 0..<p {
+                var m = -Double.infinity
+                for c in 0..<k { m = Swift.max(m, Double(lw.data[(t * k + c) * p + j])) }
+                var sum = 0.0
+                for c in 0..<k { w[c] = Foundation_exp(Double(lw.data[(t * k + c) * p + j]) - m); sum += w[c] }
+                for c in 0..<k {
+                    let phiK = c == 0 ? 1 : phi(Double(g.data[(t * (k - 1) + c - 1) * p + j]) * delta)
+                    w[c] = w[c] / sum * phiK
+                }
+                for ch in 0..<(f / p) {
+                    var v = 0.0
+                    for c in 0..<k { v += w[c] * Double(mu.data[t * k * f + c * f + ch * p + j]) }
+                    out[t * f + ch * p + j] = Float(Double(x.data[t * f + ch * p + j]) - delta * v)
                 }
             }
         }

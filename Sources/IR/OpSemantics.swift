@@ -185,6 +185,23 @@ public enum OpSemantics {
             _ = try float("scale")
             return q
 
+        case .arc_step:
+            // x [..., T, F]; means [..., T, K·F]; log-weights [..., T, K·P]; rates [..., T, (K−1)·P].
+            try need(4)
+            try needF32(operands)
+            let (x, mu, lw, g) = (operands[0], operands[1], operands[2], operands[3])
+            guard let k = attributes["components"]?.intValue, k >= 1,
+                  let p = attributes["positions"]?.intValue, p >= 1 else {
+                throw ArcError("needs integer attributes 'components' and 'positions'")
+            }
+            _ = try float("delta")
+            guard x.rank >= 1, let f = x.shape.last, f % p == 0 else { throw ArcError("x \(x): last dimension must be a multiple of positions \(p)") }
+            let lead = Array(x.shape.dropLast())
+            for (t, last) in [(mu, k * f), (lw, k * p), (g, (k - 1) * p)] where t.shape != lead + [last] {
+                throw ArcError("operands must be x [..., F], means [..., K·F], log-weights [..., K·P], rates [..., (K−1)·P]; got \(x), \(mu), \(lw), \(g) for K = \(k), P = \(p)")
+            }
+            return x
+
         case .fusion:
             guard let body = region else { throw ArcError("needs a region") }
             let ins = body.inputs

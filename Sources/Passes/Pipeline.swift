@@ -4,15 +4,17 @@ import IR
 
 /// Every pass, by name. `--passes`, `--disable-pass` and `--print-after` take these names.
 public let allPasses: [Pass] = [
-    liftWeights, foldConstants, commonSubexpressionElimination, deadCodeElimination,
-    fuseElementwise, planMemory,
+    foldConstants, fuseLoRA, foldArcIntegral, commonSubexpressionElimination, liftWeights,
+    deadCodeElimination, fuseElementwise, planMemory,
 ]
 
 public func pass(named name: String) -> Pass? { allPasses.first { $0.name == name } }
 
 /// The default pipeline, in order, each step with why it sits where it does.
 public let defaultPipeline: [String] = [
-    "fold-constants",    // first: makes the graph smaller and exposes identities to every later pass
+    "fold-constants",    // first: makes the graph smaller; LoRA scales and the σ schedule become single constants
+    "fuse-lora",         // before lifting: the fused weight W + s·B·A is weight-only math, lifted next
+    "fold-arc-integral", // needs Δ as one constant (fold-constants); before fusion claims its element-wise ops
     "cse",               // merge duplicates before lifting so shared weight transforms run once
     "lift-weights",      // weight-only math moves to @prologue (run once at compile time, in f32)
     "dce",               // drop what lifting and folding left unused (and weights nobody reads)

@@ -1,0 +1,197 @@
+// Reading a diffusers FLUX transformer folder and an ArcFlow adapter folder.
+
+import Foundation
+import IR
+import Runtime
+
+/// The fields of a diffusers `FluxTransformer2DModel` config.json this runtime uses.
+public struct FluxConfig: Equatable {
+    public var numLayers: Int
+    public var numSingleLayers: Int
+    public var attentionHeadDim: Int
+    public var numAttentionHeads: Int
+    public var jointAttentionDim: Int
+    public var pooledProjectionDim: Int
+    public var guidanceEmbeds: Bool
+    public var axesDimsRope: [Int]
+    public var inChannels: Int
+
+    public var width: Int { attentionHeadDim * numAttentionHeads }
+    /// Latent channels C: in_channels packs C × 2 × 2.
+    public var latentChannels: Int { inChannels / 4 }
+
+    public init(numLayers: Int, numSingleLayers: Int, attentionHeadDim: Int, numAttentionHeads: Int, jointAttentionDim: Int,
+                pooledProjectionDim: Int, guidanceEmbeds: Bool, axesDimsRope: [Int], inChannels: Int = 64) {
+        self.numLayers = numLayers
+        self.numSingleLayers = numSingleLayers
+        self.attentionHeadDim = attentionHeadDim
+        self.numAttentionHeads = numAttentionHeads
+        self.jointAttentionDim = jointAttentionDim
+        self.pooledProjectionDim = pooledProjectionDim
+        self.guidanceEmbeds = guidanceEmbeds
+        self.axesDimsRope = axesDimsRope
+        self.inChannels = inChannels
+    }
+
+    /// Parses and checks a config.json object; `path` names the file in messages.
+    public init(json: [String: Any], path: String) throws {
+        func int(_ k: String) throws -> Int {
+            guard let v = json[k] as? Int else { throw ArcError("\(path): '\(k)' must be an integer") }
+            guard v > 0 else { throw ArcError("\(path): '\(k)' must be positive, got \(v)") }
+            return v
+        }
+        numLayers = try int("num_layers")
+        numSingleLayers = try int("num_single_layers")
+        attentionHeadDim = try int("attention_head_dim")
+        numAttentionHeads = try int("num_attention_heads")
+        jointAttentionDim = try int("joint_attention_dim")
+        pooledProjectionDim = try int("pooled_projection_dim")
+        inChannels = try int("in_channels")
+        guidanceEmbeds = json["guidance_embeds"] as? Bool ?? false
+        guard let axes = json["axes_dims_rope"] as? [Int] else { throw ArcError("\(path): 'axes_dims_rope' must be a list of integers") }
+        axesDimsRope = axes
+        if let p = json["patch_size"] as? Int, p != 1 {
+            throw ArcError("\(path): patch_size \(p) is not supported (FLUX packs 2×2 latents outside the transformer; patch_size is 1)")
+        }
+        if let out = json["out_channels"] as? Int, out != inChannels {
+            throw ArcError("\(path): out_channels \(out) differs from in_channels \(inChannels)")
+        }
+        guard inChannels % 4 == 0 else { throw ArcError("\(path): in_channels \(inChannels) is not 4 × latent channels") }
+        guard axes.reduce(0, +) == attentionHeadDim, axes.allSatisfy({ $0 > 0 && $0 % 2 == 0 }) else {
+            throw ArcError("\(path): axes_dims_rope \(axes) must be even sizes summing to attention_head_dim \(attentionHeadDim)")
+        }
+    }
+}
+
+func readJSONObject(_ path: String) throws -> [String: Any] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw ArcError("cannot read \(path)") }
+    guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+        throw ArcError("\(path) is not a JSON object")
+    }
+    return obj
+}
+
+/// A diffusers transformer folder: config.json plus one safetensors file or index-listed shards.
+public struct FluxCheckpoint {
+    public var directory: String
+    public var config: FluxConfig
+    public var store: WeightStore
+
+    public static func load(_ dir: String) throws -> FluxCheckpoint {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw ArcError("\(dir) is not a directory (expected a diffusers transformer folder with config.json)")
+        }
+        let configPath = "\(dir)/config.json"
+        guard fm.fileExists(atPath: configPath) else { throw ArcError("\(dir) has no config.json") }
+        let json = try readJSONObject(configPath)
+        if let name = json["_class_name"] as? String, name != "FluxTransformer2DModel" {
+            throw ArcError("\(configPath): _class_name '\(name)' is not a FLUX transformer (expected FluxTransformer2DModel)")
+        }
+        let config = try FluxConfig(json: json, path: configPath)
+        let index = "\(dir)/diffusion_pytorch_model.safetensors.index.json"
+        var files: [String]
+        if fm.fileExists(atPath: index) {
+            guard let map = try readJSONObject(index)["weight_map"] as? [String: String] else {
+                throw ArcError("\(index) has no 'weight_map'")
+            }
+            files = Array(Set(map.values)).sorted()
+            for f in files where !fm.fileExists(atPath: "\(dir)/\(f)") {
+                throw ArcError("missing shard \(dir)/\(f) (listed in \((index as NSString).lastPathComponent))")
+            }
+        } else if fm.fileExists(atPath: "\(dir)/diffusion_pytorch_model.safetensors") {
+            files = ["diffusion_pytorch_model.safetensors"]
+        } else {
+            throw ArcError("\(dir) has neither diffusion_pytorch_model.safetensors nor its .index.json")
+        }
+        return FluxCheckpoint(directory: dir, config: config, store: try SafeTensorsStore(paths: files.map { "\(dir)/\($0)" }))
+    }
+}
+
+/// An ArcFlow adapter folder (reference §5.2): LoRA pairs, the dense `norm_out` override and
+/// the three head layers, optionally prefixed `transformer.`.
+public struct ArcFlowAdapter {
+    public var directory: String
+    public var components: Int
+    /// Keys with the `transformer.` prefix removed.
+    public var store: WeightStore
+    /// Module path → its LoRA tensors, e.g. "single_transformer_blocks.0.proj_mlp".
+    public var lora: [String: LoRAPair]
+    /// Non-LoRA tensors: they replace the base's (norm_out) or add layers (heads).
+    public var dense: Set<String>
+
+    public struct LoRAPair {
+        public var a: String, b: String
+        public var alpha: String?
+    }
+
+    public static let className = "ArcFluxTransformer2DModel"
+    public static let denseKeys: Set<String> = [
+        "norm_out.linear.weight", "norm_out.linear.bias",
+        "proj_out_means.weight", "proj_out_means.bias",
+        "proj_out_logweights.weight", "proj_out_logweights.bias",
+        "proj_out_loggamma.weight", "proj_out_loggamma.bias",
+    ]
+
+    public static func load(_ dir: String) throws -> ArcFlowAdapter {
+        let configPath = "\(dir)/config.json"
+        guard FileManager.default.fileExists(atPath: configPath) else { throw ArcError("\(dir) has no config.json (expected an ArcFlow adapter folder)") }
+        let json = try readJSONObject(configPath)
+        let name = json["_class_name"] as? String ?? "(none)"
+        guard name == className else {
+            throw ArcError("\(configPath): unknown _class_name '\(name)' (expected \(className))")
+        }
+        guard let k = json["num_gaussians"] as? Int, k >= 1 else { throw ArcError("\(configPath): 'num_gaussians' must be a positive integer") }
+        if let lw = json["logweights_channels"] as? Int, lw != 4 {
+            throw ArcError("\(configPath): logweights_channels \(lw) is not supported (one logit per 2×2 sub-position: 4)")
+        }
+        let path = "\(dir)/diffusion_pytorch_model.safetensors"
+        guard FileManager.default.fileExists(atPath: path) else { throw ArcError("\(dir) has no diffusion_pytorch_model.safetensors") }
+        let file = try SafeTensorsStore(path: path)
+        let store = PrefixStrippedStore(file, prefix: "transformer.")
+        var lora: [String: LoRAPair] = [:]
+        var dense = Set<String>()
+        var unmatched: [String] = []
+        for key in store.names {
+            if let m = key.strippingSuffix(".lora_A.weight") { lora[m, default: LoRAPair(a: "", b: "")].a = key }
+            else if let m = key.strippingSuffix(".lora_B.weight") { lora[m, default: LoRAPair(a: "", b: "")].b = key }
+            else if let m = key.strippingSuffix(".alpha") { lora[m, default: LoRAPair(a: "", b: "")].alpha = key }
+            else if denseKeys.contains(key) { dense.insert(key) }
+            else { unmatched.append(key) }
+        }
+        if !unmatched.isEmpty {
+            throw ArcError("\(path): \(unmatched.count) tensor(s) match nothing an ArcFlow adapter holds: \(unmatched.prefix(5).joined(separator: ", "))\(unmatched.count > 5 ? ", …" : "")")
+        }
+        for (m, p) in lora.sorted(by: { $0.key < $1.key }) where p.a.isEmpty || p.b.isEmpty {
+            throw ArcError("\(path): LoRA for '\(m)' needs both \(m).lora_A.weight and \(m).lora_B.weight")
+        }
+        let missing = denseKeys.subtracting(dense).sorted()
+        if !missing.isEmpty { throw ArcError("\(path): missing \(missing.joined(separator: ", "))") }
+        return ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense)
+    }
+}
+
+/// A view of a store with a key prefix removed where present (adapters exported with
+/// `transformer.` keys load like those without).
+final class PrefixStrippedStore: WeightStore {
+    let base: WeightStore
+    let map: [String: String]
+    init(_ base: WeightStore, prefix: String) {
+        self.base = base
+        var m: [String: String] = [:]
+        for k in base.names { m[k.hasPrefix(prefix) ? String(k.dropFirst(prefix.count)) : k] = k }
+        map = m
+    }
+    var label: String { base.label }
+    var names: [String] { map.keys.sorted() }
+    func type(of name: String) -> TensorType? { map[name].flatMap { base.type(of: $0) } }
+    func raw(_ name: String) throws -> UnsafeRawPointer {
+        guard let k = map[name] else { throw ArcError("\(label): no tensor named '\(name)'") }
+        return try base.raw(k)
+    }
+}
+
+extension String {
+    func strippingSuffix(_ suffix: String) -> String? { hasSuffix(suffix) ? String(dropLast(suffix.count)) : nil }
+}

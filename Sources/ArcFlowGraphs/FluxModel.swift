@@ -1,0 +1,190 @@
+// FLUX + sampler → one module: the teacher's Euler sampler or the ArcFlow closed-form sampler,
+// unrolled over a fixed number of steps, latents in and latents out.
+
+import Foundation
+import IR
+import Runtime
+
+public enum Sampler: String, CaseIterable {
+    case arc, euler
+
+    public var defaultSteps: Int { self == .arc ? 2 : 28 }
+}
+
+public struct FluxOptions {
+    public var sampler: Sampler = .arc
+    public var steps: Int?
+    /// Image size in pixels; latents are 1/8 of it, tokens 1/16.
+    public var height: Int
+    public var width: Int
+    public var textTokens: Int = 512
+    /// Fed to the guidance embedder; nil means 3.5 when the model has one.
+    public var guidance: Double?
+    /// Also output the latents after every step ("x1", "x2", …), for parity tests.
+    public var intermediateOutputs = false
+
+    public init(height: Int, width: Int) {
+        self.height = height
+        self.width = width
+    }
+}
+
+/// A FLUX module ready for `ModelCompiler.build`: the graph, the weights it names, and facts
+/// for the manifest.
+public struct FluxProgram {
+    public var module: Module
+    public var weights: WeightStore
+    public var manifest: [String: String]
+    public var sigmas: [Double]
+}
+
+public enum FluxModel {
+    public static let defaultGuidance = 3.5
+
+    /// Checks sizes and options; errors name the option.
+    static func validate(_ config: FluxConfig, _ o: FluxOptions, adapter: ArcFlowAdapter?) throws -> (guidance: Float?, steps: Int) {
+        guard o.height > 0, o.width > 0, o.height % 16 == 0, o.width % 16 == 0 else {
+            throw ArcError("--height \(o.height) and --width \(o.width) must be positive multiples of 16 (latents are 1/8, tokens 2×2 latents)")
+        }
+        guard o.textTokens > 0 else { throw ArcError("--text-tokens must be positive") }
+        let steps = o.steps ?? o.sampler.defaultSteps
+        guard steps >= 1 else { throw ArcError("--steps must be at least 1") }
+        if o.sampler == .arc && adapter == nil { throw ArcError("--sampler arc needs --adapter (the ArcFlow head lives in the adapter)") }
+        if o.sampler == .euler && adapter != nil { throw ArcError("--sampler euler runs the teacher; drop --adapter") }
+        var guidance: Float?
+        if config.guidanceEmbeds {
+            guidance = Float(o.guidance ?? defaultGuidance)
+        } else if o.guidance != nil {
+            throw ArcError("this transformer has no guidance embedder (guidance_embeds is false); drop --guidance")
+        }
+        return (guidance, steps)
+    }
+
+    /// The sampler graph: inputs `noise` [1, C, H/8, W/8], `prompt_embeds` [1, T, joint_attention_dim],
+    /// `pooled_prompt_embeds` [1, pooled_projection_dim]; output `latents` [1, C, H/8, W/8].
+    public static func sampler(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, options o: FluxOptions) throws -> FluxProgram {
+        let config = checkpoint.config
+        let (guidance, steps) = try validate(config, o, adapter: adapter)
+        let b = GraphBuilder(name: "flux_\(o.sampler.rawValue)\(steps)")
+        let (lh, lw) = (o.height / 8, o.width / 8)
+        let net = FluxNetwork(builder: b, config: config, base: checkpoint.store, adapter: adapter,
+                              textTokens: o.textTokens, latentHeight: lh, latentWidth: lw)
+        let c = config.latentChannels
+        let noise = b.input("noise", .f32([1, c, lh, lw]))
+        let prompt = b.input("prompt_embeds", .f32([1, o.textTokens, config.jointAttentionDim]))
+        let pooled = b.input("pooled_prompt_embeds", .f32([1, config.pooledProjectionDim]))
+        let context = try net.context(prompt)
+        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps) : Schedule.eulerSigmas(steps: steps)
+        var x = net.pack(noise)
+        for i in 0..<steps {
+            // σ in f32, and step sizes as f32 differences of the f32 knots, as the reference computes them.
+            let (sc, sn) = (Float(sigmas[i]), Float(sigmas[i + 1]))
+            let h = try net.trunk(packed: x, sigma: sc, guidance: guidance, context: context, pooled: pooled)
+            switch o.sampler {
+            case .euler:
+                x = x + (sn - sc) * (try net.teacherHead(h))
+            case .arc:
+                let head = try net.arcHead(h, components: adapter!.components)
+                x = b.withAttributes(["arc_step": .int(i)]) {
+                    arcUpdate(b, x: x, head: head, components: adapter!.components, delta: sc - sn)
+                }
+            }
+            if o.intermediateOutputs { b.output("x\(i + 1)", net.unpack(x, per: c)) }
+        }
+        b.output("latents", net.unpack(x, per: c))
+        try checkAdapterUse(adapter, net)
+        let graph = try b.finish()
+        var manifest: [String: String] = [
+            "family": "flux", "sampler": o.sampler.rawValue, "nfe": String(steps),
+            "height": String(o.height), "width": String(o.width), "text_tokens": String(o.textTokens),
+            "latent_channels": String(c), "sigmas": sigmas.map { String(Float($0)) }.joined(separator: ","),
+            "joint_attention_dim": String(config.jointAttentionDim), "pooled_projection_dim": String(config.pooledProjectionDim),
+        ]
+        if let g = guidance { manifest["guidance"] = String(g) }
+        if let a = adapter { manifest["components"] = String(a.components) }
+        return FluxProgram(module: Module(graph), weights: store(checkpoint, adapter, net), manifest: manifest, sigmas: sigmas)
+    }
+
+    /// One transformer evaluation at (x, σ), for parity tests: outputs `velocity` [1, C, H/8, W/8]
+    /// (teacher), or the student's per-pixel `means` [1, K, C, H/8, W/8], `logweights` [1, K, 1, …]
+    /// and `gammas` [1, K−1, 1, …] (reference §2.2 layout).
+    public static func evaluation(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, sigma: Double, options o: FluxOptions) throws -> FluxProgram {
+        let config = checkpoint.config
+        var opts = o
+        opts.sampler = adapter == nil ? .euler : .arc
+        let (guidance, _) = try validate(config, opts, adapter: adapter)
+        let b = GraphBuilder(name: "flux_eval")
+        let (lh, lw) = (o.height / 8, o.width / 8)
+        let net = FluxNetwork(builder: b, config: config, base: checkpoint.store, adapter: adapter,
+                              textTokens: o.textTokens, latentHeight: lh, latentWidth: lw)
+        let c = config.latentChannels
+        let x = b.input("x", .f32([1, c, lh, lw]))
+        let prompt = b.input("prompt_embeds", .f32([1, o.textTokens, config.jointAttentionDim]))
+        let pooled = b.input("pooled_prompt_embeds", .f32([1, config.pooledProjectionDim]))
+        let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance, context: try net.context(prompt), pooled: pooled)
+        if let a = adapter {
+            let k = a.components
+            let head = try net.arcHead(h, components: k)
+            b.output("means", net.unpack(head.means, per: k * c).reshaped([1, k, c, lh, lw]))
+            b.output("logweights", net.unpack(head.logWeights, per: k).reshaped([1, k, 1, lh, lw]))
+            b.output("gammas", net.unpack(head.rates, per: k - 1).reshaped([1, k - 1, 1, lh, lw]))
+        } else {
+            b.output("velocity", net.unpack(try net.teacherHead(h), per: c))
+        }
+        try checkAdapterUse(adapter, net)
+        return FluxProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net), manifest: [:], sigmas: [sigma])
+    }
+
+    /// x − Δ·Σ_k softmax(ℓ)_k·φ(γ_k·Δ)·μ_k in primitive ops, token layout, γ_0 = 0 (φ_0 = 1).
+    /// fold-arc-integral recognises this (by its `arc_step` tag) and makes it one kernel.
+    static func arcUpdate(_ b: GraphBuilder, x: Value, head: (means: Value, logWeights: Value, rates: Value),
+                          components k: Int, delta: Float) -> Value {
+        let (n, f) = (x.shape[1], x.shape[2])
+        let p = 4, c = f / p
+        let mu = head.means.reshaped([1, n, k, c, p])
+        let w = b.softmax(head.logWeights.reshaped([1, n, k, 1, p]), axis: 2)
+        var phi = b.constant(1, shape: [1, n, 1, 1, p])
+        if k > 1 {
+            let z = head.rates.reshaped([1, n, k - 1, 1, p]) * delta
+            let zc = b.select(b.binary(.greater_equal, z, b.scalar(0)), b.binary(.max, z, b.scalar(1e-4)), b.binary(.min, z, b.scalar(-1e-4)))
+            phi = b.concat([phi, zc.apply(.expm1) / zc], axis: 2)
+        }
+        let v = b.reduce(.reduce_sum, (w * phi) * mu, axes: [2])
+        return x - v.reshaped([1, n, f]) * delta
+    }
+
+    static func checkAdapterUse(_ adapter: ArcFlowAdapter?, _ net: FluxNetwork) throws {
+        guard let a = adapter else { return }
+        let unused = Set(a.lora.keys).subtracting(net.usedLoRA).sorted()
+        if !unused.isEmpty {
+            throw ArcError("\(a.store.label): LoRA for \(unused.prefix(3).joined(separator: ", "))\(unused.count > 3 ? ", …" : "") matches no layer of this transformer")
+        }
+    }
+
+    static func store(_ checkpoint: FluxCheckpoint, _ adapter: ArcFlowAdapter?, _ net: FluxNetwork) -> WeightStore {
+        FluxWeights(base: checkpoint.store, adapter: adapter?.store, generated: TensorStore(net.ropeTables, label: "RoPE tables"))
+    }
+}
+
+/// The weights a FLUX graph names: "adapter:<key>" from the adapter, "rope.*" computed, the rest
+/// from the base checkpoint.
+final class FluxWeights: WeightStore {
+    let base: WeightStore, adapter: WeightStore?, generated: WeightStore
+    init(base: WeightStore, adapter: WeightStore?, generated: WeightStore) {
+        self.base = base
+        self.adapter = adapter
+        self.generated = generated
+    }
+    var label: String { base.label }
+    var names: [String] { base.names + (adapter?.names.map { "adapter:" + $0 } ?? []) + generated.names }
+    private func route(_ name: String) -> (WeightStore, String)? {
+        if name.hasPrefix("adapter:") { return adapter.map { ($0, String(name.dropFirst(8))) } }
+        if generated.type(of: name) != nil { return (generated, name) }
+        return (base, name)
+    }
+    func type(of name: String) -> TensorType? { route(name).flatMap { $0.0.type(of: $0.1) } }
+    func raw(_ name: String) throws -> UnsafeRawPointer {
+        guard let (s, k) = route(name) else { throw ArcError("no adapter loaded for '\(name)'") }
+        return try s.raw(k)
+    }
+}

@@ -1,0 +1,267 @@
+// The FLUX.1 MMDiT as IR (diffusers v0.35.1 semantics, reference §4), with the teacher's
+// proj_out head and the ArcFlow head (§2), and LoRA adapters applied unfused (fuse-lora folds them).
+
+import Foundation
+import IR
+import Runtime
+
+/// Builds FLUX transformer evaluations into a graph. Weights come from the base checkpoint,
+/// with the adapter's dense tensors replacing the base's; every weight is checked against the
+/// shape the config implies, and converted to f32 right where it is read.
+final class FluxNetwork {
+    let b: GraphBuilder
+    let config: FluxConfig
+    let base: WeightStore
+    let adapter: ArcFlowAdapter?
+    /// Sequence layout: text tokens first, then the image token grid.
+    let textTokens: Int, gridH: Int, gridW: Int
+    /// LoRA modules this network used; anything else in the adapter targets nothing here.
+    private(set) var usedLoRA = Set<String>()
+    /// RoPE tables, computed here and bound as weights named "rope.cos" and "rope.sin".
+    let ropeTables: [String: Tensor]
+    private var cache: [String: Value] = [:]
+
+    var imageTokens: Int { gridH * gridW }
+    var width: Int { config.width }
+
+    init(builder: GraphBuilder, config: FluxConfig, base: WeightStore, adapter: ArcFlowAdapter?,
+         textTokens: Int, latentHeight: Int, latentWidth: Int) {
+        self.b = builder
+        self.config = config
+        self.base = base
+        self.adapter = adapter
+        self.textTokens = textTokens
+        self.gridH = latentHeight / 2
+        self.gridW = latentWidth / 2
+        self.ropeTables = FluxNetwork.rope(config: config, textTokens: textTokens, gridH: latentHeight / 2, gridW: latentWidth / 2)
+    }
+
+    // MARK: Weights and layers
+
+    /// A weight as f32, from the adapter's dense tensors if it has one by this name, else the base.
+    func weight(_ key: String, _ shape: [Int]) throws -> Value {
+        if let v = cache[key] { return v }
+        let fromAdapter = adapter.map { $0.dense.contains(key) } ?? false
+        let store = fromAdapter ? adapter!.store : base
+        guard let t = store.type(of: key) else {
+            throw ArcError("\(store.label): missing tensor '\(key)' (expected \(shape), config implies it)")
+        }
+        guard t.shape == shape else {
+            throw ArcError("\(store.label): tensor '\(key)' has shape \(t.shape), expected \(shape) for this transformer config")
+        }
+        let v = b.convert(b.weight((fromAdapter ? "adapter:" : "") + key, t), to: .f32)
+        cache[key] = v
+        return v
+    }
+
+    /// nn.Linear: y = x·Wᵀ + b, plus the adapter's LoRA term s·(x·Aᵀ)·Bᵀ when it has one for
+    /// this module (s = α/r, α = r when the file has no alpha).
+    func linear(_ x: Value, _ module: String, out: Int, in inputs: Int, bias: Bool = true) throws -> Value {
+        var y = b.matmul(x, try weight("\(module).weight", [out, inputs]), transposeB: true)
+        if let a = adapter, let pair = a.lora[module] {
+            usedLoRA.insert(module)
+            guard let at = a.store.type(of: pair.a), let bt = a.store.type(of: pair.b), at.rank == 2, bt.rank == 2 else {
+                throw ArcError("\(a.store.label): LoRA tensors of '\(module)' must be matrices")
+            }
+            let r = at.shape[0]
+            guard at.shape == [r, inputs] else {
+                throw ArcError("\(a.store.label): '\(pair.a)' has shape \(at.shape), expected [\(r), \(inputs)] for this base (an adapter for another model?)")
+            }
+            guard bt.shape == [out, r] else {
+                throw ArcError("\(a.store.label): '\(pair.b)' has shape \(bt.shape), expected [\(out), \(r)] for this base (an adapter for another model?)")
+            }
+            let la = b.convert(b.weight("adapter:" + pair.a, at), to: .f32)
+            let lb = b.convert(b.weight("adapter:" + pair.b, bt), to: .f32)
+            var delta = b.matmul(b.matmul(x, la, transposeB: true), lb, transposeB: true)
+            if let alphaKey = pair.alpha {
+                let alpha = try a.store.tensor(alphaKey)
+                guard alpha.type.count == 1 else { throw ArcError("\(a.store.label): '\(alphaKey)' must be a scalar") }
+                let s = alpha.data[0] / Float(r)
+                if s != 1 { delta = delta * s }
+            }
+            y = y + delta
+        }
+        if bias { y = y + (try weight("\(module).bias", [out])) }
+        return y
+    }
+
+    /// Modulation chunks of an AdaLN layer: SiLU(temb)·Wᵀ + b split into `chunks` [1, 1, D] vectors.
+    func modulation(_ temb: Value, _ module: String, chunks: Int) throws -> [Value] {
+        let m = try linear(temb.apply(.silu), module, out: chunks * width, in: width)
+        return b.chunk(m, chunks, axis: 1).map { $0.reshaped([1, 1, width]) }
+    }
+
+    /// Non-affine LayerNorm (eps 1e-6) modulated: LN(x)·(1 + scale) + shift.
+    func modulate(_ x: Value, shift: Value, scale: Value) -> Value {
+        b.layerNorm(x, eps: 1e-6) * (1 + scale) + shift
+    }
+
+    /// Linear → GELU(tanh) → Linear, diffusers' FeedForward (`net.0.proj`, `net.2`).
+    func feedForward(_ x: Value, _ module: String) throws -> Value {
+        let h = try linear(x, "\(module).net.0.proj", out: 4 * width, in: width).apply(.gelu)
+        return try linear(h, "\(module).net.2", out: width, in: 4 * width)
+    }
+
+    // MARK: Embeddings
+
+    /// diffusers' Timesteps(256, flip_sin_to_cos, shift 0) of `t`, in f32 as PyTorch computes it
+    /// (f32 exponent, exp, product, then cos and sin): [cos(t·f_0..127), sin(t·f_0..127)].
+    static func sinusoid(_ t: Float) -> [Float] {
+        let half = 128
+        let freqs = (0..<half).map { k in Float(Foundation.exp(Double(Float(-Foundation.log(10000.0)) * Float(k) / Float(half)))) }
+        let args = freqs.map { t * $0 }
+        return args.map { Float(Foundation.cos(Double($0))) } + args.map { Float(Foundation.sin(Double($0))) }
+    }
+
+    /// Linear → SiLU → Linear (diffusers' TimestepEmbedding and PixArtAlphaTextProjection).
+    func mlpEmbedder(_ x: Value, _ module: String, in inputs: Int) throws -> Value {
+        let h = try linear(x, "\(module).linear_1", out: width, in: inputs).apply(.silu)
+        return try linear(h, "\(module).linear_2", out: width, in: width)
+    }
+
+    /// temb = TE(proj(1000σ)) [+ GE(proj(1000g))] + TX(pooled). The model multiplies σ and g by
+    /// 1000 in f32 (no bf16 rounding here; see the README).
+    func conditioning(sigma: Float, guidance: Float?, pooled: Value) throws -> Value {
+        let tproj = b.constant(FluxNetwork.sinusoid(sigma * 1000), shape: [1, 256])
+        var temb = try mlpEmbedder(tproj, "time_text_embed.timestep_embedder", in: 256)
+        if let g = guidance {
+            let gproj = b.constant(FluxNetwork.sinusoid(g * 1000), shape: [1, 256])
+            temb = temb + (try mlpEmbedder(gproj, "time_text_embed.guidance_embedder", in: 256))
+        }
+        return temb + (try mlpEmbedder(pooled, "time_text_embed.text_embedder", in: config.pooledProjectionDim))
+    }
+
+    /// FluxPosEmbed over ids = [text (0,0,0)…; image (0, r, q)…]: per axis a with size d_a,
+    /// ω_k = θ^(−2k/d_a), angle = pos·ω in f64, each value repeated for a channel pair.
+    static func rope(config: FluxConfig, textTokens: Int, gridH: Int, gridW: Int) -> [String: Tensor] {
+        let d = config.attentionHeadDim
+        let n = textTokens + gridH * gridW
+        var cos = [Float](repeating: 0, count: n * d), sin = cos
+        for s in 0..<n {
+            let img = s - textTokens
+            let pos = img < 0 ? [0, 0, 0] : [0, img / gridW, img % gridW]
+            var c = 0
+            for (a, da) in config.axesDimsRope.enumerated() {
+                for k in 0..<(da / 2) {
+                    let omega = 1 / Foundation.pow(10000.0, Double(2 * k) / Double(da))
+                    let angle = Double(pos[a]) * omega
+                    for r in 0..<2 {
+                        cos[s * d + c + 2 * k + r] = Float(Foundation.cos(angle))
+                        sin[s * d + c + 2 * k + r] = Float(Foundation.sin(angle))
+                    }
+                }
+                c += da
+            }
+        }
+        return ["rope.cos": Tensor(.f32([n, d]), cos), "rope.sin": Tensor(.f32([n, d]), sin)]
+    }
+
+    func ropeValues() -> (Value, Value) {
+        let n = textTokens + imageTokens, d = config.attentionHeadDim
+        return (b.weight("rope.cos", .f32([n, d])), b.weight("rope.sin", .f32([n, d])))
+    }
+
+    // MARK: Attention and blocks
+
+    var heads: Int { config.numAttentionHeads }
+    var headDim: Int { config.attentionHeadDim }
+
+    /// Q, K, V of one stream as [1, S, H, Dh], Q and K RMS-normalised per head.
+    func qkv(_ x: Value, q: String, k: String, v: String, normQ: String, normK: String) throws -> (Value, Value, Value) {
+        let s = x.shape[1]
+        func proj(_ m: String) throws -> Value { try linear(x, m, out: width, in: width).reshaped([1, s, heads, headDim]) }
+        let qn = b.rmsNorm(try proj(q), scale: try weight("\(normQ).weight", [headDim]), eps: 1e-6)
+        let kn = b.rmsNorm(try proj(k), scale: try weight("\(normK).weight", [headDim]), eps: 1e-6)
+        return (qn, kn, try proj(v))
+    }
+
+    /// RoPE on Q and K over the whole [text; image] sequence, then scaled-dot-product attention.
+    func attend(_ q: Value, _ k: Value, _ v: Value) -> Value {
+        let (cos, sin) = ropeValues()
+        let o = b.attention(b.rope(q, cos: cos, sin: sin), b.rope(k, cos: cos, sin: sin), v, scale: 1 / Double(headDim).squareRoot())
+        return o.reshaped([1, q.shape[1], width])
+    }
+
+    /// FluxTransformerBlock (§4.4): both streams modulated by temb, joint attention over
+    /// [text, image], gated residuals, separate feed-forwards.
+    func doubleBlock(_ i: Int, image: Value, text: Value, temb: Value) throws -> (image: Value, text: Value) {
+        let p = "transformer_blocks.\(i)"
+        let m = try modulation(temb, "\(p).norm1.linear", chunks: 6)
+        let c = try modulation(temb, "\(p).norm1_context.linear", chunks: 6)
+        let ni = modulate(image, shift: m[0], scale: m[1])
+        let nt = modulate(text, shift: c[0], scale: c[1])
+        let (qi, ki, vi) = try qkv(ni, q: "\(p).attn.to_q", k: "\(p).attn.to_k", v: "\(p).attn.to_v",
+                                   normQ: "\(p).attn.norm_q", normK: "\(p).attn.norm_k")
+        let (qt, kt, vt) = try qkv(nt, q: "\(p).attn.add_q_proj", k: "\(p).attn.add_k_proj", v: "\(p).attn.add_v_proj",
+                                   normQ: "\(p).attn.norm_added_q", normK: "\(p).attn.norm_added_k")
+        let o = attend(b.concat([qt, qi], axis: 1), b.concat([kt, ki], axis: 1), b.concat([vt, vi], axis: 1))
+        let ot = b.slice(o, axis: 1, 0..<textTokens), oi = b.slice(o, axis: 1, textTokens..<(textTokens + imageTokens))
+        var img = image + m[2] * (try linear(oi, "\(p).attn.to_out.0", out: width, in: width))
+        img = img + m[5] * (try feedForward(modulate(img, shift: m[3], scale: m[4]), "\(p).ff"))
+        var txt = text + c[2] * (try linear(ot, "\(p).attn.to_add_out", out: width, in: width))
+        txt = txt + c[5] * (try feedForward(modulate(txt, shift: c[3], scale: c[4]), "\(p).ff_context"))
+        return (img, txt)
+    }
+
+    /// FluxSingleTransformerBlock (§4.5) on x = [text; image]: attention (no output projection)
+    /// and MLP side by side, one proj_out over both (attention columns first), gated residual.
+    func singleBlock(_ i: Int, _ x: Value, temb: Value) throws -> Value {
+        let p = "single_transformer_blocks.\(i)"
+        let m = try modulation(temb, "\(p).norm.linear", chunks: 3)
+        let n = modulate(x, shift: m[0], scale: m[1])
+        let mlp = try linear(n, "\(p).proj_mlp", out: 4 * width, in: width).apply(.gelu)
+        let (q, k, v) = try qkv(n, q: "\(p).attn.to_q", k: "\(p).attn.to_k", v: "\(p).attn.to_v",
+                                normQ: "\(p).attn.norm_q", normK: "\(p).attn.norm_k")
+        let joined = b.concat([attend(q, k, v), mlp], axis: 2)
+        return x + m[2] * (try linear(joined, "\(p).proj_out", out: width, in: 5 * width))
+    }
+
+    /// One transformer evaluation up to norm_out: image tokens [1, N, D].
+    /// `context` is context_embedder(prompt_embeds), computed once per graph by the caller.
+    func trunk(packed x: Value, sigma: Float, guidance: Float?, context: Value, pooled: Value) throws -> Value {
+        let temb = try conditioning(sigma: sigma, guidance: guidance, pooled: pooled)
+        var img = try linear(x, "x_embedder", out: width, in: config.inChannels)
+        var txt = context
+        for i in 0..<config.numLayers { (img, txt) = try doubleBlock(i, image: img, text: txt, temb: temb) }
+        var joint = b.concat([txt, img], axis: 1)
+        for i in 0..<config.numSingleLayers { joint = try singleBlock(i, joint, temb: temb) }
+        img = b.slice(joint, axis: 1, textTokens..<(textTokens + imageTokens))
+        // AdaLayerNormContinuous: scale is the FIRST half, shift the second (diffusers order).
+        let mod = try linear(temb.apply(.silu), "norm_out.linear", out: 2 * width, in: width)
+        let halves = b.chunk(mod, 2, axis: 1).map { $0.reshaped([1, 1, width]) }
+        return modulate(img, shift: halves[1], scale: halves[0])
+    }
+
+    func context(_ promptEmbeds: Value) throws -> Value {
+        try linear(promptEmbeds, "context_embedder", out: width, in: config.jointAttentionDim)
+    }
+
+    /// The teacher's velocity in packed layout [1, N, 4C].
+    func teacherHead(_ h: Value) throws -> Value {
+        try linear(h, "proj_out", out: config.inChannels, in: width)
+    }
+
+    /// The ArcFlow head (§2.1) in packed layout: means [1, N, K·4C], log-weights
+    /// log-softmaxed over K [1, N, K·4], rates γ [1, N, (K−1)·4] used as they are.
+    func arcHead(_ h: Value, components k: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
+        let n = imageTokens
+        let means = try linear(h, "proj_out_means", out: k * config.inChannels, in: width)
+        let raw = try linear(h, "proj_out_logweights", out: k * 4, in: width)
+        let logw = b.logSoftmax(raw.reshaped([1, n, k, 4]), axis: 2).reshaped([1, n, k * 4])
+        let rates = try linear(h, "proj_out_loggamma", out: (k - 1) * 4, in: width)
+        return (means, logw, rates)
+    }
+
+    // MARK: Latent layouts
+
+    /// [1, C, H, W] → [1, (H/2)(W/2), 4C] with packed channel c·4 + py·2 + px (diffusers' _pack_latents).
+    func pack(_ latents: Value) -> Value {
+        let c = config.latentChannels
+        return latents.reshaped([1, c, gridH, 2, gridW, 2]).transposed([0, 2, 4, 1, 3, 5]).reshaped([1, imageTokens, 4 * c])
+    }
+
+    /// Inverse of `pack`, for `per` values per token and position: [1, N, per·4] → [1, per, H, W].
+    func unpack(_ tokens: Value, per: Int) -> Value {
+        tokens.reshaped([1, gridH, gridW, per, 2, 2]).transposed([0, 3, 1, 4, 2, 5]).reshaped([1, per, 2 * gridH, 2 * gridW])
+    }
+}
