@@ -9,7 +9,7 @@ import IR
 /// other users. The rewrite leaves one GEMM at run time; the adapter costs nothing per step.
 public let fuseLoRA = Pass(name: "fuse-lora",
                            summary: "fold LoRA adapters into their base weights: W' = W + (α/r)·B·A, in f32") { module, context in
-    try module.forEachGraph { g in
+    module.forEachGraph { g in
         let (fused, count) = fuseLoRAAdapters(g)
         if count > 0 { context.note("fuse-lora: fused \(count) adapters in @\(g.name)") }
         g = fused

@@ -1,5 +1,6 @@
 // dump-ir and compile: the pass pipeline and the code generator from the command line.
 
+import ArcFlowGraphs
 import Codegen
 import Foundation
 import IR
@@ -49,11 +50,27 @@ func annotateWeights(_ text: String, _ module: Module, store: WeightStore) throw
 }
 
 let compileSpec = CommandSpec(
-    name: "compile", usage: "compile FILE --weights W.safetensors -o DIR [--dump-ir DIR] [--dump-c] [--passes LIST] [--verbose]",
-    summary: "Compile an IR graph and its weights into a model folder (model.so, weights.safetensors, manifest.json).",
+    name: "compile",
+    usage: """
+    compile FILE --weights W.safetensors -o DIR [--dump-ir DIR] [--dump-c] [--passes LIST] [--verbose]
+           arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
+                           [--text-tokens T] [--guidance G] [--dump-ir DIR] -o OUT
+    """,
+    summary: """
+    Compile an IR graph and its weights, or a FLUX transformer (diffusers folder) with an ArcFlow adapter
+    and a sampler, into a model folder (model.so, weights.safetensors, manifest.json, model.ir).
+    """,
     options: [
-        OptionSpec(names: ["--weights"], value: "W.safetensors", help: "the weights the graph names"),
+        OptionSpec(names: ["--weights"], value: "W.safetensors", help: "the weights an IR FILE names"),
         OptionSpec(names: ["-o", "--output"], value: "DIR", help: "model folder to write"),
+        OptionSpec(names: ["--transformer"], value: "DIR", help: "FLUX: diffusers transformer folder (config.json + safetensors or shards)"),
+        OptionSpec(names: ["--adapter"], value: "DIR", help: "FLUX: ArcFlow adapter folder (needed by --sampler arc)"),
+        OptionSpec(names: ["--sampler"], value: "arc|euler", help: "FLUX: ArcFlow closed-form sampler or the teacher's Euler (default arc)"),
+        OptionSpec(names: ["--steps"], value: "N", help: "FLUX: sampler steps = transformer evaluations (default 2 arc, 28 euler)"),
+        OptionSpec(names: ["--height"], value: "H", help: "FLUX: image height in pixels, a multiple of 16"),
+        OptionSpec(names: ["--width"], value: "W", help: "FLUX: image width in pixels, a multiple of 16"),
+        OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -62,13 +79,25 @@ let compileSpec = CommandSpec(
 
 func compileCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, compileSpec, maxPositional: 1)
-    guard let file = args.positional.first else { throw UsageError("missing the IR FILE", compileSpec) }
     let out = try args.required("--output", compileSpec)
-    let weightsPath = try args.required("--weights", compileSpec)
     let start = monotonicSeconds()
-    let module = try loadModule(file)
-    let store = try SafeTensorsStore(path: weightsPath)
-    let options = try compileOptions(args, compileSpec, output: out)
+    var options = try compileOptions(args, compileSpec, output: out)
+    let module: Module, store: WeightStore
+    if let transformer = args.value("--transformer") {
+        if !args.positional.isEmpty || args.has("--weights") {
+            throw UsageError("--transformer compiles a FLUX folder; give no IR FILE or --weights with it", compileSpec)
+        }
+        let program = try fluxProgram(args, transformer: transformer)
+        (module, store) = (program.module, program.weights)
+        options.model = program.manifest
+    } else {
+        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance"] where args.has(flag) {
+            throw UsageError("\(flag) needs --transformer", compileSpec)
+        }
+        guard let file = args.positional.first else { throw UsageError("give an IR FILE (or --transformer DIR)", compileSpec) }
+        module = try loadModule(file)
+        store = try SafeTensorsStore(path: try args.required("--weights", compileSpec))
+    }
     let compiled = try ModelCompiler.build(module, weights: store, options: options)
     let loadStart = monotonicSeconds()
     _ = try compiled.load()
@@ -81,6 +110,25 @@ func compileCommand(_ argv: [String]) throws {
           + String(format: "%.2f GFLOP per run", p.flops / 1e9) + " → \(out)")
     print("library \(compiled.library.cacheHit ? "cache hit" : "built") \(compiled.library.key.prefix(16)); "
           + "compiled and loaded in \(formatMS(loaded - start)) (load \(formatMS(loaded - loadStart)))")
+}
+
+/// The FLUX module for `compile --transformer`.
+func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxProgram {
+    let spec = compileSpec
+    let checkpoint = try FluxCheckpoint.load(transformer)
+    let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
+    var o = FluxOptions(height: try args.int("--height", spec) ?? { throw UsageError("missing required option --height", spec) }(),
+                        width: try args.int("--width", spec) ?? { throw UsageError("missing required option --width", spec) }())
+    if let s = args.value("--sampler") {
+        guard let sampler = Sampler(rawValue: s) else { throw UsageError("--sampler must be arc or euler, got '\(s)'", spec) }
+        o.sampler = sampler
+    } else if adapter == nil {
+        throw UsageError("the default --sampler arc needs --adapter; or give --sampler euler for the teacher", spec)
+    }
+    o.steps = try args.int("--steps", spec, min: 1)
+    o.textTokens = try args.int("--text-tokens", spec, default: 512, min: 1)!
+    o.guidance = try args.double("--guidance", spec)
+    return try FluxModel.sampler(checkpoint, adapter: adapter, options: o)
 }
 
 func compileOptions(_ args: ParsedArguments, _ spec: CommandSpec, output: String) throws -> CompileOptions {

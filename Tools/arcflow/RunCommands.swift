@@ -143,20 +143,33 @@ func benchCommand(_ argv: [String]) throws {
     let med = median(full), gmed = median(gemm)
     let gflops = m.flops / med / 1e9, gemmGflops = m.gemmFlops / gmed / 1e9
     let threads = try args.int("--threads", benchSpec, default: physicalCoreCount(), min: 1)!
+    let nfe = Double(m.model["nfe"] ?? "") ?? 0
     if args.has("--json") {
-        let obj: [String: Any] = [
+        var obj: [String: Any] = [
             "graph": m.graph, "runs": runs, "threads": threads,
             "ms_median": med * 1000, "ms_min": full.min()! * 1000, "ms_max": full.max()! * 1000,
             "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops,
             "gemm_ms_median": gmed * 1000, "gemm_gflop_per_run": m.gemmFlops / 1e9, "gemm_gflop_per_s": gemmGflops,
             "throughput_vs_gemm": gemmGflops > 0 ? gflops / gemmGflops : 0,
         ]
+        if nfe > 0 {
+            // A sampler runs its transformer nfe times per run; one evaluation is a run / nfe.
+            obj["nfe"] = Int(nfe)
+            obj["nfe_ms_median"] = med * 1000 / nfe
+            obj["nfe_ms_min"] = full.min()! * 1000 / nfe
+            obj["nfe_ms_max"] = full.max()! * 1000 / nfe
+            obj["gflop_per_nfe"] = m.flops / 1e9 / nfe
+        }
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
     } else {
         print("@\(m.graph): \(runs) runs, \(threads) threads")
         print(String(format: "  full graph : median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP)",
                      med * 1000, full.min()! * 1000, full.max()! * 1000, gflops, m.flops / 1e9))
+        if nfe > 0 {
+            print(String(format: "  per NFE    : median %8.3f ms  (min %.3f, max %.3f)  (%.3f GFLOP per NFE, %d NFE per run)",
+                         med * 1000 / nfe, full.min()! * 1000 / nfe, full.max()! * 1000 / nfe, m.flops / 1e9 / nfe, Int(nfe)))
+        }
         print(String(format: "  GEMMs alone: median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP, OpenBLAS)",
                      gmed * 1000, gemm.min()! * 1000, gemm.max()! * 1000, gemmGflops, m.gemmFlops / 1e9))
         print(String(format: "  throughput vs GEMMs alone: %.1f%%; everything else adds %.1f%% to the GEMM time",

@@ -6,6 +6,7 @@ import IR
 let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (dumpIRSpec, dumpIRCommand),
     (compileSpec, compileCommand),
+    (generateSpec, generateCommand),
     (runSpec, runCommand),
     (benchSpec, benchCommand),
     (randomWeightsSpec, randomWeightsCommand),

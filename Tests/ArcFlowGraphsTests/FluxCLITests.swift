@@ -1,0 +1,137 @@
+// compile --transformer, generate and bench from the command line, and the one-line errors for
+// bad checkpoints, adapters, sizes and embeddings.
+
+import Foundation
+import IR
+import Runtime
+import XCTest
+
+final class FluxCLITests: XCTestCase {
+    var dir = ""
+    let a = "\(fixtures)/cfg-a", bcfg = "\(fixtures)/cfg-b"
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "arcflow-flux-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    struct Result { var status: Int32; var out: String; var err: String }
+
+    func arcflow(_ args: [String]) throws -> Result {
+        var bundleDir = URL(fileURLWithPath: CommandLine.arguments[0])
+        while !FileManager.default.isExecutableFile(atPath: bundleDir.appendingPathComponent("arcflow").path) && bundleDir.path != "/" {
+            bundleDir.deleteLastPathComponent()
+        }
+        let p = Process()
+        p.executableURL = bundleDir.appendingPathComponent("arcflow")
+        p.arguments = args
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        var env = ProcessInfo.processInfo.environment
+        env["ARCFLOW_CACHE_DIR"] = cacheRoot
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    }
+
+    func assertOneLineError(_ r: Result, contains needle: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(r.status, 1, "stderr: \(r.err)", file: file, line: line)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, "expected one line: \(r.err)", file: file, line: line)
+        XCTAssertTrue(r.err.contains(needle), "'\(needle)' not in: \(r.err)", file: file, line: line)
+    }
+
+    func compileA(_ extra: [String], adapter: String? = "adapter-k16") throws -> Result {
+        try arcflow(["compile", "--transformer", "\(a)/transformer"] + (adapter.map { ["--adapter", "\(a)/\($0)"] } ?? [])
+                    + ["--height", "48", "--width", "80", "--text-tokens", "7"] + extra)
+    }
+
+    func testCompileGenerateAndBench() throws {
+        let c = try compileA(["-o", "m", "--dump-ir", "ir"])
+        XCTAssertEqual(c.status, 0, c.err)
+        // Per-pass dumps include the two FLUX passes; afterwards no LoRA GEMM is left at run time,
+        // and each arc step is one arc_step op.
+        let dumps = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/ir").sorted()
+        XCTAssertTrue(dumps.contains("002_fuse-lora.ir") && dumps.contains("003_fold-arc-integral.ir"), "\(dumps)")
+        let final = try Parser.parseVerified(try String(contentsOfFile: "\(dir)/m/model.ir", encoding: .utf8))
+        XCTAssertFalse(final.main.nodes.contains { $0.op == .weight && $0.key!.contains("lora") })
+        XCTAssertTrue(final.prologue!.nodes.contains { $0.op == .weight && $0.key!.contains("lora_A") })
+        XCTAssertEqual(final.main.nodes.filter { $0.op == .arc_step }.count, 2)
+        for d in dumps {
+            let text = try String(contentsOfFile: "\(dir)/ir/\(d)", encoding: .utf8)
+            XCTAssertEqual(Printer.print(try Parser.parseVerified(text)), text, d)
+        }
+
+        let g = try arcflow(["generate", "--model", "m", "--embeddings", "\(a)/case.safetensors", "--noise", "\(a)/case.safetensors",
+                             "--output-latents", "lat.safetensors"])
+        XCTAssertEqual(g.status, 0, g.err)
+        let latents = try SafeTensorsStore(path: "\(dir)/lat.safetensors").tensor("latents")
+        XCTAssertLessThan(relativeL2(latents, try SafeTensorsStore(path: "\(a)/reference.safetensors").tensor("k16_arc2_x2")), 1e-3)
+
+        // Seeds reproduce bit-identically.
+        for out in ["s1.safetensors", "s2.safetensors"] {
+            XCTAssertEqual(try arcflow(["generate", "--model", "m", "--embeddings", "\(a)/case.safetensors", "--seed", "42",
+                                        "--output-latents", out]).status, 0)
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/s1.safetensors")),
+                       try Data(contentsOf: URL(fileURLWithPath: "\(dir)/s2.safetensors")))
+
+        let bench = try arcflow(["bench", "--model", "m", "--runs", "2", "--json"])
+        XCTAssertEqual(bench.status, 0, bench.err)
+        let obj = try JSONSerialization.jsonObject(with: Data(bench.out.utf8)) as! [String: Any]
+        for key in ["nfe_ms_median", "nfe_ms_min", "nfe_ms_max", "gflop_per_nfe"] { XCTAssertNotNil(obj[key], key) }
+    }
+
+    func testAdapterForAnotherBase() throws {
+        let r = try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", "\(bcfg)/adapter-k16",
+                             "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "m"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.contains("has shape [") && r.err.contains("expected ["), r.err)
+        XCTAssertTrue(r.err.contains("norm_out.linear.weight") || r.err.contains("lora"), r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+    }
+
+    func testMissingShard() throws {
+        let t = "\(dir)/transformer"
+        try FileManager.default.copyItem(atPath: "\(bcfg)/transformer", toPath: t)
+        try FileManager.default.removeItem(atPath: "\(t)/diffusion_pytorch_model-00002-of-00002.safetensors")
+        assertOneLineError(try arcflow(["compile", "--transformer", t, "--sampler", "euler", "--height", "112", "--width", "48", "-o", "m"]),
+                           contains: "missing shard \(t)/diffusion_pytorch_model-00002-of-00002.safetensors")
+    }
+
+    func testUnknownAdapterClass() throws {
+        let ad = "\(dir)/adapter"
+        try FileManager.default.copyItem(atPath: "\(a)/adapter-k4", toPath: ad)
+        let config = try String(contentsOfFile: "\(ad)/config.json", encoding: .utf8)
+        try config.replacingOccurrences(of: "ArcFluxTransformer2DModel", with: "PiFluxTransformer2DModel")
+            .write(toFile: "\(ad)/config.json", atomically: true, encoding: .utf8)
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", ad, "--height", "48", "--width", "80", "-o", "m"]),
+                           contains: "unknown _class_name 'PiFluxTransformer2DModel' (expected ArcFluxTransformer2DModel)")
+    }
+
+    func testSizesMustBeMultiplesOf16() throws {
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", "\(a)/adapter-k4",
+                                        "--height", "40", "--width", "80", "-o", "m"]),
+                           contains: "--height 40 and --width 80 must be positive multiples of 16")
+    }
+
+    func testEmbeddingsOfTheWrongShape() throws {
+        XCTAssertEqual(try compileA(["-o", "m", "--adapter", "\(a)/adapter-k4"], adapter: nil).status, 0)
+        try writeSafeTensors([
+            TensorRecord(name: "prompt_embeds", dtype: .f32, shape: [1, 9, 48], payload: .floats(Array(repeating: 0, count: 9 * 48))),
+            TensorRecord(name: "pooled_prompt_embeds", dtype: .f32, shape: [1, 40], payload: .floats(Array(repeating: 0, count: 40))),
+        ], to: "\(dir)/e.safetensors")
+        assertOneLineError(try arcflow(["generate", "--model", "m", "--embeddings", "e.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "e.safetensors: 'prompt_embeds' has shape [1, 9, 48], expected [1, 7, 48]")
+        try writeSafeTensors([
+            TensorRecord(name: "prompt", dtype: .f32, shape: [1, 7, 48], payload: .floats(Array(repeating: 0, count: 7 * 48))),
+        ], to: "\(dir)/e2.safetensors")
+        assertOneLineError(try arcflow(["generate", "--model", "m", "--embeddings", "e2.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "e2.safetensors has no tensor 'prompt_embeds' (expected f32[1, 7, 48])")
+    }
+}
