@@ -17,13 +17,14 @@ let package = Package(
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs"],
                           path: "Tools/arcflow"),
+        .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
         .testTarget(name: "PassesTests", dependencies: ["IR", "Passes"], path: "Tests/PassesTests",
                     exclude: ["Golden"]),
         // Depends on the arcflow executable so `swift test` builds it: CLITests run it as a process.
-        .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "arcflow"],
+        .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "arcflow", "TestSupport"],
                     path: "Tests/RuntimeTests"),
-        .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Runtime", "ArcFlowGraphs"],
+        .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
     ]
 )

@@ -63,16 +63,9 @@ public enum FluxModel {
     /// The sampler graph: inputs `noise` [1, C, H/8, W/8], `prompt_embeds` [1, T, joint_attention_dim],
     /// `pooled_prompt_embeds` [1, pooled_projection_dim]; output `latents` [1, C, H/8, W/8].
     public static func sampler(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, options o: FluxOptions) throws -> FluxProgram {
-        let config = checkpoint.config
-        let (guidance, steps) = try validate(config, o, adapter: adapter)
-        let b = GraphBuilder(name: "flux_\(o.sampler.rawValue)\(steps)")
-        let (lh, lw) = (o.height / 8, o.width / 8)
-        let net = FluxNetwork(builder: b, config: config, base: checkpoint.store, adapter: adapter,
-                              textTokens: o.textTokens, latentHeight: lh, latentWidth: lw)
-        let c = config.latentChannels
-        let noise = b.input("noise", .f32([1, c, lh, lw]))
-        let prompt = b.input("prompt_embeds", .f32([1, o.textTokens, config.jointAttentionDim]))
-        let pooled = b.input("pooled_prompt_embeds", .f32([1, config.pooledProjectionDim]))
+        let (guidance, steps) = try validate(checkpoint.config, o, adapter: adapter)
+        let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
+        let config = checkpoint.config, c = config.latentChannels
         let context = try net.context(prompt)
         let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps) : Schedule.eulerSigmas(steps: steps)
         var x = net.pack(noise)
@@ -109,18 +102,11 @@ public enum FluxModel {
     /// (teacher), or the student's per-pixel `means` [1, K, C, H/8, W/8], `logweights` [1, K, 1, …]
     /// and `gammas` [1, K−1, 1, …] (reference §2.2 layout).
     public static func evaluation(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, sigma: Double, options o: FluxOptions) throws -> FluxProgram {
-        let config = checkpoint.config
         var opts = o
         opts.sampler = adapter == nil ? .euler : .arc
-        let (guidance, _) = try validate(config, opts, adapter: adapter)
-        let b = GraphBuilder(name: "flux_eval")
-        let (lh, lw) = (o.height / 8, o.width / 8)
-        let net = FluxNetwork(builder: b, config: config, base: checkpoint.store, adapter: adapter,
-                              textTokens: o.textTokens, latentHeight: lh, latentWidth: lw)
-        let c = config.latentChannels
-        let x = b.input("x", .f32([1, c, lh, lw]))
-        let prompt = b.input("prompt_embeds", .f32([1, o.textTokens, config.jointAttentionDim]))
-        let pooled = b.input("pooled_prompt_embeds", .f32([1, config.pooledProjectionDim]))
+        let (guidance, _) = try validate(checkpoint.config, opts, adapter: adapter)
+        let (b, net, x, prompt, pooled) = setUp("flux_eval", "x", checkpoint, adapter, o)
+        let (c, lh, lw) = (checkpoint.config.latentChannels, o.height / 8, o.width / 8)
         let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance, context: try net.context(prompt), pooled: pooled)
         if let a = adapter {
             let k = a.components
@@ -133,6 +119,21 @@ public enum FluxModel {
         }
         try checkAdapterUse(adapter, net)
         return FluxProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net), manifest: [:], sigmas: [sigma])
+    }
+
+    /// A builder, the network, and the three inputs every FLUX graph takes: latents [1, C, H/8, W/8]
+    /// named `latentName`, `prompt_embeds` and `pooled_prompt_embeds`.
+    static func setUp(_ name: String, _ latentName: String, _ checkpoint: FluxCheckpoint, _ adapter: ArcFlowAdapter?,
+                      _ o: FluxOptions) -> (GraphBuilder, FluxNetwork, Value, Value, Value) {
+        let config = checkpoint.config
+        let b = GraphBuilder(name: name)
+        let (lh, lw) = (o.height / 8, o.width / 8)
+        let net = FluxNetwork(builder: b, config: config, base: checkpoint.store, adapter: adapter,
+                              textTokens: o.textTokens, latentHeight: lh, latentWidth: lw)
+        let latents = b.input(latentName, .f32([1, config.latentChannels, lh, lw]))
+        let prompt = b.input("prompt_embeds", .f32([1, o.textTokens, config.jointAttentionDim]))
+        let pooled = b.input("pooled_prompt_embeds", .f32([1, config.pooledProjectionDim]))
+        return (b, net, latents, prompt, pooled)
     }
 
     /// x − Δ·Σ_k softmax(ℓ)_k·φ(γ_k·Δ)·μ_k in primitive ops, token layout, γ_0 = 0 (φ_0 = 1).

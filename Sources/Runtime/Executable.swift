@@ -38,6 +38,15 @@ public final class Executable {
 
     /// Runs on host tensors, checking names, dtypes and shapes of the inputs.
     public func run(_ values: [String: Tensor]) throws -> [String: Tensor] {
+        let ins = try encodeInputs(values), outs = allocateOutputs()
+        defer { (ins + outs).forEach { $0.deallocate() } }
+        try runRaw(inputs: ins.map { UnsafeRawPointer($0) }, outputs: outs)
+        return decodeOutputs(outs)
+    }
+
+    /// The inputs encoded in their dtypes into 64-byte aligned buffers, in binding order; the
+    /// caller deallocates them. Names, dtypes and shapes are checked.
+    public func encodeInputs(_ values: [String: Tensor]) throws -> [UnsafeMutableRawPointer] {
         let known = Set(inputs.map(\.name))
         if let extra = values.keys.sorted().first(where: { !known.contains($0) }) {
             throw ArcError("unexpected input '\(extra)' (the graph's inputs: \(inputs.map(\.name).joined(separator: ", ")))")
@@ -47,16 +56,21 @@ public final class Executable {
             guard t.type == b.type else { throw ArcError("input '\(b.name)' is \(t.type), expected \(b.type)") }
             return encodeFloats(t.data, t.type.dtype)
         }
-        let inBuffers = encoded.map { bytes -> UnsafeMutableRawPointer in
+        return encoded.map { bytes in
             let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
             bytes.withUnsafeBytes { if let b = $0.baseAddress { p.copyMemory(from: b, byteCount: bytes.count) } }
             return p
         }
-        let outBuffers = outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
-        defer { (inBuffers + outBuffers).forEach { $0.deallocate() } }
-        try runRaw(inputs: inBuffers.map { UnsafeRawPointer($0) }, outputs: outBuffers)
+    }
+
+    /// One aligned buffer per output, in binding order; the caller deallocates them.
+    public func allocateOutputs() -> [UnsafeMutableRawPointer] {
+        outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
+    }
+
+    public func decodeOutputs(_ buffers: [UnsafeMutableRawPointer]) -> [String: Tensor] {
         var result: [String: Tensor] = [:]
-        for (k, b) in outputs.enumerated() { result[b.name] = Tensor(b.type, decodeFloats(outBuffers[k], b.type)) }
+        for (k, b) in outputs.enumerated() { result[b.name] = Tensor(b.type, decodeFloats(buffers[k], b.type)) }
         return result
     }
 

@@ -4,6 +4,7 @@
 import Foundation
 import IR
 import Runtime
+import TestSupport
 import XCTest
 
 final class FluxCLITests: XCTestCase {
@@ -11,42 +12,16 @@ final class FluxCLITests: XCTestCase {
     let a = "\(fixtures)/cfg-a", bcfg = "\(fixtures)/cfg-b"
 
     override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "arcflow-flux-cli-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try makeTemporaryDirectory("arcflow-flux-cli")
     }
 
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    struct Result { var status: Int32; var out: String; var err: String }
-
-    func arcflow(_ args: [String]) throws -> Result {
-        var bundleDir = URL(fileURLWithPath: CommandLine.arguments[0])
-        while !FileManager.default.isExecutableFile(atPath: bundleDir.appendingPathComponent("arcflow").path) && bundleDir.path != "/" {
-            bundleDir.deleteLastPathComponent()
-        }
-        let p = Process()
-        p.executableURL = bundleDir.appendingPathComponent("arcflow")
-        p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: dir)
-        var env = ProcessInfo.processInfo.environment
-        env["ARCFLOW_CACHE_DIR"] = cacheRoot
-        p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    func arcflow(_ args: [String]) throws -> CommandResult {
+        try runArcflow(args, in: dir, environment: ["ARCFLOW_CACHE_DIR": testCacheRoot])
     }
 
-    func assertOneLineError(_ r: Result, contains needle: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(r.status, 1, "stderr: \(r.err)", file: file, line: line)
-        XCTAssertEqual(r.err.split(separator: "\n").count, 1, "expected one line: \(r.err)", file: file, line: line)
-        XCTAssertTrue(r.err.contains(needle), "'\(needle)' not in: \(r.err)", file: file, line: line)
-    }
-
-    func compileA(_ extra: [String], adapter: String? = "adapter-k16") throws -> Result {
+    func compileA(_ extra: [String], adapter: String? = "adapter-k16") throws -> CommandResult {
         try arcflow(["compile", "--transformer", "\(a)/transformer"] + (adapter.map { ["--adapter", "\(a)/\($0)"] } ?? [])
                     + ["--height", "48", "--width", "80", "--text-tokens", "7"] + extra)
     }

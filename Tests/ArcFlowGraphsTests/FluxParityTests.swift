@@ -6,10 +6,10 @@ import Foundation
 import IR
 import Passes
 import Runtime
+import TestSupport
 import XCTest
 
 let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").path
-let cacheRoot = NSTemporaryDirectory() + "arcflow-test-cache"
 
 struct FixtureCase {
     var name: String
@@ -35,21 +35,10 @@ struct FixtureCase {
     func expected(_ key: String) throws -> Tensor { try reference.tensor(key) }
 }
 
-func relativeL2(_ got: Tensor, _ want: Tensor) -> Double {
-    precondition(got.shape == want.shape, "\(got.type) vs \(want.type)")
-    var num = 0.0, den = 0.0
-    for i in want.data.indices {
-        let d = Double(got.data[i]) - Double(want.data[i])
-        num += d * d
-        den += Double(want.data[i]) * Double(want.data[i])
-    }
-    return (num / den).squareRoot()
-}
-
 /// Compiles a FLUX program through the full default pipeline and runs it.
 func compileAndRun(_ program: FluxProgram, _ inputs: [String: Tensor], disabling: Set<String> = []) throws -> [String: Tensor] {
     var options = CompileOptions()
-    options.cacheRoot = cacheRoot
+    options.cacheRoot = testCacheRoot
     options.pipeline.disabled = disabling
     return try ModelCompiler.build(program.module, weights: program.weights, options: options).load().run(inputs)
 }

@@ -4,6 +4,7 @@ import ArcFlowGraphs
 import IR
 import Passes
 import Runtime
+import TestSupport
 import XCTest
 
 final class SamplerMathTests: XCTestCase {
@@ -61,7 +62,7 @@ final class SamplerMathTests: XCTestCase {
                       "lw": Tensor(.f32([1, t, k * p]), rng.normals(t * k * p)), "g": Tensor(.f32([1, t, (k - 1) * p]), rates)]
         let want = try Interpreter.run(graph, inputs: inputs) { _, _ in throw ArcError("no weights") }["y"]!
         var options = CompileOptions()
-        options.cacheRoot = cacheRoot
+        options.cacheRoot = testCacheRoot
         options.pipeline.passes = ["plan-memory"]
         let got = try ModelCompiler.build(Module(graph), weights: TensorStore(), options: options).load().run(inputs)["y"]!
         XCTAssertLessThan(relativeL2(got, want), 1e-6)

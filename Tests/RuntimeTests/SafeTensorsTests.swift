@@ -57,7 +57,7 @@ final class SafeTensorsTests: XCTestCase {
 
     func testRoundTripAllDTypes() throws {
         let values: [Float] = [0, -0.0, 1, -1, .pi, 0.1, 1.0009765625 + 1e-7, 65519, 65520, 1e-7, 5.9604645e-8,
-                               2.9802322e-8, 8.940697e-8, 3e-39, .infinity, -.infinity, 1e30, -123456.789]
+                               2.9802322e-8, 8.940697e-8, Float.leastNormalMagnitude / 4, .infinity, -.infinity, 1e30, -123456.789]
         let p = path("all.safetensors")
         try writeSafeTensors([
             TensorRecord(name: "a32", dtype: .f32, shape: [3, 6], payload: .floats(values)),

@@ -4,28 +4,13 @@ import Foundation
 import IR
 import Passes
 import Runtime
+import TestSupport
 import XCTest
-
-/// A cache shared by all test runs on this machine: reruns are fast, CI starts empty.
-let testCacheRoot = NSTemporaryDirectory() + "arcflow-test-cache"
 
 struct Comparison {
     var relativeL2: Double
     var maxAbsError: Double
     var maxAbsReference: Double
-}
-
-func compare(_ got: Tensor, _ want: Tensor) -> Comparison {
-    var num = 0.0, den = 0.0, maxErr = 0.0, maxRef = 0.0
-    for i in want.data.indices {
-        let (g, w) = (Double(got.data[i]), Double(want.data[i]))
-        if g.isNaN && w.isNaN { continue }
-        num += (g - w) * (g - w)
-        den += w * w
-        maxErr = max(maxErr, abs(g - w))
-        maxRef = max(maxRef, abs(w))
-    }
-    return Comparison(relativeL2: den == 0 ? num.squareRoot() : (num / den).squareRoot(), maxAbsError: maxErr, maxAbsReference: maxRef)
 }
 
 /// Random inputs from a seeded generator, shaped for each graph input; `transform` adjusts a
@@ -59,7 +44,8 @@ func assertCompiledMatchesInterpreter(_ module: Module, inputs: [String: Tensor]
     for (name, want) in expected {
         guard let g = got[name] else { XCTFail("missing output \(name)", file: file, line: line); continue }
         XCTAssertEqual(g.type, want.type, file: file, line: line)
-        let c = compare(g, want)
+        let (maxErr, maxRef) = maxErrors(g, want)
+        let c = Comparison(relativeL2: relativeL2(g, want), maxAbsError: maxErr, maxAbsReference: maxRef)
         results[name] = c
         XCTAssertLessThanOrEqual(c.relativeL2, tolerance, "output \(name) \(want.type): relative L2 error \(c.relativeL2)", file: file, line: line)
         XCTAssertLessThanOrEqual(c.maxAbsError, tolerance * max(c.maxAbsReference, 1e-30) * 10,

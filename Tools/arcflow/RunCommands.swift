@@ -58,21 +58,12 @@ func runCommand(_ argv: [String]) throws {
 
 /// Runs once with per-step timing into `times`.
 func runProfiled(_ exe: Executable, _ inputs: [String: Tensor], _ times: inout [Double]) throws -> [String: Tensor] {
-    let ins = try exe.inputs.map { b -> UnsafeMutableRawPointer in
-        guard let t = inputs[b.name], t.type == b.type else { throw ArcError("bad input '\(b.name)'") }
-        let bytes = encodeFloats(t.data, b.type.dtype)
-        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
-        bytes.withUnsafeBytes { if let base = $0.baseAddress { p.copyMemory(from: base, byteCount: bytes.count) } }
-        return p
-    }
-    let outs = exe.outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
+    let ins = try exe.encodeInputs(inputs), outs = exe.allocateOutputs()
     defer { (ins + outs).forEach { $0.deallocate() } }
     try times.withUnsafeMutableBufferPointer { t in
         try exe.runRaw(inputs: ins.map { UnsafeRawPointer($0) }, outputs: outs, times: t.baseAddress)
     }
-    var result: [String: Tensor] = [:]
-    for (k, b) in exe.outputs.enumerated() { result[b.name] = Tensor(b.type, decodeFloats(outs[k], b.type)) }
-    return result
+    return exe.decodeOutputs(outs)
 }
 
 /// Per-kernel table: time, share and GFLOP/s, heaviest first, identical kernels summed.
@@ -119,13 +110,9 @@ func benchCommand(_ argv: [String]) throws {
     let seed = try args.int("--seed", benchSpec, default: 0, min: 0)!
     let exe = model.executable
     var rng = SeededGenerator(seed: UInt64(seed))
-    let ins = exe.inputs.map { b -> UnsafeMutableRawPointer in
-        let bytes = encodeFloats(rng.normals(b.type.count), b.type.dtype)
-        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
-        bytes.withUnsafeBytes { if let base = $0.baseAddress { p.copyMemory(from: base, byteCount: bytes.count) } }
-        return p
-    }
-    let outs = exe.outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
+    var random: [String: Tensor] = [:]
+    for b in exe.inputs { random[b.name] = Tensor(b.type, rng.normals(b.type.count).map { roundToStorage($0, b.type.dtype) }) }
+    let ins = try exe.encodeInputs(random), outs = exe.allocateOutputs()
     defer { (ins + outs).forEach { $0.deallocate() } }
     let inPtrs = ins.map { UnsafeRawPointer($0) }
     func timed(gemmOnly: Bool, times: UnsafeMutablePointer<Double>? = nil) throws -> Double {

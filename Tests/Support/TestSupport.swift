@@ -1,0 +1,73 @@
+// Shared by the test targets: running the arcflow binary, one-line error checks, tensor distances.
+
+import Foundation
+import IR
+import XCTest
+
+/// A finished arcflow process.
+public struct CommandResult {
+    public var status: Int32
+    public var out: String
+    public var err: String
+}
+
+/// Runs the arcflow binary built next to the test bundle, in `directory`, with extra environment.
+public func runArcflow(_ args: [String], in directory: String, environment extra: [String: String] = [:]) throws -> CommandResult {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0])
+    while !FileManager.default.isExecutableFile(atPath: dir.appendingPathComponent("arcflow").path) && dir.path != "/" {
+        dir.deleteLastPathComponent()
+    }
+    let p = Process()
+    p.executableURL = dir.appendingPathComponent("arcflow")
+    p.arguments = args
+    p.currentDirectoryURL = URL(fileURLWithPath: directory)
+    p.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // stderr is small; read stdout to the end first, then stderr, then reap.
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return CommandResult(status: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+}
+
+/// A failure must be one line on stderr, exit status 1, and no crash report.
+public func assertOneLineError(_ r: CommandResult, contains needle: String, file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(r.status, 1, "exit status; stderr: \(r.err)", file: file, line: line)
+    XCTAssertEqual(r.err.split(separator: "\n").count, 1, "expected one line, got: \(r.err)", file: file, line: line)
+    XCTAssertTrue(r.err.contains(needle), "'\(needle)' not in: \(r.err)", file: file, line: line)
+    XCTAssertFalse(r.err.contains("Fatal error") || r.err.contains("Backtrace") || r.err.contains("crashed"), file: file, line: line)
+}
+
+/// A fresh temporary directory, removed by `removeTemporaryDirectory`.
+public func makeTemporaryDirectory(_ prefix: String) throws -> String {
+    let dir = NSTemporaryDirectory() + "\(prefix)-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+/// ‖got − want‖₂ / ‖want‖₂, the error measure of every parity check.
+public func relativeL2(_ got: Tensor, _ want: Tensor) -> Double {
+    precondition(got.shape == want.shape, "\(got.type) vs \(want.type)")
+    var num = 0.0, den = 0.0
+    for i in want.data.indices where !(got.data[i].isNaN && want.data[i].isNaN) {
+        let d = Double(got.data[i]) - Double(want.data[i])
+        num += d * d
+        den += Double(want.data[i]) * Double(want.data[i])
+    }
+    return den == 0 ? num.squareRoot() : (num / den).squareRoot()
+}
+
+/// The largest absolute error and the largest absolute reference value.
+public func maxErrors(_ got: Tensor, _ want: Tensor) -> (error: Double, reference: Double) {
+    var e = 0.0, r = 0.0
+    for i in want.data.indices where !(got.data[i].isNaN && want.data[i].isNaN) {
+        e = max(e, abs(Double(got.data[i]) - Double(want.data[i])))
+        r = max(r, abs(Double(want.data[i])))
+    }
+    return (e, r)
+}
+
+/// The library cache all tests share: reruns on one machine are fast, CI starts empty.
+public let testCacheRoot = NSTemporaryDirectory() + "arcflow-test-cache"
