@@ -95,7 +95,7 @@ public enum CCodegen {
                     kernelNames[k.text] = name
                     kernelOrder.append((name, k.text.replacingOccurrences(of: "KERNEL_NAME", with: name), k.parameters))
                 }
-                let args = node.operands.map { pointer($0, const: true) } + (node.op == .constant ? [] : []) + [pointer(i, const: false)]
+                let args = node.operands.map { pointer($0, const: true) } + [pointer(i, const: false)]
                 calls.append("    STEP(\(steps.count), \(k.isGEMM ? 1 : 0), \(name)(\(args.joined(separator: ", "))));")
                 steps.append(StepInfo(name: "%\(names[i])", kernel: name, flops: k.flops, isGEMM: k.isGEMM))
             }

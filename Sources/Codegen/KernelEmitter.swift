@@ -191,9 +191,14 @@ enum KernelEmitter {
         // Accesses: the output (index 0), then every input read directly or through a broadcast.
         var accesses = [Access.broadcast(from: out.shape, to: out.shape)]
         var accessOf: [ValueID: Int] = [:]
+        let readByLoop = Set(region.nodes.filter { $0.op != .matmul }.flatMap(\.operands))
         for (id, n) in region.nodes.enumerated() {
             if n.op == .input {
-                if n.type.shape == out.shape { accessOf[id] = accesses.count; accesses.append(Access.broadcast(from: n.type.shape, to: out.shape)) }
+                // Inputs read element by element (a GEMM head's operands are read by the GEMM).
+                if readByLoop.contains(id) && n.type.shape == out.shape {
+                    accessOf[id] = accesses.count
+                    accesses.append(Access.broadcast(from: n.type.shape, to: out.shape))
+                }
             } else if n.op == .broadcast {
                 accessOf[id] = accesses.count
                 accesses.append(Access.broadcast(from: region[n.operands[0]].type.shape, to: out.shape))

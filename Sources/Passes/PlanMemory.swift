@@ -40,11 +40,11 @@ public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
     }
 
     // Greedy by size (largest first), lowest offset that overlaps no live-at-the-same-time buffer.
-    let roots = (0..<n).filter { find($0) == $0 && !graph[$0].op.isSource || (graph[$0].op == .constant && find($0) == $0) }
+    let inArena: (Int) -> Bool = { graph[$0].op != .input && graph[$0].op != .weight && !external($0) }
+    let roots = (0..<n).filter { find($0) == $0 && inArena($0) }
     var size = [Int](repeating: 0, count: n)
-    for i in 0..<n where !graph[i].op.isSource || graph[i].op == .constant {
-        let r = find(i)
-        size[r] = max(size[r], graph[i].type.byteCount)
+    for i in 0..<n where inArena(i) {
+        size[find(i)] = max(size[find(i)], graph[i].type.byteCount)
     }
     var placed: [(offset: Int, end: Int, first: Int, last: Int)] = []
     var offset = [Int](repeating: -1, count: n)
@@ -68,7 +68,7 @@ public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
     }
 
     var g = graph
-    for i in 0..<n where !external(i) && (!graph[i].op.isSource || graph[i].op == .constant) {
+    for i in 0..<n where inArena(i) {
         g.nodes[i].attributes["offset"] = .int(offset[find(i)])
     }
     g.attributes["arena_bytes"] = .int(arena)

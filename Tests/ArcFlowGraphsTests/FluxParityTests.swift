@@ -40,7 +40,10 @@ func compileAndRun(_ program: FluxProgram, _ inputs: [String: Tensor], disabling
     var options = CompileOptions()
     options.cacheRoot = testCacheRoot
     options.pipeline.disabled = disabling
-    return try ModelCompiler.build(program.module, weights: program.weights, options: options).load().run(inputs)
+    assertRoundTrips(program.module)
+    let compiled = try ModelCompiler.build(program.module, weights: program.weights, options: options)
+    assertRoundTrips(compiled.module)
+    return try compiled.load().run(inputs)
 }
 
 final class FluxParityTests: XCTestCase {

@@ -31,6 +31,7 @@ func randomInputs(_ graph: Graph, seed: UInt64 = 1, transform: (Float) -> Float 
 func assertCompiledMatchesInterpreter(_ module: Module, inputs: [String: Tensor], weights: [String: Tensor] = [:],
                                       passes: [String] = ["plan-memory"], tolerance: Double = 1e-5,
                                       file: StaticString = #filePath, line: UInt = #line) throws -> [String: Comparison] {
+    assertRoundTrips(module, file: file, line: line)
     let expected = try Interpreter.run(module, inputs: inputs) { key, _ in
         guard let w = weights[key] else { throw ArcError("no weight \(key)") }
         return w
@@ -39,6 +40,7 @@ func assertCompiledMatchesInterpreter(_ module: Module, inputs: [String: Tensor]
     options.cacheRoot = testCacheRoot
     options.pipeline.passes = passes
     let compiled = try ModelCompiler.build(module, weights: TensorStore(weights), options: options)
+    assertRoundTrips(compiled.module, file: file, line: line)
     let got = try compiled.load().run(inputs)
     var results: [String: Comparison] = [:]
     for (name, want) in expected {

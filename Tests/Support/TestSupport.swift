@@ -71,3 +71,10 @@ public func maxErrors(_ got: Tensor, _ want: Tensor) -> (error: Double, referenc
 
 /// The library cache all tests share: reruns on one machine are fast, CI starts empty.
 public let testCacheRoot = NSTemporaryDirectory() + "arcflow-test-cache"
+
+/// Printing, parsing and printing again gives identical text (every graph the tests make).
+public func assertRoundTrips(_ module: Module, file: StaticString = #filePath, line: UInt = #line) {
+    let text = Printer.print(module)
+    // A parse error inside the assertion fails the test with the error.
+    XCTAssertEqual(Printer.print(try Parser.parseVerified(text)), text, "print∘parse∘print differs", file: file, line: line)
+}
