@@ -16,6 +16,21 @@
  *   attention       af_attention
  *
  * Names starting with af__ (two underscores) are internal.
+ *
+ * Notes for generated code
+ *  - Threads: row kernels and af_attention open their own `omp parallel` regions with
+ *    omp_get_max_threads() threads (only above a work threshold) and are meant to be
+ *    called from serial code.  Called inside a parallel region they still work but run on
+ *    one thread (nested parallelism is off by default).  No global mutable state:
+ *    concurrent calls from different threads are safe.
+ *  - Pointers: no alignment is assumed; inputs and outputs must not alias (restrict).
+ *  - af_attention allocates (2*D + 264) * 64 floats of scratch per thread with
+ *    aligned_alloc per call; if that fails it falls back to an O(1)-memory path.
+ *  - Determinism: af_attention gives bitwise identical results for any thread count.  The
+ *    row kernels too, except a reduction over a single long contiguous row (few rows,
+ *    >= AF_PAR_MIN_ELEMS elements), which is split into one partial sum per thread.
+ *  - gcc in -std=c11 mode does not contract a*b+c into an FMA (-ffp-contract=off); use
+ *    fmaf() explicitly in generated loops where a fused multiply-add is wanted.
  */
 #ifndef ARCFLOW_PRELUDE_H
 #define ARCFLOW_PRELUDE_H
@@ -87,18 +102,21 @@ AF__INLINE float af__expm1_poly(float r) {
 }
 
 /* exp(x) = 2^n * exp(r), n = rint(x/ln2), r = x - n*ln2 (Cody-Waite, |r| <= ln2/2).
- * x is clamped to [-110, 89] (NaN passes); 2^n is applied as 2^(n>>1) * 2^(n - (n>>1)),
- * two normal powers of two for every n in [-159, 128], so overflow to +inf (x > 88.72)
- * and gradual underflow to 0 (x < -103.97) fall out of the final rounding.
- * Max relative error ~1.5e-7 on [-87.3, 88.7]. */
+ * x is clamped below at -110 (a float select; NaN passes).  The upper end is bounded in the
+ * integer domain instead, n = min(n, 128), and n*ln2 is re-derived from the clamped n:
+ * for x > 89 (incl. +inf) r > 0.38 and p > 1.4, so the result overflows to +inf, and a
+ * second float clamp is avoided (gcc merges two selects on one value into ~10 mask
+ * instructions).  2^n is applied as 2^(n>>1) * 2^(n - (n>>1)), two normal powers of two
+ * for every n in [-159, 128], so overflow (x > 88.72) and gradual underflow to 0
+ * (x < -103.97) fall out of the final rounding.  Max relative error ~1.5e-7. */
 AF__INLINE float af_exp(float x) {
     float xc = x < -110.0f ? -110.0f : x;
-    xc = xc > 89.0f ? 89.0f : xc;
     float t = AF__FMA(xc, AF__LOG2E, AF__MAGIC);
-    float nf = t - AF__MAGIC;
-    uint32_t n = af__f2u(t) - af__f2u(AF__MAGIC);          /* two's complement of rint */
-    uint32_t n1 = (uint32_t)((int32_t)n >> 1);
-    uint32_t n2 = n - n1;
+    int32_t n = (int32_t)(af__f2u(t) - af__f2u(AF__MAGIC));  /* rint(x/ln2), modular */
+    n = n < 128 ? n : 128;
+    float nf = (float)n;
+    uint32_t n1 = (uint32_t)(n >> 1);
+    uint32_t n2 = (uint32_t)n - n1;
     float r = AF__FMA(nf, -AF__LN2_HI, xc);
     r = AF__FMA(nf, -AF__LN2_LO, r);
     float p = af__expm1_poly(r) + 1.0f;
@@ -110,18 +128,19 @@ AF__INLINE float af_exp(float x) {
 /* expm1(x) = 2^n (1 + e) - 1 with e = expm1(r) from the polynomial, evaluated as
  * 2 * (s*e + (s - 0.5)) with s = 2^(n-1): s - 0.5 is exact for the n that matter, n = 0
  * returns e unchanged (tiny x keeps full relative accuracy), and s <= 2^127 stays finite
- * so overflow only happens in the final doubling.  x is clamped to [-30, 89]
- * (expm1(-30) == -1 in float).  Max relative error ~2e-7. */
+ * so overflow only happens in the final doubling.  x is clamped below at -30
+ * (expm1(-30) == -1 in float); the upper end is bounded through n as in af_exp.
+ * Max relative error ~2e-7. */
 AF__INLINE float af_expm1(float x) {
     float xc = x < -30.0f ? -30.0f : x;
-    xc = xc > 89.0f ? 89.0f : xc;
     float t = AF__FMA(xc, AF__LOG2E, AF__MAGIC);
-    float nf = t - AF__MAGIC;
-    uint32_t n = af__f2u(t) - af__f2u(AF__MAGIC);
+    int32_t n = (int32_t)(af__f2u(t) - af__f2u(AF__MAGIC));
+    n = n < 128 ? n : 128;
+    float nf = (float)n;
     float r = AF__FMA(nf, -AF__LN2_HI, xc);
     r = AF__FMA(nf, -AF__LN2_LO, r);
     float e = af__expm1_poly(r);
-    float s = af__u2f((n + 126u) << 23);                   /* 2^(n-1) */
+    float s = af__u2f(((uint32_t)n + 126u) << 23);         /* 2^(n-1) */
     return 2.0f * AF__FMA(s, e, s - 0.5f);
 }
 
@@ -191,15 +210,17 @@ AF__INLINE uint16_t af_f32_to_bf16(float f) {
 }
 
 /* binary16 -> f32: normals/inf/NaN by rebiasing the exponent (+112, or +224 for the
- * all-ones exponent), subnormals as an exact int->float conversion times 2^-24. */
+ * all-ones exponent).  Subnormals/zero: the same bits with the exponent field raised to
+ * 2^-14 read as 2^-14 + m*2^-24, so subtracting 2^-14 is exact.  The two candidates are
+ * merged with a bit mask: a ?: select here makes gcc branch and the loop stops vectorizing. */
 AF__INLINE float af_f16_to_f32(uint16_t h) {
     uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
     uint32_t em = (uint32_t)h & 0x7FFFu;
     uint32_t o = (em << 13) + 0x38000000u;
     o = em >= 0x7C00u ? o + 0x38000000u : o;
-    float sub = (float)(int32_t)em * 5.9604644775390625e-8f;
-    uint32_t bits = em < 0x0400u ? af__f2u(sub) : o;
-    return af__u2f(bits | sign);
+    float sub = af__u2f(o + 0x00800000u) - 6.103515625e-05f;
+    uint32_t mask = 0u - (uint32_t)(em < 0x0400u);
+    return af__u2f(((af__f2u(sub) & mask) | (o & ~mask)) | sign);
 }
 
 /* f32 -> binary16, round to nearest even (F. Giesen's float_to_half_fast3_rtne, written
@@ -226,19 +247,61 @@ AF__INLINE uint16_t af_f32_to_f16(float f) {
 
 #define AF__COLB 64
 
+/* exp(x - m) for softmax.  The float difference d = x - m carries a rounding error of up
+ * to |d| * 2^-24, which exp turns into a relative error of the same size (1e-6 at d = -20).
+ * TwoSum recovers that error exactly (c = (x - m) - d) and exp(d + c) = exp(d) * (1 + c),
+ * so the result is as accurate as af_exp itself for any spread of the row. */
+AF__INLINE float af__exp_diff(float x, float m) {
+    float d = x - m;
+    float xv = d + m;                 /* TwoSum(x, -m) */
+    float mv = xv - d;
+    float c = (x - xv) + (mv - m);
+    float e = af_exp(d);
+    return AF__FMA(e, c, e);
+}
+
 AF__INLINE int af__par_ok(long elems) { return elems >= AF_PAR_MIN_ELEMS; }
 
-/* One contiguous softmax row: max pass, exp pass (stores e, sums in double), scale pass. */
+/* NaN-propagating max of x[0..n) (-inf for n == 0).  Written as 32 independent lanes rather
+ * than an `omp simd reduction(max:)`: clang does not vectorize a select-based max reduction
+ * without fast-math (and warns), both compilers vectorize this form.  A lane that has seen a
+ * NaN keeps it: (v > m || v != v) is false for every later v when m is NaN. */
+#define AF__MAXL 32
+AF__INLINE float af__maxf(const float *restrict x, long n) {
+    float mv[AF__MAXL];
+    for (int l = 0; l < AF__MAXL; l++) mv[l] = -INFINITY;
+    long i = 0;
+    for (; i + AF__MAXL <= n; i += AF__MAXL)
+        for (int l = 0; l < AF__MAXL; l++) {
+            float v = x[i + l];
+            mv[l] = (v > mv[l] || v != v) ? v : mv[l];
+        }
+    for (; i < n; i++) mv[0] = (x[i] > mv[0] || x[i] != x[i]) ? x[i] : mv[0];
+    float m = mv[0];
+    for (int l = 1; l < AF__MAXL; l++) m = (mv[l] > m || mv[l] != mv[l]) ? mv[l] : m;
+    return m;
+}
+
+/* Sums of exp over a contiguous row are taken in float over blocks of AF__SUMB elements
+ * (16 lanes x 32 terms: error ~1e-7 relative) and the block sums are added in double, so
+ * the accuracy does not depend on n and the inner loop stays a plain float reduction (a
+ * per-element double accumulator costs ~13% of the softmax throughput). */
+#define AF__SUMB 512
+
+/* One contiguous softmax row: max pass, exp pass (stores e, block sums), scale pass. */
 static void af__softmax_row(const float *restrict x, float *restrict y, long n) {
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    float m = af__maxf(x, n);
     double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (long i = 0; i < n; i++) {
-        float e = af_exp(x[i] - m);
-        y[i] = e;
-        s += (double)e;
+    for (long i0 = 0; i0 < n; i0 += AF__SUMB) {
+        long i1 = n - i0 < AF__SUMB ? n : i0 + AF__SUMB;
+        float bs = 0.0f;
+#pragma omp simd reduction(+ : bs)
+        for (long i = i0; i < i1; i++) {
+            float e = af__exp_diff(x[i], m);
+            y[i] = e;
+            bs += e;
+        }
+        s += (double)bs;
     }
     float inv = (float)(1.0 / s);
 #pragma omp simd
@@ -262,7 +325,7 @@ static void af__softmax_cols(const float *restrict x, float *restrict y, long n,
         float *yr = y + i * inner;
 #pragma omp simd
         for (long j = 0; j < w; j++) {
-            float e = af_exp(xr[j] - m[j]);
+            float e = af__exp_diff(xr[j], m[j]);
             yr[j] = e;
             s[j] += (double)e;
         }
@@ -294,15 +357,28 @@ static AF__UNUSED void af_softmax(const float *restrict x, float *restrict y, lo
 }
 
 /* log_softmax row: y = (x - max) - log(sum exp(x - max)).  Both terms are <= 0 / >= 0 so
- * the final subtraction never cancels; log is one libm call per row. */
+ * the final subtraction never cancels.  The elements equal to the max contribute exactly 1
+ * each; they are counted instead of summed, and log1p(count - 1 + rest) keeps the relative
+ * accuracy of the remainder when one element dominates (y_max = -log1p(1e-14) must not
+ * round to 1 + 1e-14 first).  One libm call per row. */
 static void af__log_softmax_row(const float *restrict x, float *restrict y, long n) {
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    float m = af__maxf(x, n);
     double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (long i = 0; i < n; i++) s += (double)af_exp(x[i] - m);
-    float ls = (float)log(s);
+    long cnt = 0;
+    for (long i0 = 0; i0 < n; i0 += AF__SUMB) {
+        long i1 = n - i0 < AF__SUMB ? n : i0 + AF__SUMB;
+        float bs = 0.0f;
+        int bc = 0;
+#pragma omp simd reduction(+ : bs, bc)
+        for (long i = i0; i < i1; i++) {
+            float d = x[i] - m;
+            bs += af_exp(d) * (float)(d != 0.0f); /* a ?: here makes gcc branch */
+            bc += d == 0.0f;
+        }
+        s += (double)bs;
+        cnt += bc;
+    }
+    float ls = (float)log1p((double)(cnt - 1) + s);
 #pragma omp simd
     for (long i = 0; i < n; i++) y[i] = (x[i] - m) - ls;
 }
@@ -311,7 +387,8 @@ static void af__log_softmax_cols(const float *restrict x, float *restrict y, lon
                                  long w) {
     float m[AF__COLB], ls[AF__COLB];
     double s[AF__COLB];
-    for (long j = 0; j < w; j++) { m[j] = -INFINITY; s[j] = 0.0; }
+    long cnt[AF__COLB];
+    for (long j = 0; j < w; j++) { m[j] = -INFINITY; s[j] = 0.0; cnt[j] = 0; }
     for (long i = 0; i < n; i++) {
         const float *xr = x + i * inner;
 #pragma omp simd
@@ -320,9 +397,13 @@ static void af__log_softmax_cols(const float *restrict x, float *restrict y, lon
     for (long i = 0; i < n; i++) {
         const float *xr = x + i * inner;
 #pragma omp simd
-        for (long j = 0; j < w; j++) s[j] += (double)af_exp(xr[j] - m[j]);
+        for (long j = 0; j < w; j++) {
+            float d = xr[j] - m[j];
+            s[j] += (double)(af_exp(d) * (float)(d != 0.0f));
+            cnt[j] += d == 0.0f;
+        }
     }
-    for (long j = 0; j < w; j++) ls[j] = (float)log(s[j]);
+    for (long j = 0; j < w; j++) ls[j] = (float)log1p((double)(cnt[j] - 1) + s[j]);
     for (long i = 0; i < n; i++) {
         const float *xr = x + i * inner;
         float *yr = y + i * inner;
@@ -349,8 +430,7 @@ static AF__UNUSED void af_log_softmax(const float *restrict x, float *restrict y
 }
 
 /* ---------------- reductions ----------------
- * op: 0 = sum, 1 = mean, 2 = max.  max propagates NaN (tracked with a flag so the max
- * itself stays a plain vectorizable compare/select); sum/mean accumulate in double. */
+ * op: 0 = sum, 1 = mean, 2 = max.  max propagates NaN; sum/mean accumulate in double. */
 #define AF__RED_SUM 0
 #define AF__RED_MEAN 1
 #define AF__RED_MAX 2
@@ -362,18 +442,6 @@ AF__INLINE double af__sum_d(const float *restrict x, long n) {
     return s;
 }
 
-AF__INLINE float af__max_f(const float *restrict x, long n) {
-    float m = -INFINITY;
-    int nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-    for (long i = 0; i < n; i++) {
-        float v = x[i];
-        m = v > m ? v : m;
-        nan |= (v != v);
-    }
-    return nan ? NAN : m;
-}
-
 /* Contiguous row reduction.  A long row (few rows, large n) is split across threads in
  * fixed static chunks whose partials are combined in thread order: deterministic for a
  * given thread count. */
@@ -381,7 +449,7 @@ static float af__reduce_row(const float *restrict x, long n, int op, int par) {
     int nt = par ? omp_get_max_threads() : 1;
     if (nt > 64) nt = 64;
     if (nt <= 1 || !af__par_ok(n)) {
-        if (op == AF__RED_MAX) return af__max_f(x, n);
+        if (op == AF__RED_MAX) return af__maxf(x, n);
         double s = af__sum_d(x, n);
         return (float)(op == AF__RED_MEAN ? s / (double)n : s);
     }
@@ -392,7 +460,7 @@ static float af__reduce_row(const float *restrict x, long n, int op, int par) {
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
         long lo = n * t / T, hi = n * (t + 1) / T;
-        if (op == AF__RED_MAX) mpart[t] = af__max_f(x + lo, hi - lo);
+        if (op == AF__RED_MAX) mpart[t] = af__maxf(x + lo, hi - lo);
         else part[t] = af__sum_d(x + lo, hi - lo);
         if (t == 0) used = T;
     }
@@ -411,18 +479,16 @@ static void af__reduce_cols(const float *restrict x, float *restrict y, long n, 
                             int op) {
     if (op == AF__RED_MAX) {
         float m[AF__COLB];
-        int nan[AF__COLB];
-        for (long j = 0; j < w; j++) { m[j] = -INFINITY; nan[j] = 0; }
+        for (long j = 0; j < w; j++) m[j] = -INFINITY;
         for (long i = 0; i < n; i++) {
             const float *xr = x + i * inner;
 #pragma omp simd
             for (long j = 0; j < w; j++) {
                 float v = xr[j];
-                m[j] = v > m[j] ? v : m[j];
-                nan[j] |= (v != v);
+                m[j] = (v > m[j] || v != v) ? v : m[j];
             }
         }
-        for (long j = 0; j < w; j++) y[j] = nan[j] ? NAN : m[j];
+        for (long j = 0; j < w; j++) y[j] = m[j];
         return;
     }
     double s[AF__COLB];
@@ -546,24 +612,29 @@ static AF__UNUSED void af_rms_norm(const float *restrict x, float *restrict y,
  *
  * Work unit: one (b, h, query tile of AF__QB = 64 queries).  Everything is computed
  * transposed, "vector over queries":
- *   QT[d][i] = scale * q[i, d]                    packed once per query tile (D x 64)
+ *   QT[d][i] = q[i, d]                            packed once per query tile (D x 64)
  *   ST[j][i] = sum_d K[j][d] * QT[d][i]           micro-kernel 1 (K read in place)
  *   online softmax per query lane i               (no horizontal reductions at all)
  *   OT[d][i] = alpha[i]*OT[d][i] + sum_j V[j][d] * PT[j][i]   micro-kernel 2 (V in place)
  *   out[i, d] = OT[d][i] / l[i]                   transposed back once per query tile
  * Both GEMMs have the same shape: broadcast one element of a row-major K/V row and FMA it
  * into 64-query vectors, so K and V are used directly from the [B,S,H,D] layout (no
- * packing, no transposes, any D works: D is only a loop length) and 16-wide FMAs always
- * run full.  Register tile: AF__RK (6) rows x 64 queries = 24 zmm accumulators on AVX-512
- * (4 query vectors + 1 broadcast more), 6 x 16 = 12 ymm on AVX2.
- * Key tile AF__KT (256): ST is 256 x 64 floats = 64 KB (L2-resident), the softmax
- * rescale of OT happens once per 256 keys.  Per-thread memory: (2*D + KT + 4) * 64
- * floats, independent of Sq and Sk.
+ * packing, no transposes, any D works: D is only a loop length) and the 16-wide FMAs
+ * always run full.  Register tile: AF__RK (6) rows x 64 queries = 24 zmm accumulators on
+ * AVX-512 (+4 query vectors +1 broadcast = 29 of 32 registers), 6 x 16 = 12 ymm on AVX2.
+ * Measured alternatives (see Tools/kernel-bench): per-tile cblas_sgemm reaches ~0.8x
+ * sgemm speed, these micro-kernels ~1.4-1.6x (OpenBLAS runs AVX2 kernels on this CPU).
+ * Key tile AF__KT = 256: ST is 256 x 64 floats = 64 KB (L2), the online-softmax rescale
+ * happens once per 256 keys; 128 and 512 measured the same within noise.  Within a key
+ * tile, exp and the PV product run per chunk of AF__PVC = 64 keys so the chunk of P is
+ * still in L1, and each chunk's PV sum starts from zero in registers (better accuracy,
+ * see af__mk_pv).  Per-thread memory: (2*D + KT + 8) * 64 floats, independent of Sq/Sk.
  * ==================================================================================== */
 
 #define AF__QB 64
 #define AF__KT 256
 #define AF__RK 6
+#define AF__PVC 64
 
 #if defined(__AVX512F__)
 typedef __m512 af__vec;
@@ -573,6 +644,7 @@ typedef __m512 af__vec;
 #define af__vset1(x) _mm512_set1_ps(x)
 #define af__vfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define af__vmul(a, b) _mm512_mul_ps((a), (b))
+#define af__vadd(a, b) _mm512_add_ps((a), (b))
 #define af__vmax(a, b) _mm512_max_ps((a), (b))
 #define af__vzero() _mm512_setzero_ps()
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -583,25 +655,45 @@ typedef __m256 af__vec;
 #define af__vset1(x) _mm256_set1_ps(x)
 #define af__vfma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define af__vmul(a, b) _mm256_mul_ps((a), (b))
+#define af__vadd(a, b) _mm256_add_ps((a), (b))
 #define af__vmax(a, b) _mm256_max_ps((a), (b))
 #define af__vzero() _mm256_setzero_ps()
+#elif defined(__GNUC__) || defined(__clang__)
+/* portable fallback: GNU vector extension, 4 floats (SSE2 on x86-64, NEON on aarch64) */
+typedef float af__vec __attribute__((vector_size(16)));
+#define AF__VW 4
+AF__INLINE af__vec af__vld_(const float *p) { af__vec v; memcpy(&v, p, sizeof v); return v; }
+AF__INLINE af__vec af__vmax_(af__vec a, af__vec b) {
+    for (int i = 0; i < 4; i++) a[i] = a[i] > b[i] ? a[i] : b[i];
+    return a;
+}
+#define af__vld(p) af__vld_(p)
+#define af__vst(p, a) do { af__vec t_ = (a); memcpy((p), &t_, sizeof t_); } while (0)
+#define af__vset1(x) (af__vec){(x), (x), (x), (x)}
+#define af__vfma(a, b, c) ((a) * (b) + (c))
+#define af__vmul(a, b) ((a) * (b))
+#define af__vadd(a, b) ((a) + (b))
+#define af__vmax(a, b) af__vmax_((a), (b))
+#define af__vzero() (af__vec){0.0f, 0.0f, 0.0f, 0.0f}
 #else
-typedef float af__vec; /* portable fallback: "vectors" of one float */
+typedef float af__vec; /* other compilers: "vectors" of one float */
 #define AF__VW 1
 #define af__vld(p) (*(p))
 #define af__vst(p, a) (*(p) = (a))
 #define af__vset1(x) (x)
 #define af__vfma(a, b, c) ((a) * (b) + (c))
 #define af__vmul(a, b) ((a) * (b))
+#define af__vadd(a, b) ((a) + (b))
 #define af__vmax(a, b) ((a) > (b) ? (a) : (b))
 #define af__vzero() 0.0f
 #endif
 
-/* query vectors per register tile: 4x16 on AVX-512, 2x8 on AVX2 (16 ymm registers),
- * 8 scalars in the fallback */
+/* query vectors per register tile: 4x16 on AVX-512 (32 zmm registers), 2x8 on AVX2 and
+ * 2x4 with vector extensions (16 registers: 12 accumulators + 2 loads + 1 broadcast),
+ * 8 scalars otherwise */
 #if AF__VW == 16
 #define AF__NV 4
-#elif AF__VW == 8
+#elif AF__VW == 8 || AF__VW == 4
 #define AF__NV 2
 #else
 #define AF__NV 8
@@ -633,15 +725,15 @@ AF__INLINE void af__mk_qk(const float *restrict a, long lda, const float *restri
     }
 }
 
-/* Micro-kernel 2: ot[r][c] = al[c]*ot[r][c] + sum_{j<kt} a[j*lda + r] * p[j*AF__QB + c]
- * for r < R, c < AF__CB. */
+/* Micro-kernel 2: ot[r][c] = (al ? al[c]*ot[r][c] : ot[r][c]) + sum_{j<kt} a[j*lda + r] * p[j*AF__QB + c]
+ * for r < R, c < AF__CB.  The sum over the kt (<= AF__PVC) keys of one chunk starts from
+ * zero in registers and is added to ot once: the running output is then a sum of chunk
+ * sums, whose rounding error grows with sqrt(chunk) + sqrt(Sk/chunk) instead of sqrt(Sk). */
 AF__INLINE void af__mk_pv(const float *restrict a, long lda, const float *restrict p, long kt,
                           float *restrict ot, const float *restrict al, const int R) {
     af__vec c[AF__RK][AF__NV];
-    for (int v = 0; v < AF__NV; v++) {
-        af__vec s = af__vld(al + v * AF__VW);
-        for (int r = 0; r < R; r++) c[r][v] = af__vmul(s, af__vld(ot + r * AF__QB + v * AF__VW));
-    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < AF__NV; v++) c[r][v] = af__vzero();
     for (long j = 0; j < kt; j++) {
         af__vec pv[AF__NV];
         for (int v = 0; v < AF__NV; v++) pv[v] = af__vld(p + j * AF__QB + v * AF__VW);
@@ -650,8 +742,19 @@ AF__INLINE void af__mk_pv(const float *restrict a, long lda, const float *restri
             for (int v = 0; v < AF__NV; v++) c[r][v] = af__vfma(av, pv[v], c[r][v]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < AF__NV; v++) af__vst(ot + r * AF__QB + v * AF__VW, c[r][v]);
+    if (al) {
+        for (int v = 0; v < AF__NV; v++) {
+            af__vec sc = af__vld(al + v * AF__VW);
+            for (int r = 0; r < R; r++)
+                af__vst(ot + r * AF__QB + v * AF__VW,
+                        af__vfma(sc, af__vld(ot + r * AF__QB + v * AF__VW), c[r][v]));
+        }
+    } else {
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < AF__NV; v++)
+                af__vst(ot + r * AF__QB + v * AF__VW,
+                        af__vadd(af__vld(ot + r * AF__QB + v * AF__VW), c[r][v]));
+    }
 }
 
 /* Instantiate the micro-kernels for every row count 1..AF__RK (remainders of kt and D). */
@@ -686,54 +789,83 @@ static void af__pv_rows(const float *restrict a, long lda, const float *restrict
 }
 
 /* floats of scratch one thread needs for one query tile */
-AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 4) * AF__QB; }
+AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 8) * AF__QB; }
 
 /* One query tile: q, out point at query row 0 of the tile (head offset applied), k, v at
  * key row 0 of the head; rows are ld = H*D floats apart.  rq <= AF__QB valid queries; the
- * padding lanes compute on zero queries and are never stored. */
+ * padding lanes compute on zero queries and are never stored.  The softmax denominator is a
+ * sum of Sk positive terms; summed sequentially in float its error would grow like sqrt(Sk)
+ * (1.5e-6 at Sk = 4608), so it is summed in float per key chunk (AF__PVC terms) and the
+ * chunk sums are accumulated in double. */
 static void af__attn_tile(const float *restrict q, const float *restrict k,
                           const float *restrict v, float *restrict out, long ld, long D, long rq,
                           long Sk, float scale, float *restrict buf) {
-    float *qt = buf;                   /* D x QB */
-    float *ot = qt + D * AF__QB;       /* D x QB */
-    float *st = ot + D * AF__QB;       /* KT x QB */
-    float *m = st + AF__KT * AF__QB;   /* running max   */
-    float *l = m + AF__QB;             /* running sum   */
-    float *al = l + AF__QB;            /* rescale factor */
-    float *mt = al + AF__QB;           /* tile max      */
+    float *qt = buf;                   /* D x QB  transposed queries (sign of scale applied) */
+    float *ot = qt + D * AF__QB;       /* D x QB  unnormalized output, transposed */
+    float *st = ot + D * AF__QB;       /* KT x QB scores, then probabilities */
+    float *m = st + AF__KT * AF__QB;   /* running max of the scaled scores */
+    float *al = m + AF__QB;            /* rescale factor of the old state */
+    float *mt = al + AF__QB;           /* max of the current key tile (unscaled) */
+    double *l = (double *)(void *)(mt + 2 * AF__QB);   /* running sum (double) */
+    double *ls = l + AF__QB;                            /* sum of the current tile */
+    /* The scale is not applied to q (that would round every q element): scores stay
+     * unscaled, the max is tracked on them and the exp argument is one fused
+     * sc*s - sc*max.  The rounding of sc*max is a common shift of the whole row (it cancels
+     * in the normalization), so the argument carries a single rounding.  A negative scale
+     * is moved into q (exact) so that the max of the unscaled scores is the right one.
+     * The transpose runs in row order: q rows (ld apart, likely not cached) are read
+     * sequentially, the scattered stores go to the L1-resident tile buffer. */
+    const float sgn = scale < 0.0f ? -1.0f : 1.0f, sc = scale < 0.0f ? -scale : scale;
+    for (long i = 0; i < rq; i++) {
+        const float *qr = q + i * ld;
+        for (long d = 0; d < D; d++) qt[d * AF__QB + i] = qr[d] * sgn;
+    }
     for (long d = 0; d < D; d++)
-        for (long i = 0; i < AF__QB; i++) qt[d * AF__QB + i] = i < rq ? q[i * ld + d] * scale : 0.0f;
+        for (long i = rq; i < AF__QB; i++) qt[d * AF__QB + i] = 0.0f;
     memset(ot, 0, sizeof(float) * (size_t)(D * AF__QB));
-    for (long i = 0; i < AF__QB; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+    for (long i = 0; i < AF__QB; i++) { m[i] = -INFINITY; l[i] = 0.0; }
 
     for (long j0 = 0; j0 < Sk; j0 += AF__KT) {
         long kt = Sk - j0 < AF__KT ? Sk - j0 : AF__KT;
-        for (long i = 0; i < AF__QB; i++) mt[i] = -INFINITY;
+        for (long i = 0; i < AF__QB; i++) { mt[i] = -INFINITY; ls[i] = 0.0; }
         for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
             af__qk_rows(k + j0 * ld, ld, qt + c0, D, st + c0, mt + c0, kt);
-        /* online softmax: new max, rescale factor for the old state, p = exp(s - max) */
+        /* online softmax: new max, and the rescale factor for the old state */
 #pragma omp simd
         for (long i = 0; i < AF__QB; i++) {
-            float mn = mt[i] > m[i] ? mt[i] : m[i];
+            float ms = sc * mt[i];
+            float mn = ms > m[i] ? ms : m[i];
             al[i] = af_exp(m[i] - mn);
             m[i] = mn;
-            l[i] *= al[i];
         }
-        for (long j = 0; j < kt; j++) {
-            float *sr = st + j * AF__QB;
+        /* per key chunk: p = exp(s - max) in place (chunk sum in float, added to the tile
+         * sum in double), then ot = al * ot + V^T P while the chunk of P is still in L1 */
+        for (long jc = 0; jc < kt; jc += AF__PVC) {
+            long nc = kt - jc < AF__PVC ? kt - jc : AF__PVC;
+            float cs[AF__QB];
+            for (long i = 0; i < AF__QB; i++) cs[i] = 0.0f;
+            for (long j = jc; j < jc + nc; j++) {
+                float *sr = st + j * AF__QB;
 #pragma omp simd
-            for (long i = 0; i < AF__QB; i++) {
-                float p = af_exp(sr[i] - m[i]);
-                sr[i] = p;
-                l[i] += p;
+                for (long i = 0; i < AF__QB; i++) {
+                    float p = af_exp(AF__FMA(sc, sr[i], -m[i]));
+                    sr[i] = p;
+                    cs[i] += p;
+                }
             }
+#pragma omp simd
+            for (long i = 0; i < AF__QB; i++) ls[i] += (double)cs[i];
+            for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
+                af__pv_rows(v + (j0 + jc) * ld, ld, st + jc * AF__QB + c0, nc, ot + c0,
+                            jc == 0 ? al + c0 : NULL, D);
         }
-        for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
-            af__pv_rows(v + j0 * ld, ld, st + c0, kt, ot + c0, al + c0, D);
+#pragma omp simd
+        for (long i = 0; i < AF__QB; i++) l[i] = l[i] * (double)al[i] + ls[i];
     }
-    for (long i = 0; i < rq; i++) {
-        float inv = 1.0f / l[i];
-        for (long d = 0; d < D; d++) out[i * ld + d] = ot[d * AF__QB + i] * inv;
+    for (long i = 0; i < rq; i++) { /* row order again: sequential stores to out */
+        float inv = (float)(1.0 / l[i]);
+        float *orow = out + i * ld;
+        for (long d = 0; d < D; d++) orow[d] = ot[d * AF__QB + i] * inv;
     }
 }
 

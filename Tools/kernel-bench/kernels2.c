@@ -1,0 +1,6 @@
+/* Second translation unit linked into the same .so: proves the prelude can be included by
+ * several TUs of one library (everything static, no duplicate symbols). */
+#ifndef ARCFLOW_PRELUDE_H
+#include "prelude.h"
+#endif
+void kb_tu2_softmax(const float *x, float *y, long o, long n, long i) { af_softmax(x, y, o, n, i); }
