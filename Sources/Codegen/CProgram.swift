@@ -6,10 +6,10 @@ import IR
 
 /// Version of the C ABI between generated libraries and the runtime. Bump on any change to
 /// the exported functions' signatures or meaning.
-public let abiVersion = 1
+public let abiVersion = 2
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-3"
+public let codegenVersion = "arcflow-codegen-4"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
@@ -142,6 +142,12 @@ public enum CCodegen {
         void arcflow_set_threads(int n) {
             if (n > 0) { omp_set_num_threads(n); openblas_set_num_threads(n); }
         }
+
+        /// The fp32 FMA peak of this machine (GFLOP/s, all threads), measured, for benchmarks.
+        double arcflow_fma_peak_gflops(void) { return af_fma_peak_gflops(); }
+
+        /// Which OpenBLAS kernels run (e.g. "Haswell", "SkylakeX"), for benchmark reports.
+        const char *arcflow_blas_core(void) { return openblas_get_corename(); }
 
         /// Runs the graph. `times` (nullable) accumulates seconds per step; with `gemm_only` set
         /// only the GEMMs run, on the same operands: the baseline of `arcflow bench`.

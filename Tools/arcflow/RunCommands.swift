@@ -131,6 +131,8 @@ func benchCommand(_ argv: [String]) throws {
     let gflops = m.flops / med / 1e9, gemmGflops = m.gemmFlops / gmed / 1e9
     let threads = try args.int("--threads", benchSpec, default: physicalCoreCount(), min: 1)!
     let nfe = Double(m.model["nfe"] ?? "") ?? 0
+    let peak = exe.library.fmaPeakGFLOPS()
+    let core = exe.library.blasCore
     if args.has("--json") {
         var obj: [String: Any] = [
             "graph": m.graph, "runs": runs, "threads": threads,
@@ -138,6 +140,7 @@ func benchCommand(_ argv: [String]) throws {
             "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops,
             "gemm_ms_median": gmed * 1000, "gemm_gflop_per_run": m.gemmFlops / 1e9, "gemm_gflop_per_s": gemmGflops,
             "throughput_vs_gemm": gemmGflops > 0 ? gflops / gemmGflops : 0,
+            "fma_peak_gflop_per_s": peak, "openblas_core": core,
         ]
         if nfe > 0 {
             // A sampler runs its transformer nfe times per run; one evaluation is a run / nfe.
@@ -150,7 +153,8 @@ func benchCommand(_ argv: [String]) throws {
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
     } else {
-        print("@\(m.graph): \(runs) runs, \(threads) threads")
+        print("@\(m.graph): \(runs) runs, \(threads) threads, OpenBLAS \(core) kernels, measured FMA peak "
+              + String(format: "%.0f GFLOP/s", peak))
         print(String(format: "  full graph : median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP)",
                      med * 1000, full.min()! * 1000, full.max()! * 1000, gflops, m.flops / 1e9))
         if nfe > 0 {
@@ -159,8 +163,8 @@ func benchCommand(_ argv: [String]) throws {
         }
         print(String(format: "  GEMMs alone: median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP, OpenBLAS)",
                      gmed * 1000, gemm.min()! * 1000, gemm.max()! * 1000, gemmGflops, m.gemmFlops / 1e9))
-        print(String(format: "  throughput vs GEMMs alone: %.1f%%; everything else adds %.1f%% to the GEMM time",
-                     100 * gflops / max(gemmGflops, 1e-12), 100 * (med - gmed) / gmed))
+        print(String(format: "  throughput vs GEMMs alone: %.1f%%; everything else adds %.1f%% to the GEMM time; %.0f%% of FMA peak",
+                     100 * gflops / max(gemmGflops, 1e-12), 100 * (med - gmed) / gmed, 100 * gflops / peak))
     }
     if args.has("--profile") {
         var times = [Double](repeating: 0, count: m.steps.count)

@@ -941,4 +941,59 @@ static AF__UNUSED void af_attention(const float *restrict q, const float *restri
     free(buf);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Machine ceiling
+ * ------------------------------------------------------------------------------------------ */
+
+/* The fp32 FMA peak of this machine in GFLOP/s over all OpenMP threads, measured: each thread
+ * runs 12 independent chains of vector FMAs (enough to cover FMA latency on two pipes), best
+ * of three ~20 ms runs.  Benchmarks report GFLOP/s against this, not against a data sheet. */
+AF__UNUSED static double af_fma_peak_gflops(void) {
+    const long iters = 1L << 19;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        int threads = 1;
+        float sink = 0.0f;
+        const double t0 = omp_get_wtime();
+        #pragma omp parallel reduction(+ : sink)
+        {
+            #pragma omp single
+            threads = omp_get_num_threads();
+#if defined(__AVX512F__)
+            const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+            __m512 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+            for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
+#elif defined(__AVX2__) && defined(__FMA__)
+            const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+            __m256 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1.0f + (float)j);
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
+            float lanes[8];
+            for (int j = 0; j < 12; j++) { _mm256_storeu_ps(lanes, a[j]); for (int l = 0; l < 8; l++) sink += lanes[l]; }
+#else
+            float a[12];
+            for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j;
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
+            for (int j = 0; j < 12; j++) sink += a[j];
+#endif
+        }
+        const double t = omp_get_wtime() - t0;
+#if defined(__AVX512F__)
+        const double lanes = 16.0;
+#elif defined(__AVX2__) && defined(__FMA__)
+        const double lanes = 8.0;
+#else
+        const double lanes = 1.0;
+#endif
+        const double gflops = (double)threads * (double)iters * 12.0 * lanes * 2.0 / t / 1e9;
+        if (gflops > best && sink == sink) best = gflops;
+    }
+    return best;
+}
+
 #endif /* ARCFLOW_PRELUDE_H */
