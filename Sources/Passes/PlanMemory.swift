@@ -31,7 +31,7 @@ public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
     for (i, node) in graph.nodes.enumerated() {
         if node.op == .reshape {
             buffer[i] = find(node.operands[0])
-        } else if reuse, let donor = inPlaceDonor(graph, i, lastUse: lastUse, find: find), !external(donor) {
+        } else if reuse, let donor = inPlaceDonor(graph, i, lastUse: lastUse, groupLast: { last[find($0)] }), !external(donor) {
             buffer[i] = find(donor)
         }
         let root = find(i)
@@ -77,17 +77,15 @@ public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
 
 /// An operand whose buffer a pure element-wise fusion may overwrite: read with the output's own
 /// indexing (same shape and dtype), dead after this node, not a graph output.
-private func inPlaceDonor(_ graph: Graph, _ i: Int, lastUse: [Int], find: (Int) -> Int) -> Int? {
+private func inPlaceDonor(_ graph: Graph, _ i: Int, lastUse: [Int], groupLast: (Int) -> Int) -> Int? {
     let node = graph[i]
     guard node.op == .fusion, let region = node.region, !region.nodes.contains(where: { $0.op == .matmul }) else { return nil }
     for (k, o) in node.operands.enumerated() where graph[o].type == node.type && lastUse[o] == i {
         // The region must read this input only element-wise (not through a broadcast).
         let inputID = region.inputs[k]
         let readOnlyElementwise = region.nodes.allSatisfy { !$0.operands.contains(inputID) || $0.op.isElementwise }
-        // Every alias of the donor's buffer must be dead too.
-        let root = find(o)
-        let aliasesDead = (0..<graph.nodes.count).allSatisfy { j in find(j) != root || lastUse[j] <= i }
-        if readOnlyElementwise && aliasesDead && graph[root].op != .constant { return o }
+        // Every alias of the donor's buffer (reshapes, earlier in-place users) must be dead too.
+        if readOnlyElementwise && groupLast(o) <= i && graph[o].op != .constant { return o }
     }
     return nil
 }
