@@ -1,6 +1,7 @@
 // The σ schedules of the two samplers (reference §1.2, §3.1) and the arc integral factor φ.
 
 import Foundation
+import IR
 
 public enum Schedule {
     /// ArcFlow's fixed shift (training and inference); dynamic shifting is off.
@@ -25,8 +26,5 @@ public enum Schedule {
     /// φ(z) = expm1(z)/z, the exact integral of e^{γ(σ_src − σ)} over a step of length Δ, z = γΔ.
     /// The reference clamps z' = sgn(z)·max(|z|, 1e-4) with sgn(0) = +1 to avoid 0/0, so φ(0) is
     /// 1.00005 rather than 1; we keep the clamp to match its numbers.
-    public static func phi(_ z: Double) -> Double {
-        let zc = z >= 0 ? max(z, 1e-4) : min(z, -1e-4)
-        return expm1(zc) / zc
-    }
+    public static func phi(_ z: Double) -> Double { Interpreter.phi(z) }
 }

@@ -45,6 +45,10 @@ func fuseLoRAAdapters(_ graph: Graph) -> (Graph, Int) {
             let a = graph[down].operands[1], b = graph[up].operands[1]
             guard graph[down].operands[0] == x, weightOnly[w], weightOnly[a], weightOnly[b] else { continue }
             guard graph[a].type.rank == 2, graph[b].type.rank == 2, graph[w].type.rank == 2 else { continue }
+            // A scale of the activation's shape can move onto W only if it is one value.
+            if let s = scale, graph[s].type.shape != graph[w].type.shape {
+                guard case .splat? = graph[s].constant else { continue }
+            }
             return (x, w, a, b, scale)
         }
         return nil
@@ -60,9 +64,8 @@ func fuseLoRAAdapters(_ graph: Graph) -> (Graph, Int) {
         if let s = m.scale {
             var scale = r.map[s]
             if graph[s].type.shape != wType.shape {
-                // The scale was broadcast to the activation's shape; use its scalar form.
-                guard case .splat(let v)? = graph[s].constant else { r.copy(node, as: i); continue }
-                scale = r.append(Node(op: .constant, type: wType, constant: .splat(v)))
+                // A splat of the activation's shape (checked by `match`): the same value at W's shape.
+                scale = r.append(Node(op: .constant, type: wType, constant: graph[s].constant))
             }
             delta = r.append(Node(op: .mul, operands: [delta, scale], type: wType))
         }

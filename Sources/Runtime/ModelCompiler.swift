@@ -93,7 +93,7 @@ public enum ModelCompiler {
             let exe = try Executable(library: try NativeLibrary(path: entry.path), inputs: [], outputs: program.outputs,
                                      weights: program.weights, store: weights)
             let lifted = TensorStore(label: "prologue outputs")
-            let buffers = program.outputs.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.type.byteCount, 1), alignment: 64) }
+            let buffers = exe.allocateOutputs()
             defer { buffers.forEach { $0.deallocate() } }
             try exe.runRaw(inputs: [], outputs: buffers)
             for (k, b) in program.outputs.enumerated() {
