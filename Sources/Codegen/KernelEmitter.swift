@@ -59,6 +59,7 @@ func cElementwise(_ op: OpCode, _ a: [String], resultDType: DType) -> String {
     case .sigmoid: return "af_sigmoid(\(a[0]))"
     case .silu: return "af_silu(\(a[0]))"
     case .gelu: return "af_gelu_tanh(\(a[0]))"
+    case .erf: return "erff(\(a[0]))"
     case .sin: return "sinf(\(a[0]))"
     case .cos: return "cosf(\(a[0]))"
     case .convert:

@@ -201,8 +201,21 @@ public final class GraphBuilder {
 
     public func rope(_ x: Value, cos: Value, sin: Value) -> Value { append(.rope, [x, cos, sin]) }
 
-    public func attention(_ q: Value, _ k: Value, _ v: Value, scale: Double) -> Value {
-        append(.attention, [q, k, v], attributes: ["scale": .float(scale)])
+    public func attention(_ q: Value, _ k: Value, _ v: Value, scale: Double, bias: Value? = nil, causal: Bool = false) -> Value {
+        append(.attention, [q, k, v] + (bias.map { [$0] } ?? []),
+               attributes: causal ? ["scale": .float(scale), "causal": .bool(true)] : ["scale": .float(scale)])
+    }
+
+    /// Rows of `table` [V, D...] at `indices` (f32 holding integers): embedding lookup.
+    public func gather(_ table: Value, _ indices: Value) -> Value { append(.gather, [table, indices]) }
+
+    /// NCHW convolution with OIHW weights; add the bias with a broadcast afterwards.
+    public func conv2d(_ x: Value, _ w: Value, stride: Int = 1, padding: Int = 0) -> Value {
+        append(.conv2d, [x, w], attributes: ["stride": .ints([stride, stride]), "padding": .ints([padding, padding])])
+    }
+
+    public func groupNorm(_ x: Value, scale: Value, bias: Value, groups: Int, eps: Double) -> Value {
+        append(.group_norm, [x, scale, bias], attributes: ["groups": .int(groups), "eps": .float(eps)])
     }
 }
 

@@ -10,7 +10,7 @@ public enum OpCode: String, CaseIterable, Hashable, Sendable {
     // Sources.
     case input, weight, constant
     // Element-wise unary.
-    case neg, abs, exp, expm1, log, sqrt, rsqrt, tanh, sigmoid, silu, gelu, sin, cos, convert
+    case neg, abs, exp, expm1, log, sqrt, rsqrt, tanh, sigmoid, silu, gelu, erf, sin, cos, convert
     // Element-wise binary; comparisons produce 1.0 or 0.0.
     case add, sub, mul, div, max, min, pow, greater, greater_equal
     // Element-wise ternary: select(c, a, b) = c != 0 ? a : b.
@@ -19,10 +19,14 @@ public enum OpCode: String, CaseIterable, Hashable, Sendable {
     case reduce_sum, reduce_max, reduce_mean
     // Normalizations over one axis (softmax) or the last axis (norms).
     case softmax, log_softmax, layer_norm, rms_norm
+    // Per-group normalization of [N, C, spatial...] (the VAE's GroupNorm).
+    case group_norm
     // Batched matrix multiply with optional transposes.
     case matmul
-    // Data movement.
-    case reshape, transpose, slice, concat, broadcast
+    // Data movement; gather picks rows of a table by (integer-valued) f32 indices.
+    case reshape, transpose, slice, concat, broadcast, gather
+    // 2-D convolution, NCHW activations, OIHW weights (cross-correlation, as PyTorch).
+    case conv2d
     // Composite transformer ops.
     case rope, attention
     // One closed-form ArcFlow step (reference §3.2), made by the fold-arc-integral pass.
@@ -34,7 +38,7 @@ public enum OpCode: String, CaseIterable, Hashable, Sendable {
 
     public var isElementwiseUnary: Bool {
         switch self {
-        case .neg, .abs, .exp, .expm1, .log, .sqrt, .rsqrt, .tanh, .sigmoid, .silu, .gelu, .sin, .cos, .convert: return true
+        case .neg, .abs, .exp, .expm1, .log, .sqrt, .rsqrt, .tanh, .sigmoid, .silu, .gelu, .erf, .sin, .cos, .convert: return true
         default: return false
         }
     }

@@ -88,6 +88,12 @@ public enum Interpreter {
             return softmax(args[0], axis: node.int("axis")!, log: node.op == .log_softmax)
         case .layer_norm, .rms_norm:
             return norm(node, args)
+        case .group_norm:
+            return groupNorm(args[0], scale: args[1], bias: args[2], groups: node.int("groups")!, eps: node.float("eps")!)
+        case .gather:
+            return try gatherRows(args[0], indices: args[1], type: type)
+        case .conv2d:
+            return conv2d(args[0], args[1], stride: node.ints("stride") ?? [1, 1], padding: node.ints("padding") ?? [0, 0], type: type)
         case .matmul:
             return matmul(args[0], args[1], transposeA: node.flag("transpose_a"), transposeB: node.flag("transpose_b"), type: type)
         case .reshape:
@@ -121,7 +127,7 @@ public enum Interpreter {
         case .rope:
             return rope(args[0], cos: args[1], sin: args[2])
         case .attention:
-            return attention(args[0], args[1], args[2], scale: node.float("scale")!)
+            return attention(args[0], args[1], args[2], bias: args.count > 3 ? args[3] : nil, scale: node.float("scale")!, causal: node.flag("causal"))
         case .arc_step:
             return arcStep(args, delta: node.float("delta")!, components: node.int("components")!, positions: node.int("positions")!)
         case .fusion:
@@ -157,6 +163,7 @@ public enum Interpreter {
         case .sigmoid: return { 1 / (1 + Foundation_exp(-$0)) }
         case .silu: return { $0 / (1 + Foundation_exp(-$0)) }
         case .gelu: return gelu
+        case .erf: return Foundation_erf
         case .sin: return Foundation_sin
         case .cos: return Foundation_cos
         default: fatalError("\(op) is not unary element-wise")
@@ -376,8 +383,9 @@ public enum Interpreter {
         return Tensor(x.type, out)
     }
 
-    /// softmax(scale·q·kᵀ)·v per batch and head, q/k/v laid out [B, S, H, D].
-    static func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Double) -> Tensor {
+    /// softmax(scale·q·kᵀ + bias)·v per batch and head, q/k/v laid out [B, S, H, D], bias
+    /// [H, Sq, Sk]; with `causal`, query i attends to keys 0...i only.
+    static func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, bias: Tensor? = nil, scale: Double, causal: Bool = false) -> Tensor {
         let (b, sq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let sk = k.shape[1]
         var out = [Float](repeating: 0, count: q.type.count)
@@ -388,16 +396,17 @@ public enum Interpreter {
                 for i in 0..<sq {
                     let qb = ((bi * sq + i) * h + hi) * d
                     var m = -Double.infinity
-                    for j in 0..<sk {
+                    let visible = causal ? i + 1 : sk
+                    for j in 0..<visible {
                         let kb = ((bi * sk + j) * h + hi) * d
                         var dot = 0.0
                         for c in 0..<d { dot += Double(q.data[qb + c]) * Double(k.data[kb + c]) }
-                        logits[j] = dot * scale
+                        logits[j] = dot * scale + (bias.map { Double($0.data[(hi * sq + i) * sk + j]) } ?? 0)
                         m = Swift.max(m, logits[j])
                     }
                     var sum = 0.0
                     for c in 0..<d { acc[c] = 0 }
-                    for j in 0..<sk {
+                    for j in 0..<visible {
                         let p = Foundation_exp(logits[j] - m)
                         sum += p
                         let vb = ((bi * sk + j) * h + hi) * d
@@ -408,5 +417,75 @@ public enum Interpreter {
             }
         }
         return Tensor(q.type, out)
+    }
+
+    /// GroupNorm: per sample and group of C/groups channels, normalize over those channels and
+    /// all spatial positions (biased variance, as PyTorch), then per-channel scale and bias.
+    static func groupNorm(_ x: Tensor, scale: Tensor, bias: Tensor, groups: Int, eps: Double) -> Tensor {
+        let (n, c) = (x.shape[0], x.shape[1])
+        let spatial = x.shape.dropFirst(2).reduce(1, *)
+        let per = c / groups * spatial
+        var out = x.data
+        for ni in 0..<n {
+            for g in 0..<groups {
+                let base = (ni * c + g * (c / groups)) * spatial
+                var mean = 0.0
+                for e in 0..<per { mean += Double(x.data[base + e]) }
+                mean /= Double(Swift.max(per, 1))
+                var variance = 0.0
+                for e in 0..<per { let d = Double(x.data[base + e]) - mean; variance += d * d }
+                variance /= Double(Swift.max(per, 1))
+                let inv = 1 / (variance + eps).squareRoot()
+                for e in 0..<per {
+                    let ch = g * (c / groups) + e / spatial
+                    out[base + e] = Float((Double(x.data[base + e]) - mean) * inv * Double(scale.data[ch]) + Double(bias.data[ch]))
+                }
+            }
+        }
+        return Tensor(x.type, out)
+    }
+
+    /// Rows of `table` picked by integer-valued indices; an index that is not an integer in
+    /// [0, V) is an error (a wrong token id must not read memory it does not own).
+    static func gatherRows(_ table: Tensor, indices: Tensor, type: TensorType) throws -> Tensor {
+        let rows = table.shape[0]
+        let width = table.shape.dropFirst().reduce(1, *)
+        var out = [Float](repeating: 0, count: type.count)
+        for (p, f) in indices.data.enumerated() {
+            guard f >= 0, f < Float(rows), f == f.rounded() else { throw ArcError("gather: index \(f) is not a row of a table with \(rows) rows") }
+            let r = Int(f)
+            for e in 0..<width { out[p * width + e] = table.data[r * width + e] }
+        }
+        return Tensor(type, out)
+    }
+
+    /// Cross-correlation of x [N, C, H, W] with w [O, C, KH, KW], zero padding, f64 accumulation.
+    static func conv2d(_ x: Tensor, _ w: Tensor, stride: [Int], padding: [Int], type: TensorType) -> Tensor {
+        let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (o, kh, kw) = (w.shape[0], w.shape[2], w.shape[3])
+        let (ho, wo) = (type.shape[2], type.shape[3])
+        var out = [Float](repeating: 0, count: type.count)
+        for ni in 0..<n {
+            for oc in 0..<o {
+                for y in 0..<ho {
+                    for xo in 0..<wo {
+                        var acc = 0.0
+                        for ic in 0..<c {
+                            for dy in 0..<kh {
+                                let iy = y * stride[0] - padding[0] + dy
+                                if iy < 0 || iy >= h { continue }
+                                for dx in 0..<kw {
+                                    let ix = xo * stride[1] - padding[1] + dx
+                                    if ix < 0 || ix >= wd { continue }
+                                    acc += Double(x.data[((ni * c + ic) * h + iy) * wd + ix]) * Double(w.data[((oc * c + ic) * kh + dy) * kw + dx])
+                                }
+                            }
+                        }
+                        out[((ni * o + oc) * ho + y) * wo + xo] = Float(acc)
+                    }
+                }
+            }
+        }
+        return Tensor(type, out)
     }
 }

@@ -75,6 +75,21 @@ public enum OpSemantics {
             _ = try axis("axis", rank: operands[0].rank)
             return operands[0]
 
+        case .group_norm:
+            // x [N, C, ...], scale [C], bias [C]; statistics over (C/groups channels × spatial).
+            try need(3)
+            try needF32(operands)
+            _ = try float("eps")
+            let x = operands[0]
+            guard x.rank >= 2 else { throw ArcError("x must be [N, C, ...], got \(x)") }
+            guard let groups = attributes["groups"]?.intValue, groups >= 1, x.shape[1] % groups == 0 else {
+                throw ArcError("needs an integer 'groups' dividing the \(x.shape[1]) channels of \(x)")
+            }
+            for p in operands.dropFirst() where p.shape != [x.shape[1]] {
+                throw ArcError("scale and bias must be f32[\(x.shape[1])] for \(x), got \(p)")
+            }
+            return x
+
         case .layer_norm, .rms_norm:
             let maxOperands = op == .layer_norm ? 3 : 2
             if operands.isEmpty || operands.count > maxOperands {
@@ -173,7 +188,9 @@ public enum OpSemantics {
             return x
 
         case .attention:
-            try need(3)
+            // Optional 4th operand: an additive logit bias [H, Sq, Sk] shared by the batch (T5's
+            // relative positions). `causal`: query i sees keys j <= i (CLIP's text encoder).
+            if operands.count != 3 && operands.count != 4 { throw ArcError("expects q, k, v and an optional bias, got \(operands.count) operands") }
             try needF32(operands)
             let (q, k, v) = (operands[0], operands[1], operands[2])
             if q.rank != 4 || k.rank != 4 || v.rank != 4 {
@@ -182,8 +199,40 @@ public enum OpSemantics {
             if k.shape != v.shape || q.shape[0] != k.shape[0] || q.shape[2] != k.shape[2] || q.shape[3] != k.shape[3] {
                 throw ArcError("q \(q), k \(k), v \(v) disagree on batch, heads or head size")
             }
+            if operands.count == 4 && operands[3].shape != [q.shape[2], q.shape[1], k.shape[1]] {
+                throw ArcError("bias must be f32[\(q.shape[2]),\(q.shape[1]),\(k.shape[1])] ([H, Sq, Sk]), got \(operands[3])")
+            }
+            if attributes["causal"]?.boolValue == true && q.shape[1] != k.shape[1] {
+                throw ArcError("causal attention needs as many queries as keys, got \(q) and \(k)")
+            }
             _ = try float("scale")
             return q
+
+        case .gather:
+            // table [V, D...], indices f32[...] holding integers in [0, V) → [indices..., D...].
+            try need(2)
+            let (table, idx) = (operands[0], operands[1])
+            if table.rank < 1 { throw ArcError("table must have rank >= 1, got \(table)") }
+            if idx.dtype != .f32 { throw ArcError("indices must be f32 (integer values), got \(idx)") }
+            return table.with(shape: idx.shape + Array(table.shape.dropFirst()))
+
+        case .conv2d:
+            // x [N, C, H, W], w [O, C, KH, KW]; stride [sh, sw], padding [ph, pw] (zeros, both sides).
+            try need(2)
+            try needF32(operands)
+            let (x, w) = (operands[0], operands[1])
+            if x.rank != 4 || w.rank != 4 { throw ArcError("x must be [N, C, H, W] and w [O, C, KH, KW], got \(x) and \(w)") }
+            if w.shape[1] != x.shape[1] { throw ArcError("w \(w) expects \(w.shape[1]) input channels, x \(x) has \(x.shape[1])") }
+            let stride = attributes["stride"]?.intsValue ?? [1, 1], pad = attributes["padding"]?.intsValue ?? [0, 0]
+            if stride.count != 2 || pad.count != 2 || stride.contains(where: { $0 < 1 }) || pad.contains(where: { $0 < 0 }) {
+                throw ArcError("'stride' must be two integers >= 1 and 'padding' two integers >= 0")
+            }
+            let ho = (x.shape[2] + 2 * pad[0] - w.shape[2]) / stride[0] + 1
+            let wo = (x.shape[3] + 2 * pad[1] - w.shape[3]) / stride[1] + 1
+            if x.shape[2] + 2 * pad[0] < w.shape[2] || x.shape[3] + 2 * pad[1] < w.shape[3] {
+                throw ArcError("kernel \(w.shape[2])×\(w.shape[3]) is larger than the padded input \(x)")
+            }
+            return x.with(shape: [x.shape[0], w.shape[0], ho, wo])
 
         case .arc_step:
             // x [..., T, F]; means [..., T, K·F]; log-weights [..., T, K·P]; rates [..., T, (K−1)·P].

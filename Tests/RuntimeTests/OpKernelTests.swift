@@ -26,7 +26,7 @@ final class OpKernelTests: XCTestCase {
 
     func testUnaryOps() throws {
         let positive: Set<OpCode> = [.log, .sqrt, .rsqrt]
-        for op in [OpCode.neg, .abs, .exp, .expm1, .log, .sqrt, .rsqrt, .tanh, .sigmoid, .silu, .gelu, .sin, .cos] {
+        for op in [OpCode.neg, .abs, .exp, .expm1, .log, .sqrt, .rsqrt, .tanh, .sigmoid, .silu, .gelu, .erf, .sin, .cos] {
             let g = try graph(op.rawValue, shapes: shapes.map { [$0] }) { b, x in b.unary(op, x[0]) }
             // Scale inputs so exp/expm1/tanh see both tiny and large arguments.
             try check(g, transform: positive.contains(op) ? { abs($0) * 3 + 0.01 } : { $0 * 4 }, file: #filePath, line: #line)
