@@ -6,7 +6,7 @@ let package = Package(
     name: "arcflow",
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
-        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"]),
+        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -16,6 +16,8 @@ let package = Package(
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.
         .target(name: "Imaging", path: "Sources/Imaging"),
+        // The procedural world of the embedded default model: prompts, renderer, judge, tokenizer.
+        .target(name: "ShapesWorld", dependencies: ["IR", "Imaging"], path: "Sources/ShapesWorld"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"],
                           path: "Tools/arcflow"),
@@ -29,5 +31,6 @@ let package = Package(
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
+        .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]
 )
