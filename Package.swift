@@ -6,7 +6,7 @@ let package = Package(
     name: "arcflow",
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
-        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"]),
+        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Tokenizers"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -16,6 +16,8 @@ let package = Package(
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.
         .target(name: "Imaging", path: "Sources/Imaging"),
+        // Prompt → ids (CLIP BPE, T5 Unigram), matching Hugging Face; only ArcError from IR.
+        .target(name: "Tokenizers", dependencies: ["IR"], path: "Sources/Tokenizers"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"],
                           path: "Tools/arcflow"),
@@ -28,6 +30,8 @@ let package = Package(
                     path: "Tests/RuntimeTests"),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "IR"], path: "Tests/TokenizersTests",
+                    exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
     ]
 )
