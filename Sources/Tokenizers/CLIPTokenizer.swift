@@ -13,7 +13,7 @@ public struct CLIPTokenizer {
     private let added: AddedTokens
 
     public init(folder: String) throws {
-        guard let vocabFile = try JSONFile.load(folder, "vocab.json") else { throw ArcError("unreachable") }
+        let vocabFile = try JSONFile.require(folder, "vocab.json")
         guard let vocab = vocabFile.root as? [String: Int] else {
             throw vocabFile.error("expected an object of token → id")
         }

@@ -21,6 +21,9 @@ struct JSONFile {
         }
     }
 
+    /// A file the tokenizer cannot work without.
+    static func require(_ folder: String, _ name: String) throws -> JSONFile { try load(folder, name)! }
+
     func error(_ message: String) -> ArcError { ArcError("\(path): \(message)") }
 
     /// `object[key]` as `T`, or an error naming the key path (`model.vocab`).

@@ -14,7 +14,7 @@ public struct T5Tokenizer {
     private let template: [[Int]?]
 
     public init(folder: String) throws {
-        guard let file = try JSONFile.load(folder, "tokenizer.json") else { throw ArcError("unreachable") }
+        let file = try JSONFile.require(folder, "tokenizer.json")
         let root = file.root
         let m: [String: Any] = try file.get(root, "model")
         let type = m["type"] as? String ?? "?"
