@@ -6,7 +6,7 @@ let package = Package(
     name: "arcflow",
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
-        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld"]),
+        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Tokenizers"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -18,6 +18,8 @@ let package = Package(
         .target(name: "Imaging", path: "Sources/Imaging"),
         // The procedural world of the embedded default model: prompts, renderer, judge, tokenizer.
         .target(name: "ShapesWorld", dependencies: ["IR", "Imaging"], path: "Sources/ShapesWorld"),
+        // Prompt → ids (CLIP BPE, T5 Unigram), matching Hugging Face; only ArcError from IR.
+        .target(name: "Tokenizers", dependencies: ["IR"], path: "Sources/Tokenizers"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"],
                           path: "Tools/arcflow"),
@@ -30,6 +32,8 @@ let package = Package(
                     path: "Tests/RuntimeTests"),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "IR"], path: "Tests/TokenizersTests",
+                    exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]

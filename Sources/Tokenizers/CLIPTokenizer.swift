@@ -1,0 +1,228 @@
+// CLIP's byte-level BPE tokenizer, as transformers' slow `CLIPTokenizer` runs it without ftfy
+// (FluxPipeline's `tokenizer/`): BasicTokenizer clean-up, CLIP's word regex, BPE with `</w>`.
+import Foundation
+import IR
+
+public struct CLIPTokenizer {
+    /// The padded length of `encode` (tokenizer_config.json's `model_max_length`, else 77).
+    public let maxLength: Int
+    public let bosID: Int, eosID: Int, padID: Int, unkID: Int
+    private let vocab: [String: Int]
+    /// Merge ranks keyed by "left right" (symbols never contain a space: bytes map to printable chars).
+    private let ranks: [String: Int]
+    private let added: AddedTokens
+
+    public init(folder: String) throws {
+        let vocabFile = try JSONFile.require(folder, "vocab.json")
+        guard let vocab = vocabFile.root as? [String: Int] else {
+            throw vocabFile.error("expected an object of token → id")
+        }
+        self.vocab = vocab
+        let mergesPath = (folder as NSString).appendingPathComponent("merges.txt")
+        guard let data = FileManager.default.contents(atPath: mergesPath),
+              let text = String(data: data, encoding: .utf8) else { throw ArcError("\(mergesPath): file not found") }
+        // As transformers reads it: strip, split lines, drop line 1 (the "#version" header, dropped
+        // even when absent), keep at most 49152 - 256 - 2 merges; a repeated pair keeps its last rank.
+        var ranks: [String: Int] = [:]
+        let lines = text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n", omittingEmptySubsequences: false)
+        for (rank, line) in lines.dropFirst().prefix(49152 - 256 - 2).enumerated() {
+            let parts = line.split(whereSeparator: { $0.unicodeScalars.allSatisfy(isPythonSpace) })
+            if parts.count == 2 { ranks["\(parts[0]) \(parts[1])"] = rank }
+        }
+        self.ranks = ranks
+
+        // Special tokens: CLIP's defaults, then tokenizer_config.json, then special_tokens_map.json.
+        var special = ["bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                       "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"]
+        var added = AddedTokens()
+        var addedIDs: [String: Int] = [:]
+        var maxLength = 77
+        if let config = try JSONFile.load(folder, "tokenizer_config.json", optional: true),
+           let dict = config.root as? [String: Any] {
+            for key in special.keys { if let v = tokenContent(dict[key]) { special[key] = v } }
+            if let m = dict["model_max_length"] as? Int, m > 0, m <= 1_000_000 { maxLength = m }
+            for (key, raw) in dict["added_tokens_decoder"] as? [String: Any] ?? [:] {
+                guard let id = Int(key), let t = raw as? [String: Any], let content = t["content"] as? String else {
+                    throw config.error("malformed entry '\(key)' in 'added_tokens_decoder'")
+                }
+                addedIDs[content] = id
+                added.add(content, id: id, lstrip: t["lstrip"] as? Bool ?? false, rstrip: t["rstrip"] as? Bool ?? false)
+            }
+        }
+        if let map = try JSONFile.load(folder, "special_tokens_map.json", optional: true),
+           let dict = map.root as? [String: Any] {
+            for key in special.keys { if let v = tokenContent(dict[key]) { special[key] = v } }
+        }
+        func id(_ key: String) throws -> Int {
+            let token = special[key]!
+            guard let id = addedIDs[token] ?? vocab[token] else {
+                throw ArcError("\((folder as NSString).appendingPathComponent("vocab.json")): \(key) '\(token)' is not in the vocabulary")
+            }
+            return id
+        }
+        (bosID, eosID, unkID, padID) = (try id("bos_token"), try id("eos_token"), try id("unk_token"), try id("pad_token"))
+        // Special tokens are added tokens too, so the text is split on them (a pad of "!" included).
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] where addedIDs[special[key]!] == nil {
+            added.add(special[key]!, id: try id(key))
+        }
+        self.added = added
+        self.maxLength = maxLength
+    }
+
+    /// `<|startoftext|> ids <|endoftext|>` truncated to keep the EOS at `maxLength - 1`, then padded
+    /// with the pad id: what `tokenizer(text, padding="max_length", truncation=True)` returns.
+    public func encode(_ text: String) -> [Int] {
+        let body = tokenize(text).prefix(max(0, maxLength - 2))
+        let ids = [bosID] + body + [eosID]
+        return ids + Array(repeating: padID, count: max(0, maxLength - ids.count))
+    }
+
+    /// Ids without BOS/EOS or padding.
+    public func tokenize(_ text: String) -> [Int] {
+        added.split(text).flatMap { piece -> [Int] in
+            switch piece {
+            case .token(let id): return [id]
+            case .text(let t):
+                return clipWords(basicTokenize(t)).flatMap { word -> [Int] in
+                    bpe(word).map { vocab[$0] ?? unkID }
+                }
+            }
+        }
+    }
+
+    /// BPE of one word (already byte-mapped): `</w>` on its last symbol, then the lowest-ranked
+    /// adjacent pair is merged everywhere, left to right, until no pair has a rank.
+    private func bpe(_ word: String) -> [String] {
+        if word == "<|startoftext|>" || word == "<|endoftext|>" { return [word] }  // transformers' cache seed
+        var symbols = word.unicodeScalars.map { String($0) }
+        symbols[symbols.count - 1] += "</w>"
+        while symbols.count > 1 {
+            var best: (rank: Int, pair: String)?
+            for i in 0..<(symbols.count - 1) {
+                let pair = symbols[i] + " " + symbols[i + 1]
+                if let r = ranks[pair], r < (best?.rank ?? .max) { best = (r, pair) }
+            }
+            guard let (_, pair) = best else { break }
+            var merged: [String] = [], i = 0
+            while i < symbols.count {
+                if i + 1 < symbols.count && symbols[i] + " " + symbols[i + 1] == pair {
+                    merged.append(symbols[i] + symbols[i + 1]); i += 2
+                } else { merged.append(symbols[i]); i += 1 }
+            }
+            symbols = merged
+        }
+        return symbols
+    }
+}
+
+// MARK: - The slow tokenizer's text clean-up and word split
+
+/// GPT-2's byte → printable-character table, so BPE never sees spaces or control bytes.
+let byteToUnicode: [Character] = {
+    var bs = Array(33...126) + Array(161...172) + Array(174...255)
+    var cs = bs, n = 0
+    for b in 0..<256 where !bs.contains(b) { bs.append(b); cs.append(256 + n); n += 1 }
+    var table = [Character](repeating: " ", count: 256)
+    for (b, c) in zip(bs, cs) { table[b] = Character(Unicode.Scalar(UInt32(c))!) }
+    return table
+}()
+
+/// Python's `str.isspace` (Zs, or bidi class WS/B/S): what `str.split()` splits on.
+func isPythonSpace(_ s: Unicode.Scalar) -> Bool {
+    switch s.value {
+    case 0x09...0x0D, 0x1C...0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000: return true
+    default: return false
+    }
+}
+
+/// The CJK ideograph blocks BERT's BasicTokenizer puts spaces around (not kana, not Hangul).
+private func isCJK(_ v: UInt32) -> Bool {
+    (0x4E00...0x9FFF).contains(v) || (0x3400...0x4DBF).contains(v) || (0x20000...0x2A6DF).contains(v)
+        || (0x2A700...0x2B73F).contains(v) || (0x2B740...0x2B81F).contains(v) || (0x2B820...0x2CEAF).contains(v)
+        || (0xF900...0xFAFF).contains(v) || (0x2F800...0x2FA1F).contains(v)
+}
+
+private func isOtherCategory(_ s: Unicode.Scalar) -> Bool {
+    switch s.properties.generalCategory {
+    case .control, .format, .surrogate, .privateUse, .unassigned: return true
+    default: return false
+    }
+}
+
+/// `BasicTokenizer(strip_accents=False, do_split_on_punc=False).tokenize`, joined by spaces:
+/// drop NUL, U+FFFD and every C* character except \t\n\r (so ZWJ and soft hyphens vanish), turn
+/// whitespace into spaces, space out CJK ideographs, NFC, split on whitespace and lower-case each
+/// word with Python's `str.lower` (full mappings, final sigma). No accent stripping, no punctuation split.
+func basicTokenize(_ text: String) -> String {
+    var cleaned = String.UnicodeScalarView()
+    for s in text.unicodeScalars {
+        let v = s.value
+        if v == 0 || v == 0xFFFD || (v != 0x09 && v != 0x0A && v != 0x0D && isOtherCategory(s)) { continue }
+        if v == 0x20 || v == 0x09 || v == 0x0A || v == 0x0D || s.properties.generalCategory == .spaceSeparator {
+            cleaned.append(" ")
+        } else if isCJK(v) {
+            cleaned.append(" "); cleaned.append(s); cleaned.append(" ")
+        } else { cleaned.append(s) }
+    }
+    let nfc = String(cleaned).precomposedStringWithCanonicalMapping
+    return nfc.unicodeScalars.split(whereSeparator: isPythonSpace)
+        .map { pythonLower(Array($0)) }.joined(separator: " ")
+}
+
+/// Python's `str.lower`: each scalar's full lowercase mapping, and capital sigma becomes final
+/// sigma (ς) after a cased letter when no cased letter follows (case-ignorables skipped both ways).
+func pythonLower(_ s: [Unicode.Scalar]) -> String {
+    var out = String.UnicodeScalarView()
+    for (i, c) in s.enumerated() {
+        guard c.value == 0x3A3 else { out.append(contentsOf: c.properties.lowercaseMapping.unicodeScalars); continue }
+        let before = s[..<i].last { !$0.properties.isCaseIgnorable }
+        let after = s[(i + 1)...].first { !$0.properties.isCaseIgnorable }
+        let final = (before?.properties.isCased ?? false) && !(after?.properties.isCased ?? false)
+        out.append(Unicode.Scalar(final ? 0x3C2 : 0x3C3)!)
+    }
+    return String(out)
+}
+
+private func isLetter(_ s: Unicode.Scalar) -> Bool {
+    switch s.properties.generalCategory {
+    case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return true
+    default: return false
+    }
+}
+private func isNumber(_ s: Unicode.Scalar) -> Bool {
+    switch s.properties.generalCategory {
+    case .decimalNumber, .letterNumber, .otherNumber: return true
+    default: return false
+    }
+}
+
+/// CLIP's word pattern, `re.findall` with IGNORECASE over the cleaned text, each word byte-mapped:
+/// `<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`,
+/// alternatives tried in order at each position. Case-insensitivity only matters through simple
+/// case folding: long s (ſ) matches `s`, so "it'ſ" keeps "'ſ" together as the regex module does.
+func clipWords(_ text: String) -> [String] {
+    let s = Array(text.unicodeScalars)
+    func folded(_ c: Unicode.Scalar) -> Unicode.Scalar { c.value == 0x17F ? "s" : c.value == 0x212A ? "k" : c }
+    func matches(_ literal: String, at i: Int) -> Bool {
+        let l = Array(literal.unicodeScalars)
+        return i + l.count <= s.count && zip(s[i...], l).allSatisfy { folded($0) == $1 }
+    }
+    let literals = ["<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"]
+    var words: [String] = [], i = 0
+    while i < s.count {
+        var end = i
+        if let lit = literals.first(where: { matches($0, at: i) }) {
+            end = i + lit.unicodeScalars.count
+        } else if isLetter(s[i]) {
+            while end < s.count && isLetter(s[end]) { end += 1 }
+        } else if isNumber(s[i]) {
+            end = i + 1
+        } else if !s[i].properties.isWhitespace {
+            while end < s.count && !isLetter(s[end]) && !isNumber(s[end]) && !s[end].properties.isWhitespace { end += 1 }
+        } else { i += 1; continue }
+        let word = String(String.UnicodeScalarView(s[i..<end]))
+        words.append(String(word.utf8.map { byteToUnicode[Int($0)] }))
+        i = end
+    }
+    return words
+}

@@ -1,0 +1,95 @@
+// The Unigram model of HF tokenizers: Viterbi over a byte trie of the vocabulary.
+
+/// Segments text into the pieces of highest total log-probability, exactly as tokenizers'
+/// `Unigram::encode_optimized`: every vocabulary entry (special tokens included) is a candidate;
+/// a character that no single piece covers gets the unknown id with score `min score - 10`, and
+/// runs of unknowns are fused into one token. Ties keep the first candidate found (earlier start,
+/// then shorter piece), as the strict `>` there does.
+struct Unigram {
+    let pieces: [String]
+    let scores: [Double]
+    let unkID: Int?
+    let byteFallback: Bool
+    private let ids: [String: Int]
+    private let minScore: Double
+    /// Trie over UTF-8 bytes: per node its children and the id of the piece ending there.
+    private var children: [[UInt8: Int32]] = [[:]]
+    private var terminal: [Int32] = [-1]
+
+    init(pieces: [String], scores: [Double], unkID: Int?, byteFallback: Bool) {
+        (self.pieces, self.scores, self.unkID, self.byteFallback) = (pieces, scores, unkID, byteFallback)
+        var ids: [String: Int] = [:]
+        for (id, p) in pieces.enumerated() { ids[p] = id }  // a repeated piece keeps its last id
+        self.ids = ids
+        minScore = scores.min() ?? 0
+        for p in pieces {
+            var node = 0
+            for b in p.utf8 {
+                if let next = children[node][b] { node = Int(next); continue }
+                children.append([:]); terminal.append(-1)
+                children[node][b] = Int32(children.count - 1)
+                node = children.count - 1
+            }
+            terminal[node] = Int32(ids[p]!)
+        }
+    }
+
+    func id(of piece: String) -> Int? { ids[piece] }
+
+    /// Ids of one pre-tokenized word. Pieces not in the vocabulary (fused unknowns) become
+    /// `<0xXX>` byte pieces when `byte_fallback` is set and all exist, else the unknown id.
+    func encode(_ text: String) -> [Int] {
+        let bytes = Array(text.utf8)
+        let n = bytes.count
+        if n == 0 { return [] }
+        var best = [Double](repeating: 0, count: n + 1)
+        var from = [Int](repeating: -1, count: n + 1)
+        var node = [Int](repeating: 0, count: n + 1)
+        let unkScore = minScore - 10
+        var start = 0
+        while start < n {
+            let here = best[start]
+            let lead = bytes[start]
+            let charLen = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4
+            var single = false
+            var t = 0, end = start
+            while end < n, let next = children[t][bytes[end]] {
+                t = Int(next); end += 1
+                let id = Int(terminal[t])
+                guard id >= 0 else { continue }
+                let score = here + scores[id]
+                if from[end] < 0 || score > best[end] { (best[end], from[end], node[end]) = (score, start, id) }
+                if end - start == charLen { single = true }
+            }
+            if !single, let unk = unkID {
+                let end = min(n, start + charLen), score = here + unkScore
+                if from[end] < 0 || score > best[end] { (best[end], from[end], node[end]) = (score, start, unk) }
+            }
+            start += charLen
+        }
+        var words: [[UInt8]] = [], unkRun: [[UInt8]] = []
+        var end = n
+        while end > 0 {
+            let s = from[end]
+            if s < 0 { break }  // unreachable without an unknown id; tokenizers errors out there
+            if let unk = unkID, node[end] == unk { unkRun.append(Array(bytes[s..<end])) } else {
+                if !unkRun.isEmpty { words.append(unkRun.reversed().flatMap { $0 }); unkRun = [] }
+                words.append(Array(bytes[s..<end]))
+            }
+            end = s
+        }
+        if !unkRun.isEmpty { words.append(unkRun.reversed().flatMap { $0 }) }
+        return words.reversed().flatMap { word -> [Int] in
+            if let id = ids[String(decoding: word, as: UTF8.self)] { return [id] }
+            if byteFallback {
+                let byteIDs = word.compactMap { ids["<0x" + String($0, radix: 16, uppercase: true).leftPadded(2) + ">"] }
+                if byteIDs.count == word.count { return byteIDs }
+            }
+            return unkID.map { [$0] } ?? []
+        }
+    }
+}
+
+private extension String {
+    func leftPadded(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}

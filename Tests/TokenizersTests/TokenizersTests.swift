@@ -1,0 +1,142 @@
+// Tokenizers against Hugging Face ids (fixtures from Tools/fixtures/make_tokenizer_fixtures.py).
+import Foundation
+import XCTest
+import IR
+import Tokenizers
+
+let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").path
+
+private func loadJSON(_ name: String) throws -> Any {
+    try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/\(name)")))
+}
+
+private func temporaryFolder() throws -> String {
+    let dir = NSTemporaryDirectory() + "arcflow-tok-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+private func writeJSON(_ value: Any, _ path: String) throws {
+    try JSONSerialization.data(withJSONObject: value).write(to: URL(fileURLWithPath: path))
+}
+
+/// Compares every prompt and fails once, with the count and the first mismatch and its prompt.
+private func compare(_ name: String, _ cases: [(prompt: String, expected: [Int])], _ encode: (String) -> [Int],
+                     file: StaticString = #filePath, line: UInt = #line) {
+    var bad: [String] = []
+    for (p, e) in cases {
+        let got = encode(p)
+        if got != e { bad.append("prompt \(String(reflecting: p))\n  expected \(e)\n  got      \(got)") }
+    }
+    XCTAssert(bad.isEmpty, "\(name): \(bad.count) of \(cases.count) prompts differ; first: \(bad.first ?? "")", file: file, line: line)
+    print("\(name): \(cases.count - bad.count)/\(cases.count) prompts identical")
+}
+
+final class TokenizersTests: XCTestCase {
+    var prompts: [String] = []
+    var expected: [String: Any] = [:]
+
+    override func setUpWithError() throws {
+        prompts = try loadJSON("prompts.json") as! [String]
+        expected = try loadJSON("expected.json") as! [String: Any]
+    }
+
+    func testCLIPMatchesSlowCLIPTokenizer() throws {
+        let clip = try CLIPTokenizer(folder: "\(fixtures)/tokenizer")
+        XCTAssertEqual(clip.maxLength, 77)
+        XCTAssertGreaterThanOrEqual(prompts.count, 300)
+        compare("CLIP", Array(zip(prompts, expected["clip"] as! [[Int]])), clip.encode)
+        let ids = clip.tokenize("a photo")
+        XCTAssertEqual(Array(clip.encode("a photo").prefix(ids.count + 2)), [clip.bosID] + ids + [clip.eosID])
+    }
+
+    /// A folder whose pad token is "!" (as several CLIP tokenizers): padding and "!" in the text.
+    func testCLIPPadTokenFromSpecialTokensMap() throws {
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for f in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+            try FileManager.default.copyItem(atPath: "\(fixtures)/tokenizer/\(f)", toPath: "\(dir)/\(f)")
+        }
+        var map = try loadJSON("tokenizer/special_tokens_map.json") as! [String: Any]
+        map["pad_token"] = "!"
+        try writeJSON(map, "\(dir)/special_tokens_map.json")
+        let clip = try CLIPTokenizer(folder: dir)
+        let cases = (expected["clip_pad_bang"] as! [[Any]]).map { (prompts[$0[0] as! Int], $0[1] as! [Int]) }
+        compare("CLIP pad '!'", cases, clip.encode)
+    }
+
+    func testT5MatchesT5TokenizerFast() throws {
+        let t5 = try T5Tokenizer(folder: "\(fixtures)/tokenizer_2")
+        compare("T5 512", Array(zip(prompts, expected["t5_512"] as! [[Int]]))) { t5.encode($0, length: 512) }
+        compare("T5 16", Array(zip(prompts, expected["t5_16"] as! [[Int]]))) { t5.encode($0, length: 16) }
+    }
+
+    /// Other tokenizer.json layouts (FLUX.1's older WhitespaceSplit + Metaspace, prepend "first",
+    /// NFKC/Lowercase/Strip/Replace), ids from tokenizers with the same rewrite.
+    func testT5TokenizerJSONVariants() throws {
+        var base = try loadJSON("tokenizer_2/tokenizer.json") as! [String: Any]
+        let charsmap = ((base["normalizer"] as! [String: Any])["normalizers"] as! [[String: Any]])[0]["precompiled_charsmap"]!
+        let baseNormalizer = base["normalizer"]!
+        for variant in expected["t5_variants"] as! [[String: Any]] {
+            let dir = try temporaryFolder()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            var norm = variant["normalizer"] ?? NSNull()
+            if norm is NSNull { norm = baseNormalizer }
+            if var seq = norm as? [String: Any], var list = seq["normalizers"] as? [[String: Any]] {
+                for i in list.indices where list[i]["type"] as? String == "Precompiled" { list[i]["precompiled_charsmap"] = charsmap }
+                seq["normalizers"] = list
+                norm = seq
+            }
+            base["normalizer"] = norm
+            base["pre_tokenizer"] = variant["pre_tokenizer"]!
+            try writeJSON(base, "\(dir)/tokenizer.json")
+            let t5 = try T5Tokenizer(folder: dir)
+            let cases = (variant["ids"] as! [[Any]]).map { (prompts[$0[0] as! Int], $0[1] as! [Int]) }
+            compare("T5 variant \(variant["name"]!)", cases) { t5.encode($0, length: 64) }
+        }
+    }
+
+    func testErrorsNameFileAndKey() throws {
+        func message(_ body: () throws -> Void) -> String {
+            do { try body(); return "no error" } catch let e as ArcError { return e.message } catch { return "\(error)" }
+        }
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let clipDir = "\(dir)/tokenizer", t5Dir = "\(dir)/tokenizer_2"
+        try FileManager.default.createDirectory(atPath: clipDir, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: t5Dir, withIntermediateDirectories: true)
+
+        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/vocab.json: file not found")
+        try FileManager.default.copyItem(atPath: "\(fixtures)/tokenizer/vocab.json", toPath: "\(clipDir)/vocab.json")
+        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/merges.txt: file not found")
+        try "{\"a\": 1,".write(toFile: "\(clipDir)/vocab.json", atomically: true, encoding: .utf8)
+        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/vocab.json: malformed JSON")
+
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: file not found")
+        let bpe: [String: Any] = ["model": ["type": "BPE", "vocab": ["a": 0], "merges": []]]
+        try writeJSON(bpe, "\(t5Dir)/tokenizer.json")
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) },
+                       "\(t5Dir)/tokenizer.json: model type 'BPE' is not supported here (expected Unigram, the T5 tokenizer)")
+        XCTAssertTrue(message { _ = try T5Tokenizer(folder: t5Dir) }.hasSuffix(
+            "tokenizer_2/tokenizer.json: model type 'BPE' is not supported here (expected Unigram, the T5 tokenizer)"))
+        try writeJSON(["model": ["type": "Unigram", "unk_id": 0]], "\(t5Dir)/tokenizer.json")
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: missing key 'model.vocab'")
+        try writeJSON(["normalizer": NSNull()], "\(t5Dir)/tokenizer.json")
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: missing key 'model'")
+        try "{\"model\": [".write(toFile: "\(t5Dir)/tokenizer.json", atomically: true, encoding: .utf8)
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: malformed JSON")
+        try writeJSON(["model": ["type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]],
+                       "pre_tokenizer": ["type": "ByteLevel"]], "\(t5Dir)/tokenizer.json")
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) },
+                       "\(t5Dir)/tokenizer.json: pre_tokenizer type 'ByteLevel' is not supported")
+    }
+
+    /// Pieces sentencepiece's charsmap is known for: NFKC-like folds and whitespace mapping.
+    func testPrecompiledCharsmapDecodes() throws {
+        let json = try loadJSON("tokenizer_2/tokenizer.json") as! [String: Any]
+        let list = (json["normalizer"] as! [String: Any])["normalizers"] as! [[String: Any]]
+        let p = try XCTUnwrap(Precompiled(base64: list[0]["precompiled_charsmap"] as! String))
+        XCTAssertEqual(p.normalize("ﬁ ＡＢＣ１２３ x² abc"), "fi ABC123 x2 abc")
+        XCTAssertEqual(p.normalize("a\u{3000}b"), "a b")
+    }
+}
