@@ -6,7 +6,8 @@ let package = Package(
     name: "arcflow",
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
-        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Tokenizers"]),
+        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld",
+                                            "Tokenizers", "Generation"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -21,7 +22,9 @@ let package = Package(
         // Prompt → ids (CLIP BPE, T5 Unigram), matching Hugging Face; only ArcError from IR.
         .target(name: "Tokenizers", dependencies: ["IR"], path: "Sources/Tokenizers"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
-        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"],
+        // Text-to-image at run time: tokenizers → compiled encoders → sampler → decoder → image.
+        .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging"], path: "Sources/Generation"),
+        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation"],
                           path: "Tools/arcflow"),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),

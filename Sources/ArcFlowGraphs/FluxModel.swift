@@ -20,6 +20,11 @@ public struct FluxOptions {
     public var textTokens: Int = 512
     /// Fed to the guidance embedder; nil means 3.5 when the model has one.
     public var guidance: Double?
+    /// A fixed shift for the σ schedule (default 3.2, ArcFlow's).
+    public var shift: Double?
+    /// The teacher's σ knots (N + 1 values ending in 0) when they come from elsewhere, e.g. a
+    /// diffusers scheduler config with dynamic shifting; nil: warp(1 − i/N) with `shift`.
+    public var eulerSigmas: [Double]?
     /// Also output the latents after every step ("x1", "x2", …), for parity tests.
     public var intermediateOutputs = false
 
@@ -67,7 +72,11 @@ public enum FluxModel {
         let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let config = checkpoint.config, c = config.latentChannels
         let context = try net.context(prompt)
-        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps) : Schedule.eulerSigmas(steps: steps)
+        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: o.shift ?? Schedule.shift)
+            : o.eulerSigmas ?? Schedule.eulerSigmas(steps: steps, shift: o.shift ?? Schedule.shift)
+        if sigmas.count != steps + 1 || sigmas.last != 0 {
+            throw ArcError("the σ schedule must have \(steps + 1) knots ending in 0, got \(sigmas.count)")
+        }
         var x = net.pack(noise)
         for i in 0..<steps {
             // σ in f32, and step sizes as f32 differences of the f32 knots, as the reference computes them.

@@ -6,10 +6,10 @@ import IR
 
 /// Version of the C ABI between generated libraries and the runtime. Bump on any change to
 /// the exported functions' signatures or meaning.
-public let abiVersion = 2
+public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-4"
+public let codegenVersion = "arcflow-codegen-5"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
@@ -149,6 +149,15 @@ public enum CCodegen {
         /// Which OpenBLAS kernels run (e.g. "Haswell", "SkylakeX"), for benchmark reports.
         const char *arcflow_blas_core(void) { return openblas_get_corename(); }
 
+        /// Progress: called after every step with its index, on the calling thread (a long
+        /// run such as a 28-step sampler can report live; NULL turns it off).
+        static void (*af_progress)(void *, int) = 0;
+        static void *af_progress_context = 0;
+        void arcflow_set_progress(void (*callback)(void *, int), void *context) {
+            af_progress = callback;
+            af_progress_context = context;
+        }
+
         /// Runs the graph. `times` (nullable) accumulates seconds per step; with `gemm_only` set
         /// only the GEMMs run, on the same operands: the baseline of `arcflow bench`.
         int arcflow_run(void *workspace, const void *const *weights, const void *const *inputs,
@@ -157,7 +166,8 @@ public enum CCodegen {
             double t0 = 0;
             (void)A; (void)weights; (void)inputs; (void)t0;
         #define STEP(i, is_gemm, call) do { if (!gemm_only || (is_gemm)) { \\
-                if (times) t0 = omp_get_wtime(); call; if (times) times[i] += omp_get_wtime() - t0; } } while (0)
+                if (times) t0 = omp_get_wtime(); call; if (times) times[i] += omp_get_wtime() - t0; } \
+                if (af_progress) af_progress(af_progress_context, i); } while (0)
         \(calls.joined(separator: "\n"))
         #undef STEP
         \(copies.joined(separator: "\n"))

@@ -14,6 +14,8 @@ public final class NativeLibrary {
     typealias ThreadsFunction = @convention(c) (Int32) -> Void
     typealias PeakFunction = @convention(c) () -> Double
     typealias StringFunction = @convention(c) () -> UnsafePointer<CChar>?
+    typealias ProgressCallback = @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void
+    typealias SetProgressFunction = @convention(c) (ProgressCallback?, UnsafeMutableRawPointer?) -> Void
 
     public let path: String
     private let handle: UnsafeMutableRawPointer
@@ -22,6 +24,7 @@ public final class NativeLibrary {
     public let stepNames: [String]
     private let setThreadsFunction: ThreadsFunction
     private let peakFunction: PeakFunction
+    private let setProgressFunction: SetProgressFunction
     /// The OpenBLAS kernel family in use, e.g. "SkylakeX".
     public let blasCore: String
 
@@ -52,6 +55,7 @@ public final class NativeLibrary {
         stepNames = (0..<count).map { String(cString: name($0)!) }
         setThreadsFunction = try symbol("arcflow_set_threads", ThreadsFunction.self)
         peakFunction = try symbol("arcflow_fma_peak_gflops", PeakFunction.self)
+        setProgressFunction = try symbol("arcflow_set_progress", SetProgressFunction.self)
         blasCore = (try symbol("arcflow_blas_core", StringFunction.self)()).map { String(cString: $0) } ?? "unknown"
     }
 
@@ -62,6 +66,19 @@ public final class NativeLibrary {
     // unmapping the code under them crashes the process at exit. Libraries stay loaded.
 
     public func setThreads(_ n: Int) { setThreadsFunction(Int32(n)) }
+
+    /// Runs `body` with `progress(step)` called after every step of each run inside it.
+    public func withProgress<T>(_ progress: @escaping (Int) -> Void, _ body: () throws -> T) rethrows -> T {
+        let box = Unmanaged.passRetained(ProgressBox(progress))
+        setProgressFunction({ context, step in
+            Unmanaged<ProgressBox>.fromOpaque(context!).takeUnretainedValue().f(Int(step))
+        }, box.toOpaque())
+        defer {
+            setProgressFunction(nil, nil)
+            box.release()
+        }
+        return try body()
+    }
 
     func run(workspace: UnsafeMutableRawPointer?, weights: [UnsafeRawPointer?], inputs: [UnsafeRawPointer?],
              outputs: [UnsafeMutableRawPointer?], times: UnsafeMutablePointer<Double>?, gemmOnly: Bool) {
@@ -74,6 +91,12 @@ public final class NativeLibrary {
         }
         precondition(status == 0, "generated code returned \(status)")
     }
+}
+
+/// Carries a Swift closure through the C progress callback's context pointer.
+private final class ProgressBox {
+    let f: (Int) -> Void
+    init(_ f: @escaping (Int) -> Void) { self.f = f }
 }
 
 /// OpenBLAS 0.3.21 does not know AMD's Zen 5 and falls back to its AVX2 ("Haswell") kernels,

@@ -8,7 +8,7 @@ import Passes
 import Runtime
 
 let dumpIRSpec = CommandSpec(
-    name: "dump-ir", usage: "dump-ir FILE [--passes LIST|--pipeline default] [--dump-ir DIR] [--print-after PASS] [--weights W.safetensors] [--no-weights]",
+    name: "dump-ir", usage: "dump-ir FILE [--passes LIST|--pass-pipeline default] [--dump-ir DIR] [--print-after PASS] [--weights W.safetensors] [--no-weights]",
     summary: "Print the graph after the passes (--passes none: the parsed graph unchanged).",
     options: pipelineOptionSpecs + [
         OptionSpec(names: ["--weights"], value: "W.safetensors", help: "check weights against the graph and annotate each with its hash"),

@@ -1,27 +1,198 @@
-// generate: run a compiled FLUX sampler from prompt embeddings and noise (or a seed) to latents.
+// generate: prompts to PNG files through a compiled pipeline, or prompt embeddings to latents
+// through a compiled sampler; tokenize, encode and decode run single stages of a pipeline.
 
-import Foundation
 import Codegen
+import Foundation
+import Generation
 import IR
+import Imaging
 import Runtime
 
 let generateSpec = CommandSpec(
     name: "generate",
-    usage: "generate --model OUT --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors [--threads N]",
-    summary: "Run a compiled FLUX sampler (arcflow compile --transformer …): prompt embeddings and noise in, final latents out.",
+    usage: """
+    generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
+           arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N]
+           arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors
+    """,
+    summary: """
+    Generate images with a compiled pipeline (arcflow compile --pipeline …): prompt → PNG; or run a compiled
+    FLUX sampler alone (arcflow compile --transformer …): prompt embeddings and noise in, latents out.
+    """,
     options: [
-        OptionSpec(names: ["--model"], value: "OUT", help: "compiled FLUX model folder"),
-        OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "prompt_embeds [1, T, joint_attention_dim], pooled_prompt_embeds [1, pooled_projection_dim]"),
-        OptionSpec(names: ["--noise"], value: "N.safetensors", help: "noise [1, C, H/8, W/8] (unpacked latent layout)"),
-        OptionSpec(names: ["--seed"], value: "S", help: "draw the noise from N(0, 1) with this seed instead (reproducible on any machine)"),
-        OptionSpec(names: ["--output-latents"], value: "L.safetensors", help: "where to write latents [1, C, H/8, W/8]"),
+        OptionSpec(names: ["--model"], value: "OUT", help: "compiled pipeline folder (or a compiled sampler, with --embeddings)"),
+        OptionSpec(names: ["--prompt"], value: "TEXT", help: "the prompt (may be empty)"),
+        OptionSpec(names: ["--prompts"], value: "FILE", help: "one prompt per line → DIR/00000.png, …; line i uses seed S + i"),
+        OptionSpec(names: ["-o", "--output"], value: "IMG.png|DIR", help: "PNG to write (--prompt) or folder for the PNGs (--prompts)"),
+        OptionSpec(names: ["--seed"], value: "S", help: "draw the noise from N(0, 1) with this seed (default 0; reproducible on any machine)"),
+        OptionSpec(names: ["--noise"], value: "N.safetensors", help: "noise [1, C, H/8, W/8] (unpacked latent layout) instead of a seed"),
+        OptionSpec(names: ["--shard"], value: "K/N", help: "with --prompts: render only the lines whose index mod N is K"),
+        OptionSpec(names: ["--output-latents"], value: "L.safetensors", help: "also write the final latents [1, C, H/8, W/8]"),
+        OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "sampler only: prompt_embeds and pooled_prompt_embeds instead of a prompt"),
         threadsOption,
     ])
 
 func generateCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, generateSpec, maxPositional: 0)
+    let modelPath = try args.required("--model", generateSpec)
+    if args.has("--embeddings") { return try generateLatentsFromEmbeddings(args) }
+    if args.has("--prompt") == args.has("--prompts") { throw UsageError("give exactly one of --prompt and --prompts", generateSpec) }
+    if args.has("--noise") && args.has("--seed") { throw UsageError("give --noise or --seed, not both", generateSpec) }
+    let output = try args.required("--output", generateSpec)
+    let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
+    let threads = try args.int("--threads", generateSpec, default: physicalCoreCount(), min: 1)!
+    InterruptFlag.install()
+
+    let loadStart = monotonicSeconds()
+    let pipeline = try CompiledPipeline(folder: modelPath, threads: threads)
+    let m = pipeline.manifest
+    stderrLine(String(format: "arcflow: loaded %@ (%@ sampler, %d steps, %d×%d) in %.2f s", modelPath, m.sampler, m.steps,
+                      m.width, m.height, monotonicSeconds() - loadStart))
+
+    if let prompt = args.value("--prompt") {
+        if args.has("--shard") { throw UsageError("--shard goes with --prompts", generateSpec) }
+        guard output.lowercased().hasSuffix(".png") else { throw UsageError("-o must name a .png file, got '\(output)'", generateSpec) }
+        try checkWritableParent(output)
+        let noise: Tensor, seedText: String
+        if let path = args.value("--noise") {
+            noise = try readTensor(path, "noise", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels")
+            seedText = "noise file \((path as NSString).lastPathComponent)"
+        } else {
+            noise = seededNoise(pipeline.noiseType, seed: seed)
+            seedText = String(seed)
+        }
+        let latents = try render(pipeline, prompt: prompt, noise: noise, seedText: seedText, to: output)
+        if let l = args.value("--output-latents") {
+            try writeSafeTensors([TensorRecord(name: "latents", dtype: .f32, shape: latents.shape, payload: .floats(latents.data))],
+                                 metadata: ["sampler": m.sampler, "nfe": String(m.steps)], to: l)
+        }
+        return
+    }
+
+    // --prompts FILE -o DIR: the model stays loaded; a bad line is reported and skipped.
+    if args.has("--noise") || args.has("--output-latents") {
+        throw UsageError("--noise and --output-latents go with --prompt (each line of --prompts draws its noise from seed S + i)", generateSpec)
+    }
+    let file = args.value("--prompts")!
+    let (shardIndex, shardCount) = try parseShard(args.value("--shard"))
+    let lines = try readPromptLines(file)
+    try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+    try checkWritableParent("\(output)/probe.png")
+    var failures = 0, rendered = 0
+    for (i, line) in lines.enumerated() where i % shardCount == shardIndex {
+        guard let prompt = line else {
+            stderrLine("arcflow generate: \(file):\(i + 1): empty line (no prompt); skipped")
+            failures += 1
+            continue
+        }
+        let path = "\(output)/" + String(format: "%05d.png", i)
+        do {
+            stderrLine("arcflow: [\(i + 1)/\(lines.count)] \(prompt)")
+            _ = try render(pipeline, prompt: prompt, noise: seededNoise(pipeline.noiseType, seed: seed + i), seedText: String(seed + i), to: path)
+            rendered += 1
+        } catch let e as ArcError {
+            stderrLine("arcflow generate: \(file):\(i + 1): \(e.message)")
+            failures += 1
+        }
+    }
+    print("rendered \(rendered) image\(rendered == 1 ? "" : "s") to \(output)\(shardCount > 1 ? " (shard \(shardIndex)/\(shardCount))" : "")"
+          + (failures > 0 ? "; \(failures) line\(failures == 1 ? "" : "s") failed" : ""))
+    if failures > 0 { throw ArcError("\(failures) prompt line\(failures == 1 ? "" : "s") of \(file) failed (see above)") }
+}
+
+/// Prompt → PNG with a progress line per stage and per step; the PNG is written atomically.
+func render(_ p: CompiledPipeline, prompt: String, noise: Tensor, seedText: String, to path: String) throws -> Tensor {
+    let m = p.manifest
+    var t = monotonicSeconds()
+    func lap() -> Double { let now = monotonicSeconds(); defer { t = now }; return now - t }
+    let embeddings = try p.encode(prompt)
+    stderrLine(String(format: "arcflow:   text encoders %.2f s", lap()))
+    InterruptFlag.check()
+    var last = t
+    let latents = try p.sample(embeddings, noise: noise) { step in
+        let now = monotonicSeconds()
+        stderrLine(String(format: "arcflow:   step %d/%d  %.2f s/step", step, m.steps, now - last))
+        last = now
+        InterruptFlag.check()
+    }
+    let sampling = lap()
+    let image = try p.decode(latents)
+    stderrLine(String(format: "arcflow:   sampler %.2f s (%.2f s/step), VAE decoder %.2f s", sampling, sampling / Double(m.steps), lap()))
+    let parameters = "\(prompt)\nSteps: \(m.steps), Sampler: \(m.sampler == "arc" ? "ArcFlow" : "Euler (flow matching)"), "
+        + (m.guidance.map { "Guidance: \($0), " } ?? "") + "Seed: \(seedText), Size: \(m.width)x\(m.height), "
+        + "Model hash: \(m.modelHash.prefix(10)), Model: \((m.source as NSString).lastPathComponent)"
+        + (m.adapter.map { ", Adapter: \(($0 as NSString).lastPathComponent)" } ?? "") + ", Generator: arcflow"
+    InterruptFlag.check()
+    try writeAtomically(PNG.encode(image, text: [("parameters", parameters)]), to: path)
+    print("wrote \(path) (\(image.width)×\(image.height))")
+    return latents
+}
+
+/// Ctrl-C: checked between steps and stages; output files are written atomically, so stopping
+/// at a check never leaves a partial PNG.
+enum InterruptFlag {
+    nonisolated(unsafe) static var raised: sig_atomic_t = 0
+    static func install() { signal(SIGINT) { _ in InterruptFlag.raised = 1 } }
+    static func check() {
+        if raised != 0 {
+            stderrLine("arcflow: interrupted; no partial file written")
+            exit(130)
+        }
+    }
+}
+
+/// Lines of a prompt file (UTF-8); empty or blank lines become nil (reported by line number).
+func readPromptLines(_ path: String) throws -> [String?] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw ArcError("cannot read \(path)") }
+    guard let text = String(data: data, encoding: .utf8) else { throw ArcError("\(path) is not UTF-8 text") }
+    var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0.hasSuffix("\r") ? $0.dropLast() : $0) }
+    if lines.last == "" { lines.removeLast() }   // a final newline ends the last line; it adds none
+    if lines.isEmpty { throw ArcError("\(path) has no prompts") }
+    return lines.map { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
+}
+
+func parseShard(_ s: String?) throws -> (Int, Int) {
+    guard let s else { return (0, 1) }
+    let parts = s.split(separator: "/").map { Int($0) }
+    guard parts.count == 2, let k = parts[0], let n = parts[1], n >= 1, k >= 0, k < n else {
+        throw UsageError("--shard expects K/N with 0 <= K < N, got '\(s)'", generateSpec)
+    }
+    return (k, n)
+}
+
+/// Fails early (before minutes of sampling) when the output folder cannot be written.
+func checkWritableParent(_ path: String) throws {
+    let dir = (path as NSString).deletingLastPathComponent
+    let d = dir.isEmpty ? "." : dir
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: d, isDirectory: &isDir), isDir.boolValue else {
+        throw ArcError("cannot write \(path): folder \(d) does not exist")
+    }
+    guard access(d, W_OK) == 0 else { throw ArcError("cannot write \(path): folder \(d) is not writable") }
+}
+
+func seededNoise(_ type: TensorType, seed: Int) -> Tensor {
+    var rng = SeededGenerator(seed: UInt64(seed))
+    return Tensor(type, rng.normals(type.count))
+}
+
+/// Reads tensor `name` of shape `want` from a safetensors file (16-bit floats converted).
+func readTensor(_ path: String, _ name: String, want: TensorType, hint: String) throws -> Tensor {
+    let file = try SafeTensorsStore(path: path)
+    guard let t = file.type(of: name) else {
+        throw ArcError("\(path) has no tensor '\(name)' (expected f32\(want.shape)); it has: \(file.names.joined(separator: ", "))")
+    }
+    guard t.shape == want.shape else { throw ArcError("\(path): '\(name)' has shape \(t.shape), expected \(want.shape) (\(hint))") }
+    return Tensor(want, try file.tensor(name).data)
+}
+
+/// The sampler-only path: prompt embeddings and noise (or a seed) to latents.
+func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     let embeddingsPath = try args.required("--embeddings", generateSpec)
     let outPath = try args.required("--output-latents", generateSpec)
+    for flag in ["--prompt", "--prompts", "--output", "--shard"] where args.has(flag) {
+        throw UsageError("\(flag) does not go with --embeddings (which runs a compiled sampler alone)", generateSpec)
+    }
     if args.has("--noise") == args.has("--seed") { throw UsageError("give exactly one of --noise and --seed", generateSpec) }
     let model = try loadModel(args, generateSpec)
     let m = model.manifest
@@ -29,29 +200,13 @@ func generateCommand(_ argv: [String]) throws {
         throw ArcError("\(try args.required("--model", generateSpec)) is not a compiled FLUX sampler; use `arcflow run` for IR graphs")
     }
     func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
-
-    /// Reads `name` from `file`, converting 16-bit floats to f32, with the expected shape in errors.
-    func read(_ file: SafeTensorsStore, _ path: String, _ name: String) throws -> Tensor {
-        let want = binding(name).type
-        guard let t = file.type(of: name) else {
-            throw ArcError("\(path) has no tensor '\(name)' (expected f32\(want.shape)); it has: \(file.names.joined(separator: ", "))")
-        }
-        guard t.shape == want.shape else {
-            throw ArcError("\(path): '\(name)' has shape \(t.shape), expected \(want.shape) (the model was compiled for \(m.model["height"] ?? "?")×\(m.model["width"] ?? "?") pixels and \(m.model["text_tokens"] ?? "?") text tokens)")
-        }
-        let raw = try file.tensor(name)
-        return Tensor(want, raw.data)
-    }
-    let embeddings = try SafeTensorsStore(path: embeddingsPath)
-    var inputs = ["prompt_embeds": try read(embeddings, embeddingsPath, "prompt_embeds"),
-                  "pooled_prompt_embeds": try read(embeddings, embeddingsPath, "pooled_prompt_embeds")]
+    let hint = "the model was compiled for \(m.model["height"] ?? "?")×\(m.model["width"] ?? "?") pixels and \(m.model["text_tokens"] ?? "?") text tokens"
+    var inputs = ["prompt_embeds": try readTensor(embeddingsPath, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint),
+                  "pooled_prompt_embeds": try readTensor(embeddingsPath, "pooled_prompt_embeds", want: binding("pooled_prompt_embeds").type, hint: hint)]
     if let noisePath = args.value("--noise") {
-        inputs["noise"] = try read(try SafeTensorsStore(path: noisePath), noisePath, "noise")
+        inputs["noise"] = try readTensor(noisePath, "noise", want: binding("noise").type, hint: hint)
     } else {
-        let seed = try args.int("--seed", generateSpec, min: 0)!
-        var rng = SeededGenerator(seed: UInt64(seed))
-        let t = binding("noise").type
-        inputs["noise"] = Tensor(t, rng.normals(t.count))
+        inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
     stderrLine("arcflow: \(m.model["sampler"] ?? "") sampler, \(nfe) transformer evaluation\(nfe == 1 ? "" : "s")…")
     let start = monotonicSeconds()

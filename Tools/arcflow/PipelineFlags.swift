@@ -6,7 +6,7 @@ import Passes
 
 let pipelineOptionSpecs: [OptionSpec] = [
     OptionSpec(names: ["--passes"], value: "LIST", help: "comma-separated passes to run, or 'none' (default: the default pipeline)"),
-    OptionSpec(names: ["--pipeline"], value: "NAME", help: "named pipeline: 'default'"),
+    OptionSpec(names: ["--pass-pipeline"], value: "NAME", help: "named pass pipeline: 'default' (MLIR's name for it; --pipeline is a diffusers folder)"),
     OptionSpec(names: ["--disable-pass"], value: "PASS", help: "skip PASS (repeatable)", repeatable: true),
     OptionSpec(names: ["--print-after"], value: "PASS", help: "print the IR to stderr after PASS, or 'all' (repeatable)", repeatable: true),
     OptionSpec(names: ["--time-passes"], value: nil, help: "print the time each pass took"),
@@ -18,13 +18,13 @@ let passHelp = "passes: " + allPasses.map { "\n  \($0.name.padding(toLength: 18,
 
 func pipelineOptions(_ args: ParsedArguments, _ spec: CommandSpec) throws -> PipelineOptions {
     var options = PipelineOptions()
-    if args.value("--passes") != nil && args.value("--pipeline") != nil {
-        throw UsageError("give --passes or --pipeline, not both", spec)
+    if args.value("--passes") != nil && args.value("--pass-pipeline") != nil {
+        throw UsageError("give --passes or --pass-pipeline, not both", spec)
     }
     if let list = args.value("--passes") {
         options.passes = list == "none" ? [] : list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
     }
-    if let p = args.value("--pipeline"), p != "default" {
+    if let p = args.value("--pass-pipeline"), p != "default" {
         throw UsageError("unknown pipeline '\(p)' (known: default)", spec)
     }
     options.disabled = Set(args.all("--disable-pass"))
