@@ -22,6 +22,9 @@ public struct FluxOptions {
     public var guidance: Double?
     /// Also output the latents after every step ("x1", "x2", …), for parity tests.
     public var intermediateOutputs = false
+    /// Overrides the sampler's σ knots (steps + 1 values, the last 0), e.g. a diffusers pipeline's
+    /// dynamically shifted schedule (`FlowMatchSchedulerConfig.sigmas`).
+    public var sigmas: [Double]?
 
     public init(height: Int, width: Int) {
         self.height = height
@@ -49,6 +52,7 @@ public enum FluxModel {
         guard o.textTokens > 0 else { throw ArcError("--text-tokens must be positive") }
         let steps = o.steps ?? o.sampler.defaultSteps
         guard steps >= 1 else { throw ArcError("--steps must be at least 1") }
+        if let s = o.sigmas, s.count != steps + 1 { throw ArcError("\(s.count) sigmas given for \(steps) steps (need steps + 1)") }
         if o.sampler == .arc && adapter == nil { throw ArcError("--sampler arc needs --adapter (the ArcFlow head lives in the adapter)") }
         if o.sampler == .euler && adapter != nil { throw ArcError("--sampler euler runs the teacher; drop --adapter") }
         var guidance: Float?
@@ -67,7 +71,7 @@ public enum FluxModel {
         let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let config = checkpoint.config, c = config.latentChannels
         let context = try net.context(prompt)
-        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps) : Schedule.eulerSigmas(steps: steps)
+        let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps) : Schedule.eulerSigmas(steps: steps))
         var x = net.pack(noise)
         for i in 0..<steps {
             // σ in f32, and step sizes as f32 differences of the f32 knots, as the reference computes them.
