@@ -90,22 +90,7 @@ public struct FluxCheckpoint {
             throw ArcError("\(configPath): _class_name '\(name)' is not a FLUX transformer (expected FluxTransformer2DModel)")
         }
         let config = try FluxConfig(json: json, path: configPath)
-        let index = "\(dir)/diffusion_pytorch_model.safetensors.index.json"
-        var files: [String]
-        if fm.fileExists(atPath: index) {
-            guard let map = try readJSONObject(index)["weight_map"] as? [String: String] else {
-                throw ArcError("\(index) has no 'weight_map'")
-            }
-            files = Array(Set(map.values)).sorted()
-            for f in files where !fm.fileExists(atPath: "\(dir)/\(f)") {
-                throw ArcError("missing shard \(dir)/\(f) (listed in \((index as NSString).lastPathComponent))")
-            }
-        } else if fm.fileExists(atPath: "\(dir)/diffusion_pytorch_model.safetensors") {
-            files = ["diffusion_pytorch_model.safetensors"]
-        } else {
-            throw ArcError("\(dir) has neither diffusion_pytorch_model.safetensors nor its .index.json")
-        }
-        return FluxCheckpoint(directory: dir, config: config, store: try SafeTensorsStore(paths: files.map { "\(dir)/\($0)" }))
+        return FluxCheckpoint(directory: dir, config: config, store: try openWeightFolder(dir, stem: "diffusion_pytorch_model"))
     }
 }
 

@@ -20,13 +20,13 @@ public struct FluxOptions {
     public var textTokens: Int = 512
     /// Fed to the guidance embedder; nil means 3.5 when the model has one.
     public var guidance: Double?
-    /// A fixed shift for the σ schedule (default 3.2, ArcFlow's).
+    /// A fixed shift for the σ schedule (default 3.2, ArcFlow's); ignored when `sigmas` is set.
     public var shift: Double?
-    /// The teacher's σ knots (N + 1 values ending in 0) when they come from elsewhere, e.g. a
-    /// diffusers scheduler config with dynamic shifting; nil: warp(1 − i/N) with `shift`.
-    public var eulerSigmas: [Double]?
     /// Also output the latents after every step ("x1", "x2", …), for parity tests.
     public var intermediateOutputs = false
+    /// Overrides the sampler's σ knots (steps + 1 values, the last 0), e.g. a diffusers pipeline's
+    /// dynamically shifted schedule (`FlowMatchSchedulerConfig.sigmas`).
+    public var sigmas: [Double]?
 
     public init(height: Int, width: Int) {
         self.height = height
@@ -54,6 +54,7 @@ public enum FluxModel {
         guard o.textTokens > 0 else { throw ArcError("--text-tokens must be positive") }
         let steps = o.steps ?? o.sampler.defaultSteps
         guard steps >= 1 else { throw ArcError("--steps must be at least 1") }
+        if let s = o.sigmas, s.count != steps + 1 { throw ArcError("\(s.count) sigmas given for \(steps) steps (need steps + 1)") }
         if o.sampler == .arc && adapter == nil { throw ArcError("--sampler arc needs --adapter (the ArcFlow head lives in the adapter)") }
         if o.sampler == .euler && adapter != nil { throw ArcError("--sampler euler runs the teacher; drop --adapter") }
         var guidance: Float?
@@ -72,8 +73,8 @@ public enum FluxModel {
         let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let config = checkpoint.config, c = config.latentChannels
         let context = try net.context(prompt)
-        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: o.shift ?? Schedule.shift)
-            : o.eulerSigmas ?? Schedule.eulerSigmas(steps: steps, shift: o.shift ?? Schedule.shift)
+        let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: o.shift ?? Schedule.shift)
+                                                   : Schedule.eulerSigmas(steps: steps, shift: o.shift ?? Schedule.shift))
         if sigmas.count != steps + 1 || sigmas.last != 0 {
             throw ArcError("the σ schedule must have \(steps + 1) knots ending in 0, got \(sigmas.count)")
         }
