@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "Tokenizers", dependencies: ["IR"], path: "Sources/Tokenizers"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         // Text-to-image at run time: tokenizers → compiled encoders → sampler → decoder → image.
-        .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging"], path: "Sources/Generation"),
+        .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs"], path: "Sources/Generation"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation"],
                           path: "Tools/arcflow"),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),

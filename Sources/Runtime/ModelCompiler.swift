@@ -149,18 +149,22 @@ public struct LoadedModel {
     public var manifest: Manifest
     public var executable: Executable
 
-    /// Reads the manifest, checks the library against its recorded hash, binds the weights.
-    public static func load(_ folder: String) throws -> LoadedModel {
+    /// The manifest of a compiled model folder, checked only for being one.
+    public static func readManifest(_ folder: String) throws -> Manifest {
         let manifestPath = "\(folder)/manifest.json"
         guard FileManager.default.fileExists(atPath: manifestPath) else {
             throw ArcError("\(folder) is not a compiled model (no manifest.json); create one with `arcflow compile`")
         }
-        let manifest: Manifest
         do {
-            manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
+            return try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
         } catch {
             throw ArcError("\(manifestPath) is not a valid manifest: \(error.localizedDescription)")
         }
+    }
+
+    /// Reads the manifest, checks the library against its recorded hash, binds the weights.
+    public static func load(_ folder: String) throws -> LoadedModel {
+        let manifest = try readManifest(folder)
         guard manifest.abiVersion == abiVersion else {
             throw ArcError("\(folder) was compiled for ABI \(manifest.abiVersion), this arcflow uses \(abiVersion); recompile it")
         }

@@ -3,6 +3,7 @@
 import ArcFlowGraphs
 import Codegen
 import Foundation
+import Generation
 import IR
 import Passes
 import Runtime
@@ -53,16 +54,22 @@ let compileSpec = CommandSpec(
     name: "compile",
     usage: """
     compile FILE --weights W.safetensors -o DIR [--dump-ir DIR] [--dump-c] [--passes LIST] [--verbose]
+           arcflow compile --pipeline DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
+                           [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
            arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
-                           [--text-tokens T] [--guidance G] [--dump-ir DIR] -o OUT
+                           [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
     """,
     summary: """
-    Compile an IR graph and its weights, or a FLUX transformer (diffusers folder) with an ArcFlow adapter
-    and a sampler, into a model folder (model.so, weights.safetensors, manifest.json, model.ir).
+    Compile an IR graph and its weights into a model folder (model.so, weights.safetensors, manifest.json, model.ir);
+    a diffusers FluxPipeline folder (text encoders, transformer + sampler, VAE decoder, tokenizers) into a pipeline
+    folder for `arcflow generate --prompt`; or a FLUX transformer alone with its sampler.
+    With --adapter the sampler is ArcFlow's (arc, 2 steps, shift 3.2); without, the teacher (euler, 28 steps, the
+    schedule of scheduler/scheduler_config.json as diffusers' FluxPipeline computes it; --shift S fixes the shift).
     """,
     options: [
         OptionSpec(names: ["--weights"], value: "W.safetensors", help: "the weights an IR FILE names"),
         OptionSpec(names: ["-o", "--output"], value: "DIR", help: "model folder to write"),
+        OptionSpec(names: ["--pipeline"], value: "DIR", help: "FLUX: diffusers pipeline folder (model_index.json, text_encoder*, tokenizer*, transformer, vae, scheduler)"),
         OptionSpec(names: ["--transformer"], value: "DIR", help: "FLUX: diffusers transformer folder (config.json + safetensors or shards)"),
         OptionSpec(names: ["--adapter"], value: "DIR", help: "FLUX: ArcFlow adapter folder (needed by --sampler arc)"),
         OptionSpec(names: ["--sampler"], value: "arc|euler", help: "FLUX: ArcFlow closed-form sampler or the teacher's Euler (default arc)"),
@@ -71,6 +78,7 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--width"], value: "W", help: "FLUX: image width in pixels, a multiple of 16"),
         OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
+        OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (3.2 arc; the scheduler config's for euler)"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -82,6 +90,25 @@ func compileCommand(_ argv: [String]) throws {
     let out = try args.required("--output", compileSpec)
     let start = monotonicSeconds()
     var options = try compileOptions(args, compileSpec, output: out)
+    if let pipeline = args.value("--pipeline") {
+        if !args.positional.isEmpty || args.has("--weights") || args.has("--transformer") {
+            throw UsageError("--pipeline compiles a diffusers pipeline folder; give no IR FILE, --weights or --transformer with it", compileSpec)
+        }
+        var o = PipelineCompileOptions(height: try args.int("--height", compileSpec) ?? { throw UsageError("missing required option --height", compileSpec) }(),
+                                       width: try args.int("--width", compileSpec) ?? { throw UsageError("missing required option --width", compileSpec) }())
+        o.sampler = try samplerOption(args)
+        o.steps = try args.int("--steps", compileSpec, min: 1)
+        o.textTokens = try args.int("--text-tokens", compileSpec, default: 512, min: 1)!
+        o.guidance = try args.double("--guidance", compileSpec)
+        o.shift = try positiveShift(args)
+        o.compile = options
+        o.compile.dumpC = args.has("--dump-c") ? out + "/c" : nil
+        o.progress = { stderrLine("arcflow: \($0)") }
+        let m = try PipelineCompiler.compile(pipeline: pipeline, adapter: args.value("--adapter"), options: o, output: out)
+        print("compiled pipeline: \(m.sampler) sampler, \(m.steps) steps, \(m.width)×\(m.height), \(m.textTokens) T5 tokens → \(out) "
+              + "(\(String(format: "%.1f", monotonicSeconds() - start)) s)")
+        return
+    }
     let module: Module, store: WeightStore
     if let transformer = args.value("--transformer") {
         if !args.positional.isEmpty || args.has("--weights") {
@@ -91,8 +118,8 @@ func compileCommand(_ argv: [String]) throws {
         (module, store) = (program.module, program.weights)
         options.model = program.manifest
     } else {
-        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance"] where args.has(flag) {
-            throw UsageError("\(flag) needs --transformer", compileSpec)
+        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift"] where args.has(flag) {
+            throw UsageError("\(flag) needs --pipeline or --transformer", compileSpec)
         }
         guard let file = args.positional.first else { throw UsageError("give an IR FILE (or --transformer DIR)", compileSpec) }
         module = try loadModule(file)
@@ -119,12 +146,12 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
     var o = FluxOptions(height: try args.int("--height", spec) ?? { throw UsageError("missing required option --height", spec) }(),
                         width: try args.int("--width", spec) ?? { throw UsageError("missing required option --width", spec) }())
-    if let s = args.value("--sampler") {
-        guard let sampler = Sampler(rawValue: s) else { throw UsageError("--sampler must be arc or euler, got '\(s)'", spec) }
+    if let sampler = try samplerOption(args) {
         o.sampler = sampler
     } else if adapter == nil {
         throw UsageError("the default --sampler arc needs --adapter; or give --sampler euler for the teacher", spec)
     }
+    o.shift = try positiveShift(args)
     o.steps = try args.int("--steps", spec, min: 1)
     o.textTokens = try args.int("--text-tokens", spec, default: 512, min: 1)!
     o.guidance = try args.double("--guidance", spec)
@@ -140,4 +167,16 @@ func compileOptions(_ args: ParsedArguments, _ spec: CommandSpec, output: String
     let verbose = args.has("--verbose")
     options.log = { message in if verbose { stderrLine("arcflow: \(message)") } }
     return options
+}
+
+func samplerOption(_ args: ParsedArguments) throws -> Sampler? {
+    guard let s = args.value("--sampler") else { return nil }
+    guard let sampler = Sampler(rawValue: s) else { throw UsageError("--sampler must be arc or euler, got '\(s)'", compileSpec) }
+    return sampler
+}
+
+func positiveShift(_ args: ParsedArguments) throws -> Double? {
+    guard let s = try args.double("--shift", compileSpec) else { return nil }
+    guard s > 0 else { throw UsageError("--shift must be positive, got \(s)", compileSpec) }
+    return s
 }

@@ -1,0 +1,99 @@
+// compile --pipeline: a diffusers FluxPipeline folder (+ an ArcFlow adapter) → one compiled
+// pipeline folder holding the four stage libraries, the tokenizer files and pipeline.json.
+
+import ArcFlowGraphs
+import Foundation
+import IR
+import Runtime
+
+public struct PipelineCompileOptions {
+    public var sampler: Sampler?
+    public var steps: Int?
+    public var height: Int
+    public var width: Int
+    public var textTokens = 512
+    public var guidance: Double?
+    /// Forces a fixed shift instead of the scheduler config's (teacher) or 3.2 (arc).
+    public var shift: Double?
+    /// Per-stage compile options; `dumpIR`/`dumpC` are taken as parent folders, one per stage.
+    public var compile = CompileOptions()
+    public var progress: (String) -> Void = { _ in }
+
+    public init(height: Int, width: Int) {
+        self.height = height
+        self.width = width
+    }
+}
+
+public enum PipelineCompiler {
+    /// Compiles every stage into `output` (stage folders, then tokenizers, then pipeline.json
+    /// last, so a folder without pipeline.json is never taken for a complete pipeline).
+    @discardableResult
+    public static func compile(pipeline dir: String, adapter adapterDir: String?, options o: PipelineCompileOptions,
+                               output: String) throws -> PipelineManifest {
+        let folder = try FluxPipelineFolder.load(dir)
+        let adapter = try adapterDir.map { try ArcFlowAdapter.load($0) }
+        let sampler = o.sampler ?? (adapter == nil ? .euler : .arc)
+        let steps = o.steps ?? sampler.defaultSteps
+        var flux = FluxOptions(height: o.height, width: o.width)
+        flux.sampler = sampler
+        flux.steps = steps
+        flux.textTokens = o.textTokens
+        flux.guidance = o.guidance
+        flux.shift = o.shift
+        if sampler == .euler && o.shift == nil {
+            // The teacher steps through exactly FluxPipeline's schedule (dynamic shifting with μ from
+            // the packed image token count when the scheduler config asks for it).
+            flux.sigmas = folder.scheduler.sigmas(steps: steps, imageSeqLen: (o.height / 16) * (o.width / 16))
+        }
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
+        // A recompile into the same folder first invalidates it: no stale pipeline.json over new stages.
+        try? fm.removeItem(atPath: "\(output)/\(PipelineManifest.fileName)")
+
+        let samplerProgram = try FluxModel.sampler(folder.transformer, adapter: adapter, options: flux)
+        let stages: [(String, () throws -> (Module, WeightStore, [String: String]))] = [
+            ("text_encoder", { let p = try folder.textEncoderProgram(); return (p.module, p.weights, ["stage": "clip"]) }),
+            ("text_encoder_2", { let p = try folder.textEncoder2Program(tokens: o.textTokens); return (p.module, p.weights, ["stage": "t5"]) }),
+            ("sampler", { (samplerProgram.module, samplerProgram.weights, samplerProgram.manifest) }),
+            ("vae_decoder", { let p = try folder.vaeDecoderProgram(height: o.height, width: o.width); return (p.module, p.weights, ["stage": "vae_decoder"]) }),
+        ]
+        var hashes: [String] = []
+        for (name, make) in stages {
+            let start = monotonicSeconds()
+            let (module, weights, facts) = try make()
+            var options = o.compile
+            options.dumpIR = o.compile.dumpIR.map { "\($0)/\(name)" }
+            options.dumpC = o.compile.dumpC.map { "\($0)/\(name)" }
+            options.model = facts
+            let compiled = try ModelCompiler.build(module, weights: weights, options: options)
+            try ModelCompiler.write(compiled, to: "\(output)/\(name)")
+            let m = try LoadedModel.readManifest("\(output)/\(name)")
+            hashes += [m.weightsSHA256, m.librarySHA256]
+            o.progress(String(format: "%@: %d kernels, %.2f GFLOP per run, compiled in %.1f s", name,
+                              compiled.program.steps.count, compiled.program.flops / 1e9, monotonicSeconds() - start))
+        }
+        for (src, dst) in [(folder.tokenizerDirectory, "tokenizer"), (folder.tokenizer2Directory, "tokenizer_2")] {
+            try copyFolder(src, to: "\(output)/\(dst)")
+        }
+        let manifest = PipelineManifest(
+            height: o.height, width: o.width, textTokens: o.textTokens, sampler: sampler.rawValue, steps: steps,
+            guidance: samplerProgram.manifest["guidance"].flatMap(Double.init), sigmas: samplerProgram.sigmas,
+            source: (dir as NSString).standardizingPath, adapter: adapterDir.map { ($0 as NSString).standardizingPath },
+            modelHash: SHA256.hash(hashes.joined(separator: "\n")))
+        try manifest.write(to: output)
+        return manifest
+    }
+
+    /// Copies the regular files of a tokenizer folder (replacing an older copy atomically per file).
+    static func copyFolder(_ src: String, to dst: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dst, withIntermediateDirectories: true)
+        for name in try fm.contentsOfDirectory(atPath: src).sorted() {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: "\(src)/\(name)", isDirectory: &isDir), !isDir.boolValue,
+                  let data = fm.contents(atPath: "\(src)/\(name)") else { continue }
+            try writeAtomically(data, to: "\(dst)/\(name)")
+        }
+    }
+}
