@@ -97,6 +97,8 @@ enum KernelEmitter {
             return try fusion(singleOpFusion(node, operandTypes), operandTypes, inPlace: inPlace)
         case .matmul:
             return [matmul(node, operandTypes)]
+        case .conv2d:
+            return [conv2d(node, operandTypes)]
         case .reduce_sum, .reduce_max, .reduce_mean:
             let axes = node.ints("axes")!
             let (outer, n, inner) = Interpreter.split(operandTypes[0].shape, axes: axes.first!...axes.last!)
@@ -117,6 +119,17 @@ enum KernelEmitter {
                 ? "af_layer_norm(in0, out, \(gamma), \(operandTypes.count > 2 ? "in2" : "NULL"), \(rows)L, \(n)L, \(eps));"
                 : "af_rms_norm(in0, out, \(gamma), \(rows)L, \(n)L, \(eps));"
             return [simpleCall(label: "\(node.op.rawValue)_\(shapeLabel(node.type.shape))", node: node, operandTypes, call: call)]
+        case .group_norm:
+            let (n, c) = (node.type.shape[0], node.type.shape[1])
+            let spatial = node.type.shape.dropFirst(2).reduce(1, *)
+            let call = "af_group_norm(in0, out, in1, in2, \(n)L, \(c)L, \(spatial)L, \(node.int("groups")!)L, \(cFloat(Float(node.float("eps")!))));"
+            return [simpleCall(label: "group_norm_\(shapeLabel(node.type.shape))", node: node, operandTypes, call: call)]
+        case .gather:
+            // Rows are copied in their storage type (the result has the table's dtype).
+            let table = operandTypes[0]
+            let width = table.shape.dropFirst().reduce(1, *)
+            let call = "af_gather_rows(in0, in1, out, \(operandTypes[1].count)L, \(table.shape[0])L, \(width)L * (long)sizeof(\(cType(table.dtype))));"
+            return [simpleCall(label: "gather_\(shapeLabel(node.type.shape))", node: node, operandTypes, call: call)]
         case .transpose:
             let perm = node.ints("perm")!
             let src = rowMajorStrides(operandTypes[0].shape)
@@ -135,9 +148,14 @@ enum KernelEmitter {
         case .attention:
             let (b, sq, h, d) = (node.type.shape[0], node.type.shape[1], node.type.shape[2], node.type.shape[3])
             let sk = operandTypes[1].shape[1]
-            var k = simpleCall(label: "attention_\(b)x\(sq)x\(sk)x\(h)x\(d)", node: node, operandTypes,
-                               call: "af_attention(in0, in1, in2, out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, \(cFloat(Float(node.float("scale")!))));")
-            k.flops = 4.0 * Double(b * h * sq * sk * d)
+            let scale = cFloat(Float(node.float("scale")!)), causal = node.flag("causal")
+            let call = operandTypes.count == 3 && !causal
+                ? "af_attention(in0, in1, in2, out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, \(scale));"
+                : "af_attention_ex(in0, in1, in2, \(operandTypes.count > 3 ? "in3" : "NULL"), out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, \(scale), \(causal ? 1 : 0));"
+            let label = "attention\(operandTypes.count > 3 ? "_bias" : "")\(causal ? "_causal" : "")_\(b)x\(sq)x\(sk)x\(h)x\(d)"
+            var k = simpleCall(label: label, node: node, operandTypes, call: call)
+            // A causal query i sees i + 1 keys: sq·(sq + 1)/2 query-key pairs instead of sq·sk.
+            k.flops = 4.0 * Double(b * h * d) * (causal ? Double(sq * (sq + 1)) / 2 : Double(sq * sk))
             return [k]
         case .constant:
             return [constant(node)]
@@ -179,20 +197,25 @@ enum KernelEmitter {
         let label = "\(node.attributes["kernel"]?.stringValue ?? "fused")_\(shapeLabel(out.shape))"
         var kernels: [Kernel] = []
 
-        // A GEMM head writes the output buffer first; the loop below then reads it back in place.
-        let head = region.nodes.firstIndex { $0.op == .matmul }
+        // A GEMM (or convolution) head writes the output buffer first; the loop below then
+        // reads it back in place.
+        let head = region.nodes.firstIndex { $0.op.isFusionHead }
         if let h = head {
             let mm = region[h]
             let a = region[mm.operands[0]].key.flatMap(Int.init)!, b = region[mm.operands[1]].key.flatMap(Int.init)!
-            var gemm = matmul(mm, operandTypes, aParam: a, bParam: b)
-            gemm.label = "matmul_\(gemm.label)"
-            kernels.append(gemm)
+            if mm.op == .conv2d {
+                kernels.append(conv2d(mm, operandTypes, xParam: a, wParam: b))
+            } else {
+                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b)
+                gemm.label = "matmul_\(gemm.label)"
+                kernels.append(gemm)
+            }
         }
 
         // Accesses: the output (index 0), then every input read directly or through a broadcast.
         var accesses = [Access.broadcast(from: out.shape, to: out.shape)]
         var accessOf: [ValueID: Int] = [:]
-        let readByLoop = Set(region.nodes.filter { $0.op != .matmul }.flatMap(\.operands))
+        let readByLoop = Set(region.nodes.filter { !$0.op.isFusionHead }.flatMap(\.operands))
         for (id, n) in region.nodes.enumerated() {
             if n.op == .input {
                 // Inputs read element by element (a GEMM head's operands are read by the GEMM).
@@ -222,7 +245,7 @@ enum KernelEmitter {
                 case .constant:
                     guard case .splat(let v)? = n.constant else { fatalError("dense constant inside a fusion") }
                     s += "const float \(t) = \(cFloat(v));\n"
-                case .matmul:
+                case .matmul, .conv2d:
                     s += "const float \(t) = out[\(idx[0])];\n"
                 default:
                     s += "const float \(t) = \(cElementwise(n.op, n.operands.map { names[$0] }, resultDType: n.type.dtype));\n"
@@ -282,6 +305,19 @@ enum KernelEmitter {
         let params = operandTypes.enumerated().map { i, t in "const \(cType(t.dtype)) *restrict in\(i)" } + ["float *restrict out"]
         return Kernel(text: function(params, body), label: "\(batch > 1 ? "\(batch)x" : "")\(m)x\(n)x\(k)\(ta ? "_ta" : "")\(tb ? "_tb" : "")",
                       parameters: params, flops: 2.0 * Double(batch * m * n * k), isGEMM: true)
+    }
+
+    /// NCHW convolution through `af_conv2d` (im2col tiles feeding cblas_sgemm; 1×1 convolutions
+    /// are one GEMM on x). Counted as a GEMM: the bench baseline runs it whole, im2col included.
+    static func conv2d(_ node: Node, _ operandTypes: [TensorType], xParam: Int = 0, wParam: Int = 1) -> Kernel {
+        let x = operandTypes[xParam].shape, w = operandTypes[wParam].shape
+        let stride = node.ints("stride") ?? [1, 1], pad = node.ints("padding") ?? [0, 0]
+        let args = (x + [w[0], w[2], w[3]] + stride + pad).map { "\($0)L" }.joined(separator: ", ")
+        let body = "    af_conv2d(in\(xParam), in\(wParam), out, \(args));\n"
+        let params = operandTypes.enumerated().map { i, t in "const \(cType(t.dtype)) *restrict in\(i)" } + ["float *restrict out"]
+        let label = "conv2d_\(shapeLabel(x))_\(w[0])x\(w[2])x\(w[3])\(stride == [1, 1] ? "" : "_s\(stride[0])x\(stride[1])")\(pad == [0, 0] ? "" : "_p\(pad[0])x\(pad[1])")"
+        let flops = 2.0 * Double(node.type.count) * Double(w[1] * w[2] * w[3])
+        return Kernel(text: function(params, body), label: label, parameters: params, flops: flops, isGEMM: true)
     }
 
     // MARK: Data movement

@@ -54,6 +54,10 @@ public enum OpCode: String, CaseIterable, Hashable, Sendable {
     public var isElementwise: Bool { isElementwiseUnary || isElementwiseBinary || self == .select }
 
     public var isReduction: Bool { self == .reduce_sum || self == .reduce_max || self == .reduce_mean }
+
+    /// Ops that can head a fusion: they write the whole output first (a GEMM through OpenBLAS),
+    /// then the fusion's element-wise chain runs over that buffer in place (epilogue fusion).
+    public var isFusionHead: Bool { self == .matmul || self == .conv2d }
 }
 
 /// Attribute values. Floats are stored as Double and printed in shortest round-trip form.

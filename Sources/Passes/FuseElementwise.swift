@@ -1,5 +1,6 @@
 // fuse-elementwise: chains of element-wise ops (and the broadcasts feeding them) become one
-// kernel; a GEMM whose only user is such a chain becomes that kernel's head (epilogue fusion).
+// kernel; a GEMM or convolution whose only user is such a chain becomes that kernel's head
+// (epilogue fusion: a conv2d's bias add and SiLU run over its output in place).
 
 import IR
 
@@ -23,10 +24,10 @@ func fuseElementwiseOps(_ graph: Graph) -> Graph {
         let single = !outputs.contains(i) && !users[i].isEmpty && consumerGroups.count == 1 ? consumerGroups.first! : -1
         if node.op.isElementwise {
             group[i] = single >= 0 ? single : i
-        } else if node.op == .matmul, single >= 0, users[i].count == 1, !hasHead.contains(single),
+        } else if node.op.isFusionHead, single >= 0, users[i].count == 1, !hasHead.contains(single),
                   graph[single].type.shape == node.type.shape {
-            // A GEMM's result feeds exactly one element-wise chain: write the GEMM into the
-            // chain's output and run the chain over it in place.
+            // A GEMM's (or convolution's) result feeds exactly one element-wise chain: write
+            // it into the chain's output and run the chain over it in place.
             group[i] = single
             hasHead.insert(single)
         }
@@ -91,7 +92,7 @@ private func makeRegion(_ graph: Graph, members: [ValueID], root: ValueID) -> (G
     var bodyIDs: [ValueID] = []
     for m in members {
         var n = graph[m]
-        n.operands = n.operands.map { memberSet.contains($0) ? -1 - $0 : (n.op == .matmul ? input($0) : operand($0)) }
+        n.operands = n.operands.map { memberSet.contains($0) ? -1 - $0 : (n.op.isFusionHead ? input($0) : operand($0)) }
         n.name = nil
         body.append(n)
         bodyIDs.append(m)

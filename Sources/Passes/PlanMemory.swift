@@ -79,7 +79,7 @@ public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
 /// indexing (same shape and dtype), dead after this node, not a graph output.
 private func inPlaceDonor(_ graph: Graph, _ i: Int, lastUse: [Int], groupLast: (Int) -> Int) -> Int? {
     let node = graph[i]
-    guard node.op == .fusion, let region = node.region, !region.nodes.contains(where: { $0.op == .matmul }) else { return nil }
+    guard node.op == .fusion, let region = node.region, !region.nodes.contains(where: { $0.op.isFusionHead }) else { return nil }
     for (k, o) in node.operands.enumerated() where graph[o].type == node.type && lastUse[o] == i {
         // The region must read this input only element-wise (not through a broadcast).
         let inputID = region.inputs[k]

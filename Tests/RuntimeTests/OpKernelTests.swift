@@ -3,6 +3,7 @@
 
 import IR
 import Runtime
+import TestSupport
 import XCTest
 
 final class OpKernelTests: XCTestCase {
@@ -222,6 +223,133 @@ final class OpKernelTests: XCTestCase {
         }
         let g = try b.finish()
         try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testAttentionWithBiasAndCausalMask() throws {
+        // T5-style additive bias [H, Sq, Sk], CLIP-style causal mask, both; Sq = 1; up to 1024
+        // tokens with D = 64; Sq != Sk with a bias; sizes that are not multiples of the 64-query
+        // and 256-key tiles.
+        let cases: [(b: Int, sq: Int, sk: Int, h: Int, d: Int, bias: Bool, causal: Bool)] = [
+            (1, 77, 77, 3, 64, false, true), (2, 130, 130, 2, 40, true, true), (1, 1, 19, 2, 24, true, false),
+            (1, 1, 1, 2, 64, true, true), (1, 1024, 1024, 1, 64, true, true), (1, 1024, 1024, 2, 64, false, true),
+            (1, 300, 257, 2, 64, true, false), (1, 513, 513, 1, 32, false, true), (2, 64, 64, 1, 16, true, false),
+        ]
+        let b = GraphBuilder(name: "attention_masked")
+        for (k, c) in cases.enumerated() {
+            let q = b.input("q\(k)", .f32([c.b, c.sq, c.h, c.d]))
+            let kk = b.input("k\(k)", .f32([c.b, c.sk, c.h, c.d])), v = b.input("v\(k)", .f32([c.b, c.sk, c.h, c.d]))
+            let bias = c.bias ? b.input("bias\(k)", .f32([c.h, c.sq, c.sk])) : nil
+            b.output("y\(k)", b.attention(q, kk, v, scale: 1 / Double(c.d).squareRoot(), bias: bias, causal: c.causal))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testGather() throws {
+        // f32 and bf16 tables (a bf16 table gives bf16 rows); rank-2 and rank-3 tables; index
+        // tensors of rank 1 and 2; the first and last row always among the indices; one case
+        // big enough for the parallel path.
+        let cases: [(table: TensorType, indices: [Int])] = [
+            (.f32([50, 7]), [3, 5]), (TensorType(.bf16, [33, 4, 5]), [9]),
+            (TensorType(.bf16, [1000, 300]), [2, 77]), (.f32([1, 3]), [4]),
+        ]
+        let b = GraphBuilder(name: "gather")
+        for (k, c) in cases.enumerated() {
+            b.output("y\(k)", b.gather(b.input("t\(k)", c.table), b.input("i\(k)", .f32(c.indices))))
+        }
+        let g = try b.finish()
+        var inputs = randomInputs(g)
+        var rng = SeededGenerator(seed: 5)
+        for (k, c) in cases.enumerated() {
+            let rows = c.table.shape[0], n = c.indices.reduce(1, *)
+            let idx = (0..<n).map { i in i == 0 ? 0 : i == n - 1 ? rows - 1 : Int(rng.next() % UInt64(rows)) }
+            inputs["i\(k)"] = Tensor(.f32(c.indices), idx.map(Float.init))
+        }
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, tolerance: 0)
+    }
+
+    func testGatherOutOfRangeGivesZeroRows() throws {
+        // The interpreter rejects these indices; the kernel cannot, so it writes zero rows and
+        // never reads outside the table.
+        let b = GraphBuilder(name: "gather_bad")
+        b.output("y", b.gather(b.input("t", .f32([4, 3])), b.input("i", .f32([6]))))
+        var options = CompileOptions()
+        options.cacheRoot = testCacheRoot
+        options.pipeline.passes = ["plan-memory"]
+        let exe = try ModelCompiler.build(Module(try b.finish()), weights: TensorStore([:]), options: options).load()
+        let table = (0..<12).map { Float($0 + 1) }
+        let y = try exe.run(["t": Tensor(.f32([4, 3]), table), "i": Tensor(.f32([6]), [-1, 4, 2.5, .nan, 1e30, 3])])["y"]!
+        XCTAssertEqual(y.data, [Float](repeating: 0, count: 15) + [10, 11, 12])
+    }
+
+    func testConv2d() throws {
+        // (N, C, H, W, O, KH, KW, stride, padding): 3×3 pad 1, 1×1 (direct GEMM), 3×3 stride 2
+        // with pad 0 and 1, 1×1 strided and padded (im2col path), asymmetric stride/padding,
+        // odd H×W, channels not multiples of 16, N = 2, and one with several im2col tiles.
+        let cases: [(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: [Int], pad: [Int])] = [
+            (1, 3, 13, 7, 5, 3, 3, [1, 1], [1, 1]), (2, 17, 9, 11, 10, 1, 1, [1, 1], [0, 0]),
+            (2, 5, 13, 7, 6, 3, 3, [2, 2], [0, 0]), (1, 6, 13, 7, 4, 3, 3, [2, 2], [1, 1]),
+            (1, 8, 9, 9, 4, 1, 1, [2, 2], [1, 1]), (2, 3, 10, 12, 7, 3, 5, [1, 2], [0, 2]),
+            (1, 64, 48, 48, 20, 3, 3, [1, 1], [1, 1]), (2, 4, 1, 1, 3, 3, 3, [1, 1], [1, 1]),
+        ]
+        let b = GraphBuilder(name: "conv2d")
+        for (k, c) in cases.enumerated() {
+            let x = b.input("x\(k)", .f32([c.n, c.c, c.h, c.w])), w = b.input("w\(k)", .f32([c.o, c.c, c.kh, c.kw]))
+            b.output("y\(k)", b.append(.conv2d, [x, w], attributes: ["stride": .ints(c.stride), "padding": .ints(c.pad)]))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testConv2dWithEpilogueAndLiftedWeights() throws {
+        // conv → + bias → SiLU becomes one fusion headed by the convolution; a convolution of
+        // weights alone is lifted to the prologue and compiled there.
+        let b = GraphBuilder(name: "conv_epilogue")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 3)
+        for (k, (c, o, hw, kk)) in [(4, 6, 9, 3), (16, 24, 17, 1), (3, 5, 32, 3)].enumerated() {
+            let x = b.input("x\(k)", .f32([1, c, hw, hw + 2]))
+            let w = b.weight("w\(k)", .f32([o, c, kk, kk])), bias = b.weight("b\(k)", .f32([o]))
+            weights["w\(k)"] = Tensor(.f32([o, c, kk, kk]), rng.normals(o * c * kk * kk))
+            weights["b\(k)"] = Tensor(.f32([o]), rng.normals(o))
+            let y = b.conv2d(x, w, padding: kk / 2)
+            b.output("y\(k)", (y + b.broadcast(b.reshape(bias, [o, 1, 1]), to: y.shape)).apply(.silu))
+        }
+        let k0 = b.weight("k0", .f32([2, 3, 5, 5])), k1 = b.weight("k1", .f32([4, 3, 3, 3]))
+        weights["k0"] = Tensor(.f32([2, 3, 5, 5]), rng.normals(150))
+        weights["k1"] = Tensor(.f32([4, 3, 3, 3]), rng.normals(108))
+        b.output("lifted", b.conv2d(k0, k1, stride: 2, padding: 1))
+        let g = try b.finish()
+        let inputs = randomInputs(g)
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["fuse-elementwise", "plan-memory"])
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: Array(defaultPipelineNames))
+        var options = PipelineOptions()
+        options.passes = Array(defaultPipelineNames)
+        let (optimized, _) = try runPipeline(Module(g), options)
+        XCTAssertEqual(optimized.main.nodes.filter { $0.op == .fusion && $0.region!.nodes.contains { $0.op == .conv2d } }.count, 3)
+        XCTAssertEqual(optimized.prologue?.nodes.filter { $0.op == .conv2d }.count, 1)
+    }
+
+    func testGroupNorm() throws {
+        // groups 1, 4 and 32; odd spatial sizes; 3-D, 4-D and 5-D inputs; one large enough for
+        // the parallel path.
+        let cases: [(shape: [Int], groups: Int)] = [
+            ([2, 8, 5, 7], 4), ([1, 32, 13, 11], 32), ([2, 6, 9], 1), ([1, 8, 3, 5, 7], 4), ([1, 64, 61, 67], 32),
+        ]
+        let b = GraphBuilder(name: "group_norm")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 11)
+        for (k, c) in cases.enumerated() {
+            let ch = c.shape[1]
+            let g = b.weight("g\(k)", .f32([ch])), be = b.weight("b\(k)", .f32([ch]))
+            weights["g\(k)"] = Tensor(.f32([ch]), rng.normals(ch).map { 1 + 0.2 * $0 })
+            weights["b\(k)"] = Tensor(.f32([ch]), rng.normals(ch))
+            b.output("y\(k)", b.groupNorm(b.input("x\(k)", .f32(c.shape)), scale: g, bias: be, groups: c.groups, eps: 1e-6))
+        }
+        let g = try b.finish()
+        // A large common offset checks the variance computation.
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g, transform: { 30 + $0 }), weights: weights)
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), weights: weights)
     }
 }
 

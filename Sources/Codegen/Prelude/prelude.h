@@ -12,8 +12,10 @@
  *   scalar math     af_exp af_expm1 af_tanh af_sigmoid af_silu af_gelu_tanh
  *   conversions     af_bf16_to_f32 af_f32_to_bf16 af_f16_to_f32 af_f32_to_f16
  *   row kernels     af_softmax af_log_softmax af_reduce_sum af_reduce_mean
- *                   af_reduce_max af_layer_norm af_rms_norm
- *   attention       af_attention
+ *                   af_reduce_max af_layer_norm af_rms_norm af_group_norm
+ *   data movement   af_gather_rows
+ *   convolution     af_conv2d (im2col tiles + cblas_sgemm)
+ *   attention       af_attention af_attention_ex (additive bias, causal mask)
  *
  * Names starting with af__ (two underscores) are internal.
  *
@@ -607,6 +609,185 @@ static AF__UNUSED void af_rms_norm(const float *restrict x, float *restrict y,
     }
 }
 
+/* Group norm of x [N, C, spatial] (spatial = product of the trailing axes): per sample and
+ * group of C/groups channels, which is one contiguous run of (C/groups)*spatial floats,
+ * mean and biased variance in double (two passes, as af_layer_norm: a VAE group at 512x512
+ * has 10^6 elements), then per channel y = (x - mean) * rstd * gamma[c] + beta[c].  Parallel
+ * over (n, group); a single group runs on one thread. */
+static AF__UNUSED void af_group_norm(const float *restrict x, float *restrict y,
+                                     const float *restrict gamma, const float *restrict beta,
+                                     long N, long C, long spatial, long groups, float eps) {
+    const long cpg = groups > 0 ? C / groups : 0, per = cpg * spatial;
+    if (N <= 0 || per <= 0) return;
+#pragma omp parallel for schedule(static) if (N * groups > 1 && af__par_ok(N * C * spatial))
+    for (long t = 0; t < N * groups; t++) {
+        const float *xg = x + t * per;
+        float *yg = y + t * per;
+        double mean = af__sum_d(xg, per) / (double)per;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (long i = 0; i < per; i++) {
+            double d = (double)xg[i] - mean;
+            ss += d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(ss / (double)per + (double)eps));
+        float mf = (float)mean, mc = (float)(mean - (double)mf);
+        for (long c = 0; c < cpg; c++) {
+            const long ch = (t % groups) * cpg + c;
+            const float a = rstd * gamma[ch], b = beta[ch];
+            const float *xr = xg + c * spatial;
+            float *yr = yg + c * spatial;
+#pragma omp simd
+            for (long i = 0; i < spatial; i++) yr[i] = AF__FMA((xr[i] - mf) - mc, a, b);
+        }
+    }
+}
+
+/* ======================================================================================
+ * Gather (embedding lookup)
+ * ==================================================================================== */
+
+/* out row r = table row idx[r], rows of row_bytes bytes (any storage type: a bf16 table
+ * gives bf16 rows, as the IR types it).  The interpreter rejects an index that is not an
+ * integer in [0, rows); a kernel cannot report an error, so such an index (negative, too
+ * large, fractional, NaN) yields a zero row instead: never a read outside the table.
+ * Tokenizers produce valid ids, so this only guards against misuse. */
+static AF__UNUSED void af_gather_rows(const void *restrict table, const float *restrict idx,
+                                      void *restrict out, long n, long rows, long row_bytes) {
+#pragma omp parallel for schedule(static) if (n > 1 && af__par_ok(n * row_bytes / 4))
+    for (long r = 0; r < n; r++) {
+        const float f = idx[r];
+        char *dst = (char *)out + r * row_bytes;
+        /* f < 2^62 before the conversion, so (long)f is defined */
+        const long i = f >= 0.0f && f < 4.6e18f && f == floorf(f) ? (long)f : -1;
+        if (i >= 0 && i < rows) memcpy(dst, (const char *)table + i * row_bytes, (size_t)row_bytes);
+        else memset(dst, 0, (size_t)row_bytes);
+    }
+}
+
+/* ======================================================================================
+ * Convolution (2-D cross-correlation, NCHW activations, OIHW weights, zero padding)
+ *
+ * out[n] (O x P, P = Ho*Wo) = W (O x K) . col (K x P), K = C*KH*KW, where col is the im2col
+ * matrix: col[(c*KH + dy)*KW + dx][y*Wo + x] = x[n, c, y*sh - ph + dy, x*sw - pw + dx].
+ * A 1x1 stride-1 unpadded convolution is that GEMM on x itself.  Otherwise col is never
+ * built whole (a VAE 3x3 conv at 512x512 with 512 channels would need 4.8 GB): the P columns
+ * are cut into tiles of at most AF__CONV_TILE_BYTES of col each; each thread fills a tile
+ * (a memcpy per output row for stride 1) and runs a single-threaded cblas_sgemm on it,
+ * writing its columns of out directly (ldc = P).  Filling costs one store per col element
+ * against 2*O flops of GEMM on it, and the tile is still in cache when the GEMM packs it.
+ * With fewer tiles than threads the tiles run in turn with OpenBLAS threaded instead.
+ * ==================================================================================== */
+
+#define AF__CONV_TILE_BYTES (1L << 21)
+
+/* Rows 0..K-1 of col for the np output pixels p0..p0+np-1 of one image (row length np). */
+static void af__im2col(const float *restrict x, float *restrict col, long C, long H, long W,
+                       long KH, long KW, long sh, long sw, long ph, long pw, long Wo, long p0,
+                       long np) {
+    for (long c = 0; c < C; c++)
+        for (long dy = 0; dy < KH; dy++)
+            for (long dx = 0; dx < KW; dx++) {
+                float *row = col + ((c * KH + dy) * KW + dx) * np;
+                const float *xc = x + c * H * W;
+                for (long p = 0; p < np;) {
+                    const long oy = (p0 + p) / Wo, ox = (p0 + p) % Wo;
+                    const long run = Wo - ox < np - p ? Wo - ox : np - p; /* rest of this output row */
+                    const long iy = oy * sh - ph + dy, ix0 = ox * sw - pw + dx;
+                    float *dst = row + p;
+                    p += run;
+                    if (iy < 0 || iy >= H) { memset(dst, 0, sizeof(float) * (size_t)run); continue; }
+                    const float *src = xc + iy * W;
+                    if (sw == 1) { /* valid t: 0 <= ix0 + t < W */
+                        long lo = ix0 < 0 ? -ix0 : 0, hi = W - ix0;
+                        lo = lo < run ? lo : run;
+                        hi = hi < run ? hi : run;
+                        hi = hi > lo ? hi : lo;
+                        memset(dst, 0, sizeof(float) * (size_t)lo);
+                        if (hi > lo) memcpy(dst + lo, src + ix0 + lo, sizeof(float) * (size_t)(hi - lo));
+                        memset(dst + hi, 0, sizeof(float) * (size_t)(run - hi));
+                    } else {
+                        for (long t = 0; t < run; t++) {
+                            const long ix = ix0 + t * sw;
+                            dst[t] = ix >= 0 && ix < W ? src[ix] : 0.0f;
+                        }
+                    }
+                }
+            }
+}
+
+/* Fallback when the tile buffers cannot be allocated: direct loops, O(1) memory. */
+static void af__conv2d_direct(const float *restrict x, const float *restrict w,
+                              float *restrict out, long N, long C, long H, long W, long O,
+                              long KH, long KW, long sh, long sw, long ph, long pw, long Ho,
+                              long Wo) {
+    for (long n = 0; n < N; n++)
+        for (long o = 0; o < O; o++)
+            for (long oy = 0; oy < Ho; oy++)
+                for (long ox = 0; ox < Wo; ox++) {
+                    float acc = 0.0f;
+                    for (long c = 0; c < C; c++)
+                        for (long dy = 0; dy < KH; dy++) {
+                            const long iy = oy * sh - ph + dy;
+                            if (iy < 0 || iy >= H) continue;
+                            for (long dx = 0; dx < KW; dx++) {
+                                const long ix = ox * sw - pw + dx;
+                                if (ix >= 0 && ix < W)
+                                    acc = AF__FMA(x[((n * C + c) * H + iy) * W + ix],
+                                                  w[((o * C + c) * KH + dy) * KW + dx], acc);
+                            }
+                        }
+                    out[((n * O + o) * Ho + oy) * Wo + ox] = acc;
+                }
+}
+
+/* out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C, KH, KW]), strides sh, sw, padding ph, pw. */
+static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict w,
+                                 float *restrict out, long N, long C, long H, long W, long O,
+                                 long KH, long KW, long sh, long sw, long ph, long pw) {
+    const long Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+    const long P = Ho * Wo, K = C * KH * KW;
+    if (N <= 0 || O <= 0 || P <= 0) return;
+    if (K == 0) { memset(out, 0, sizeof(float) * (size_t)(N * O * P)); return; }
+    if (KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {
+        for (long n = 0; n < N; n++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)P, (int)C, 1.0f, w,
+                        (int)C, x + n * C * P, (int)P, 0.0f, out + n * O * P, (int)P);
+        return;
+    }
+    /* Tiles per image: as few as the tile size allows, then more until every thread gets the
+     * same number (at most doubling the count). */
+    const int maxth = omp_get_max_threads();
+    long cap = AF__CONV_TILE_BYTES / (long)sizeof(float) / K;
+    cap = cap < 16 ? 16 : cap;
+    const long tiles0 = (P + cap - 1) / cap;
+    long tiles = tiles0;
+    while (tiles < P && tiles < 2 * tiles0 + maxth && (N * tiles) % maxth != 0) tiles++;
+    if ((N * tiles) % maxth != 0) tiles = tiles0;
+    const long np = (P + tiles - 1) / tiles, ntask = N * tiles;
+    const int nth = ntask >= maxth ? maxth : 1;
+    const size_t per = ((size_t)(K * np) + 15) & ~(size_t)15; /* floats, 64-byte multiples */
+    float *buf = (float *)aligned_alloc(64, sizeof(float) * per * (size_t)nth);
+    if (!buf) {
+        af__conv2d_direct(x, w, out, N, C, H, W, O, KH, KW, sh, sw, ph, pw, Ho, Wo);
+        return;
+    }
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *col = buf + (size_t)omp_get_thread_num() * per;
+#pragma omp for schedule(static)
+        for (long t = 0; t < ntask; t++) {
+            const long n = t / tiles, p0 = (t % tiles) * np;
+            const long cnt = P - p0 < np ? P - p0 : np;
+            if (cnt <= 0) continue;
+            af__im2col(x + n * C * H * W, col, C, H, W, KH, KW, sh, sw, ph, pw, Wo, p0, cnt);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)cnt, (int)K, 1.0f,
+                        w, (int)K, col, (int)cnt, 0.0f, out + n * O * P + p0, (int)P);
+        }
+    }
+    free(buf);
+}
+
 /* ======================================================================================
  * Attention (flash-attention style, streaming softmax)
  *
@@ -791,15 +972,48 @@ static void af__pv_rows(const float *restrict a, long lda, const float *restrict
 /* floats of scratch one thread needs for one query tile */
 AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 8) * AF__QB; }
 
+/* Additive bias and causal mask on one key tile of scores st[j][i] (keys j0 + j, j < kt;
+ * query lanes i, rq of them valid).  The scores become logits sc*s (+ b, in one rounding),
+ * so the caller then applies scale 1 (and a masked -inf never meets a zero scale); causal (qpos = index of the tile's first
+ * query, else -1) sets the logit of key j0 + j to -inf for lanes i < j0 + j - qpos.  Padding
+ * lanes read no bias (their zero scores stay 0).  mt is recomputed: the tile's max per lane.
+ * The bias is read by column (row stride ldb = Sk) while st is written by rows: the loop over
+ * lanes vectorizes with gathers, cheap next to the D-long dot products behind each score. */
+static void af__attn_adjust(float *restrict st, float *restrict mt, const float *restrict bias,
+                            long ldb, long j0, long kt, long rq, float sc, long qpos) {
+    for (long i = 0; i < AF__QB; i++) mt[i] = -INFINITY;
+    for (long j = 0; j < kt; j++) {
+        float *sr = st + j * AF__QB;
+        if (bias) {
+            const float *bj = bias + j0 + j;
+#pragma omp simd
+            for (long i = 0; i < rq; i++) sr[i] = AF__FMA(sc, sr[i], bj[i * ldb]);
+        } else {
+#pragma omp simd
+            for (long i = 0; i < rq; i++) sr[i] *= sc;
+        }
+        if (qpos >= 0) {
+            long hidden = j0 + j - qpos; /* lanes that come before key j0 + j */
+            hidden = hidden < AF__QB ? hidden : AF__QB;
+            for (long i = 0; i < hidden; i++) sr[i] = -INFINITY;
+        }
+#pragma omp simd
+        for (long i = 0; i < AF__QB; i++) mt[i] = sr[i] > mt[i] ? sr[i] : mt[i];
+    }
+}
+
 /* One query tile: q, out point at query row 0 of the tile (head offset applied), k, v at
  * key row 0 of the head; rows are ld = H*D floats apart.  rq <= AF__QB valid queries; the
  * padding lanes compute on zero queries and are never stored.  The softmax denominator is a
  * sum of Sk positive terms; summed sequentially in float its error would grow like sqrt(Sk)
  * (1.5e-6 at Sk = 4608), so it is summed in float per key chunk (AF__PVC terms) and the
- * chunk sums are accumulated in double. */
+ * chunk sums are accumulated in double.  bias (or NULL) points at the tile's first query row
+ * of this head's [Sq, Sk] bias; qpos >= 0 (the first query's index) asks for a causal mask,
+ * and key tiles after the tile's last query are then skipped. */
 static void af__attn_tile(const float *restrict q, const float *restrict k,
                           const float *restrict v, float *restrict out, long ld, long D, long rq,
-                          long Sk, float scale, float *restrict buf) {
+                          long Sk, float scale, const float *restrict bias, long qpos,
+                          float *restrict buf) {
     float *qt = buf;                   /* D x QB  transposed queries (sign of scale applied) */
     float *ot = qt + D * AF__QB;       /* D x QB  unnormalized output, transposed */
     float *st = ot + D * AF__QB;       /* KT x QB scores, then probabilities */
@@ -824,17 +1038,28 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
         for (long i = rq; i < AF__QB; i++) qt[d * AF__QB + i] = 0.0f;
     memset(ot, 0, sizeof(float) * (size_t)(D * AF__QB));
     for (long i = 0; i < AF__QB; i++) { m[i] = -INFINITY; l[i] = 0.0; }
+    const long Sv = qpos >= 0 && qpos + rq < Sk ? qpos + rq : Sk; /* keys any query sees */
 
-    for (long j0 = 0; j0 < Sk; j0 += AF__KT) {
-        long kt = Sk - j0 < AF__KT ? Sk - j0 : AF__KT;
+    for (long j0 = 0; j0 < Sv; j0 += AF__KT) {
+        long kt = Sv - j0 < AF__KT ? Sv - j0 : AF__KT;
         for (long i = 0; i < AF__QB; i++) { mt[i] = -INFINITY; ls[i] = 0.0; }
         for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
             af__qk_rows(k + j0 * ld, ld, qt + c0, D, st + c0, mt + c0, kt);
-        /* online softmax: new max, and the rescale factor for the old state */
+        /* es: the scale still to apply to st (1 once adjusted into logits); only tiles with
+         * a bias or on the causal diagonal are adjusted, the plain path is unchanged */
+        float es = sc;
+        if (bias || (qpos >= 0 && j0 + kt - 1 > qpos)) {
+            af__attn_adjust(st, mt, bias, Sk, j0, kt, rq, sc, qpos);
+            es = 1.0f;
+        }
+        /* online softmax: new max, and the rescale factor for the old state.  A lane whose
+         * logits so far are all -inf (a mask in the bias) keeps a finite reference max of 0
+         * so that exp never sees -inf - -inf. */
 #pragma omp simd
         for (long i = 0; i < AF__QB; i++) {
-            float ms = sc * mt[i];
+            float ms = es * mt[i];
             float mn = ms > m[i] ? ms : m[i];
+            mn = mn == -INFINITY ? 0.0f : mn;
             al[i] = af_exp(m[i] - mn);
             m[i] = mn;
         }
@@ -848,7 +1073,7 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
                 float *sr = st + j * AF__QB;
 #pragma omp simd
                 for (long i = 0; i < AF__QB; i++) {
-                    float p = af_exp(AF__FMA(sc, sr[i], -m[i]));
+                    float p = af_exp(AF__FMA(es, sr[i], -m[i]));
                     sr[i] = p;
                     cs[i] += p;
                 }
@@ -872,30 +1097,33 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
 /* Fallback when scratch memory cannot be allocated: per query, a max pass and then an
  * accumulate pass straight into the output row.  O(1) extra memory, ~1.5x the work. */
 static void af__attn_noscratch(const float *restrict q, const float *restrict k,
-                               const float *restrict v, float *restrict out, long B, long Sq,
-                               long Sk, long H, long D, float scale) {
+                               const float *restrict v, const float *restrict bias,
+                               float *restrict out, long B, long Sq, long Sk, long H, long D,
+                               float scale, int causal) {
     long ld = H * D;
     for (long b = 0; b < B; b++)
         for (long h = 0; h < H; h++)
             for (long i = 0; i < Sq; i++) {
                 const float *qr = q + (b * Sq + i) * ld + h * D;
+                const float *br = bias ? bias + (h * Sq + i) * Sk : NULL;
+                const long nk = causal && i + 1 < Sk ? i + 1 : Sk;
                 float *o = out + (b * Sq + i) * ld + h * D;
                 float mx = -INFINITY;
-                for (long j = 0; j < Sk; j++) {
+                for (long j = 0; j < nk; j++) {
                     const float *kr = k + (b * Sk + j) * ld + h * D;
                     float s = 0.0f;
                     for (long d = 0; d < D; d++) s = AF__FMA(qr[d], kr[d], s);
-                    s *= scale;
+                    s = br ? AF__FMA(s, scale, br[j]) : s * scale;
                     mx = s > mx ? s : mx;
                 }
                 for (long d = 0; d < D; d++) o[d] = 0.0f;
                 float sum = 0.0f;
-                for (long j = 0; j < Sk; j++) {
+                for (long j = 0; j < nk; j++) {
                     const float *kr = k + (b * Sk + j) * ld + h * D;
                     const float *vr = v + (b * Sk + j) * ld + h * D;
                     float s = 0.0f;
                     for (long d = 0; d < D; d++) s = AF__FMA(qr[d], kr[d], s);
-                    float p = af_exp(s * scale - mx);
+                    float p = af_exp((br ? AF__FMA(s, scale, br[j]) : s * scale) - mx);
                     sum += p;
                     for (long d = 0; d < D; d++) o[d] = AF__FMA(p, vr[d], o[d]);
                 }
@@ -903,17 +1131,33 @@ static void af__attn_noscratch(const float *restrict q, const float *restrict k,
             }
 }
 
-/* out[b,i,h,:] = sum_j softmax_j(scale * <q[b,i,h,:], k[b,j,h,:]>) v[b,j,h,:]
- * q, out: [B, Sq, H, D]; k, v: [B, Sk, H, D]; no mask.  Parallel over (b, h, query tile)
- * with a static schedule in (b, h)-major order, so each thread works through whole heads
- * and that head's K/V stay in its L2.  Uses omp_get_max_threads() threads. */
-static AF__UNUSED void af_attention(const float *restrict q, const float *restrict k,
-                                    const float *restrict v, float *restrict out, long B, long Sq,
-                                    long Sk, long H, long D, float scale) {
+/* One work unit of af_attention_ex: query tile t of ntask in (b, h, tile) order. */
+AF__INLINE void af__attn_task(const float *restrict q, const float *restrict k,
+                              const float *restrict v, const float *restrict bias,
+                              float *restrict out, long t, long nqt, long Sq, long Sk, long H,
+                              long D, float scale, int causal, float *restrict tb) {
+    const long ld = H * D, bh = t / nqt, i0 = (t % nqt) * AF__QB;
+    const long b = bh / H, h = bh % H;
+    const long rq = Sq - i0 < AF__QB ? Sq - i0 : AF__QB;
+    af__attn_tile(q + (b * Sq + i0) * ld + h * D, k + b * Sk * ld + h * D, v + b * Sk * ld + h * D,
+                  out + (b * Sq + i0) * ld + h * D, ld, D, rq, Sk, scale,
+                  bias ? bias + (h * Sq + i0) * Sk : NULL, causal ? i0 : -1, tb);
+}
+
+/* out[b,i,h,:] = sum_j softmax_j(scale * <q[b,i,h,:], k[b,j,h,:]> + bias[h,i,j]) v[b,j,h,:]
+ * q, out: [B, Sq, H, D]; k, v: [B, Sk, H, D]; bias [H, Sq, Sk] or NULL (shared by the
+ * batch); causal: key j only for queries i >= j (then Sq = Sk).  Parallel over (b, h, query
+ * tile) with a static schedule in (b, h)-major order, so each thread works through whole
+ * heads and that head's K/V stay in its L2; causal tiles differ in cost (tile i sees i + 1
+ * key tiles), so they are dealt out dynamically, costliest first.  Uses
+ * omp_get_max_threads() threads. */
+static AF__UNUSED void af_attention_ex(const float *restrict q, const float *restrict k,
+                                       const float *restrict v, const float *restrict bias,
+                                       float *restrict out, long B, long Sq, long Sk, long H,
+                                       long D, float scale, int causal) {
     if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
     long nqt = (Sq + AF__QB - 1) / AF__QB;
     long ntask = B * H * nqt;
-    long ld = H * D;
     long per = af__attn_scratch(D);
     int nth = omp_get_max_threads();
     if ((long)nth > ntask) nth = (int)ntask;
@@ -922,23 +1166,32 @@ static AF__UNUSED void af_attention(const float *restrict q, const float *restri
     if (flops < 2.0e6) nth = 1;
     float *buf = (float *)aligned_alloc(64, sizeof(float) * (size_t)per * (size_t)nth);
     if (!buf) {
-        af__attn_noscratch(q, k, v, out, B, Sq, Sk, H, D, scale);
+        af__attn_noscratch(q, k, v, bias, out, B, Sq, Sk, H, D, scale, causal);
         return;
     }
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         float *tb = buf + (size_t)omp_get_thread_num() * (size_t)per;
+        if (causal) {
+#pragma omp for schedule(dynamic, 1)
+            for (long u = 0; u < ntask; u++) { /* last query tile of every head first */
+                const long t = (u % (ntask / nqt)) * nqt + (nqt - 1 - u / (ntask / nqt));
+                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb);
+            }
+        } else {
 #pragma omp for schedule(static)
-        for (long t = 0; t < ntask; t++) {
-            long bh = t / nqt, i0 = (t % nqt) * AF__QB;
-            long b = bh / H, h = bh % H;
-            long rq = Sq - i0 < AF__QB ? Sq - i0 : AF__QB;
-            af__attn_tile(q + (b * Sq + i0) * ld + h * D, k + b * Sk * ld + h * D,
-                          v + b * Sk * ld + h * D, out + (b * Sq + i0) * ld + h * D, ld, D, rq,
-                          Sk, scale, tb);
+            for (long t = 0; t < ntask; t++)
+                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb);
         }
     }
     free(buf);
+}
+
+/* Plain attention: no bias, no mask. */
+static AF__UNUSED void af_attention(const float *restrict q, const float *restrict k,
+                                    const float *restrict v, float *restrict out, long B, long Sq,
+                                    long Sk, long H, long D, float scale) {
+    af_attention_ex(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0);
 }
 
 /* ------------------------------------------------------------------------------------------
