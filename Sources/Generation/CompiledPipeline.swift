@@ -2,6 +2,7 @@
 // encoders → compiled sampler → compiled VAE decoder → an 8-bit image. Each stage is an
 // ordinary compiled model folder; this file only sequences them.
 
+import ArcFlowGraphs
 import Foundation
 import IR
 import Imaging
@@ -142,19 +143,8 @@ public final class CompiledPipeline {
     }
 }
 
-/// [1, 3, H, W] in about [-1, 1] → RGB8 exactly as diffusers' image processor: x/2 + 0.5,
-/// clamped to [0, 1], then round(255·x) (numpy's round half to even).
+/// [1, 3, H, W] in about [-1, 1] → an RGB8 image exactly as diffusers' postprocess.
 public func image(fromDecoded t: Tensor) throws -> Image8 {
     guard t.rank == 4, t.shape[0] == 1, t.shape[1] == 3 else { throw ArcError("decoded image must be [1, 3, H, W], got \(t.type)") }
-    let (h, w) = (t.shape[2], t.shape[3])
-    var img = Image8(width: w, height: h)
-    for c in 0..<3 {
-        for y in 0..<h {
-            for x in 0..<w {
-                let v = min(max(t.data[(c * h + y) * w + x] / 2 + 0.5, 0), 1)
-                img[x, y, c] = UInt8((v * 255).rounded(.toNearestOrEven))
-            }
-        }
-    }
-    return img
+    return Image8(width: t.shape[3], height: t.shape[2], pixels: VAEDecoderGraph.rgb8(t))
 }

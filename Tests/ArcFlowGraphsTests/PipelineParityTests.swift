@@ -11,22 +11,13 @@ import XCTest
 
 let pipelineFixture = "\(fixtures)/pipeline"
 
-/// Set ARCFLOW_REQUIRE_KERNELS=1 (or flip to true) once the C backend has gather, conv2d,
-/// group_norm and attention bias/causal kernels: then a missing kernel fails instead of skipping.
-let requireComponentKernels = ProcessInfo.processInfo.environment["ARCFLOW_REQUIRE_KERNELS"] == "1"
-
-/// Runs a component graph through the full compiler and the native library. While the backend
-/// lacks one of its ops ("codegen: no kernel for …") the test is skipped, never passed.
+/// Runs a component graph through the full compiler and the native library.
 func runCompiledComponent(_ program: ComponentProgram, _ inputs: [String: Tensor]) throws -> [String: Tensor] {
     var options = CompileOptions()
     options.cacheRoot = testCacheRoot
     assertRoundTrips(program.module)
-    do {
-        let compiled = try ModelCompiler.build(program.module, weights: program.weights, options: options)
-        return try compiled.load().run(inputs)
-    } catch let e as ArcError where e.message.contains("codegen: no kernel") && !requireComponentKernels {
-        throw XCTSkip("compiled path not available yet: \(e.message)")
-    }
+    let compiled = try ModelCompiler.build(program.module, weights: program.weights, options: options)
+    return try compiled.load().run(inputs)
 }
 
 /// reference.safetensors of the pipeline fixture, including its U8 images (which SafeTensorsStore
