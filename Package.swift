@@ -6,7 +6,7 @@ let package = Package(
     name: "arcflow",
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
-        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"]),
+        .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Training"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -17,7 +17,9 @@ let package = Package(
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.
         .target(name: "Imaging", path: "Sources/Imaging"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
-        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging"],
+        // The training driver (resident state, batches, logs): not the compiler, so its own module.
+        .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
+        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Training"],
                           path: "Tools/arcflow"),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
@@ -28,6 +30,8 @@ let package = Package(
                     path: "Tests/RuntimeTests"),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
+        .testTarget(name: "TrainingTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Training", "arcflow", "TestSupport"],
+                    path: "Tests/TrainingTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
     ]
 )

@@ -9,6 +9,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (generateSpec, generateCommand),
     (runSpec, runCommand),
     (benchSpec, benchCommand),
+    (trainSpec, trainCommand),
     (randomWeightsSpec, randomWeightsCommand),
     (randomInputsSpec, randomInputsCommand),
     (exampleSpec, exampleCommand),
