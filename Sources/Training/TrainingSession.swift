@@ -16,8 +16,11 @@ import Runtime
 public final class TrainingSession {
     public let step: TrainStepGraph
     public let executable: Executable
-    /// Completed optimizer steps (t of the next step is `stepCount + 1`).
+    /// Completed iterations, skipped ones included (the data sampler and schedule count these).
     public private(set) var stepCount = 0
+    /// Updates actually applied: Adam's t of the next step is `appliedSteps + 1`. A skipped
+    /// (non-finite) step does not advance it, as with torch's GradScaler skipping `step()`.
+    public private(set) var appliedSteps = 0
 
     private struct Pair { var type: TensorType; var buffers: [UnsafeMutableRawPointer] }
     private var state: [String: Pair] = [:]
@@ -111,16 +114,18 @@ public final class TrainingSession {
         }
     }
 
-    /// One optimizer step (t = stepCount + 1) on the current batch. Returns the loss and the
-    /// unclipped global gradient norm; a non-finite norm leaves the state unchanged (but t advances).
+    /// One optimizer step (t = appliedSteps + 1) on the current batch. Returns the loss and the
+    /// unclipped global gradient norm; a non-finite norm leaves the state unchanged.
     @discardableResult
     public func run(lr: Double, emaBeta: Double = 0.999) throws -> (loss: Float, gradNorm: Float) {
         scalars[TrainNames.lr]!.pointee = Float(lr)
-        scalars[TrainNames.step]!.pointee = Float(stepCount + 1)
+        scalars[TrainNames.step]!.pointee = Float(appliedSteps + 1)
         scalars[TrainNames.emaBeta]!.pointee = Float(emaBeta)
         try executable.runRaw(inputs: inputLists[parity], outputs: outputLists[parity])
         parity = 1 - parity
         stepCount += 1
+        // The graph's skip test is `norm ≤ greatest finite`, the same as isFinite for a norm ≥ 0.
+        if normOut.pointee.isFinite { appliedSteps += 1 }
         return (lossOut.pointee, normOut.pointee)
     }
 
@@ -147,6 +152,7 @@ public final class TrainingSession {
         var metadata = extra
         metadata["format"] = Self.stateFormat
         metadata["step"] = String(stepCount)
+        metadata["adam_t"] = String(appliedSteps)
         metadata["graph_sha256"] = step.hash
         try writeSafeTensors(records, metadata: metadata, to: path)
     }
@@ -160,7 +166,9 @@ public final class TrainingSession {
         guard md["format"] == Self.stateFormat else {
             throw ArcError("\(path) is not an arcflow training state (no format=\(Self.stateFormat) in its metadata)")
         }
-        guard let s = md["step"], let steps = Int(s), steps >= 0 else { throw ArcError("\(path): metadata has no valid 'step'") }
+        guard let s = md["step"], let steps = Int(s), steps >= 0, let ts = md["adam_t"], let t = Int(ts), t >= 0, t <= steps else {
+            throw ArcError("\(path): metadata has no valid 'step' and 'adam_t'")
+        }
         let hash = step.hash
         guard md["graph_sha256"] == hash else {
             throw ArcError("\(path) was saved by a different train-step graph (graph_sha256 \((md["graph_sha256"] ?? "none").prefix(12)), this run's \(hash.prefix(12))): same graph, trainable weights and optimizer settings are needed to resume")
@@ -178,6 +186,7 @@ public final class TrainingSession {
             if let base = src.baseAddress { memcpy(state[name]!.buffers[parity], base, src.count) }
         }
         stepCount = steps
+        appliedSteps = t
         return md
     }
 }
