@@ -119,6 +119,9 @@ public struct StepRecord: Equatable {
     public var lr: Double
     public var gradNorm: Double
     public var seconds: Double
+    public init(step: Int, loss: Double, lr: Double, gradNorm: Double, seconds: Double) {
+        self.step = step; self.loss = loss; self.lr = lr; self.gradNorm = gradNorm; self.seconds = seconds
+    }
 }
 
 /// Set by the SIGINT handler; a C signal handler can only touch global state.
@@ -200,9 +203,12 @@ public final class Trainer {
         var md = metadata
         md["seed"] = String(config.seed)
         md["rng"] = "splitmix64 counter-based: rows of step s from seed + (s+1)*0x9E3779B97F4A7C15; next step \(session.stepCount)"
-        md["config"] = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
-        md["optimizer"] = String(decoding: try JSONEncoder().encode(session.step.optimizer), as: UTF8.self)
-        md["parameters"] = String(decoding: try JSONEncoder().encode(session.step.parameters), as: UTF8.self)
+        /// Sorted keys: the state file must be a pure function of the state (byte-identical resumes).
+        let json = JSONEncoder()
+        json.outputFormatting = [.sortedKeys]
+        md["config"] = String(decoding: try json.encode(config), as: UTF8.self)
+        md["optimizer"] = String(decoding: try json.encode(session.step.optimizer), as: UTF8.self)
+        md["parameters"] = String(decoding: try json.encode(session.step.parameters), as: UTF8.self)
         try session.save(to: "\(dir)/state.safetensors", metadata: md)
         try writeAtomically(csv(), to: "\(dir)/train.csv")
         try writeAtomically(PNG.encode(LossPlot.draw(history, logScale: logScalePlot), text: [("Software", "arcflow train")]), to: "\(dir)/loss.png")
