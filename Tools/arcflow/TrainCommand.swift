@@ -115,3 +115,70 @@ func trainCommand(_ argv: [String]) throws {
     print("trained \(wrt.count) weights: \(summary); wrote state.safetensors, weights.safetensors, train.csv, loss.png to \(out)")
     if !completed { exit(130) }
 }
+
+let trainBenchSpec = CommandSpec(
+    name: "train-bench", usage: "train-bench FILE.ir --weights W.safetensors --loss NAME [--runs N] [--warmup N] [--threads N] [--json]",
+    summary: "Time one train step (forward + backward + AdamW) against the forward alone, in the same run.",
+    options: [
+        OptionSpec(names: ["--weights"], value: "W.safetensors", help: "weights (every weight the graph names; all are trained)"),
+        OptionSpec(names: ["--loss"], value: "NAME", help: "the loss output"),
+        OptionSpec(names: ["--runs"], value: "N", help: "timed runs of each (default 5)"),
+        OptionSpec(names: ["--warmup"], value: "N", help: "untimed runs of each first (default 1)"),
+        threadsOption,
+        OptionSpec(names: ["--json"], value: nil, help: "print one JSON object"),
+    ],
+    details: "Inputs are seeded N(0,1). Runs alternate forward, step, forward, …, so both see the same machine state. GFLOP/s counts GEMM and attention FLOPs of each compiled graph.")
+
+func trainBenchCommand(_ argv: [String]) throws {
+    let spec = trainBenchSpec
+    let args = try parseArguments(argv, spec, maxPositional: 1)
+    guard let file = args.positional.first else { throw UsageError("missing the IR FILE", spec) }
+    let graph = try loadModule(file).main
+    let store = try SafeTensorsStore(path: try args.required("--weights", spec))
+    let lossName = try args.required("--loss", spec)
+    let runs = try args.int("--runs", spec, default: 5, min: 1)!, warmup = try args.int("--warmup", spec, default: 1, min: 0)!
+    let threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    var seen = Set<String>()
+    let keys = graph.nodes.filter { $0.op == .weight && seen.insert($0.key!).inserted }.map { $0.key! }
+    let step = try OptimizerStep.build(lossGraph: graph, loss: lossName, parameters: keys.map { TrainableParameter($0) },
+                                       optimizer: OptimizerConfig(maxGradNorm: 1))
+    let t0 = monotonicSeconds()
+    let forward = try ModelCompiler.build(Module(graph), weights: store)
+    let trainCompiled = try ModelCompiler.build(Module(step.graph), weights: store)
+    let compileSeconds = monotonicSeconds() - t0
+    let fwd = try forward.load(), session = try TrainingSession(step: step, executable: try trainCompiled.load(), initial: store)
+    fwd.setThreads(threads)
+    session.executable.setThreads(threads)
+    var rng = SeededGenerator(seed: 0)
+    var inputs: [String: Tensor] = [:]
+    for b in fwd.inputs { inputs[b.name] = Tensor(TensorType(.f32, b.shape), rng.normals(b.shape.reduce(1, *))) }
+    try session.setBatch(inputs.mapValues(\.data))
+    let ins = try fwd.encodeInputs(inputs), outs = fwd.allocateOutputs()
+    defer { (ins + outs).forEach { $0.deallocate() } }
+    var tf: [Double] = [], ts: [Double] = []
+    for k in 0..<(warmup + runs) {
+        var a = monotonicSeconds()
+        try fwd.runRaw(inputs: ins.map { UnsafeRawPointer($0) }, outputs: outs)
+        var b = monotonicSeconds()
+        if k >= warmup { tf.append(b - a) }
+        a = monotonicSeconds()
+        try session.run(lr: 1e-4)
+        b = monotonicSeconds()
+        if k >= warmup { ts.append(b - a) }
+    }
+    let mf = median(tf), ms = median(ts)
+    let ff = forward.program.flops, fs = trainCompiled.program.flops
+    let peak = fwd.library.fmaPeakGFLOPS()
+    if args.has("--json") {
+        let obj: [String: Any] = ["graph": graph.name, "threads": threads, "runs": runs, "forward_ms_median": mf * 1000,
+                                  "step_ms_median": ms * 1000, "step_over_forward": ms / mf, "forward_gflop": ff / 1e9, "step_gflop": fs / 1e9,
+                                  "forward_gflop_per_s": ff / mf / 1e9, "step_gflop_per_s": fs / ms / 1e9, "fma_peak_gflop_per_s": peak,
+                                  "compile_seconds": compileSeconds]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+    } else {
+        print("@\(graph.name): \(runs) runs, \(threads) threads, measured FMA peak " + String(format: "%.0f GFLOP/s", peak))
+        print(String(format: "  forward   : median %9.3f ms  (min %.3f)  %7.1f GFLOP/s  (%.3f GFLOP)", mf * 1000, tf.min()! * 1000, ff / mf / 1e9, ff / 1e9))
+        print(String(format: "  train step: median %9.3f ms  (min %.3f)  %7.1f GFLOP/s  (%.3f GFLOP; forward + backward + AdamW)", ms * 1000, ts.min()! * 1000, fs / ms / 1e9, fs / 1e9))
+        print(String(format: "  step / forward: %.2f×;  step at %.0f%% of FMA peak", ms / mf, 100 * fs / ms / 1e9 / peak))
+    }
+}

@@ -10,6 +10,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (runSpec, runCommand),
     (benchSpec, benchCommand),
     (trainSpec, trainCommand),
+    (trainBenchSpec, trainBenchCommand),
     (randomWeightsSpec, randomWeightsCommand),
     (randomInputsSpec, randomInputsCommand),
     (exampleSpec, exampleCommand),
