@@ -12,7 +12,7 @@ let package = Package(
         .target(name: "IR", path: "Sources/IR"),
         .target(name: "Passes", dependencies: ["IR"], path: "Sources/Passes"),
         .target(name: "Codegen", dependencies: ["IR"], path: "Sources/Codegen",
-                resources: [.embedInCode("Prelude/prelude.h")]),
+                resources: [.embedInCode("Prelude/prelude.h"), .embedInCode("Prelude/autodiff.h")]),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.
         .target(name: "Imaging", path: "Sources/Imaging"),
@@ -27,7 +27,7 @@ let package = Package(
                     exclude: ["Golden"]),
         // Depends on the arcflow executable so `swift test` builds it: CLITests run it as a process.
         .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "arcflow", "TestSupport"],
-                    path: "Tests/RuntimeTests"),
+                    path: "Tests/RuntimeTests", exclude: ["Fixtures"]),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Training", "arcflow", "TestSupport"],

@@ -111,7 +111,7 @@ public func gradientGraph(_ graph: Graph, loss: String, wrt: [String], keepOutpu
 
     // Checkpointed values are recomputed in the backward on first use.
     let tagged = (0..<n).map { id in
-        !g[id].op.isSource && (g[id].attributes["checkpoint"] != nil || g[id].name.map(checkpoint.contains) == true)
+        !g[id].op.isSource && (g[id].attributes["checkpoint"] != nil || checkpoint.contains(names[id]))
     }
     var recomputed: [ValueID: Value] = [:]
     func backwardValue(_ id: ValueID) -> Value {

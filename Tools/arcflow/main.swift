@@ -8,6 +8,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (compileSpec, compileCommand),
     (generateSpec, generateCommand),
     (runSpec, runCommand),
+    (gradSpec, gradCommand),
     (benchSpec, benchCommand),
     (trainSpec, trainCommand),
     (trainBenchSpec, trainBenchCommand),
