@@ -129,6 +129,10 @@ public final class TrainingSession {
         return (lossOut.pointee, normOut.pointee)
     }
 
+    /// The pointer lists the next step would use (for profiling a run by hand; it does not swap).
+    public var currentInputs: [UnsafeRawPointer?] { inputLists[parity] }
+    public var currentOutputs: [UnsafeMutableRawPointer?] { outputLists[parity] }
+
     /// Current values of a state tensor.
     public func tensor(_ name: String) throws -> Tensor {
         guard let s = state[name] else { throw ArcError("no state tensor '\(name)'") }

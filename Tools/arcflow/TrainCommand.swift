@@ -126,6 +126,7 @@ let trainBenchSpec = CommandSpec(
         OptionSpec(names: ["--warmup"], value: "N", help: "untimed runs of each first (default 1)"),
         threadsOption,
         OptionSpec(names: ["--json"], value: nil, help: "print one JSON object"),
+        OptionSpec(names: ["--profile"], value: nil, help: "also print time per kernel of the train step (to stderr)"),
     ],
     details: "Inputs are seeded N(0,1). Runs alternate forward, step, forward, …, so both see the same machine state. GFLOP/s counts GEMM and attention FLOPs of each compiled graph.")
 
@@ -180,5 +181,12 @@ func trainBenchCommand(_ argv: [String]) throws {
         print(String(format: "  forward   : median %9.3f ms  (min %.3f)  %7.1f GFLOP/s  (%.3f GFLOP)", mf * 1000, tf.min()! * 1000, ff / mf / 1e9, ff / 1e9))
         print(String(format: "  train step: median %9.3f ms  (min %.3f)  %7.1f GFLOP/s  (%.3f GFLOP; forward + backward + AdamW)", ms * 1000, ts.min()! * 1000, fs / ms / 1e9, fs / 1e9))
         print(String(format: "  step / forward: %.2f×;  step at %.0f%% of FMA peak", ms / mf, 100 * fs / ms / 1e9 / peak))
+    }
+    if args.has("--profile") {
+        var times = [Double](repeating: 0, count: trainCompiled.program.steps.count)
+        try times.withUnsafeMutableBufferPointer { t in
+            try session.executable.runRaw(inputs: session.currentInputs, outputs: session.currentOutputs, times: t.baseAddress)
+        }
+        printProfile(trainCompiled.program.steps, times, runs: 1)
     }
 }
