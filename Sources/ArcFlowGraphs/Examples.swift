@@ -1,4 +1,5 @@
-// Example graphs shipped in examples/: an MLP and a full transformer block.
+// Example graphs shipped in examples/: an MLP, an MLP with a regression loss (for training) and a
+// full transformer block.
 
 import Foundation
 import IR
