@@ -318,8 +318,8 @@ public enum Derivatives {
 
     /// x [N, C, H, W] ⋆ w [O, C, KH, KW], stride s, padding p, dilation d.
     /// ∂x: the output gradient with s − 1 zeros inserted between elements (pure data movement),
-    /// correlated with the flipped, channel-transposed kernel at padding d(K−1) − p; rows the
-    /// forward never read (the remainder of the strided sweep) get zeros.
+    /// correlated with the flipped, channel-transposed kernel (the transposed convolution); rows
+    /// the forward never read (the remainder of a strided sweep) get zeros.
     /// ∂w[o,c,a,b] = Σ x_pad[n,c,y·s + a·d, …]·g[n,o,y,…]: a convolution of xᵀ [C, N, H, W] with gᵀ
     /// [O, N, Ho, Wo] as the kernel, stride d and dilation s, cut to KH×KW and transposed back.
     static func conv2dVJP(_ a: VJPArguments) -> [Value?] {
@@ -346,17 +346,20 @@ public enum Derivatives {
                 gd = b.concat([gd.reshaped([n, o, rows, wo, 1]), z], axis: 4).reshaped([n, o, rows, wo * s[1]])
                 gd = b.slice(gd, axis: 3, 0..<((wo - 1) * s[1] + 1))
             }
+            // With padding d(K−1) on both sides, output position u holds input position u − p, up to
+            // the last one the forward read; crop to the input, then zeros where it read nothing.
             let wf = flip(flip(w.transposed([1, 0, 2, 3]), axis: 2), axis: 3)
-            let q = [d[0] * (kh - 1) - p[0], d[1] * (kw - 1) - p[1]]
-            var dx = conv(gd, wf, stride: [1, 1], padding: q.map { Swift.max($0, 0) }, dilation: d)
-            for ax in 0..<2 where q[ax] < 0 {
-                dx = b.slice(dx, axis: 2 + ax, (-q[ax])..<(dx.shape[2 + ax] + q[ax]))
-            }
+            var dx = conv(gd, wf, stride: [1, 1], padding: [d[0] * (kh - 1), d[1] * (kw - 1)], dilation: d)
             let full = [h, wd]
-            for ax in 0..<2 where dx.shape[2 + ax] < full[ax] {
-                var zs = dx.shape
-                zs[2 + ax] = full[ax] - dx.shape[2 + ax]
-                dx = b.concat([dx, b.constant(0, shape: zs)], axis: 2 + ax)
+            for ax in 0..<2 {
+                let hi = Swift.min(dx.shape[2 + ax], p[ax] + full[ax])
+                guard hi > p[ax] else { dx = b.constant(0, shape: x.shape); break }
+                dx = b.slice(dx, axis: 2 + ax, p[ax]..<hi)
+                if dx.shape[2 + ax] < full[ax] {
+                    var zs = dx.shape
+                    zs[2 + ax] = full[ax] - dx.shape[2 + ax]
+                    dx = b.concat([dx, b.constant(0, shape: zs)], axis: 2 + ax)
+                }
             }
             out[0] = dx
         }

@@ -383,6 +383,22 @@ final class AutodiffTests: XCTestCase {
         }
     }
 
+    /// The whole gradient graph of an attention layer at 1024 tokens (forward kernel, then
+    /// attention_grad, default pipeline) against the interpreter's evaluation of it.
+    func testAttentionGradientGraphAt1024Tokens() throws {
+        for (k, d) in [32, 64, 128].enumerated() {
+            let b = GraphBuilder(name: "attention_1024_\(d)")
+            let t = TensorType.f32([1, 1024, 2, d])
+            let (q, kk, v) = (b.input("q", t), b.input("k", t), b.input("v", t))
+            b.output("loss", b.attention(q, kk, v, scale: 1 / Double(d).squareRoot()) * b.input("r", t))
+            let grad = try gradientGraph(try b.finish(), loss: "loss", wrt: ["q", "k", "v"])
+            XCTAssertEqual(grad.nodes.filter { $0.op == .attention_grad }.count, 1)
+            let results = try assertCompiledMatchesInterpreter(Module(grad), inputs: randomInputs(grad, seed: UInt64(k + 20)),
+                                                               passes: defaultPipeline, tolerance: 2e-5)
+            print("attention 1024 tokens, D = \(d): " + results.sorted { $0.key < $1.key }.map { "\($0.key) rel-L2 \($0.value.relativeL2)" }.joined(separator: ", "))
+        }
+    }
+
     func testScatterAddKernel() throws {
         for (k, (rows, idxShape, row)) in [(7, [5], [3]), (11, [2, 9], [17]), (5, [40], [4100])].enumerated() {
             let b = GraphBuilder(name: "scatter_add_\(k)")

@@ -63,6 +63,11 @@ final class GradCLITests: XCTestCase {
         let gradIR = try String(contentsOfFile: "\(dir)/ir/001_autodiff.ir", encoding: .utf8)
         XCTAssertTrue(gradIR.contains("output \"grad:fc.weight\""), gradIR)
 
+        // The pass from dump-ir, options given as pass options.
+        let d = try arcflow(["dump-ir", "net.ir", "--passes", "autodiff", "--pass-option", "autodiff.loss=y", "--pass-option", "autodiff.wrt=x"])
+        XCTAssertEqual(d.status, 0, d.err)
+        XCTAssertTrue(d.out.contains("output \"grad:x\""), d.out)
+
         // Inputs too, by name.
         let x = try arcflow(base + ["-o", "gx.safetensors", "--wrt", "x,fc.bias"])
         XCTAssertEqual(x.status, 0, x.err)
