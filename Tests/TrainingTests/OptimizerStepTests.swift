@@ -148,7 +148,9 @@ final class OptimizerStepTests: XCTestCase {
             let (_, norm) = try s.run(lr: 0.01, emaBeta: 0.95)
             XCTAssertFalse(norm.isFinite, "norm with a \(bad) gradient")
             if bad.isNaN { XCTAssertTrue(norm.isNaN) } else { XCTAssertEqual(norm, .infinity) }
-            XCTAssertEqual(try names.map { try s.bytes($0) }, before, "state changed by a \(bad) gradient")
+            for (k, name) in names.enumerated() {
+                XCTAssertTrue(try s.bytes(name) == before[k], "\(name) changed by a \(bad) gradient")
+            }
         }
         XCTAssertEqual(s.stepCount, 4)
         XCTAssertEqual(s.appliedSteps, 2)
