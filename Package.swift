@@ -7,13 +7,13 @@ let package = Package(
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
         .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld",
-                                            "Tokenizers", "Generation"]),
+                                            "Tokenizers", "Generation", "Training"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
         .target(name: "Passes", dependencies: ["IR"], path: "Sources/Passes"),
         .target(name: "Codegen", dependencies: ["IR"], path: "Sources/Codegen",
-                resources: [.embedInCode("Prelude/prelude.h")]),
+                resources: [.embedInCode("Prelude/prelude.h"), .embedInCode("Prelude/autodiff.h")]),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.
         .target(name: "Imaging", path: "Sources/Imaging"),
@@ -24,7 +24,9 @@ let package = Package(
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         // Text-to-image at run time: tokenizers → compiled encoders → sampler → decoder → image.
         .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs"], path: "Sources/Generation"),
-        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation"],
+        // The training driver (resident state, batches, logs): not the compiler, so its own module.
+        .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
+        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training"],
                           path: "Tools/arcflow"),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
@@ -32,11 +34,13 @@ let package = Package(
                     exclude: ["Golden"]),
         // Depends on the arcflow executable so `swift test` builds it: CLITests run it as a process.
         .testTarget(name: "RuntimeTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "arcflow", "TestSupport"],
-                    path: "Tests/RuntimeTests"),
+                    path: "Tests/RuntimeTests", exclude: ["Fixtures"]),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "IR"], path: "Tests/TokenizersTests",
                     exclude: ["Fixtures"]),
+        .testTarget(name: "TrainingTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Training", "arcflow", "TestSupport"],
+                    path: "Tests/TrainingTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]

@@ -48,8 +48,11 @@ public struct CProgram {
 }
 
 public enum CCodegen {
-    /// The C prelude every translation unit starts with (math, row kernels, attention).
-    public static var prelude: String { String(decoding: PackageResources.prelude_h, as: UTF8.self) }
+    /// The C prelude every translation unit starts with (math, row kernels, attention), then
+    /// the autodiff kernels (attention backward, scatter_add).
+    public static var prelude: String {
+        String(decoding: PackageResources.prelude_h, as: UTF8.self) + "\n" + String(decoding: PackageResources.autodiff_h, as: UTF8.self)
+    }
 
     /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).

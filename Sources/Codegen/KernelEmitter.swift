@@ -157,6 +157,23 @@ enum KernelEmitter {
             // A causal query i sees i + 1 keys: sq·(sq + 1)/2 query-key pairs instead of sq·sk.
             k.flops = 4.0 * Double(b * h * d) * (causal ? Double(sq * (sq + 1)) / 2 : Double(sq * sk))
             return [k]
+        case .attention_grad:
+            // Operands q, k, v, [bias], out, dout; see af_attention_grad in Prelude/autodiff.h.
+            let (b, sq, h, d) = (operandTypes[0].shape[0], operandTypes[0].shape[1], operandTypes[0].shape[2], operandTypes[0].shape[3])
+            let sk = operandTypes[1].shape[1]
+            let hasBias = operandTypes.count == 6
+            let (o, g) = (hasBias ? "in4" : "in3", hasBias ? "in5" : "in4")
+            let part = node.attributes["part"]?.stringValue ?? "qkv"
+            let fn = part == "bias" ? "af_attention_bias_grad" : "af_attention_grad"
+            var k = simpleCall(label: "\(fn.dropFirst(3))_\(b)x\(sq)x\(sk)x\(h)x\(d)", node: node, operandTypes,
+                               call: "\(fn)(in0, in1, in2, \(hasBias ? "in3" : "NULL"), \(o), \(g), out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, "
+                                   + "\(cFloat(Float(node.float("scale")!))), \(node.flag("causal") ? 1 : 0));")
+            k.flops = (part == "bias" ? 8.0 : 16.0) * Double(b * h * sq * sk * d) * (node.flag("causal") ? 0.5 : 1)
+            return [k]
+        case .scatter_add:
+            let width = node.type.shape.dropFirst().reduce(1, *)
+            return [simpleCall(label: "scatter_add_\(shapeLabel(node.type.shape))", node: node, operandTypes,
+                               call: "af_scatter_add(in0, in1, out, \(operandTypes[1].count)L, \(node.type.shape[0])L, \(width)L);")]
         case .constant:
             return [constant(node)]
         case .arc_step:

@@ -23,12 +23,13 @@ public enum OpCode: String, CaseIterable, Hashable, Sendable {
     case group_norm
     // Batched matrix multiply with optional transposes.
     case matmul
-    // Data movement; gather picks rows of a table by (integer-valued) f32 indices.
-    case reshape, transpose, slice, concat, broadcast, gather
+    // Data movement; gather picks rows of a table by (integer-valued) f32 indices, scatter_add
+    // sums rows into a zero table at those indices (gather's transpose: embedding gradients).
+    case reshape, transpose, slice, concat, broadcast, gather, scatter_add
     // 2-D convolution, NCHW activations, OIHW weights (cross-correlation, as PyTorch).
     case conv2d
-    // Composite transformer ops.
-    case rope, attention
+    // Composite transformer ops; attention_grad is attention's backward (Derivatives.swift).
+    case rope, attention, attention_grad
     // One closed-form ArcFlow step (reference §3.2), made by the fold-arc-integral pass.
     case arc_step
     // A fused kernel: the node's region computes its value from its operands.

@@ -93,7 +93,14 @@ public enum Interpreter {
         case .gather:
             return try gatherRows(args[0], indices: args[1], type: type)
         case .conv2d:
-            return conv2d(args[0], args[1], stride: node.ints("stride") ?? [1, 1], padding: node.ints("padding") ?? [0, 0], type: type)
+            return conv2d(args[0], args[1], stride: node.ints("stride") ?? [1, 1], padding: node.ints("padding") ?? [0, 0],
+                          dilation: node.ints("dilation") ?? [1, 1], type: type)
+        case .scatter_add:
+            return try scatterAddRows(args[0], indices: args[1], type: type)
+        case .attention_grad:
+            let n = args.count
+            return attentionGrad(args[0], args[1], args[2], bias: n == 6 ? args[3] : nil, out: args[n - 2], dout: args[n - 1],
+                                 scale: node.float("scale")!, causal: node.flag("causal"), part: node.attributes["part"]!.stringValue!, type: type)
         case .matmul:
             return matmul(args[0], args[1], transposeA: node.flag("transpose_a"), transposeB: node.flag("transpose_b"), type: type)
         case .reshape:
@@ -459,8 +466,71 @@ public enum Interpreter {
         return Tensor(type, out)
     }
 
-    /// Cross-correlation of x [N, C, H, W] with w [O, C, KH, KW], zero padding, f64 accumulation.
-    static func conv2d(_ x: Tensor, _ w: Tensor, stride: [Int], padding: [Int], type: TensorType) -> Tensor {
+    /// Sums rows of `updates` [P..., D...] into a zero table [V, D...] at integer-valued indices
+    /// [P...] (gather's transpose), in f64; an index outside [0, V) is an error, as for gather.
+    static func scatterAddRows(_ updates: Tensor, indices: Tensor, type: TensorType) throws -> Tensor {
+        let rows = type.shape[0]
+        let width = type.shape.dropFirst().reduce(1, *)
+        var acc = [Double](repeating: 0, count: type.count)
+        for (p, f) in indices.data.enumerated() {
+            guard f >= 0, f < Float(rows), f == f.rounded() else { throw ArcError("scatter_add: index \(f) is not a row of a table with \(rows) rows") }
+            let r = Int(f)
+            for e in 0..<width { acc[r * width + e] += Double(updates.data[p * width + e]) }
+        }
+        return Tensor(type, acc.map { Float($0) })
+    }
+
+    /// Attention's backward, per batch, head and query row i, with P = softmax(s), s_ij = scale·q_i·k_j + bias_hij:
+    ///   ∂v_j += P_ij·dout_i;  dP_ij = dout_i·v_j;  ds_ij = P_ij·(dP_ij − Δ_i), Δ_i = dout_i·out_i (= Σ_j P_ij·dP_ij);
+    ///   ∂q_i += scale·ds_ij·k_j;  ∂k_j += scale·ds_ij·q_i;  ∂bias_hij += ds_ij (summed over the batch).
+    /// Part "qkv" returns [B, Sq + 2·Sk, H, D] = ∂q | ∂k | ∂v along the sequence axis; "bias" returns ∂bias.
+    static func attentionGrad(_ q: Tensor, _ k: Tensor, _ v: Tensor, bias: Tensor?, out: Tensor, dout: Tensor,
+                              scale: Double, causal: Bool, part: String, type: TensorType) -> Tensor {
+        let (b, sq, h, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+        let sk = k.shape[1]
+        let total = sq + 2 * sk
+        var result = [Double](repeating: 0, count: type.count)
+        var p = [Double](repeating: 0, count: sk)
+        for bi in 0..<b {
+            for hi in 0..<h {
+                for i in 0..<sq {
+                    let qb = ((bi * sq + i) * h + hi) * d
+                    let visible = causal ? i + 1 : sk
+                    var m = -Double.infinity
+                    for j in 0..<visible {
+                        let kb = ((bi * sk + j) * h + hi) * d
+                        var dot = 0.0
+                        for c in 0..<d { dot += Double(q.data[qb + c]) * Double(k.data[kb + c]) }
+                        p[j] = dot * scale + (bias.map { Double($0.data[(hi * sq + i) * sk + j]) } ?? 0)
+                        m = Swift.max(m, p[j])
+                    }
+                    var sum = 0.0
+                    for j in 0..<visible { p[j] = Foundation_exp(p[j] - m); sum += p[j] }
+                    var delta = 0.0
+                    for c in 0..<d { delta += Double(dout.data[qb + c]) * Double(out.data[qb + c]) }
+                    for j in 0..<visible {
+                        let pj = p[j] / sum
+                        let kb = ((bi * sk + j) * h + hi) * d
+                        var dp = 0.0
+                        for c in 0..<d { dp += Double(dout.data[qb + c]) * Double(v.data[kb + c]) }
+                        let ds = pj * (dp - delta)
+                        if part == "bias" { result[(hi * sq + i) * sk + j] += ds; continue }
+                        let at = { (row: Int, c: Int) in ((bi * total + row) * h + hi) * d + c }
+                        for c in 0..<d {
+                            result[at(i, c)] += scale * ds * Double(k.data[kb + c])
+                            result[at(sq + j, c)] += scale * ds * Double(q.data[qb + c])
+                            result[at(sq + sk + j, c)] += pj * Double(dout.data[qb + c])
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(type, result.map { Float($0) })
+    }
+
+    /// Cross-correlation of x [N, C, H, W] with w [O, C, KH, KW] (taps `dilation` apart), zero
+    /// padding, f64 accumulation.
+    static func conv2d(_ x: Tensor, _ w: Tensor, stride: [Int], padding: [Int], dilation: [Int] = [1, 1], type: TensorType) -> Tensor {
         let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let (o, kh, kw) = (w.shape[0], w.shape[2], w.shape[3])
         let (ho, wo) = (type.shape[2], type.shape[3])
@@ -472,10 +542,10 @@ public enum Interpreter {
                         var acc = 0.0
                         for ic in 0..<c {
                             for dy in 0..<kh {
-                                let iy = y * stride[0] - padding[0] + dy
+                                let iy = y * stride[0] - padding[0] + dy * dilation[0]
                                 if iy < 0 || iy >= h { continue }
                                 for dx in 0..<kw {
-                                    let ix = xo * stride[1] - padding[1] + dx
+                                    let ix = xo * stride[1] - padding[1] + dx * dilation[1]
                                     if ix < 0 || ix >= wd { continue }
                                     acc += Double(x.data[((ni * c + ic) * h + iy) * wd + ix]) * Double(w.data[((oc * c + ic) * kh + dy) * kw + dx])
                                 }

@@ -216,21 +216,54 @@ public enum OpSemantics {
             if idx.dtype != .f32 { throw ArcError("indices must be f32 (integer values), got \(idx)") }
             return table.with(shape: idx.shape + Array(table.shape.dropFirst()))
 
+        case .scatter_add:
+            // updates [indices..., D...], indices f32[...] (integers in [0, V)) → declared [V, D...].
+            try need(2)
+            try needF32(operands)
+            let d = try needDeclared()
+            let (upd, idx) = (operands[0], operands[1])
+            if d.rank < 1 || upd.shape != idx.shape + Array(d.shape.dropFirst()) {
+                throw ArcError("updates \(upd) must be indices \(idx) followed by the row shape of \(d)")
+            }
+            return d
+
+        case .attention_grad:
+            // Operands q, k, v, [bias], out, dout (out = attention(q, k, v, [bias]), dout = ∂L/∂out).
+            // part "qkv": [B, Sq + 2·Sk, H, D] holding ∂q | ∂k | ∂v along the sequence axis (one
+            // kernel computes all three); part "bias": ∂bias [H, Sq, Sk] (summed over the batch).
+            if operands.count != 5 && operands.count != 6 { throw ArcError("expects q, k, v, an optional bias, out and dout, got \(operands.count) operands") }
+            let forward = try resultType(.attention, operands: Array(operands.dropLast(2)), attributes: attributes, declared: nil)
+            if operands[operands.count - 2] != forward || operands[operands.count - 1] != forward {
+                throw ArcError("out and dout must be \(forward), got \(operands[operands.count - 2]) and \(operands[operands.count - 1])")
+            }
+            let (q, k) = (operands[0], operands[1])
+            switch attributes["part"]?.stringValue {
+            case "qkv": return q.with(shape: [q.shape[0], q.shape[1] + 2 * k.shape[1], q.shape[2], q.shape[3]])
+            case "bias":
+                if operands.count != 6 { throw ArcError("part \"bias\" needs a bias operand") }
+                return operands[3]
+            default: throw ArcError("needs 'part', \"qkv\" or \"bias\"")
+            }
+
         case .conv2d:
-            // x [N, C, H, W], w [O, C, KH, KW]; stride [sh, sw], padding [ph, pw] (zeros, both sides).
+            // x [N, C, H, W], w [O, C, KH, KW]; stride [sh, sw], padding [ph, pw] (zeros, both sides),
+            // dilation [dh, dw] (kernel taps dh, dw apart; default 1: the weight gradient of a strided
+            // convolution is a dilated one).
             try need(2)
             try needF32(operands)
             let (x, w) = (operands[0], operands[1])
             if x.rank != 4 || w.rank != 4 { throw ArcError("x must be [N, C, H, W] and w [O, C, KH, KW], got \(x) and \(w)") }
             if w.shape[1] != x.shape[1] { throw ArcError("w \(w) expects \(w.shape[1]) input channels, x \(x) has \(x.shape[1])") }
             let stride = attributes["stride"]?.intsValue ?? [1, 1], pad = attributes["padding"]?.intsValue ?? [0, 0]
-            if stride.count != 2 || pad.count != 2 || stride.contains(where: { $0 < 1 }) || pad.contains(where: { $0 < 0 }) {
-                throw ArcError("'stride' must be two integers >= 1 and 'padding' two integers >= 0")
+            let dil = attributes["dilation"]?.intsValue ?? [1, 1]
+            if stride.count != 2 || pad.count != 2 || dil.count != 2 || stride.contains(where: { $0 < 1 }) || pad.contains(where: { $0 < 0 }) || dil.contains(where: { $0 < 1 }) {
+                throw ArcError("'stride' and 'dilation' must be two integers >= 1 and 'padding' two integers >= 0")
             }
-            let ho = (x.shape[2] + 2 * pad[0] - w.shape[2]) / stride[0] + 1
-            let wo = (x.shape[3] + 2 * pad[1] - w.shape[3]) / stride[1] + 1
-            if x.shape[2] + 2 * pad[0] < w.shape[2] || x.shape[3] + 2 * pad[1] < w.shape[3] {
-                throw ArcError("kernel \(w.shape[2])×\(w.shape[3]) is larger than the padded input \(x)")
+            let kh = dil[0] * (w.shape[2] - 1) + 1, kw = dil[1] * (w.shape[3] - 1) + 1
+            let ho = (x.shape[2] + 2 * pad[0] - kh) / stride[0] + 1
+            let wo = (x.shape[3] + 2 * pad[1] - kw) / stride[1] + 1
+            if x.shape[2] + 2 * pad[0] < kh || x.shape[3] + 2 * pad[1] < kw {
+                throw ArcError("kernel \(w.shape[2])×\(w.shape[3]) (dilated \(kh)×\(kw)) is larger than the padded input \(x)")
             }
             return x.with(shape: [x.shape[0], w.shape[0], ho, wo])
 

@@ -6,6 +6,7 @@ import IR
 public let allPasses: [Pass] = [
     foldConstants, fuseLoRA, foldArcIntegral, commonSubexpressionElimination, liftWeights,
     deadCodeElimination, fuseElementwise, planMemory,
+    autodiff,   // not in the default pipeline: `arcflow grad` puts it first
 ]
 
 public func pass(named name: String) -> Pass? { allPasses.first { $0.name == name } }

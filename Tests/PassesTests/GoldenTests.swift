@@ -1,5 +1,6 @@
 // Golden pass tests in the FileCheck spirit: each Golden/<name>.ir holds `// RUN: <passes>`,
-// the input graph, `// CHECK:`, and the exact expected output.
+// optionally `// OPTIONS: key=value ...` (pass options, e.g. autodiff.loss=y), the input graph,
+// `// CHECK:`, and the exact expected output.
 
 import Foundation
 import IR
@@ -20,6 +21,12 @@ final class GoldenTests: XCTestCase {
             }
             var options = PipelineOptions()
             options.passes = run.dropFirst("// RUN: ".count).split(separator: ",").map(String.init)
+            for line in text.split(separator: "\n") where line.hasPrefix("// OPTIONS: ") {
+                for kv in line.dropFirst("// OPTIONS: ".count).split(separator: " ") {
+                    let parts = kv.split(separator: "=", maxSplits: 1).map(String.init)
+                    options.context.options[parts[0]] = parts.count > 1 ? parts[1] : ""
+                }
+            }
             let input = try Parser.parseVerified(String(text[..<check.lowerBound]))
             let expected = String(text[check.upperBound...])
             let (output, _) = try runPipeline(input, options)

@@ -11,6 +11,7 @@ let pipelineOptionSpecs: [OptionSpec] = [
     OptionSpec(names: ["--print-after"], value: "PASS", help: "print the IR to stderr after PASS, or 'all' (repeatable)", repeatable: true),
     OptionSpec(names: ["--time-passes"], value: nil, help: "print the time each pass took"),
     OptionSpec(names: ["--dump-ir"], value: "DIR", help: "write the IR before and after every pass: 000_input.ir, 001_<pass>.ir, …"),
+    OptionSpec(names: ["--pass-option"], value: "KEY=VALUE", help: "an option of a pass, e.g. autodiff.loss=y (repeatable)", repeatable: true),
 ]
 
 let passHelp = "passes: " + allPasses.map { "\n  \($0.name.padding(toLength: 18, withPad: " ", startingAt: 0))\($0.summary)" }.joined()
@@ -28,6 +29,10 @@ func pipelineOptions(_ args: ParsedArguments, _ spec: CommandSpec) throws -> Pip
         throw UsageError("unknown pipeline '\(p)' (known: default)", spec)
     }
     options.disabled = Set(args.all("--disable-pass"))
+    for kv in args.all("--pass-option") {
+        guard let eq = kv.firstIndex(of: "="), eq != kv.startIndex else { throw UsageError("--pass-option expects KEY=VALUE, got '\(kv)'", spec) }
+        options.context.options[String(kv[..<eq])] = String(kv[kv.index(after: eq)...])
+    }
     let printAfter = Set(args.all("--print-after"))
     for name in options.passes + Array(options.disabled) + printAfter.filter({ $0 != "all" }) where pass(named: name) == nil {
         throw UsageError("unknown pass '\(name)' (known: \(allPasses.map(\.name).joined(separator: ", ")))", spec)

@@ -69,25 +69,40 @@ func randomInputsCommand(_ argv: [String]) throws {
 }
 
 let exampleSpec = CommandSpec(
-    name: "example", usage: "example (mlp | transformer-block) [--tokens N] [--width D] [--heads H]",
+    name: "example", usage: "example (mlp | mlp-regression | transformer-block) [--tokens N] [--width D] [--heads H] [--batch B] [--loss] [--data D.safetensors --rows N --seed S]",
     summary: "Print an example graph as IR text (examples/*.ir are made with this).",
     options: [
         OptionSpec(names: ["--tokens"], value: "N", help: "sequence length of the transformer block (default 1024)"),
         OptionSpec(names: ["--width"], value: "D", help: "model width (default 768)"),
         OptionSpec(names: ["--heads"], value: "H", help: "attention heads (default 12)"),
-    ])
+        OptionSpec(names: ["--loss"], value: nil, help: "transformer-block: add input 'target' and output 'loss' (MSE), for training"),
+        OptionSpec(names: ["--batch"], value: "B", help: "mlp-regression: rows per step (default 32)"),
+        OptionSpec(names: ["--data"], value: "D.safetensors", help: "mlp-regression: also write a data file (x, target = sin(x·W)) for `arcflow train`"),
+        OptionSpec(names: ["--rows"], value: "N", help: "rows in the data file (default 4096)"),
+        OptionSpec(names: ["--seed"], value: "S", help: "seed of the data (default 0)"),
+    ],
+    details: "mlp-regression is an MLP whose output 'loss' is the mean squared error against 'target': train it with `arcflow train`.")
 
 func exampleCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, exampleSpec, maxPositional: 1)
     let graph: Graph
     switch args.positional.first {
     case "mlp": graph = try ExampleGraphs.mlp()
+    case "mlp-regression":
+        graph = try ExampleGraphs.mlpRegression(batch: try args.int("--batch", exampleSpec, default: 32, min: 1)!)
+        if let path = args.value("--data") {
+            let data = ExampleGraphs.mlpRegressionData(rows: try args.int("--rows", exampleSpec, default: 4096, min: 1)!,
+                                                       seed: UInt64(try args.int("--seed", exampleSpec, default: 0, min: 0)!))
+            try writeSafeTensors(data.sorted { $0.key < $1.key }.map { TensorRecord(name: $0.key, dtype: .f32, shape: $0.value.shape, payload: .floats($0.value.data)) },
+                                 to: path)
+        }
     case "transformer-block":
         graph = try ExampleGraphs.transformerBlock(tokens: try args.int("--tokens", exampleSpec, default: 1024, min: 1)!,
                                                    width: try args.int("--width", exampleSpec, default: 768, min: 1)!,
-                                                   heads: try args.int("--heads", exampleSpec, default: 12, min: 1)!)
-    case let other?: throw UsageError("unknown example '\(other)' (known: mlp, transformer-block)", exampleSpec)
-    case nil: throw UsageError("name an example: mlp or transformer-block", exampleSpec)
+                                                   heads: try args.int("--heads", exampleSpec, default: 12, min: 1)!,
+                                                   loss: args.has("--loss"))
+    case let other?: throw UsageError("unknown example '\(other)' (known: mlp, mlp-regression, transformer-block)", exampleSpec)
+    case nil: throw UsageError("name an example: mlp, mlp-regression or transformer-block", exampleSpec)
     }
     print(Printer.print(graph), terminator: "")
 }
