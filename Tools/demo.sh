@@ -2,7 +2,10 @@
 # The main job end to end on a fresh machine: set-up, release build, then
 #  1. the transformer-block example: random weights, compile (IR dumps and C kept), run, bench;
 #  2. FLUX + ArcFlow: the committed small FLUX checkpoint (bf16) and its K=16 ArcFlow adapter (f16)
-#     compiled into a 2-step sampler, latents generated from the committed prompt embeddings.
+#     compiled into a 2-step sampler, latents generated from the committed prompt embeddings;
+#  3. prompt → PNG: the committed tiny random FluxPipeline (CLIP, T5, transformer, VAE, tokenizers)
+#     compiled into a pipeline folder, then PNGs from a prompt and from a prompt file. Its weights
+#     are random, so the pictures are noise: it shows the path a real FLUX.1 folder takes.
 # Everything lands in ${ARCFLOW_DEMO_DIR:-out/demo}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +30,12 @@ $arcflow compile --transformer "$fx/transformer" --adapter "$fx/adapter-k16" --s
 $arcflow generate --model "$out/flux-arc2" --embeddings "$fx/case.safetensors" --seed 0 \
   --output-latents "$out/flux-latents.safetensors"
 $arcflow bench --model "$out/flux-arc2" --runs 5
-echo "outputs in $out (IR dumps: $out/block-ir, $out/flux-ir; generated C: $out/block/c)"
+
+echo "== prompt → PNG (tiny random FluxPipeline: teacher, 4 Euler steps, dynamic shifting)"
+pipe=Tests/ArcFlowGraphsTests/Fixtures/pipeline
+$arcflow compile --pipeline "$pipe" --height 48 --width 80 --text-tokens 32 --steps 4 -o "$out/pipeline"
+$arcflow tokenize --model "$out/pipeline" --prompt "a photo of a cat"
+$arcflow generate --model "$out/pipeline" --prompt "a photo of a cat" --seed 42 -o "$out/cat.png"
+printf 'a photo of a cat\na red fox jumping over the lazy dog\n' > "$out/prompts.txt"
+$arcflow generate --model "$out/pipeline" --prompts "$out/prompts.txt" --seed 7 -o "$out/images"
+echo "outputs in $out (IR dumps: $out/block-ir, $out/flux-ir; generated C: $out/block/c; PNGs: $out/cat.png, $out/images/)"
