@@ -3,142 +3,170 @@
  * Appended to prelude.h in every translation unit; uses its macros (AF__UNUSED).
  * ====================================================================================== */
 
-/* s_ij = scale * <q_i, k_j> + bias_ij for one query row and one key row (float lanes). */
-static inline float af__attn_logit(const float *restrict qi, const float *restrict kj, long D,
-                                   float scale, float bias) {
-    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-    for (long d = 0; d < D; d++) dot += qi[d] * kj[d];
-    return dot * scale + bias;
+/* Attention's backward works on tiles of AF__BWD_T queries x AF__BWD_T keys of one (b, h): the
+ * logits, probabilities and their gradients of one tile live in two AF__BWD_T^2 scratch
+ * buffers per thread, never an Sq x Sk matrix.  The tile products are small GEMMs through
+ * OpenBLAS (single-threaded inside the parallel region); q, k, v, dout and the gradients are
+ * read and written in place in their [B, S, H, D] layout (row stride H*D). */
+#define AF__BWD_T 64L
+
+/* st = scale * q_tile . k_blockT + bias, -inf where the causal mask hides a key. */
+static void af__bwd_logits(const float *restrict q, const float *restrict k, long ld, long rq,
+                           long kb, long D, float scale, const float *restrict bias, long Sk,
+                           int causal, long i0, long j0, float *restrict st) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rq, (int)kb, (int)D, scale, q, (int)ld,
+                k, (int)ld, 0.0f, st, (int)AF__BWD_T);
+    for (long r = 0; r < rq; r++) {
+        float *row = st + r * AF__BWD_T;
+        if (bias) for (long c = 0; c < kb; c++) row[c] += bias[r * Sk + c];
+        if (causal) for (long c = i0 + r + 1 - j0 < 0 ? 0 : i0 + r + 1 - j0; c < kb; c++) row[c] = -INFINITY;
+    }
 }
 
-static inline float af__dot(const float *restrict a, const float *restrict b, long D) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (long d = 0; d < D; d++) s += a[d] * b[d];
-    return s;
-}
-
-/* Per (b, h, i): lse_i = log sum_j exp(s_ij) over the visible keys (one pass with a running
- * max, rescaling the sum when the max grows) and delta_i = <dout_i, out_i> = sum_j P_ij dP_ij,
- * the row term of the softmax backward.  Arrays are [B, H, Sq]. */
+/* Per (b, h, i): lse_i = log sum_j exp(s_ij) over the visible keys (tile max, then the running
+ * sum rescaled when the max grows) and delta_i = <dout_i, out_i> = sum_j P_ij dP_ij, the row
+ * term of the softmax backward.  Arrays are [B, H, Sq]. */
 static void af__attn_bwd_stats(const float *restrict q, const float *restrict k,
                                const float *restrict bias, const float *restrict out,
                                const float *restrict dout, float *restrict lse,
                                float *restrict delta, long B, long Sq, long Sk, long H, long D,
-                               float scale, int causal) {
-    long ld = H * D;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (long bh = 0; bh < B * H; bh++) {
-        for (long i = 0; i < Sq; i++) {
-            long b = bh / H, h = bh % H;
-            const float *qi = q + (b * Sq + i) * ld + h * D;
-            long visible = causal ? i + 1 : Sk;
-            float m = -INFINITY, s = 0.0f;
-            for (long j = 0; j < visible; j++) {
-                float x = af__attn_logit(qi, k + (b * Sk + j) * ld + h * D, D, scale,
-                                         bias ? bias[(h * Sq + i) * Sk + j] : 0.0f);
-                if (x > m) { s = s * expf(m - x) + 1.0f; m = x; } else s += expf(x - m);
+                               float scale, int causal, float *restrict scratch) {
+    long ld = H * D, nqt = (Sq + AF__BWD_T - 1) / AF__BWD_T;
+#pragma omp parallel for schedule(dynamic)
+    for (long t = 0; t < B * H * nqt; t++) {
+        float *st = scratch + (size_t)omp_get_thread_num() * (size_t)(2 * AF__BWD_T * AF__BWD_T);
+        long bh = t / nqt, i0 = (t % nqt) * AF__BWD_T, b = bh / H, h = bh % H;
+        long rq = Sq - i0 < AF__BWD_T ? Sq - i0 : AF__BWD_T;
+        float m[AF__BWD_T], l[AF__BWD_T];
+        for (long r = 0; r < rq; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
+        for (long j0 = 0; j0 < (causal ? i0 + rq : Sk); j0 += AF__BWD_T) {
+            long kb = Sk - j0 < AF__BWD_T ? Sk - j0 : AF__BWD_T;
+            af__bwd_logits(q + (b * Sq + i0) * ld + h * D, k + (b * Sk + j0) * ld + h * D, ld, rq, kb, D, scale,
+                           bias ? bias + (h * Sq + i0) * Sk + j0 : NULL, Sk, causal, i0, j0, st);
+            for (long r = 0; r < rq; r++) {
+                const float *row = st + r * AF__BWD_T;
+                float bm = -INFINITY, sum = 0.0f;
+                for (long c = 0; c < kb; c++) bm = row[c] > bm ? row[c] : bm;
+                if (bm == -INFINITY) continue;
+                float mn = bm > m[r] ? bm : m[r];
+#pragma omp simd reduction(+ : sum)
+                for (long c = 0; c < kb; c++) sum += af_exp(row[c] - mn);
+                l[r] = l[r] * af_exp(m[r] - mn) + sum;
+                m[r] = mn;
             }
-            lse[bh * Sq + i] = m + logf(s);
-            const long r = (b * Sq + i) * ld + h * D;
-            delta[bh * Sq + i] = af__dot(dout + r, out + r, D);
+        }
+        for (long r = 0; r < rq; r++) {
+            lse[bh * Sq + i0 + r] = m[r] + logf(l[r]);
+            const long at = (b * Sq + i0 + r) * ld + h * D;
+            float dl = 0.0f;
+#pragma omp simd reduction(+ : dl)
+            for (long d = 0; d < D; d++) dl += dout[at + d] * out[at + d];
+            delta[bh * Sq + i0 + r] = dl;
         }
     }
 }
 
-#define AF__BWD_KB 32L
+/* One tile: pt = P = exp(s - lse) and dt = dS = P (dP - delta) with dP = dout_tile . v_blockT. */
+static void af__bwd_tile(const float *restrict q, const float *restrict k, const float *restrict v,
+                         const float *restrict g, const float *restrict bias, const float *restrict lse,
+                         const float *restrict delta, long ld, long rq, long kb, long D, float scale,
+                         long Sk, int causal, long i0, long j0, float *restrict pt, float *restrict dt) {
+    af__bwd_logits(q, k, ld, rq, kb, D, scale, bias, Sk, causal, i0, j0, pt);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rq, (int)kb, (int)D, 1.0f, g, (int)ld, v, (int)ld,
+                0.0f, dt, (int)AF__BWD_T);
+    for (long r = 0; r < rq; r++) {
+        float *p = pt + r * AF__BWD_T, *ds = dt + r * AF__BWD_T;
+        const float li = lse[r], di = delta[r];
+#pragma omp simd
+        for (long c = 0; c < kb; c++) { p[c] = af_exp(p[c] - li); ds[c] = p[c] * (ds[c] - di); }
+    }
+}
 
 /* Attention backward without an Sq x Sk buffer (FlashAttention's backward, in two sweeps so no
  * two threads ever add to the same row):
- *   sweep 1, parallel over (b, h, block of AF__BWD_KB keys): for every query row, recompute
- *     P_ij = exp(s_ij - lse_i), dP_ij = <dout_i, v_j>, dS_ij = P_ij (dP_ij - delta_i), and
- *     accumulate dv_j += P_ij dout_i, dk_j += scale dS_ij q_i;
- *   sweep 2, parallel over (b, h, i): dq_i = scale sum_j dS_ij k_j.
- * out: [B, Sq + 2 Sk, H, D] = dq | dk | dv along the sequence axis. */
+ *   sweep 1, parallel over (b, h, key block): for every query tile, recompute P and dS and
+ *     accumulate dv_block += P^T dout_tile, dk_block += scale dS^T q_tile;
+ *   sweep 2, parallel over (b, h, query tile): dq_tile += scale dS k_block over the key blocks.
+ * out: [B, Sq + 2 Sk, H, D] = dq | dk | dv along the sequence axis.  With part_bias, out is
+ * dbias [H, Sq, Sk] = sum_b dS (inherently Sq x Sk, as the bias is; sweep 2 only, the batch
+ * looped inside each task so every dbias row has one writer). */
+static void af__attention_bwd(const float *restrict q, const float *restrict k,
+                              const float *restrict v, const float *restrict bias,
+                              const float *restrict o, const float *restrict dout,
+                              float *restrict out, long B, long Sq, long Sk, long H, long D,
+                              float scale, int causal, int part_bias) {
+    long ld = H * D, total = Sq + 2 * Sk;
+    memset(out, 0, sizeof(float) * (size_t)(part_bias ? H * Sq * Sk : B * total * ld));
+    if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
+    long per = 2 * AF__BWD_T * AF__BWD_T;
+    int nth = omp_get_max_threads();
+    float *stats = (float *)malloc(sizeof(float) * (size_t)(2 * B * H * Sq + per * (long)nth));
+    if (!stats) abort();
+    float *lse = stats, *delta = stats + B * H * Sq, *scratch = stats + 2 * B * H * Sq;
+    af__attn_bwd_stats(q, k, bias, o, dout, lse, delta, B, Sq, Sk, H, D, scale, causal, scratch);
+    long nkb = (Sk + AF__BWD_T - 1) / AF__BWD_T, nqt = (Sq + AF__BWD_T - 1) / AF__BWD_T;
+    if (!part_bias) {
+#pragma omp parallel for schedule(dynamic)
+        for (long t = 0; t < B * H * nkb; t++) {
+            float *pt = scratch + (size_t)omp_get_thread_num() * (size_t)per, *dt = pt + AF__BWD_T * AF__BWD_T;
+            long bh = t / nkb, j0 = (t % nkb) * AF__BWD_T, b = bh / H, h = bh % H;
+            long kb = Sk - j0 < AF__BWD_T ? Sk - j0 : AF__BWD_T;
+            const float *kj = k + (b * Sk + j0) * ld + h * D, *vj = v + (b * Sk + j0) * ld + h * D;
+            float *dk = out + (b * total + Sq + j0) * ld + h * D, *dv = out + (b * total + Sq + Sk + j0) * ld + h * D;
+            for (long i0 = causal ? j0 / AF__BWD_T * AF__BWD_T : 0; i0 < Sq; i0 += AF__BWD_T) {
+                long rq = Sq - i0 < AF__BWD_T ? Sq - i0 : AF__BWD_T;
+                const float *qi = q + (b * Sq + i0) * ld + h * D, *gi = dout + (b * Sq + i0) * ld + h * D;
+                af__bwd_tile(qi, kj, vj, gi, bias ? bias + (h * Sq + i0) * Sk + j0 : NULL, lse + bh * Sq + i0,
+                             delta + bh * Sq + i0, ld, rq, kb, D, scale, Sk, causal, i0, j0, pt, dt);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, 1.0f, pt, (int)AF__BWD_T,
+                            gi, (int)ld, 1.0f, dv, (int)ld);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, scale, dt, (int)AF__BWD_T,
+                            qi, (int)ld, 1.0f, dk, (int)ld);
+            }
+        }
+    }
+    long tasks = part_bias ? H * nqt : B * H * nqt;
+#pragma omp parallel for schedule(dynamic)
+    for (long t = 0; t < tasks; t++) {
+        float *pt = scratch + (size_t)omp_get_thread_num() * (size_t)per, *dt = pt + AF__BWD_T * AF__BWD_T;
+        long outer = t / nqt, i0 = (t % nqt) * AF__BWD_T;
+        long rq = Sq - i0 < AF__BWD_T ? Sq - i0 : AF__BWD_T;
+        long b0 = part_bias ? 0 : outer / H, b1 = part_bias ? B : b0 + 1, h = outer % H;
+        for (long b = b0; b < b1; b++) {
+            long bh = b * H + h;
+            const float *qi = q + (b * Sq + i0) * ld + h * D, *gi = dout + (b * Sq + i0) * ld + h * D;
+            for (long j0 = 0; j0 < (causal ? i0 + rq : Sk); j0 += AF__BWD_T) {
+                long kb = Sk - j0 < AF__BWD_T ? Sk - j0 : AF__BWD_T;
+                const float *kj = k + (b * Sk + j0) * ld + h * D, *vj = v + (b * Sk + j0) * ld + h * D;
+                af__bwd_tile(qi, kj, vj, gi, bias ? bias + (h * Sq + i0) * Sk + j0 : NULL, lse + bh * Sq + i0,
+                             delta + bh * Sq + i0, ld, rq, kb, D, scale, Sk, causal, i0, j0, pt, dt);
+                if (part_bias) {
+                    for (long r = 0; r < rq; r++)
+                        for (long c = 0; c < kb; c++) out[(h * Sq + i0 + r) * Sk + j0 + c] += dt[r * AF__BWD_T + c];
+                } else {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rq, (int)D, (int)kb, scale, dt, (int)AF__BWD_T,
+                                kj, (int)ld, 1.0f, out + (b * total + i0) * ld + h * D, (int)ld);
+                }
+            }
+        }
+    }
+    free(stats);
+}
+
 static AF__UNUSED void af_attention_grad(const float *restrict q, const float *restrict k,
                                          const float *restrict v, const float *restrict bias,
                                          const float *restrict o, const float *restrict dout,
                                          float *restrict out, long B, long Sq, long Sk, long H,
                                          long D, float scale, int causal) {
-    long ld = H * D, total = Sq + 2 * Sk;
-    memset(out, 0, sizeof(float) * (size_t)(B * total * ld));
-    if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
-    float *lse = (float *)malloc(sizeof(float) * (size_t)(2 * B * H * Sq));
-    if (!lse) abort();
-    float *delta = lse + B * H * Sq;
-    af__attn_bwd_stats(q, k, bias, o, dout, lse, delta, B, Sq, Sk, H, D, scale, causal);
-    long nkb = (Sk + AF__BWD_KB - 1) / AF__BWD_KB;
-#pragma omp parallel for schedule(dynamic)
-    for (long t = 0; t < B * H * nkb; t++) {
-        long bh = t / nkb, j0 = (t % nkb) * AF__BWD_KB;
-        long b = bh / H, h = bh % H;
-        long j1 = j0 + AF__BWD_KB < Sk ? j0 + AF__BWD_KB : Sk;
-        for (long i = causal ? j0 : 0; i < Sq; i++) {
-            const float *qi = q + (b * Sq + i) * ld + h * D, *gi = dout + (b * Sq + i) * ld + h * D;
-            const float l = lse[bh * Sq + i], dl = delta[bh * Sq + i];
-            long jend = causal && i + 1 < j1 ? i + 1 : j1;
-            for (long j = j0; j < jend; j++) {
-                const float *kj = k + (b * Sk + j) * ld + h * D, *vj = v + (b * Sk + j) * ld + h * D;
-                float p = expf(af__attn_logit(qi, kj, D, scale, bias ? bias[(h * Sq + i) * Sk + j] : 0.0f) - l);
-                float ds = p * (af__dot(gi, vj, D) - dl) * scale;
-                float *dk = out + (b * total + Sq + j) * ld + h * D;
-                float *dv = out + (b * total + Sq + Sk + j) * ld + h * D;
-#pragma omp simd
-                for (long d = 0; d < D; d++) { dv[d] += p * gi[d]; dk[d] += ds * qi[d]; }
-            }
-        }
-    }
-#pragma omp parallel for collapse(2) schedule(static)
-    for (long bh = 0; bh < B * H; bh++) {
-        for (long i = 0; i < Sq; i++) {
-            long b = bh / H, h = bh % H;
-            const float *qi = q + (b * Sq + i) * ld + h * D, *gi = dout + (b * Sq + i) * ld + h * D;
-            float *dq = out + (b * total + i) * ld + h * D;
-            const float l = lse[bh * Sq + i], dl = delta[bh * Sq + i];
-            long visible = causal ? i + 1 : Sk;
-            for (long j = 0; j < visible; j++) {
-                const float *kj = k + (b * Sk + j) * ld + h * D, *vj = v + (b * Sk + j) * ld + h * D;
-                float p = expf(af__attn_logit(qi, kj, D, scale, bias ? bias[(h * Sq + i) * Sk + j] : 0.0f) - l);
-                float ds = p * (af__dot(gi, vj, D) - dl) * scale;
-#pragma omp simd
-                for (long d = 0; d < D; d++) dq[d] += ds * kj[d];
-            }
-        }
-    }
-    free(lse);
+    af__attention_bwd(q, k, v, bias, o, dout, out, B, Sq, Sk, H, D, scale, causal, 0);
 }
 
-/* dbias[h, i, j] = sum_b dS_bhij: inherently Sq x Sk (the bias is); parallel over (h, i). */
 static AF__UNUSED void af_attention_bias_grad(const float *restrict q, const float *restrict k,
                                               const float *restrict v, const float *restrict bias,
                                               const float *restrict o, const float *restrict dout,
                                               float *restrict out, long B, long Sq, long Sk, long H,
                                               long D, float scale, int causal) {
-    long ld = H * D;
-    memset(out, 0, sizeof(float) * (size_t)(H * Sq * Sk));
-    if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
-    float *lse = (float *)malloc(sizeof(float) * (size_t)(2 * B * H * Sq));
-    if (!lse) abort();
-    float *delta = lse + B * H * Sq;
-    af__attn_bwd_stats(q, k, bias, o, dout, lse, delta, B, Sq, Sk, H, D, scale, causal);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (long h = 0; h < H; h++) {
-        for (long i = 0; i < Sq; i++) {
-            float *row = out + (h * Sq + i) * Sk;
-            long visible = causal ? i + 1 : Sk;
-            for (long b = 0; b < B; b++) {
-                long bh = b * H + h;
-                const float *qi = q + (b * Sq + i) * ld + h * D, *gi = dout + (b * Sq + i) * ld + h * D;
-                for (long j = 0; j < visible; j++) {
-                    const float *kj = k + (b * Sk + j) * ld + h * D, *vj = v + (b * Sk + j) * ld + h * D;
-                    float p = expf(af__attn_logit(qi, kj, D, scale, bias[(h * Sq + i) * Sk + j]) - lse[bh * Sq + i]);
-                    row[j] += p * (af__dot(gi, vj, D) - delta[bh * Sq + i]);
-                }
-            }
-        }
-    }
-    free(lse);
+    af__attention_bwd(q, k, v, bias, o, dout, out, B, Sq, Sk, H, D, scale, causal, 1);
 }
 
 /* table[V, W] = 0; table[idx[p], :] += upd[p, :].  Rows are visited in index order, so the sum is
