@@ -328,11 +328,11 @@ enum KernelEmitter {
     /// are one GEMM on x). Counted as a GEMM: the bench baseline runs it whole, im2col included.
     static func conv2d(_ node: Node, _ operandTypes: [TensorType], xParam: Int = 0, wParam: Int = 1) -> Kernel {
         let x = operandTypes[xParam].shape, w = operandTypes[wParam].shape
-        let stride = node.ints("stride") ?? [1, 1], pad = node.ints("padding") ?? [0, 0]
-        let args = (x + [w[0], w[2], w[3]] + stride + pad).map { "\($0)L" }.joined(separator: ", ")
+        let stride = node.ints("stride") ?? [1, 1], pad = node.ints("padding") ?? [0, 0], dil = node.ints("dilation") ?? [1, 1]
+        let args = (x + [w[0], w[2], w[3]] + stride + pad + dil).map { "\($0)L" }.joined(separator: ", ")
         let body = "    af_conv2d(in\(xParam), in\(wParam), out, \(args));\n"
         let params = operandTypes.enumerated().map { i, t in "const \(cType(t.dtype)) *restrict in\(i)" } + ["float *restrict out"]
-        let label = "conv2d_\(shapeLabel(x))_\(w[0])x\(w[2])x\(w[3])\(stride == [1, 1] ? "" : "_s\(stride[0])x\(stride[1])")\(pad == [0, 0] ? "" : "_p\(pad[0])x\(pad[1])")"
+        let label = "conv2d_\(shapeLabel(x))_\(w[0])x\(w[2])x\(w[3])\(stride == [1, 1] ? "" : "_s\(stride[0])x\(stride[1])")\(pad == [0, 0] ? "" : "_p\(pad[0])x\(pad[1])")\(dil == [1, 1] ? "" : "_d\(dil[0])x\(dil[1])")"
         let flops = 2.0 * Double(node.type.count) * Double(w[1] * w[2] * w[3])
         return Kernel(text: function(params, body), label: label, parameters: params, flops: flops, isGEMM: true)
     }

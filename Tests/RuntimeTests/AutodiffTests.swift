@@ -82,7 +82,7 @@ final class AutodiffTests: XCTestCase {
             b.rmsNorm(x[0], scale: x[1], eps: 1e-5) + b.rmsNorm(x[0], eps: 1e-6)
         })
         c.append(GradCase(name: "group_norm", inputs: [("x", [2, 6, 3, 3], normal), ("g", [6], normal), ("beta", [6], normal)],
-                          wrt: ["x", "g", "beta"], compiled: false) { b, x in
+                          wrt: ["x", "g", "beta"]) { b, x in
             b.groupNorm(x[0], scale: x[1], bias: x[2], groups: 3, eps: 1e-5)
         })
         c.append(matmulCase("matmul", [3, 4, 5], [3, 5, 6]))
@@ -111,11 +111,11 @@ final class AutodiffTests: XCTestCase {
                           wrt: ["a", "b", "s", "d"]) { b, x in
             x[0].broadcast(to: [2, 3, 4, 5]) * x[1].broadcast(to: [2, 3, 4, 5]) + x[2].broadcast(to: [2, 3, 4, 5]) + x[3].broadcast(to: [2, 3, 4, 5])
         })
-        c.append(GradCase(name: "gather", inputs: [("table", [7, 3], normal), ("idx", [2, 5], integers(below: 7))], wrt: ["table"], compiled: false) { b, x in
+        c.append(GradCase(name: "gather", inputs: [("table", [7, 3], normal), ("idx", [2, 5], integers(below: 7))], wrt: ["table"]) { b, x in
             b.gather(x[0], x[1])
         })
         func conv(_ name: String, x: [Int], w: [Int], stride: [Int], padding: [Int], dilation: [Int] = [1, 1]) -> GradCase {
-            GradCase(name: name, inputs: [("x", x, normal), ("w", w, normal)], wrt: ["x", "w"], compiled: false) { b, v in
+            GradCase(name: name, inputs: [("x", x, normal), ("w", w, normal)], wrt: ["x", "w"]) { b, v in
                 b.append(.conv2d, v, attributes: ["stride": .ints(stride), "padding": .ints(padding), "dilation": .ints(dilation)])
             }
         }
@@ -129,11 +129,11 @@ final class AutodiffTests: XCTestCase {
         })
         let qkv = [("q", [2, 5, 3, 8], normal), ("k", [2, 6, 3, 8], normal), ("v", [2, 6, 3, 8], normal)]
         c.append(GradCase(name: "attention", inputs: qkv, wrt: ["q", "k", "v"]) { b, x in b.attention(x[0], x[1], x[2], scale: 0.4) })
-        c.append(GradCase(name: "attention_bias", inputs: qkv + [("bias", [3, 5, 6], normal)], wrt: ["q", "k", "v", "bias"], compiled: false) { b, x in
+        c.append(GradCase(name: "attention_bias", inputs: qkv + [("bias", [3, 5, 6], normal)], wrt: ["q", "k", "v", "bias"]) { b, x in
             b.attention(x[0], x[1], x[2], scale: 0.4, bias: x[3])
         })
         c.append(GradCase(name: "attention_causal", inputs: [("q", [1, 6, 2, 4], normal), ("k", [1, 6, 2, 4], normal), ("v", [1, 6, 2, 4], normal)],
-                          wrt: ["q", "k", "v"], compiled: false) { b, x in
+                          wrt: ["q", "k", "v"]) { b, x in
             b.attention(x[0], x[1], x[2], scale: 0.5, causal: true)
         })
         return c

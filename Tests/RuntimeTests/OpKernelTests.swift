@@ -286,16 +286,18 @@ final class OpKernelTests: XCTestCase {
         // (N, C, H, W, O, KH, KW, stride, padding): 3×3 pad 1, 1×1 (direct GEMM), 3×3 stride 2
         // with pad 0 and 1, 1×1 strided and padded (im2col path), asymmetric stride/padding,
         // odd H×W, channels not multiples of 16, N = 2, and one with several im2col tiles.
-        let cases: [(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: [Int], pad: [Int])] = [
-            (1, 3, 13, 7, 5, 3, 3, [1, 1], [1, 1]), (2, 17, 9, 11, 10, 1, 1, [1, 1], [0, 0]),
-            (2, 5, 13, 7, 6, 3, 3, [2, 2], [0, 0]), (1, 6, 13, 7, 4, 3, 3, [2, 2], [1, 1]),
-            (1, 8, 9, 9, 4, 1, 1, [2, 2], [1, 1]), (2, 3, 10, 12, 7, 3, 5, [1, 2], [0, 2]),
-            (1, 64, 48, 48, 20, 3, 3, [1, 1], [1, 1]), (2, 4, 1, 1, 3, 3, 3, [1, 1], [1, 1]),
+        // Dilated cases: the weight gradient of a strided convolution is a dilated convolution.
+        let cases: [(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: [Int], pad: [Int], dil: [Int])] = [
+            (1, 3, 13, 7, 5, 3, 3, [1, 1], [1, 1], [1, 1]), (2, 17, 9, 11, 10, 1, 1, [1, 1], [0, 0], [1, 1]),
+            (2, 5, 13, 7, 6, 3, 3, [2, 2], [0, 0], [1, 1]), (1, 6, 13, 7, 4, 3, 3, [2, 2], [1, 1], [1, 1]),
+            (1, 8, 9, 9, 4, 1, 1, [2, 2], [1, 1], [1, 1]), (2, 3, 10, 12, 7, 3, 5, [1, 2], [0, 2], [1, 1]),
+            (1, 64, 48, 48, 20, 3, 3, [1, 1], [1, 1], [1, 1]), (2, 4, 1, 1, 3, 3, 3, [1, 1], [1, 1], [1, 1]),
+            (1, 5, 15, 11, 3, 3, 3, [1, 1], [2, 1], [2, 3]), (2, 4, 13, 9, 6, 2, 3, [2, 1], [0, 1], [3, 2]),
         ]
         let b = GraphBuilder(name: "conv2d")
         for (k, c) in cases.enumerated() {
             let x = b.input("x\(k)", .f32([c.n, c.c, c.h, c.w])), w = b.input("w\(k)", .f32([c.o, c.c, c.kh, c.kw]))
-            b.output("y\(k)", b.append(.conv2d, [x, w], attributes: ["stride": .ints(c.stride), "padding": .ints(c.pad)]))
+            b.output("y\(k)", b.append(.conv2d, [x, w], attributes: ["stride": .ints(c.stride), "padding": .ints(c.pad), "dilation": .ints(c.dil)]))
         }
         let g = try b.finish()
         try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))

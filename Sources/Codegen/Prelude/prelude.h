@@ -681,10 +681,11 @@ static AF__UNUSED void af_gather_rows(const void *restrict table, const float *r
 
 #define AF__CONV_TILE_BYTES (1L << 21)
 
-/* Rows 0..K-1 of col for the np output pixels p0..p0+np-1 of one image (row length np). */
+/* Rows 0..K-1 of col for the np output pixels p0..p0+np-1 of one image (row length np); taps
+ * dh, dw apart (dilation: the weight gradient of a strided convolution is a dilated one). */
 static void af__im2col(const float *restrict x, float *restrict col, long C, long H, long W,
-                       long KH, long KW, long sh, long sw, long ph, long pw, long Wo, long p0,
-                       long np) {
+                       long KH, long KW, long sh, long sw, long ph, long pw, long dh, long dw,
+                       long Wo, long p0, long np) {
     for (long c = 0; c < C; c++)
         for (long dy = 0; dy < KH; dy++)
             for (long dx = 0; dx < KW; dx++) {
@@ -693,7 +694,7 @@ static void af__im2col(const float *restrict x, float *restrict col, long C, lon
                 for (long p = 0; p < np;) {
                     const long oy = (p0 + p) / Wo, ox = (p0 + p) % Wo;
                     const long run = Wo - ox < np - p ? Wo - ox : np - p; /* rest of this output row */
-                    const long iy = oy * sh - ph + dy, ix0 = ox * sw - pw + dx;
+                    const long iy = oy * sh - ph + dy * dh, ix0 = ox * sw - pw + dx * dw;
                     float *dst = row + p;
                     p += run;
                     if (iy < 0 || iy >= H) { memset(dst, 0, sizeof(float) * (size_t)run); continue; }
@@ -719,8 +720,8 @@ static void af__im2col(const float *restrict x, float *restrict col, long C, lon
 /* Fallback when the tile buffers cannot be allocated: direct loops, O(1) memory. */
 static void af__conv2d_direct(const float *restrict x, const float *restrict w,
                               float *restrict out, long N, long C, long H, long W, long O,
-                              long KH, long KW, long sh, long sw, long ph, long pw, long Ho,
-                              long Wo) {
+                              long KH, long KW, long sh, long sw, long ph, long pw, long dh,
+                              long dw, long Ho, long Wo) {
     for (long n = 0; n < N; n++)
         for (long o = 0; o < O; o++)
             for (long oy = 0; oy < Ho; oy++)
@@ -728,10 +729,10 @@ static void af__conv2d_direct(const float *restrict x, const float *restrict w,
                     float acc = 0.0f;
                     for (long c = 0; c < C; c++)
                         for (long dy = 0; dy < KH; dy++) {
-                            const long iy = oy * sh - ph + dy;
+                            const long iy = oy * sh - ph + dy * dh;
                             if (iy < 0 || iy >= H) continue;
                             for (long dx = 0; dx < KW; dx++) {
-                                const long ix = ox * sw - pw + dx;
+                                const long ix = ox * sw - pw + dx * dw;
                                 if (ix >= 0 && ix < W)
                                     acc = AF__FMA(x[((n * C + c) * H + iy) * W + ix],
                                                   w[((o * C + c) * KH + dy) * KW + dx], acc);
@@ -741,11 +742,13 @@ static void af__conv2d_direct(const float *restrict x, const float *restrict w,
                 }
 }
 
-/* out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C, KH, KW]), strides sh, sw, padding ph, pw. */
+/* out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C, KH, KW]), strides sh, sw, padding ph, pw,
+ * dilation dh, dw. */
 static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict w,
                                  float *restrict out, long N, long C, long H, long W, long O,
-                                 long KH, long KW, long sh, long sw, long ph, long pw) {
-    const long Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+                                 long KH, long KW, long sh, long sw, long ph, long pw, long dh,
+                                 long dw) {
+    const long Ho = (H + 2 * ph - (KH - 1) * dh - 1) / sh + 1, Wo = (W + 2 * pw - (KW - 1) * dw - 1) / sw + 1;
     const long P = Ho * Wo, K = C * KH * KW;
     if (N <= 0 || O <= 0 || P <= 0) return;
     if (K == 0) { memset(out, 0, sizeof(float) * (size_t)(N * O * P)); return; }
@@ -769,7 +772,7 @@ static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict 
     const size_t per = ((size_t)(K * np) + 15) & ~(size_t)15; /* floats, 64-byte multiples */
     float *buf = (float *)aligned_alloc(64, sizeof(float) * per * (size_t)nth);
     if (!buf) {
-        af__conv2d_direct(x, w, out, N, C, H, W, O, KH, KW, sh, sw, ph, pw, Ho, Wo);
+        af__conv2d_direct(x, w, out, N, C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo);
         return;
     }
 #pragma omp parallel num_threads(nth) if (nth > 1)
@@ -780,7 +783,7 @@ static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict 
             const long n = t / tiles, p0 = (t % tiles) * np;
             const long cnt = P - p0 < np ? P - p0 : np;
             if (cnt <= 0) continue;
-            af__im2col(x + n * C * H * W, col, C, H, W, KH, KW, sh, sw, ph, pw, Wo, p0, cnt);
+            af__im2col(x + n * C * H * W, col, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, Wo, p0, cnt);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)cnt, (int)K, 1.0f,
                         w, (int)K, col, (int)cnt, 0.0f, out + n * O * P + p0, (int)P);
         }
