@@ -37,6 +37,9 @@ let package = Package(
                     path: "Tests/RuntimeTests", exclude: ["Fixtures"]),
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
+        // End to end: a diffusers pipeline folder compiled, then generate/tokenize/encode/decode (library and CLI).
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "ArcFlowGraphs", "Runtime", "IR", "Imaging", "TestSupport", "arcflow"],
+                    path: "Tests/GenerationTests"),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "IR"], path: "Tests/TokenizersTests",
                     exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Training", "arcflow", "TestSupport"],

@@ -5,6 +5,7 @@ import ArcFlowGraphs
 import Foundation
 import IR
 import Runtime
+import Tokenizers
 
 public struct PipelineCompileOptions {
     public var sampler: Sampler?
@@ -33,6 +34,10 @@ public enum PipelineCompiler {
                                output: String) throws -> PipelineManifest {
         let folder = try FluxPipelineFolder.load(dir)
         let adapter = try adapterDir.map { try ArcFlowAdapter.load($0) }
+        // Only read at run time, but parsed here: a tokenizer this arcflow cannot read fails the
+        // compile in a second instead of every later `generate`.
+        _ = try CLIPTokenizer(folder: folder.tokenizerDirectory)
+        _ = try T5Tokenizer(folder: folder.tokenizer2Directory)
         let sampler = o.sampler ?? (adapter == nil ? .euler : .arc)
         let steps = o.steps ?? sampler.defaultSteps
         var flux = FluxOptions(height: o.height, width: o.width)

@@ -28,27 +28,7 @@ final class PipelineReference {
     init() throws { store = try SafeTensorsStore(path: path) }
     func tensor(_ key: String) throws -> Tensor { try store.tensor(key) }
 
-    func uint8(_ key: String) throws -> (shape: [Int], data: [UInt8]) {
-        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
-        let n = bytes.prefix(8).enumerated().reduce(0) { $0 | (Int($1.element) << (8 * $1.offset)) }
-        let header = try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + n))) as! [String: Any]
-        let entry = header[key] as! [String: Any]
-        XCTAssertEqual(entry["dtype"] as? String, "U8")
-        let offsets = entry["data_offsets"] as! [Int]
-        return (entry["shape"] as! [Int], [UInt8](bytes.subdata(in: (8 + n + offsets[0])..<(8 + n + offsets[1]))))
-    }
-}
-
-/// Fraction of channels off by more than one level, and the largest difference.
-func compareRGB8(_ got: [UInt8], _ want: [UInt8]) -> (offByMoreThan1: Double, maxDiff: Int) {
-    precondition(got.count == want.count)
-    var bad = 0, worst = 0
-    for i in got.indices {
-        let d = abs(Int(got[i]) - Int(want[i]))
-        worst = max(worst, d)
-        if d > 1 { bad += 1 }
-    }
-    return (Double(bad) / Double(got.count), worst)
+    func uint8(_ key: String) throws -> (shape: [Int], data: [UInt8]) { try readUInt8Tensor(path, key) }
 }
 
 /// A store with one tensor hidden (a checkpoint missing a weight).

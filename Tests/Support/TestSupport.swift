@@ -78,3 +78,28 @@ public func assertRoundTrips(_ module: Module, file: StaticString = #filePath, l
     // A parse error inside the assertion fails the test with the error.
     XCTAssertEqual(Printer.print(try Parser.parseVerified(text)), text, "print∘parse∘print differs", file: file, line: line)
 }
+
+/// A U8 tensor of a safetensors file (the stores read floats only): shape and bytes, from the
+/// header's offsets.
+public func readUInt8Tensor(_ path: String, _ key: String) throws -> (shape: [Int], data: [UInt8]) {
+    let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+    let n = bytes.prefix(8).enumerated().reduce(0) { $0 | (Int($1.element) << (8 * $1.offset)) }
+    let header = try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + n))) as! [String: Any]
+    guard let entry = header[key] as? [String: Any], entry["dtype"] as? String == "U8" else {
+        throw ArcError("\(path): no U8 tensor '\(key)'")
+    }
+    let offsets = entry["data_offsets"] as! [Int]
+    return (entry["shape"] as! [Int], [UInt8](bytes.subdata(in: (8 + n + offsets[0])..<(8 + n + offsets[1]))))
+}
+
+/// Fraction of channels off by more than one level, and the largest difference.
+public func compareRGB8(_ got: [UInt8], _ want: [UInt8]) -> (offByMoreThan1: Double, maxDiff: Int) {
+    precondition(got.count == want.count)
+    var bad = 0, worst = 0
+    for i in got.indices {
+        let d = abs(Int(got[i]) - Int(want[i]))
+        worst = max(worst, d)
+        if d > 1 { bad += 1 }
+    }
+    return (Double(bad) / Double(got.count), worst)
+}

@@ -42,6 +42,12 @@ func generateCommand(_ argv: [String]) throws {
     let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
     let threads = try args.int("--threads", generateSpec, default: physicalCoreCount(), min: 1)!
     InterruptFlag.install()
+    // Output and prompt file are checked before the (slow) load: a bad one is the only line printed.
+    if args.has("--prompt") {
+        guard output.lowercased().hasSuffix(".png") else { throw UsageError("-o must name a .png file, got '\(output)'", generateSpec) }
+        try checkWritableParent(output)
+    }
+    let promptLines = try args.value("--prompts").map(readPromptLines)
 
     let loadStart = monotonicSeconds()
     let pipeline = try CompiledPipeline(folder: modelPath, threads: threads)
@@ -51,8 +57,6 @@ func generateCommand(_ argv: [String]) throws {
 
     if let prompt = args.value("--prompt") {
         if args.has("--shard") { throw UsageError("--shard goes with --prompts", generateSpec) }
-        guard output.lowercased().hasSuffix(".png") else { throw UsageError("-o must name a .png file, got '\(output)'", generateSpec) }
-        try checkWritableParent(output)
         let noise: Tensor, seedText: String
         if let path = args.value("--noise") {
             noise = try readTensor(path, "noise", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels")
@@ -75,7 +79,7 @@ func generateCommand(_ argv: [String]) throws {
     }
     let file = args.value("--prompts")!
     let (shardIndex, shardCount) = try parseShard(args.value("--shard"))
-    let lines = try readPromptLines(file)
+    let lines = promptLines!
     try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
     try checkWritableParent("\(output)/probe.png")
     var failures = 0, rendered = 0

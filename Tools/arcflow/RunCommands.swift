@@ -85,7 +85,7 @@ func printProfile(_ steps: [StepInfo], _ times: [Double], runs: Int) {
 }
 
 let benchSpec = CommandSpec(
-    name: "bench", usage: "bench --model DIR [--runs N] [--warmup N] [--threads N] [--json] [--profile]",
+    name: "bench", usage: "bench --model DIR [--runs N] [--warmup N] [--threads N] [--json] [--profile] [--no-baseline]",
     summary: "Time one run of a compiled graph on random inputs; compare with its GEMMs alone through OpenBLAS, in the same run.",
     options: [
         OptionSpec(names: ["--model"], value: "DIR", help: "compiled model folder"),
@@ -95,6 +95,7 @@ let benchSpec = CommandSpec(
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the random inputs (default 0)"),
         OptionSpec(names: ["--json"], value: nil, help: "print one JSON object instead of text"),
         OptionSpec(names: ["--profile"], value: nil, help: "also print time per kernel (to stderr)"),
+        OptionSpec(names: ["--no-baseline"], value: nil, help: "skip the GEMM-only runs (halves the time of long graphs timed against another framework)"),
     ],
     details: """
     The baseline runs only the graph's GEMMs (the same cblas calls on the same operands, skipping every
@@ -120,11 +121,12 @@ func benchCommand(_ argv: [String]) throws {
         try exe.runRaw(inputs: inPtrs, outputs: outs, times: times, gemmOnly: gemmOnly)
         return monotonicSeconds() - t0
     }
-    for _ in 0..<warmup { _ = try timed(gemmOnly: false); _ = try timed(gemmOnly: true) }
+    let baseline = !args.has("--no-baseline")
+    for _ in 0..<warmup { _ = try timed(gemmOnly: false); if baseline { _ = try timed(gemmOnly: true) } }
     var full: [Double] = [], gemm: [Double] = []
     for _ in 0..<runs {
         full.append(try timed(gemmOnly: false))
-        gemm.append(try timed(gemmOnly: true))
+        gemm.append(baseline ? try timed(gemmOnly: true) : .nan)
     }
     let m = model.manifest
     let med = median(full), gmed = median(gemm)
@@ -137,11 +139,14 @@ func benchCommand(_ argv: [String]) throws {
         var obj: [String: Any] = [
             "graph": m.graph, "runs": runs, "threads": threads,
             "ms_median": med * 1000, "ms_min": full.min()! * 1000, "ms_max": full.max()! * 1000,
-            "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops,
-            "gemm_ms_median": gmed * 1000, "gemm_gflop_per_run": m.gemmFlops / 1e9, "gemm_gflop_per_s": gemmGflops,
-            "throughput_vs_gemm": gemmGflops > 0 ? gflops / gemmGflops : 0,
-            "fma_peak_gflop_per_s": peak, "openblas_core": core,
+            "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops, "fma_peak_gflop_per_s": peak, "openblas_core": core,
         ]
+        if baseline {
+            obj["gemm_ms_median"] = gmed * 1000
+            obj["gemm_gflop_per_run"] = m.gemmFlops / 1e9
+            obj["gemm_gflop_per_s"] = gemmGflops
+            obj["throughput_vs_gemm"] = gemmGflops > 0 ? gflops / gemmGflops : 0
+        }
         if nfe > 0 {
             // A sampler runs its transformer nfe times per run; one evaluation is a run / nfe.
             obj["nfe"] = Int(nfe)
@@ -161,10 +166,12 @@ func benchCommand(_ argv: [String]) throws {
             print(String(format: "  per NFE    : median %8.3f ms  (min %.3f, max %.3f)  (%.3f GFLOP per NFE, %d NFE per run)",
                          med * 1000 / nfe, full.min()! * 1000 / nfe, full.max()! * 1000 / nfe, m.flops / 1e9 / nfe, Int(nfe)))
         }
-        print(String(format: "  GEMMs alone: median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP, OpenBLAS)",
-                     gmed * 1000, gemm.min()! * 1000, gemm.max()! * 1000, gemmGflops, m.gemmFlops / 1e9))
-        print(String(format: "  throughput vs GEMMs alone: %.1f%%; everything else adds %.1f%% to the GEMM time; %.0f%% of FMA peak",
-                     100 * gflops / max(gemmGflops, 1e-12), 100 * (med - gmed) / gmed, 100 * gflops / peak))
+        if baseline {
+            print(String(format: "  GEMMs alone: median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP, OpenBLAS)",
+                         gmed * 1000, gemm.min()! * 1000, gemm.max()! * 1000, gemmGflops, m.gemmFlops / 1e9))
+            print(String(format: "  throughput vs GEMMs alone: %.1f%%; everything else adds %.1f%% to the GEMM time; %.0f%% of FMA peak",
+                         100 * gflops / max(gemmGflops, 1e-12), 100 * (med - gmed) / gmed, 100 * gflops / peak))
+        }
     }
     if args.has("--profile") {
         var times = [Double](repeating: 0, count: m.steps.count)
