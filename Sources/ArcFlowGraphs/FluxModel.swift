@@ -116,19 +116,74 @@ public enum FluxModel {
         opts.sampler = adapter == nil ? .euler : .arc
         let (guidance, _) = try validate(checkpoint.config, opts, adapter: adapter)
         let (b, net, x, prompt, pooled) = setUp("flux_eval", "x", checkpoint, adapter, o)
-        let (c, lh, lw) = (checkpoint.config.latentChannels, o.height / 8, o.width / 8)
         let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance, context: try net.context(prompt), pooled: pooled)
         if let a = adapter {
-            let k = a.components
-            let head = try net.arcHead(h, components: k)
-            b.output("means", net.unpack(head.means, per: k * c).reshaped([1, k, c, lh, lw]))
-            b.output("logweights", net.unpack(head.logWeights, per: k).reshaped([1, k, 1, lh, lw]))
-            b.output("gammas", net.unpack(head.rates, per: k - 1).reshaped([1, k - 1, 1, lh, lw]))
+            for (name, v) in try studentHeads(net, h, components: a.components) { b.output(name, v) }
         } else {
-            b.output("velocity", net.unpack(try net.teacherHead(h), per: c))
+            b.output("velocity", net.unpack(try net.teacherHead(h), per: checkpoint.config.latentChannels))
         }
         try checkAdapterUse(adapter, net)
         return FluxProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net), manifest: [:], sigmas: [sigma])
+    }
+
+    /// The names of the student's head outputs, in the order `evaluation` writes them.
+    public static let headNames = ["means", "logweights", "gammas"]
+
+    /// The ArcFlow head of `h` in the reference layout (§2.2), named as in `headNames`.
+    static func studentHeads(_ net: FluxNetwork, _ h: Value, components k: Int) throws -> [(String, Value)] {
+        let (c, lh, lw) = (net.config.latentChannels, 2 * net.gridH, 2 * net.gridW)
+        let head = try net.arcHead(h, components: k)
+        return [("means", net.unpack(head.means, per: k * c).reshaped([1, k, c, lh, lw])),
+                ("logweights", net.unpack(head.logWeights, per: k).reshaped([1, k, 1, lh, lw])),
+                ("gammas", net.unpack(head.rates, per: k - 1).reshaped([1, k - 1, 1, lh, lw]))]
+    }
+
+    /// One student evaluation at (x, σ) with a scalar loss, for training and gradient checks:
+    /// the graph of `evaluation` plus inputs `target_means`, `target_logweights`, `target_gammas`
+    /// (the shapes of the head outputs) and the output `loss` f32[] =
+    /// Σ_head weight_head · mean((head − target_head)²), over the heads with a non-zero weight
+    /// (`lossWeights`, default 1 each; a head without weight has no target input). With
+    /// `keepHeads` the three heads are outputs too.
+    ///
+    /// Every adapter tensor is a `weight` node keyed `adapter:<key>` (`trainableKeys`), and each
+    /// LoRA is applied unfused, x·Wᵀ + s·(x·Aᵀ)·Bᵀ, so `gradientGraph(program.module.main, loss:
+    /// "loss", wrt: trainableKeys(adapter))` sees A and B. The default pipeline may still fold a
+    /// LoRA into its base weight where the backward does not read x·Aᵀ (only when B is not
+    /// differentiated): forward values are the same, and the backward reads A and B themselves.
+    public static func trainingEvaluation(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter, sigma: Double, options o: FluxOptions,
+                                          lossWeights: [String: Float] = ["means": 1, "logweights": 1, "gammas": 1],
+                                          keepHeads: Bool = false) throws -> FluxProgram {
+        for name in lossWeights.keys where !headNames.contains(name) {
+            throw ArcError("no head named '\(name)' to put a loss on (heads: \(headNames.joined(separator: ", ")))")
+        }
+        guard lossWeights.values.contains(where: { $0 != 0 }) else { throw ArcError("every loss weight is zero: the loss would be constant") }
+        var opts = o
+        opts.sampler = .arc
+        let (guidance, _) = try validate(checkpoint.config, opts, adapter: adapter)
+        let (b, net, x, prompt, pooled) = setUp("flux_train_eval", "x", checkpoint, adapter, o)
+        let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance, context: try net.context(prompt), pooled: pooled)
+        var loss: Value?
+        for (name, head) in try studentHeads(net, h, components: adapter.components) {
+            if keepHeads { b.output(name, head) }
+            guard let w = lossWeights[name], w != 0 else { continue }
+            let d = head - b.input("target_\(name)", .f32(head.shape))
+            var term = b.reduce(.reduce_mean, d * d, axes: Array(0..<d.rank))
+            if w != 1 { term = term * w }
+            loss = loss.map { $0 + term } ?? term
+        }
+        b.output("loss", loss!)
+        try checkAdapterUse(adapter, net)
+        var manifest = ["family": "flux", "sigma": String(Float(sigma)), "components": String(adapter.components)]
+        if let g = guidance { manifest["guidance"] = String(g) }
+        return FluxProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net), manifest: manifest, sigmas: [sigma])
+    }
+
+    /// The keys of the weights a student is trained by: every adapter tensor (LoRA A and B,
+    /// `norm_out.linear.*`, the three head layers) as `adapter:<key>`, sorted. LoRA alphas are
+    /// not weights of the graph (they are folded into constants) and are left out.
+    public static func trainableKeys(_ adapter: ArcFlowAdapter) -> [String] {
+        let lora = adapter.lora.values.flatMap { [$0.a, $0.b] }
+        return (lora + adapter.dense).map { "adapter:" + $0 }.sorted()
     }
 
     /// A builder, the network, and the three inputs every FLUX graph takes: latents [1, C, H/8, W/8]
