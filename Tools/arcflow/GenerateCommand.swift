@@ -40,7 +40,7 @@ func generateCommand(_ argv: [String]) throws {
     if args.has("--noise") && args.has("--seed") { throw UsageError("give --noise or --seed, not both", generateSpec) }
     let output = try args.required("--output", generateSpec)
     let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
-    let threads = try args.int("--threads", generateSpec, default: physicalCoreCount(), min: 1)!
+    let threads = try threadCount(args, generateSpec)
     InterruptFlag.install()
     // Output and prompt file are checked before the (slow) load: a bad one is the only line printed.
     if args.has("--prompt") {

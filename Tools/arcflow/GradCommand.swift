@@ -74,7 +74,7 @@ func gradCommand(_ argv: [String]) throws {
         options.pipeline.context.options = context
         let compiled = try ModelCompiler.build(module, weights: store, options: options)
         let exe = try compiled.load()
-        exe.setThreads(try args.int("--threads", gradSpec, default: physicalCoreCount(), min: 1)!)
+        exe.setThreads(try threadCount(args, gradSpec))
         outputs = try exe.run(inputs)
     }
     let records = [TensorRecord(name: "loss", dtype: .f32, shape: [], payload: .floats(outputs["loss"]!.data))]

@@ -7,6 +7,11 @@ import Runtime
 
 let threadsOption = OptionSpec(names: ["--threads"], value: "N", help: "threads for kernels and BLAS (default: physical cores)")
 
+/// `--threads N`, default the number of physical cores.
+func threadCount(_ args: ParsedArguments, _ spec: CommandSpec) throws -> Int {
+    try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+}
+
 let runSpec = CommandSpec(
     name: "run", usage: "run --model DIR --inputs IN.safetensors -o OUT.safetensors [--threads N] [--profile]",
     summary: "Run a compiled model on inputs from a safetensors file; write its outputs to another.",
@@ -20,7 +25,7 @@ let runSpec = CommandSpec(
 
 func loadModel(_ args: ParsedArguments, _ spec: CommandSpec) throws -> LoadedModel {
     let model = try LoadedModel.load(try args.required("--model", spec))
-    let threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    let threads = try threadCount(args, spec)
     model.executable.setThreads(threads)
     return model
 }
@@ -131,7 +136,7 @@ func benchCommand(_ argv: [String]) throws {
     let m = model.manifest
     let med = median(full), gmed = median(gemm)
     let gflops = m.flops / med / 1e9, gemmGflops = m.gemmFlops / gmed / 1e9
-    let threads = try args.int("--threads", benchSpec, default: physicalCoreCount(), min: 1)!
+    let threads = try threadCount(args, benchSpec)
     let nfe = Double(m.model["nfe"] ?? "") ?? 0
     let peak = exe.library.fmaPeakGFLOPS()
     let core = exe.library.blasCore

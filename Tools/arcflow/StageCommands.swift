@@ -16,7 +16,7 @@ let tokenizeSpec = CommandSpec(
 
 func tokenizeCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, tokenizeSpec, maxPositional: 0)
-    let pipeline = try CompiledPipeline(folder: try args.required("--model", tokenizeSpec), threads: 1)
+    let pipeline = try loadPipeline(args, tokenizeSpec)
     let t = pipeline.tokenize(try args.required("--prompt", tokenizeSpec))
     print("{\"clip\": [\(t.clip.map(String.init).joined(separator: ", "))], \"t5\": [\(t.t5.map(String.init).joined(separator: ", "))]}")
 }
@@ -34,8 +34,7 @@ let encodeSpec = CommandSpec(
 func encodeCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, encodeSpec, maxPositional: 0)
     let out = try args.required("--output", encodeSpec)
-    let threads = try args.int("--threads", encodeSpec, default: physicalCoreCount(), min: 1)!
-    let pipeline = try CompiledPipeline(folder: try args.required("--model", encodeSpec), threads: threads)
+    let pipeline = try loadPipeline(args, encodeSpec)
     let e = try pipeline.encode(try args.required("--prompt", encodeSpec))
     try writeSafeTensors([
         TensorRecord(name: "prompt_embeds", dtype: .f32, shape: e.promptEmbeds.shape, payload: .floats(e.promptEmbeds.data)),
@@ -59,11 +58,15 @@ func decodeCommand(_ argv: [String]) throws {
     let out = try args.required("--output", decodeSpec)
     let path = try args.required("--latents", decodeSpec)
     try checkWritableParent(out)
-    let threads = try args.int("--threads", decodeSpec, default: physicalCoreCount(), min: 1)!
-    let pipeline = try CompiledPipeline(folder: try args.required("--model", decodeSpec), threads: threads)
+    let pipeline = try loadPipeline(args, decodeSpec)
     let m = pipeline.manifest
     let latents = try readTensor(path, "latents", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels")
     let image = try pipeline.decode(latents)
     try writeAtomically(PNG.encode(image, text: [("parameters", "decoded from \((path as NSString).lastPathComponent), Size: \(m.width)x\(m.height), Model hash: \(m.modelHash.prefix(10)), Generator: arcflow")]), to: out)
     print("wrote \(out) (\(image.width)×\(image.height))")
+}
+
+/// The compiled pipeline named by `--model`, with `--threads` (when the command has it) applied.
+func loadPipeline(_ args: ParsedArguments, _ spec: CommandSpec) throws -> CompiledPipeline {
+    try CompiledPipeline(folder: try args.required("--model", spec), threads: try threadCount(args, spec))
 }

@@ -54,7 +54,7 @@ func trainCommand(_ argv: [String]) throws {
     let out = try args.required("--output", spec)
     let steps = try args.int("--steps", spec, min: 0) ?? { throw UsageError("missing required option --steps", spec) }()
     let lr = try args.double("--lr", spec) ?? { throw UsageError("missing required option --lr", spec) }()
-    let threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    let threads = try threadCount(args, spec)
     let seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
 
     let module = try loadModule(file)
@@ -138,7 +138,7 @@ func trainBenchCommand(_ argv: [String]) throws {
     let store = try SafeTensorsStore(path: try args.required("--weights", spec))
     let lossName = try args.required("--loss", spec)
     let runs = try args.int("--runs", spec, default: 5, min: 1)!, warmup = try args.int("--warmup", spec, default: 1, min: 0)!
-    let threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    let threads = try threadCount(args, spec)
     var seen = Set<String>()
     let keys = graph.nodes.filter { $0.op == .weight && seen.insert($0.key!).inserted }.map { $0.key! }
     let step = try OptimizerStep.build(lossGraph: graph, loss: lossName, parameters: keys.map { TrainableParameter($0) },
