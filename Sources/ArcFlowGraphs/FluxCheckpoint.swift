@@ -36,7 +36,7 @@ public struct FluxConfig: Equatable {
     /// Parses and checks a config.json object; `path` names the file in messages.
     public init(json: [String: Any], path: String) throws {
         func int(_ k: String) throws -> Int {
-            guard let v = json[k] as? Int else { throw ArcError("\(path): '\(k)' must be an integer") }
+            guard let v = jsonInt(json[k]) else { throw ArcError("\(path): '\(k)' must be an integer") }
             guard v > 0 else { throw ArcError("\(path): '\(k)' must be positive, got \(v)") }
             return v
         }
@@ -64,7 +64,7 @@ public struct FluxConfig: Equatable {
 }
 
 func readJSONObject(_ path: String) throws -> [String: Any] {
-    guard let data = FileManager.default.contents(atPath: path) else { throw ArcError("cannot read \(path)") }
+    let data = try readInputFile(path, limit: maxInputTextBytes, what: "JSON file")
     guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
         throw ArcError("\(path) is not a JSON object")
     }
