@@ -26,6 +26,7 @@ public struct ConfigFile {
         guard let raw = json[key], !(raw is NSNull) else { throw ArcError("\(path): missing key '\(key)'") }
         guard let v = jsonInt(raw) else { throw ArcError("\(path): '\(key)' must be an integer") }
         guard v > 0 || (allowZero && v == 0) else { throw ArcError("\(path): '\(key)' must be positive, got \(v)") }
+        guard v <= maxConfigInteger else { throw ArcError("\(path): '\(key)' must be at most \(maxConfigInteger), got \(v)") }
         return v
     }
 
@@ -54,7 +55,8 @@ public struct ConfigFile {
 
     public func ints(_ key: String) throws -> [Int] {
         guard let raw = json[key], !(raw is NSNull) else { throw ArcError("\(path): missing key '\(key)'") }
-        guard let list = raw as? [Any], case let a = list.compactMap(jsonInt), a.count == list.count, !a.isEmpty, a.allSatisfy({ $0 > 0 }) else {
+        guard let list = raw as? [Any], case let a = list.compactMap(jsonInt), a.count == list.count, !a.isEmpty,
+              a.allSatisfy({ $0 > 0 && $0 <= maxConfigInteger }) else {
             throw ArcError("\(path): '\(key)' must be a non-empty list of positive integers")
         }
         return a
@@ -62,6 +64,10 @@ public struct ConfigFile {
 
     public func has(_ key: String) -> Bool { json[key] != nil && !(json[key] is NSNull) }
 }
+
+/// The largest integer a config.json may hold for a size or count (2^24): far above any model's
+/// (vocabularies of 256k, widths of 12k), small enough that products of three never overflow.
+public let maxConfigInteger = 1 << 24
 
 /// A JSON integer, and only that: Foundation hands `true` over as an NSNumber that `as? Int`
 /// reads as 1, so `"num_layers": true` would be a one-layer model (and a bucket count of `true`

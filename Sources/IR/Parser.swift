@@ -72,7 +72,10 @@ private struct ParserState {
 
     // MARK: Lexer
 
+    /// Never past the end: the string-escape paths skip two characters (`\u{`) without looking,
+    /// and a file may end right after `\u` (found by libFuzzer: an index-out-of-range trap).
     private mutating func bump() {
+        guard pos < chars.count else { return }
         if chars[pos] == "\n" { line += 1; col = 1 } else { col += 1 }
         pos += 1
     }

@@ -136,7 +136,8 @@ let fuzzTargets: [FuzzTarget] = [
     }, load: { _ in toolchain = try Toolchain.detect()     }, run: { base, member in
         let key = String(member.split(separator: "/")[1])
         let cache = BuildCache(root: "\(base)/cache", toolchain: toolchain!)
-        guard let entry = cache.cachedEntry(key: key) else { return }
+        // A corrupted entry is deleted and rebuilt (never an error for the user): counted as rejected.
+        guard let entry = cache.cachedEntry(key: key) else { throw ArcError("cache entry \(key.prefix(16)) is corrupted; rebuilding") }
         let expected = try String(contentsOfFile: entry.path + ".sha256", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         guard try sha256(ofFile: entry.path) == expected else { throw InvariantViolation(message: "a corrupted cache entry was returned") }
     }),

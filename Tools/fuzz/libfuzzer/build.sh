@@ -25,5 +25,6 @@ seeds=Tests/Fuzz/corpus/$target
 [ "$target" = safetensors ] || [ "$target" = ir ] || { echo "libFuzzer targets: ir, safetensors" >&2; exit 2; }
 # Crash inputs are named like the mutation runner's crashers so FuzzTests replays them.
 member=$(cd "$seeds" && ls | head -1)
-ARCFLOW_LIBFUZZER_TARGET=$target "$bin" -timeout=10 -rss_limit_mb=4096 \
+# The Swift runtime's backtracer would catch the trap first and libFuzzer would save no input.
+SWIFT_BACKTRACE=enable=no ARCFLOW_LIBFUZZER_TARGET=$target "$bin" -timeout=10 -rss_limit_mb=4096 \
     -artifact_prefix="Tests/Fuzz/crashers/$target/${member//\//__}." "$@" "$out/corpus-$target" "$seeds"
