@@ -28,6 +28,9 @@ let package = Package(
         .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training"],
                           path: "Tools/arcflow"),
+        // Deterministic mutation fuzzing of every reader (Tools/fuzz.sh runs it; FuzzTests in CI).
+        .executableTarget(name: "arcflow-fuzz", dependencies: ["IR", "Codegen", "Runtime", "ArcFlowGraphs", "Tokenizers", "Generation"],
+                          path: "Tools/fuzz", exclude: ["libfuzzer"]),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
         .testTarget(name: "PassesTests", dependencies: ["IR", "Passes"], path: "Tests/PassesTests",
@@ -45,6 +48,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Training", "arcflow", "TestSupport"],
                     path: "Tests/TrainingTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
+        .testTarget(name: "FuzzTests", dependencies: ["IR", "Runtime", "Tokenizers", "Generation", "ShapesWorld", "arcflow", "arcflow-fuzz", "TestSupport"], path: "Tests/FuzzTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]
 )

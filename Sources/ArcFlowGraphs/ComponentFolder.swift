@@ -24,8 +24,9 @@ public struct ConfigFile {
     /// A JSON integer; must be positive unless `allowZero`.
     public func int(_ key: String, allowZero: Bool = false) throws -> Int {
         guard let raw = json[key], !(raw is NSNull) else { throw ArcError("\(path): missing key '\(key)'") }
-        guard let v = raw as? Int else { throw ArcError("\(path): '\(key)' must be an integer") }
+        guard let v = jsonInt(raw) else { throw ArcError("\(path): '\(key)' must be an integer") }
         guard v > 0 || (allowZero && v == 0) else { throw ArcError("\(path): '\(key)' must be positive, got \(v)") }
+        guard v <= maxConfigInteger else { throw ArcError("\(path): '\(key)' must be at most \(maxConfigInteger), got \(v)") }
         return v
     }
 
@@ -54,13 +55,31 @@ public struct ConfigFile {
 
     public func ints(_ key: String) throws -> [Int] {
         guard let raw = json[key], !(raw is NSNull) else { throw ArcError("\(path): missing key '\(key)'") }
-        guard let a = raw as? [Int], !a.isEmpty, a.allSatisfy({ $0 > 0 }) else {
+        guard let list = raw as? [Any], case let a = list.compactMap(jsonInt), a.count == list.count, !a.isEmpty,
+              a.allSatisfy({ $0 > 0 && $0 <= maxConfigInteger }) else {
             throw ArcError("\(path): '\(key)' must be a non-empty list of positive integers")
         }
         return a
     }
 
     public func has(_ key: String) -> Bool { json[key] != nil && !(json[key] is NSNull) }
+}
+
+/// The largest integer a config.json may hold for a size or count (2^24): far above any model's
+/// (vocabularies of 256k, widths of 12k), small enough that products of three never overflow.
+public let maxConfigInteger = 1 << 24
+
+/// A JSON integer, and only that: Foundation hands `true` over as an NSNumber that `as? Int`
+/// reads as 1, so `"num_layers": true` would be a one-layer model (and a bucket count of `true`
+/// a division by zero). Booleans (objCType "c") and fractions are refused.
+public func jsonInt(_ raw: Any?) -> Int? {
+    guard let raw, !(raw is String), let n = raw as? NSNumber else { return nil }
+    switch String(cString: n.objCType) {
+    case "i", "s", "l", "q": return n.intValue
+    case "I", "S", "L", "Q": return n.uint64Value <= UInt64(Int.max) ? Int(n.uint64Value) : nil
+    case "d", "f": return n.doubleValue.rounded() == n.doubleValue && abs(n.doubleValue) < 0x1p62 ? Int(n.doubleValue) : nil
+    default: return nil
+    }
 }
 
 /// The safetensors files of a model folder: `<stem>.safetensors`, or the shards listed by

@@ -36,8 +36,9 @@ public struct FluxConfig: Equatable {
     /// Parses and checks a config.json object; `path` names the file in messages.
     public init(json: [String: Any], path: String) throws {
         func int(_ k: String) throws -> Int {
-            guard let v = json[k] as? Int else { throw ArcError("\(path): '\(k)' must be an integer") }
+            guard let v = jsonInt(json[k]) else { throw ArcError("\(path): '\(k)' must be an integer") }
             guard v > 0 else { throw ArcError("\(path): '\(k)' must be positive, got \(v)") }
+            guard v <= maxConfigInteger else { throw ArcError("\(path): '\(k)' must be at most \(maxConfigInteger), got \(v)") }
             return v
         }
         numLayers = try int("num_layers")
@@ -48,7 +49,9 @@ public struct FluxConfig: Equatable {
         pooledProjectionDim = try int("pooled_projection_dim")
         inChannels = try int("in_channels")
         guidanceEmbeds = json["guidance_embeds"] as? Bool ?? false
-        guard let axes = json["axes_dims_rope"] as? [Int] else { throw ArcError("\(path): 'axes_dims_rope' must be a list of integers") }
+        guard let list = json["axes_dims_rope"] as? [Any], case let axes = list.compactMap(jsonInt), axes.count == list.count else {
+            throw ArcError("\(path): 'axes_dims_rope' must be a list of integers")
+        }
         axesDimsRope = axes
         if let p = json["patch_size"] as? Int, p != 1 {
             throw ArcError("\(path): patch_size \(p) is not supported (FLUX packs 2×2 latents outside the transformer; patch_size is 1)")
@@ -57,14 +60,15 @@ public struct FluxConfig: Equatable {
             throw ArcError("\(path): out_channels \(out) differs from in_channels \(inChannels)")
         }
         guard inChannels % 4 == 0 else { throw ArcError("\(path): in_channels \(inChannels) is not 4 × latent channels") }
-        guard axes.reduce(0, +) == attentionHeadDim, axes.allSatisfy({ $0 > 0 && $0 % 2 == 0 }) else {
+        // Each size is checked before the sum: [2^62, 2^62] overflowed the sum (found by fuzzing).
+        guard axes.allSatisfy({ $0 > 0 && $0 % 2 == 0 && $0 <= attentionHeadDim }), axes.reduce(0, +) == attentionHeadDim else {
             throw ArcError("\(path): axes_dims_rope \(axes) must be even sizes summing to attention_head_dim \(attentionHeadDim)")
         }
     }
 }
 
 func readJSONObject(_ path: String) throws -> [String: Any] {
-    guard let data = FileManager.default.contents(atPath: path) else { throw ArcError("cannot read \(path)") }
+    let data = try readInputFile(path, limit: maxInputTextBytes, what: "JSON file")
     guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
         throw ArcError("\(path) is not a JSON object")
     }

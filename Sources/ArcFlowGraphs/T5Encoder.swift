@@ -44,6 +44,15 @@ public struct T5EncoderConfig: Equatable {
         relativeAttentionNumBuckets = try c.int("relative_attention_num_buckets", default: 32)
         relativeAttentionMaxDistance = try c.int("relative_attention_max_distance", default: 128)
         layerNormEpsilon = c.has("layer_norm_epsilon") ? try c.double("layer_norm_epsilon") : 1e-6
+        // The bucket table needs a quarter of the buckets as exact distances and log-spaced ones
+        // beyond them up to max_distance: fewer than 4 buckets, or a max_distance inside the
+        // exact range, has no such table (log of 0, division by a non-positive scale).
+        guard relativeAttentionNumBuckets >= 4 else {
+            throw ArcError("\(c.path): relative_attention_num_buckets \(relativeAttentionNumBuckets) must be at least 4")
+        }
+        guard relativeAttentionMaxDistance > relativeAttentionNumBuckets / 4 else {
+            throw ArcError("\(c.path): relative_attention_max_distance \(relativeAttentionMaxDistance) must exceed relative_attention_num_buckets / 4 (\(relativeAttentionNumBuckets / 4))")
+        }
     }
 }
 
@@ -142,7 +151,8 @@ public enum T5EncoderGraph {
                 } else {
                     let ratio = Float(Foundation.log(Float(n) / Float(maxExact)))
                     let scale = Float(Foundation.log(Double(maxDistance) / Double(maxExact)))
-                    let large = maxExact + Int(ratio / scale * Float(half - maxExact))
+                    // Clamped in f32 before the conversion: an Int of an f32 beyond Int.max traps.
+                    let large = maxExact + Int(min(ratio / scale * Float(half - maxExact), Float(half)))
                     bucket += min(large, half - 1)
                 }
                 out[q * tokens + k] = bucket

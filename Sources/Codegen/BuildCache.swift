@@ -50,16 +50,7 @@ public struct BuildCache {
         let key = key(for: program)
         let dir = "\(root)/\(key)"
         let lib = "\(dir)/lib.so"
-        if fm.fileExists(atPath: dir) {
-            if let expected = try? String(contentsOfFile: lib + ".sha256", encoding: .utf8),
-               let actual = try? sha256(ofFile: lib), expected.trimmingCharacters(in: .whitespacesAndNewlines) == actual {
-                let commands = (try? String(contentsOfFile: "\(dir)/commands.txt", encoding: .utf8))?
-                    .split(separator: "\n").map { $0.split(separator: " ").map(String.init) } ?? []
-                return Entry(path: lib, key: key, cacheHit: true, commands: commands)
-            }
-            log("cache entry \(key.prefix(16)) is corrupted; rebuilding")
-            try? fm.removeItem(atPath: dir)
-        }
+        if let hit = cachedEntry(key: key) { return hit }
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
         let tmp = "\(root)/.tmp-\(key.prefix(16))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
@@ -98,10 +89,31 @@ public struct BuildCache {
         return Entry(path: lib, key: key, cacheHit: false, commands: commands)
     }
 
+    /// The entry for `key` if it is whole and its library matches its recorded SHA-256; a
+    /// corrupted entry (any file missing, unreadable or altered) is deleted and nil returned, so
+    /// the caller rebuilds it. Cache entries are files on disk: this is a reader of untrusted input.
+    public func cachedEntry(key: String) -> Entry? {
+        let fm = FileManager.default
+        let dir = "\(root)/\(key)"
+        let lib = "\(dir)/lib.so"
+        guard fm.fileExists(atPath: dir) else { return nil }
+        if let data = try? readInputFile(lib + ".sha256", limit: 4096),
+           let expected = String(data: data, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines),
+           let actual = try? sha256(ofFile: lib), expected == actual {
+            let text = (try? readInputFile("\(dir)/commands.txt", limit: 1 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            let commands = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+            return Entry(path: lib, key: key, cacheHit: true, commands: commands)
+        }
+        log("cache entry \(key.prefix(16)) is corrupted; rebuilding")
+        try? fm.removeItem(atPath: dir)
+        return nil
+    }
+
     private func check(_ r: ProcessResult, _ command: [String]) throws {
         guard r.status == 0 else {
-            let stderr = r.error.trimmingCharacters(in: .whitespacesAndNewlines)
-            throw ArcError("C compiler failed (exit \(r.status)): \(command.joined(separator: " "))\n\(stderr)")
+            // One line: the compiler's own lines joined with " | " (its stderr, capped at 4 KB).
+            let stderr = r.error.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").joined(separator: " | ")
+            throw ArcError("C compiler failed (exit \(r.status)): \(command.joined(separator: " ")): \(stderr.prefix(4096))")
         }
     }
 }

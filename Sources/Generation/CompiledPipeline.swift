@@ -148,3 +148,13 @@ public func image(fromDecoded t: Tensor) throws -> Image8 {
     guard t.rank == 4, t.shape[0] == 1, t.shape[1] == 3 else { throw ArcError("decoded image must be [1, 3, H, W], got \(t.type)") }
     return Image8(width: t.shape[3], height: t.shape[2], pixels: VAEDecoderGraph.rgb8(t))
 }
+
+/// Lines of a prompt file (UTF-8); empty or blank lines become nil (reported by line number).
+/// File-level problems (not found, not text, too large) are one error for the whole file.
+public func readPromptLines(_ path: String) throws -> [String?] {
+    let text = try readInputText(path, what: "text")
+    var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0.hasSuffix("\r") ? $0.dropLast() : $0) }
+    if lines.last == "" { lines.removeLast() }   // a final newline ends the last line; it adds none
+    if lines.isEmpty { throw ArcError("\(path) has no prompts") }
+    return lines.map { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
+}

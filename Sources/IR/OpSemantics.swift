@@ -161,7 +161,10 @@ public enum OpSemantics {
                 if t.dtype != first.dtype || s != first.shape {
                     throw ArcError("operands must match except on axis \(ax): \(first) and \(t)")
                 }
-                shape[ax] += t.shape[ax]
+                // Checked: IR text can name one operand 2^16 times (found by fuzzing a sum that trapped).
+                let (sum, overflow) = shape[ax].addingReportingOverflow(t.shape[ax])
+                if overflow || sum > maxTensorBytes { throw ArcError("concatenated axis \(ax) is larger than the 2^48 limit") }
+                shape[ax] = sum
             }
             return first.with(shape: shape)
 
@@ -259,6 +262,11 @@ public enum OpSemantics {
             if stride.count != 2 || pad.count != 2 || dil.count != 2 || stride.contains(where: { $0 < 1 }) || pad.contains(where: { $0 < 0 }) || dil.contains(where: { $0 < 1 }) {
                 throw ArcError("'stride' and 'dilation' must be two integers >= 1 and 'padding' two integers >= 0")
             }
+            // Attributes come from IR text: bounded before any arithmetic (a dilation or padding
+            // of 2^62 overflowed here; found by fuzzing).
+            if (stride + pad).contains(where: { $0 > 1 << 32 }) || dil.contains(where: { $0 > 1 << 16 }) {
+                throw ArcError("'stride' and 'padding' must be at most 2^32 and 'dilation' at most 2^16, got \(stride), \(pad), \(dil)")
+            }
             let kh = dil[0] * (w.shape[2] - 1) + 1, kw = dil[1] * (w.shape[3] - 1) + 1
             let ho = (x.shape[2] + 2 * pad[0] - kh) / stride[0] + 1
             let wo = (x.shape[3] + 2 * pad[1] - kw) / stride[1] + 1
@@ -277,6 +285,8 @@ public enum OpSemantics {
                 throw ArcError("needs integer attributes 'components' and 'positions'")
             }
             _ = try float("delta")
+            // Bounded before k·f and (k−1)·p below can overflow (IR text may say components = 2^62).
+            guard k <= 1 << 16, p <= 1 << 16 else { throw ArcError("'components' and 'positions' must be at most 65536, got \(k) and \(p)") }
             guard x.rank >= 1, let f = x.shape.last, f % p == 0 else { throw ArcError("x \(x): last dimension must be a multiple of positions \(p)") }
             let lead = Array(x.shape.dropLast())
             for (t, last) in [(mu, k * f), (lw, k * p), (g, (k - 1) * p)] where t.shape != lead + [last] {

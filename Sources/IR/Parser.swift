@@ -20,6 +20,16 @@ public enum Parser {
         for g in m.graphs { try Verifier.verify(g) }
         return m
     }
+
+    /// Reads, parses and verifies an IR file; every error starts with the path (and line:column
+    /// where there is one). A file that is not UTF-8 is "not IR text", not "cannot read".
+    public static func parseFile(_ path: String) throws -> Module {
+        let text = try readInputText(path, what: "IR text")
+        do { return try parseVerified(text) } catch let e as ArcError {
+            // Parse errors start with line:column; verifier errors with "line N:".
+            throw ArcError(e.message.first?.isNumber == true ? "\(path):\(e.message)" : "\(path): \(e.message)")
+        }
+    }
 }
 
 private enum Token: Equatable {
@@ -62,7 +72,10 @@ private struct ParserState {
 
     // MARK: Lexer
 
+    /// Never past the end: the string-escape paths skip two characters (`\u{`) without looking,
+    /// and a file may end right after `\u` (found by libFuzzer: an index-out-of-range trap).
     private mutating func bump() {
+        guard pos < chars.count else { return }
         if chars[pos] == "\n" { line += 1; col = 1 } else { col += 1 }
         pos += 1
     }

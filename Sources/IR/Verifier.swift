@@ -15,6 +15,9 @@ public enum Verifier {
         var seenNames = Set<String>()
         var inputKeys = Set<String>(), weightKeys = Set<String>()
         for (i, node) in graph.nodes.enumerated() {
+            // Before anything multiplies the dimensions: IR text is input, and f32[2^62,4] must
+            // be an error, not an overflow trap in `count` or in the memory planner.
+            if let problem = sizeProblem(node.type) { throw fail(i, problem) }
             if let n = node.name {
                 if n.isEmpty || n.allSatisfy(\.isNumber) { throw fail(i, "invalid value name '\(n)'") }
                 if !seenNames.insert(n).inserted { throw fail(i, "value name %\(n) is used twice") }
@@ -59,4 +62,20 @@ public enum Verifier {
             if !outNames.insert(o.name).inserted { throw ArcError("output \"\(o.name)\" of @\(graph.name) declared twice") }
         }
     }
+}
+
+/// The largest tensor the IR accepts, in bytes (2^48, 256 TiB): far above any model, and small
+/// enough that sums of offsets and sizes in the memory planner and the C code never overflow.
+public let maxTensorBytes = 1 << 48
+
+/// Why `type` cannot be a tensor (a negative dimension, or more than `maxTensorBytes`), or nil.
+public func sizeProblem(_ type: TensorType) -> String? {
+    if let d = type.shape.first(where: { $0 < 0 }) { return "negative dimension \(d) in \(type)" }
+    var bytes = type.dtype.byteSize
+    for d in type.shape {
+        let (p, overflow) = bytes.multipliedReportingOverflow(by: d)
+        if overflow || p > maxTensorBytes { return "\(type) is larger than the 2^48-byte limit for one tensor" }
+        bytes = p
+    }
+    return nil
 }

@@ -19,8 +19,7 @@ public struct CLIPTokenizer {
         }
         self.vocab = vocab
         let mergesPath = (folder as NSString).appendingPathComponent("merges.txt")
-        guard let data = FileManager.default.contents(atPath: mergesPath),
-              let text = String(data: data, encoding: .utf8) else { throw ArcError("\(mergesPath): file not found") }
+        let text = try readInputText(mergesPath, what: "text")
         // As transformers reads it: strip, split lines, drop line 1 (the "#version" header, dropped
         // even when absent), keep at most 49152 - 256 - 2 merges; a repeated pair keeps its last rank.
         var ranks: [String: Int] = [:]

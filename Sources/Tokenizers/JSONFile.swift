@@ -10,10 +10,8 @@ struct JSONFile {
     /// Reads and parses `folder/name`; `optional` files that are absent give nil instead of an error.
     static func load(_ folder: String, _ name: String, optional: Bool = false) throws -> JSONFile? {
         let path = (folder as NSString).appendingPathComponent(name)
-        guard let data = FileManager.default.contents(atPath: path) else {
-            if optional { return nil }
-            throw ArcError("\(path): file not found")
-        }
+        if optional && !FileManager.default.fileExists(atPath: path) { return nil }
+        let data = try readInputFile(path, limit: maxInputTextBytes, what: "JSON file")
         do {
             return JSONFile(path: path, root: try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]))
         } catch {

@@ -9,6 +9,7 @@ public struct CommandResult {
     public var status: Int32
     public var out: String
     public var err: String
+    public init(status: Int32, out: String, err: String) { self.status = status; self.out = out; self.err = err }
 }
 
 /// Runs the arcflow binary built next to the test bundle, in `directory`, with extra environment.

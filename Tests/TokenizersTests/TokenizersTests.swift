@@ -106,13 +106,13 @@ final class TokenizersTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: clipDir, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: t5Dir, withIntermediateDirectories: true)
 
-        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/vocab.json: file not found")
+        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "cannot read \(clipDir)/vocab.json: no such file")
         try FileManager.default.copyItem(atPath: "\(fixtures)/tokenizer/vocab.json", toPath: "\(clipDir)/vocab.json")
-        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/merges.txt: file not found")
+        XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "cannot read \(clipDir)/merges.txt: no such file")
         try "{\"a\": 1,".write(toFile: "\(clipDir)/vocab.json", atomically: true, encoding: .utf8)
         XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/vocab.json: malformed JSON")
 
-        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: file not found")
+        XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "cannot read \(t5Dir)/tokenizer.json: no such file")
         let bpe: [String: Any] = ["model": ["type": "BPE", "vocab": ["a": 0], "merges": []]]
         try writeJSON(bpe, "\(t5Dir)/tokenizer.json")
         XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) },

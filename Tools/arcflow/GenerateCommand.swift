@@ -145,16 +145,6 @@ enum InterruptFlag {
     }
 }
 
-/// Lines of a prompt file (UTF-8); empty or blank lines become nil (reported by line number).
-func readPromptLines(_ path: String) throws -> [String?] {
-    guard let data = FileManager.default.contents(atPath: path) else { throw ArcError("cannot read \(path)") }
-    guard let text = String(data: data, encoding: .utf8) else { throw ArcError("\(path) is not UTF-8 text") }
-    var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0.hasSuffix("\r") ? $0.dropLast() : $0) }
-    if lines.last == "" { lines.removeLast() }   // a final newline ends the last line; it adds none
-    if lines.isEmpty { throw ArcError("\(path) has no prompts") }
-    return lines.map { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
-}
-
 func parseShard(_ s: String?) throws -> (Int, Int) {
     guard let s else { return (0, 1) }
     let parts = s.split(separator: "/").map { Int($0) }
@@ -187,7 +177,13 @@ func readTensor(_ path: String, _ name: String, want: TensorType, hint: String) 
         throw ArcError("\(path) has no tensor '\(name)' (expected f32\(want.shape)); it has: \(file.names.joined(separator: ", "))")
     }
     guard t.shape == want.shape else { throw ArcError("\(path): '\(name)' has shape \(t.shape), expected \(want.shape) (\(hint))") }
-    return Tensor(want, try file.tensor(name).data)
+    let data = try file.tensor(name).data
+    // A NaN or Inf here would spread through every step and give a black or noise image with exit
+    // status 0; the sampler cannot recover from one, so it is refused before any work is done.
+    if let i = data.firstIndex(where: { !$0.isFinite }) {
+        throw ArcError("\(path): '\(name)' has a non-finite value (\(data[i])) at element \(i); it must be finite")
+    }
+    return Tensor(want, data)
 }
 
 /// The sampler-only path: prompt embeddings and noise (or a seed) to latents.

@@ -69,15 +69,8 @@ extension String {
     func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }
 
-func stderrLine(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+/// Progress and per-line failures echo input text (prompts): escaped so each stays one line.
+func stderrLine(_ s: String) { FileHandle.standardError.write((oneLine(s) + "\n").data(using: .utf8)!) }
 
 /// Reads and verifies an IR file; errors carry the file name and line:column.
-func loadModule(_ path: String) throws -> Module {
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-        throw ArcError("cannot read \(path)")
-    }
-    do { return try Parser.parseVerified(text) } catch let e as ArcError {
-        // Parse errors start with line:column; verifier errors with "line N:".
-        throw ArcError(e.message.first?.isNumber == true ? "\(path):\(e.message)" : "\(path): \(e.message)")
-    }
-}
+func loadModule(_ path: String) throws -> Module { try Parser.parseFile(path) }

@@ -38,7 +38,7 @@ guard let first = argv.first, first != "-h", first != "--help", first != "help" 
     exit(argv.isEmpty ? 2 : 0)
 }
 guard let command = commands.first(where: { $0.spec.name == first }) else {
-    FileHandle.standardError.write("arcflow: error: unknown command '\(first)'\n\(topHelp)\n".data(using: .utf8)!)
+    FileHandle.standardError.write("arcflow: error: unknown command '\(oneLine(first))'\n\(topHelp)\n".data(using: .utf8)!)
     exit(2)
 }
 do {
@@ -48,12 +48,14 @@ do {
     print(h.text, terminator: "")
     exit(0)
 } catch let u as UsageError {
-    FileHandle.standardError.write("arcflow \(first): error: \(u.message)\n\(u.usage)\n".data(using: .utf8)!)
+    // The error is one line (escaped: options echo what the user typed); the usage block follows it.
+    FileHandle.standardError.write("arcflow \(oneLine(first)): error: \(oneLine(u.message))\n\(u.usage)\n".data(using: .utf8)!)
     exit(2)
 } catch let e as ArcError {
-    FileHandle.standardError.write("arcflow \(first): error: \(e.message)\n".data(using: .utf8)!)
+    FileHandle.standardError.write("arcflow \(first): error: \(oneLine(e.message))\n".data(using: .utf8)!)
     exit(1)
 } catch {
-    FileHandle.standardError.write("arcflow \(first): error: \(error.localizedDescription)\n".data(using: .utf8)!)
+    // Foundation's errors (a full disk while writing, say) are escaped too: every error is one line.
+    FileHandle.standardError.write("arcflow \(first): error: \(oneLine(error.localizedDescription))\n".data(using: .utf8)!)
     exit(1)
 }
