@@ -280,8 +280,9 @@ func replay(_ args: [String]) -> Int32 {
     let root = repositoryRoot(args)
     let work = scratchRoot() + "arcflow-fuzz-replay-\(t.name)-\(getpid())"
     defer { try? FileManager.default.removeItem(atPath: work) }
-    do { try makeBase(t, root: root, at: work); try t.load(work) } catch { fail("\(t.name): cannot prepare: \(error)") }
-    let corpus = Corpus(t, base: work)
+    let base = "\(work)/base"   // the kept seed copies (base.orig) then live inside `work` too
+    do { try makeBase(t, root: root, at: base); try t.load(base) } catch { fail("\(t.name): cannot prepare: \(error)") }
+    let corpus = Corpus(t, base: base)
     var bad = 0
     for file in args.dropFirst(2) where !file.hasPrefix("--") && file != option(args, "--root") {
         let name = (file as NSString).lastPathComponent
@@ -289,7 +290,7 @@ func replay(_ args: [String]) -> Int32 {
         guard corpus.originals[member] != nil else { print("\(name): no member \(member) in \(t.name)"); bad += 1; continue }
         let bytes = [UInt8](FileManager.default.contents(atPath: file) ?? Data())
         alarm(caseTimeout)
-        switch runCase(t, base: work, member: member, bytes: bytes, corpus: corpus) {
+        switch runCase(t, base: base, member: member, bytes: bytes, corpus: corpus) {
         case .accepted: print("\(name): accepted")
         case .rejected: print("\(name): rejected with a one-line error")
         case .finding(let kind, let message): print("\(name): \(kind): \(message)"); bad += 1
