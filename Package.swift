@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
         .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld",
-                                            "Tokenizers", "Generation", "Training"]),
+                                            "Tokenizers", "Generation", "Training", "DefaultModel"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -26,7 +26,11 @@ let package = Package(
         .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs"], path: "Sources/Generation"),
         // The training driver (resident state, batches, logs): not the compiler, so its own module.
         .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
-        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training"],
+        // The embedded default model: teacher configs, init, loss and CFG sampler graphs, its training run.
+        .target(name: "DefaultModel", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Training"],
+                path: "Sources/DefaultModel"),
+        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training",
+                                                          "DefaultModel"],
                           path: "Tools/arcflow"),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
@@ -42,6 +46,8 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Training", "arcflow", "TestSupport"],
                     path: "Tests/TrainingTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
+        .testTarget(name: "DefaultModelTests", dependencies: ["DefaultModel", "ShapesWorld", "Training", "ArcFlowGraphs", "Runtime", "IR"],
+                    path: "Tests/DefaultModelTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]
 )
