@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "DefaultModel", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Training"],
                 path: "Sources/DefaultModel"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training",
-                                                          "DefaultModel"],
+                                                          "DefaultModel", "ShapesWorld"],
                           path: "Tools/arcflow"),
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),

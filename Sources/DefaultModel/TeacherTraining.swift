@@ -132,6 +132,13 @@ public enum TeacherRun {
     /// steps), train.csv, loss.png, train.log lines via `o.log`, and every `evalEvery` steps
     /// ema.safetensors (f32), eval.csv (step, accuracy, guidance, shift) and eval_<step>.png.
     public static func run(_ o: TeacherRunOptions) throws {
+        let (trainer, _, c) = try prepare(o)
+        try train(trainer, c, o)
+    }
+
+    /// Compiles the train step (cached by the generated C) and binds a session at the initial
+    /// weights, or at the saved state with `o.resume`.
+    public static func prepare(_ o: TeacherRunOptions) throws -> (Trainer, CompiledProgram, TeacherConfig) {
         let c = TeacherConfig.standard(batch: o.batch)
         let dir = o.directory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -162,6 +169,11 @@ public enum TeacherRun {
             try trainer.resume(from: trainer.statePath!)
             o.log("resumed at step \(session.stepCount)")
         }
+        return (trainer, compiled, c)
+    }
+
+    static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions) throws {
+        let dir = o.directory, session = trainer.session
         let evaluator = TeacherEvaluator(config: c, count: o.evalCount, shift: o.shift, guidance: o.guidance)
         let evalPath = "\(dir)/eval.csv"
         var window: [StepRecord] = []

@@ -2,6 +2,8 @@
 
 import DefaultModel
 import Foundation
+import Imaging
+import ShapesWorld
 import IR
 import Runtime
 
@@ -23,6 +25,8 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
         OptionSpec(names: ["--export-teacher"], value: "PATH", help: "only convert OUTDIR/ema.safetensors to f16 at PATH (the shipped teacher) and exit"),
+        OptionSpec(names: ["--evaluate"], value: "W.safetensors", help: "only sample and judge the eval prompts with these weights (OUTDIR/check.png) and exit"),
+        OptionSpec(names: ["--profile"], value: "N", help: "only time N steps (batch rendering and each kernel, to stderr) and exit"),
         threadsOption,
     ],
     details: """
@@ -60,6 +64,39 @@ func trainDefaultCommand(_ argv: [String]) throws {
     let start = Date()
     o.log = { line in
         print(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + line)
+    }
+    if let path = args.value("--evaluate") {
+        let evaluator = TeacherEvaluator(config: .standard(batch: o.batch), count: o.evalCount, shift: o.shift, guidance: o.guidance)
+        let t0 = monotonicSeconds()
+        let (acc, images, verdicts) = try evaluator.evaluate(weights: try SafeTensorsStore(path: path), threads: o.threads)
+        try FileManager.default.createDirectory(atPath: o.directory, withIntermediateDirectories: true)
+        try writeAtomically(PNG.encode(ShapesWorld.contactSheet(images)), to: "\(o.directory)/check.png")
+        for (p, v) in zip(evaluator.prompts, verdicts).prefix(8) { print("\(p): \(v)") }
+        print(String(format: "one-object accuracy %.3f over %d prompts (CFG %.1f, shift %.2f) in %.0f s",
+                     acc, images.count, o.guidance, o.shift, monotonicSeconds() - t0))
+        return
+    }
+    if let n = try args.int("--profile", spec, min: 1) {
+        let (trainer, compiled, _) = try TeacherRun.prepare(o)
+        let session = trainer.session
+        session.executable.setThreads(o.threads)
+        var times = [Double](repeating: 0, count: compiled.program.steps.count)
+        var render = 0.0, wall = 0.0
+        for k in 0..<n {
+            let t0 = monotonicSeconds()
+            try session.setBatch(try trainer.batches.batch(step: session.stepCount))
+            let t1 = monotonicSeconds()
+            try times.withUnsafeMutableBufferPointer { t in
+                try session.executable.runRaw(inputs: session.currentInputs, outputs: session.currentOutputs, times: t.baseAddress)
+            }
+            let t2 = monotonicSeconds()
+            render += t1 - t0; wall += t2 - t1
+            print(String(format: "step %d: batch %.3f s, train step %.3f s", k + 1, t1 - t0, t2 - t1))
+        }
+        print(String(format: "mean: batch %.3f s, train step %.3f s (%.1f GFLOP/s): %.2f steps/s",
+                     render / Double(n), wall / Double(n), compiled.program.flops / (wall / Double(n)) / 1e9, Double(n) / (render + wall)))
+        printProfile(compiled.program.steps, times, runs: n)
+        return
     }
     try TeacherRun.run(o)
 }
