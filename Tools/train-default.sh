@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-models/shapes-run}
 STEPS=${STEPS:-40000}
-THREADS=${THREADS:-2}
+# One thread: on cores shared with other jobs, every OpenMP barrier of a 2-thread step waits for a
+# descheduled thread (measured 10× slower per step); use THREADS=2 on an idle machine.
+THREADS=${THREADS:-1}
 mkdir -p "$RUN" models/shapes
 swift build -c release
 echo "== teacher: $STEPS steps in $RUN (log: $RUN/train.log; accuracy: $RUN/eval.csv)"

@@ -170,7 +170,9 @@ public final class Trainer {
         if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         stopRequested = 0
         let previous = signal(SIGINT) { _ in stopRequested = 1 }
-        defer { signal(SIGINT, previous) }
+        // SIGTERM too: a background run stopped by its session or `kill` saves like Ctrl-C.
+        let previousTerm = signal(SIGTERM) { _ in stopRequested = 1 }
+        defer { signal(SIGINT, previous); signal(SIGTERM, previousTerm) }
         let start = monotonicSeconds(), firstStep = session.stepCount
         var lastPrint = 0.0
         var completed = true
