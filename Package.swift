@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "arcflow", targets: ["arcflow"]),
         .library(name: "ArcFlow", targets: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld",
-                                            "Tokenizers", "Generation", "Training"]),
+                                            "Tokenizers", "Generation", "Training", "DefaultModel"]),
     ],
     targets: [
         .target(name: "IR", path: "Sources/IR"),
@@ -26,7 +26,11 @@ let package = Package(
         .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs"], path: "Sources/Generation"),
         // The training driver (resident state, batches, logs): not the compiler, so its own module.
         .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
-        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training"],
+        // The embedded default model: teacher configs, init, loss and CFG sampler graphs, its training run.
+        .target(name: "DefaultModel", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Training"],
+                path: "Sources/DefaultModel"),
+        .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training",
+                                                          "DefaultModel", "ShapesWorld"],
                           path: "Tools/arcflow"),
         // Deterministic mutation fuzzing of every reader (Tools/fuzz.sh runs it; FuzzTests in CI).
         .executableTarget(name: "arcflow-fuzz", dependencies: ["IR", "Codegen", "Runtime", "ArcFlowGraphs", "Tokenizers", "Generation"],
@@ -49,6 +53,8 @@ let package = Package(
                     path: "Tests/TrainingTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
         .testTarget(name: "FuzzTests", dependencies: ["IR", "Runtime", "Tokenizers", "Generation", "ShapesWorld", "arcflow", "arcflow-fuzz", "TestSupport"], path: "Tests/FuzzTests"),
+        .testTarget(name: "DefaultModelTests", dependencies: ["DefaultModel", "ShapesWorld", "Training", "ArcFlowGraphs", "Runtime", "IR"],
+                    path: "Tests/DefaultModelTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]
 )

@@ -8,7 +8,11 @@ import Runtime
 /// Builds FLUX transformer evaluations into a graph. Weights come from the base checkpoint,
 /// with the adapter's dense tensors replacing the base's; every weight is checked against the
 /// shape the config implies, and converted to f32 right where it is read.
-final class FluxNetwork {
+///
+/// Public for model builders outside this module (the embedded default model trains it). The
+/// batch is whatever leading size the inputs have: inference graphs use 1, training and batched
+/// classifier-free guidance use B (every reshape reads it from its operand).
+public final class FluxNetwork {
     let b: GraphBuilder
     let config: FluxConfig
     let base: WeightStore
@@ -18,14 +22,14 @@ final class FluxNetwork {
     /// LoRA modules this network used; anything else in the adapter targets nothing here.
     private(set) var usedLoRA = Set<String>()
     /// RoPE tables, computed here and bound as weights named "rope.cos" and "rope.sin".
-    let ropeTables: [String: Tensor]
+    public let ropeTables: [String: Tensor]
     private var cache: [String: Value] = [:]
 
     var imageTokens: Int { gridH * gridW }
     var width: Int { config.width }
 
-    init(builder: GraphBuilder, config: FluxConfig, base: WeightStore, adapter: ArcFlowAdapter?,
-         textTokens: Int, latentHeight: Int, latentWidth: Int) {
+    public init(builder: GraphBuilder, config: FluxConfig, base: WeightStore, adapter: ArcFlowAdapter?,
+                textTokens: Int, latentHeight: Int, latentWidth: Int) {
         self.b = builder
         self.config = config
         self.base = base
@@ -56,7 +60,7 @@ final class FluxNetwork {
 
     /// nn.Linear: y = x·Wᵀ + b, plus the adapter's LoRA term s·(x·Aᵀ)·Bᵀ when it has one for
     /// this module (s = α/r, α = r when the file has no alpha).
-    func linear(_ x: Value, _ module: String, out: Int, in inputs: Int, bias: Bool = true) throws -> Value {
+    public func linear(_ x: Value, _ module: String, out: Int, in inputs: Int, bias: Bool = true) throws -> Value {
         var y = b.matmul(x, try weight("\(module).weight", [out, inputs]), transposeB: true)
         if let a = adapter, let pair = a.lora[module] {
             usedLoRA.insert(module)
@@ -88,7 +92,7 @@ final class FluxNetwork {
     /// Modulation chunks of an AdaLN layer: SiLU(temb)·Wᵀ + b split into `chunks` [1, 1, D] vectors.
     func modulation(_ temb: Value, _ module: String, chunks: Int) throws -> [Value] {
         let m = try linear(temb.apply(.silu), module, out: chunks * width, in: width)
-        return b.chunk(m, chunks, axis: 1).map { $0.reshaped([1, 1, width]) }
+        return b.chunk(m, chunks, axis: 1).map { $0.reshaped([temb.shape[0], 1, width]) }
     }
 
     /// Non-affine LayerNorm (eps 1e-6) modulated: LN(x)·(1 + scale) + shift.
@@ -121,6 +125,21 @@ final class FluxNetwork {
 
     /// temb = TE(proj(1000σ)) [+ GE(proj(1000g))] + TX(pooled). The model multiplies σ and g by
     /// 1000 in f32 (no bf16 rounding here; see the README).
+    /// The in-graph `sinusoid` of a per-sample σ [B] (times 1000): [B, 256], for graphs whose σ is
+    /// an input (training draws one per sample).
+    public func sinusoid(_ sigma: Value) -> Value {
+        let half = 128
+        let freqs = (0..<half).map { k in Float(Foundation.exp(Double(Float(-Foundation.log(10000.0)) * Float(k) / Float(half)))) }
+        let args = b.matmul(sigma.reshaped([sigma.shape[0], 1]) * 1000, b.constant(freqs, shape: [1, half]))
+        return b.concat([args.apply(.cos), args.apply(.sin)], axis: 1)
+    }
+
+    /// temb [B, D] for a per-sample σ [B] and pooled [B, P]; no guidance embedder.
+    public func conditioning(sigma: Value, pooled: Value) throws -> Value {
+        let temb = try mlpEmbedder(sinusoid(sigma), "time_text_embed.timestep_embedder", in: 256)
+        return temb + (try mlpEmbedder(pooled, "time_text_embed.text_embedder", in: config.pooledProjectionDim))
+    }
+
     func conditioning(sigma: Float, guidance: Float?, pooled: Value) throws -> Value {
         let tproj = b.constant(FluxNetwork.sinusoid(sigma * 1000), shape: [1, 256])
         var temb = try mlpEmbedder(tproj, "time_text_embed.timestep_embedder", in: 256)
@@ -133,7 +152,7 @@ final class FluxNetwork {
 
     /// FluxPosEmbed over ids = [text (0,0,0)…; image (0, r, q)…]: per axis a with size d_a,
     /// ω_k = θ^(−2k/d_a), angle = pos·ω in f64, each value repeated for a channel pair.
-    static func rope(config: FluxConfig, textTokens: Int, gridH: Int, gridW: Int) -> [String: Tensor] {
+    public static func rope(config: FluxConfig, textTokens: Int, gridH: Int, gridW: Int) -> [String: Tensor] {
         let d = config.attentionHeadDim
         let n = textTokens + gridH * gridW
         var cos = [Float](repeating: 0, count: n * d), sin = cos
@@ -169,7 +188,7 @@ final class FluxNetwork {
     /// Q, K, V of one stream as [1, S, H, Dh], Q and K RMS-normalised per head.
     func qkv(_ x: Value, q: String, k: String, v: String, normQ: String, normK: String) throws -> (Value, Value, Value) {
         let s = x.shape[1]
-        func proj(_ m: String) throws -> Value { try linear(x, m, out: width, in: width).reshaped([1, s, heads, headDim]) }
+        func proj(_ m: String) throws -> Value { try linear(x, m, out: width, in: width).reshaped([x.shape[0], s, heads, headDim]) }
         let qn = b.rmsNorm(try proj(q), scale: try weight("\(normQ).weight", [headDim]), eps: 1e-6)
         let kn = b.rmsNorm(try proj(k), scale: try weight("\(normK).weight", [headDim]), eps: 1e-6)
         return (qn, kn, try proj(v))
@@ -179,7 +198,7 @@ final class FluxNetwork {
     func attend(_ q: Value, _ k: Value, _ v: Value) -> Value {
         let (cos, sin) = ropeValues()
         let o = b.attention(b.rope(q, cos: cos, sin: sin), b.rope(k, cos: cos, sin: sin), v, scale: 1 / Double(headDim).squareRoot())
-        return o.reshaped([1, q.shape[1], width])
+        return o.reshaped([q.shape[0], q.shape[1], width])
     }
 
     /// FluxTransformerBlock (§4.4): both streams modulated by temb, joint attention over
@@ -219,8 +238,16 @@ final class FluxNetwork {
     /// One transformer evaluation up to norm_out: image tokens [1, N, D].
     /// `context` is context_embedder(prompt_embeds), computed once per graph by the caller.
     func trunk(packed x: Value, sigma: Float, guidance: Float?, context: Value, pooled: Value) throws -> Value {
-        let temb = try conditioning(sigma: sigma, guidance: guidance, pooled: pooled)
+        try trunk(packed: x, temb: try conditioning(sigma: sigma, guidance: guidance, pooled: pooled), context: context)
+    }
+
+    /// The trunk for a given temb [B, D] (B = 1, or per-sample σ). `imagePositions` [N, D], when
+    /// given, is added to the embedded image tokens: FLUX's RoPE shows image tokens their absolute
+    /// place only through attention to the text (all at position 0), which a model that must put
+    /// an object "at the top left" learns slowly; an additive table makes it explicit.
+    public func trunk(packed x: Value, temb: Value, context: Value, imagePositions: Value? = nil) throws -> Value {
         var img = try linear(x, "x_embedder", out: width, in: config.inChannels)
+        if let p = imagePositions { img = img + p.reshaped([1, imageTokens, width]) }
         var txt = context
         for i in 0..<config.numLayers { (img, txt) = try doubleBlock(i, image: img, text: txt, temb: temb) }
         var joint = b.concat([txt, img], axis: 1)
@@ -228,16 +255,16 @@ final class FluxNetwork {
         img = b.slice(joint, axis: 1, textTokens..<(textTokens + imageTokens))
         // AdaLayerNormContinuous: scale is the FIRST half, shift the second (diffusers order).
         let mod = try linear(temb.apply(.silu), "norm_out.linear", out: 2 * width, in: width)
-        let halves = b.chunk(mod, 2, axis: 1).map { $0.reshaped([1, 1, width]) }
+        let halves = b.chunk(mod, 2, axis: 1).map { $0.reshaped([temb.shape[0], 1, width]) }
         return modulate(img, shift: halves[1], scale: halves[0])
     }
 
-    func context(_ promptEmbeds: Value) throws -> Value {
+    public func context(_ promptEmbeds: Value) throws -> Value {
         try linear(promptEmbeds, "context_embedder", out: width, in: config.jointAttentionDim)
     }
 
     /// The teacher's velocity in packed layout [1, N, 4C].
-    func teacherHead(_ h: Value) throws -> Value {
+    public func teacherHead(_ h: Value) throws -> Value {
         try linear(h, "proj_out", out: config.inChannels, in: width)
     }
 

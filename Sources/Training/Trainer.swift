@@ -137,6 +137,9 @@ public final class Trainer {
     /// Extra metadata for the state file (e.g. the command line).
     public var metadata: [String: String] = [:]
     public var logScalePlot = true
+    /// Called after every step (after any periodic save), e.g. to log or evaluate; a long hook
+    /// delays training but never changes it (batches are functions of the step).
+    public var afterStep: ((StepRecord) throws -> Void)?
 
     public init(session: TrainingSession, batches: BatchProvider, config: TrainConfig, directory: String?) {
         self.session = session
@@ -167,7 +170,9 @@ public final class Trainer {
         if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         stopRequested = 0
         let previous = signal(SIGINT) { _ in stopRequested = 1 }
-        defer { signal(SIGINT, previous) }
+        // SIGTERM too: a background run stopped by its session or `kill` saves like Ctrl-C.
+        let previousTerm = signal(SIGTERM) { _ in stopRequested = 1 }
+        defer { signal(SIGINT, previous); signal(SIGTERM, previousTerm) }
         let start = monotonicSeconds(), firstStep = session.stepCount
         var lastPrint = 0.0
         var completed = true
@@ -189,6 +194,7 @@ public final class Trainer {
             }
             if stopRequested != 0 { completed = false; break }
             if config.saveEvery > 0 && session.stepCount % config.saveEvery == 0 && session.stepCount < config.steps { try save() }
+            try afterStep?(record)
         }
         if config.progress {
             FileHandle.standardError.write((completed ? "\n" : "\nstopped by Ctrl-C after step \(session.stepCount); saving\n").data(using: .utf8)!)

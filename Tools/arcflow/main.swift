@@ -15,6 +15,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (benchSpec, benchCommand),
     (trainSpec, trainCommand),
     (trainBenchSpec, trainBenchCommand),
+    (trainDefaultSpec, trainDefaultCommand),
     (randomWeightsSpec, randomWeightsCommand),
     (randomInputsSpec, randomInputsCommand),
     (exampleSpec, exampleCommand),

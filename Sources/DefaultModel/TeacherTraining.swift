@@ -1,0 +1,227 @@
+// Training the teacher: rendered batches, the compiled train step, periodic EMA export and
+// evaluation by the judge (CFG Euler sampling through a compiled sampler graph).
+
+import ArcFlowGraphs
+import Foundation
+import Imaging
+import IR
+import Runtime
+import ShapesWorld
+import Training
+
+/// Fresh renders per step, a pure function of (seed, step): resumes draw exactly the batches an
+/// uninterrupted run would.
+///
+/// σ is logit-normal (SD3's law, m = 0, s = 1): it puts most steps at mid noise, where layout and
+/// colour are decided, and few at the ends, where the x0 target is trivial (σ → 0) or the
+/// prediction is the data mean (σ → 1). Captions are dropped (replaced by the empty caption in
+/// the graph) with probability `dropout` so the model also learns the unconditional velocity
+/// that classifier-free guidance needs.
+public struct TeacherBatches: BatchProvider {
+    public let config: TeacherConfig
+    public let seed: UInt64
+    public var dropout = 0.1
+    public init(config: TeacherConfig, seed: UInt64) { self.config = config; self.seed = seed }
+
+    public func prompts(step: Int) -> [Prompt] {
+        var sampler = PromptSampler(seed: (seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ 0x5DEE_CE66_D1CE_5EED)
+        return sampler.next(config.batch)
+    }
+
+    public func batch(step: Int) throws -> [String: [Float]] {
+        let n = config.batch, s = TeacherConfig.side
+        var rng = SeededGenerator(seed: seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15)
+        let ps = prompts(step: step)
+        let x0 = ShapesWorld.renderBatch(ps, rng: &rng)
+        let noise = rng.normals(n * 3 * s * s)
+        let sigma = rng.normals(n).map { z -> Float in min(max(1 / (1 + Foundation.exp(-z)), 1e-4), 1 - 1e-4) }
+        let keep = (0..<n).map { _ in rng.uniform() < Float(dropout) ? Float(0) : 1 }
+        let ids = ps.flatMap { WorldVocabulary.encode($0).map(Float.init) }
+        return ["x0": x0, "noise": noise, "sigma": sigma, "keep": keep, "input_ids": ids]
+    }
+}
+
+/// Samples a fixed prompt set with a compiled one-step CFG Euler graph (run once per knot pair)
+/// and judges the images.
+public final class TeacherEvaluator {
+    public let config: TeacherConfig
+    public let prompts: [Prompt]
+    public var guidance: Double
+    public var sigmas: [Double]
+    public let shift: Double
+    public let chunk: Int
+    let noiseSeed: UInt64
+
+    /// `count` one-object prompts (held-out pairs excluded), fixed by `seed`, as is the noise.
+    public init(config: TeacherConfig, count: Int = 64, chunk: Int = 16, steps: Int = 28, shift: Double = 1,
+                guidance: Double = 5, seed: UInt64 = 1234) {
+        self.config = config
+        var sampler = PromptSampler(seed: seed)
+        sampler.twoObjects = 0
+        self.prompts = sampler.next(count)
+        self.chunk = chunk
+        self.guidance = guidance
+        self.sigmas = Schedule.eulerSigmas(steps: steps, shift: shift)
+        self.shift = shift
+        self.noiseSeed = seed
+    }
+
+    /// Images as bytes from the graph's [−1, 1] floats.
+    public static func images(_ t: [Float], count: Int) -> [Image8] {
+        let s = TeacherConfig.side, plane = s * s
+        return (0..<count).map { k in
+            var px = [UInt8](repeating: 0, count: plane * 3)
+            for i in 0..<plane {
+                for c in 0..<3 {
+                    px[i * 3 + c] = UInt8(max(0, min(255, ((t[(k * 3 + c) * plane + i] + 1) * 127.5).rounded())))
+                }
+            }
+            return Image8(width: s, height: s, channels: 3, pixels: px)
+        }
+    }
+
+    /// Samples every prompt with `weights` (the trained tensors, e.g. the EMA) and judges them.
+    public func evaluate(weights: WeightStore, threads: Int) throws -> (accuracy: Double, images: [Image8], verdicts: [Verdict]) {
+        let store = TeacherGraphs.store(config, trained: weights)
+        let graph = try TeacherGraphs.sampler(config, weights: store, count: chunk, steps: 1)
+        let exe = try ModelCompiler.build(Module(graph), weights: store).load()
+        exe.setThreads(threads)
+        let s = TeacherConfig.side, l = config.text.tokens
+        var rng = SeededGenerator(seed: noiseSeed)
+        var images: [Image8] = []
+        for start in stride(from: 0, to: prompts.count, by: chunk) {
+            let ps = Array(prompts[start..<min(start + chunk, prompts.count)])
+            var ids = ps.flatMap { WorldVocabulary.encode($0).map(Float.init) }
+            ids += [Float](repeating: 0, count: (chunk - ps.count) * l).enumerated().map { $0.offset % l == 0 ? 1 : $0.offset % l == 1 ? 2 : 0 }
+            var x = Tensor(.f32([chunk, 3, s, s]), rng.normals(chunk * 3 * s * s))
+            for i in 0..<(sigmas.count - 1) {
+                let out = try exe.run(["noise": x, "input_ids": Tensor(.f32([chunk, l]), ids),
+                                       "sigmas": Tensor(.f32([2]), [Float(sigmas[i]), Float(sigmas[i + 1])]),
+                                       "guidance_scale": Tensor(.f32([1]), [Float(guidance)])])
+                x = out["images"]!
+            }
+            images += Self.images(x.data, count: ps.count)
+        }
+        let verdicts = zip(images, prompts).map { ShapesWorld.judge($0, $1) }
+        return (Double(verdicts.filter(\.passed).count) / Double(max(prompts.count, 1)), images, verdicts)
+    }
+}
+
+/// Options of a teacher training run (`arcflow train-default`).
+public struct TeacherRunOptions {
+    public var directory: String
+    public var steps = 40_000
+    public var batch = 32
+    public var lr = 4e-4
+    public var warmup = 500
+    public var saveEvery = 250
+    public var evalEvery = 1000
+    public var evalCount = 64
+    public var guidance = 5.0
+    public var shift = 1.0
+    public var seed: UInt64 = 0
+    public var threads = 2
+    public var resume = false
+    public var emaBeta = 0.999
+    public var log: (String) -> Void = { print($0) }
+    public init(directory: String) { self.directory = directory }
+}
+
+public enum TeacherRun {
+    /// Trains (or resumes) the teacher in `o.directory`: state.safetensors (every `saveEvery`
+    /// steps), train.csv, loss.png, train.log lines via `o.log`, and every `evalEvery` steps
+    /// ema.safetensors (f32), eval.csv (step, accuracy, guidance, shift) and eval_<step>.png.
+    public static func run(_ o: TeacherRunOptions) throws {
+        let (trainer, _, c) = try prepare(o)
+        try train(trainer, c, o)
+    }
+
+    /// Compiles the train step (cached by the generated C) and binds a session at the initial
+    /// weights, or at the saved state with `o.resume`.
+    public static func prepare(_ o: TeacherRunOptions) throws -> (Trainer, CompiledProgram, TeacherConfig) {
+        let c = TeacherConfig.standard(batch: o.batch)
+        let dir = o.directory
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let initial = TeacherWeights.random(c, seed: o.seed)
+        let initPath = "\(dir)/init.safetensors"
+        if !FileManager.default.fileExists(atPath: initPath) { try TeacherWeights.write(initial, to: initPath) }
+        let trained = TensorStore(initial, label: "teacher init (seed \(o.seed))")
+        let store = TeacherGraphs.store(c, trained: trained)
+        let t0 = monotonicSeconds()
+        let lossGraph = try TeacherGraphs.loss(c, weights: store)
+        let params = TeacherWeights.trainable(c).map { TrainableParameter($0, ema: true) }
+        let step = try OptimizerStep.build(lossGraph: lossGraph, loss: "loss", parameters: params,
+                                           optimizer: OptimizerConfig(maxGradNorm: 1))
+        var options = CompileOptions()
+        options.model = ["train_step": step.hash]
+        let compiled = try ModelCompiler.build(Module(step.graph), weights: store, options: options)
+        let session = try TrainingSession(step: step, executable: try compiled.load(), initial: store)
+        let parameterCount = TeacherWeights.layout(c).reduce(0) { $0 + $1.shape.reduce(1, *) }
+        o.log(String(format: "teacher: %d parameters, batch %d, train step %.1f GFLOP, compiled in %.0f s",
+                     parameterCount, c.batch, compiled.program.flops / 1e9, monotonicSeconds() - t0))
+
+        let schedule = LRSchedule(lr: o.lr, warmupSteps: o.warmup, warmupStartFactor: 0.01)
+        let config = TrainConfig(steps: o.steps, schedule: schedule, emaBeta: o.emaBeta, saveEvery: o.saveEvery,
+                                 seed: o.seed, threads: o.threads, progress: false)
+        let trainer = Trainer(session: session, batches: TeacherBatches(config: c, seed: o.seed), config: config, directory: dir)
+        trainer.metadata = ["model": "shapes-teacher", "batch": String(c.batch), "lr": String(o.lr)]
+        if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
+            try trainer.resume(from: trainer.statePath!)
+            o.log("resumed at step \(session.stepCount)")
+        }
+        return (trainer, compiled, c)
+    }
+
+    static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions) throws {
+        let dir = o.directory, session = trainer.session
+        let evaluator = TeacherEvaluator(config: c, count: o.evalCount, shift: o.shift, guidance: o.guidance)
+        let evalPath = "\(dir)/eval.csv"
+        var window: [StepRecord] = []
+        var last = monotonicSeconds()
+        trainer.afterStep = { r in
+            window.append(r)
+            if r.step % 50 == 0 {
+                let now = monotonicSeconds()
+                let mean = window.map(\.loss).reduce(0, +) / Double(window.count)
+                o.log(String(format: "step %d  loss %.4f (mean of %d)  lr %.3g  grad_norm %.3g  %.2f steps/s",
+                             r.step, mean, window.count, r.lr, r.gradNorm, Double(window.count) / (now - last)))
+                window.removeAll(); last = now
+            }
+            if o.evalEvery > 0 && r.step % o.evalEvery == 0 {
+                try trainer.save()
+                let acc = try evaluate(trainer: trainer, config: c, evaluator: evaluator, directory: dir, evalPath: evalPath, log: o.log)
+                _ = acc
+                last = monotonicSeconds()
+            }
+        }
+        try trainer.run()
+        o.log("done at step \(session.stepCount)")
+    }
+
+    /// The EMA tensors of the session as f32 tensors by weight name.
+    public static func ema(_ session: TrainingSession, _ c: TeacherConfig) throws -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        for k in TeacherWeights.trainable(c) { out[k] = try session.tensor(TrainNames.ema(k)) }
+        return out
+    }
+
+    static func evaluate(trainer: Trainer, config c: TeacherConfig, evaluator: TeacherEvaluator, directory dir: String,
+                         evalPath: String, log: (String) -> Void) throws -> Double {
+        let t0 = monotonicSeconds()
+        let weights = try ema(trainer.session, c)
+        let step = trainer.session.stepCount
+        try TeacherWeights.write(weights, metadata: ["format": "arcflow-weights", "trained_steps": String(step)], to: "\(dir)/ema.safetensors")
+        let (acc, images, _) = try evaluator.evaluate(weights: TensorStore(weights, label: "EMA at step \(step)"), threads: trainer.config.threads)
+        try writeAtomically(PNG.encode(ShapesWorld.contactSheet(images)), to: "\(dir)/eval_\(step).png")
+        let header = FileManager.default.fileExists(atPath: evalPath) ? "" : "step,accuracy,guidance,shift,prompts\n"
+        let row = header + "\(step),\(acc),\(evaluator.guidance),\(evaluator.shift),\(evaluator.prompts.count)\n"
+        if let h = FileHandle(forWritingAtPath: evalPath) {
+            h.seekToEndOfFile(); h.write(row.data(using: .utf8)!); h.closeFile()
+        } else {
+            try row.write(toFile: evalPath, atomically: true, encoding: .utf8)
+        }
+        log(String(format: "eval at step %d: one-object accuracy %.3f (%d prompts, CFG %.1f, 28 Euler steps) in %.0f s",
+                   step, acc, evaluator.prompts.count, evaluator.guidance, monotonicSeconds() - t0))
+        return acc
+    }
+}

@@ -1,0 +1,96 @@
+// Every weight of the teacher and text encoder with its shape, and PyTorch-default random init.
+
+import Foundation
+import IR
+import Runtime
+
+public enum TeacherWeights {
+    /// How PyTorch's constructors initialise a tensor.
+    public enum Init: Equatable {
+        /// nn.Linear weight and bias: U(−1/√fan_in, 1/√fan_in) (kaiming_uniform with a = √5).
+        case uniform(fanIn: Int)
+        /// nn.Embedding: N(0, 1).
+        case normal
+        /// Norm scales: ones; norm biases: zeros.
+        case ones, zeros
+    }
+
+    /// (name, shape, init) in a fixed order (the order random numbers are drawn in).
+    public static func layout(_ c: TeacherConfig) -> [(name: String, shape: [Int], init: Init)] {
+        var out: [(String, [Int], Init)] = []
+        func linear(_ m: String, _ o: Int, _ i: Int) {
+            out.append(("\(m).weight", [o, i], .uniform(fanIn: i)))
+            out.append(("\(m).bias", [o], .uniform(fanIn: i)))
+        }
+        func layerNorm(_ m: String, _ d: Int) { out.append(("\(m).weight", [d], .ones)); out.append(("\(m).bias", [d], .zeros)) }
+        let t = c.text, f = c.flux, d = f.width, dh = f.attentionHeadDim
+        out.append(("text_model.embeddings.token_embedding.weight", [t.vocabSize, t.width], .normal))
+        out.append(("text_model.embeddings.position_embedding.weight", [t.tokens, t.width], .normal))
+        for i in 0..<t.layers {
+            let p = "text_model.encoder.layers.\(i)"
+            layerNorm("\(p).layer_norm1", t.width)
+            for m in ["q_proj", "k_proj", "v_proj", "out_proj"] { linear("\(p).self_attn.\(m)", t.width, t.width) }
+            layerNorm("\(p).layer_norm2", t.width)
+            linear("\(p).mlp.fc1", t.intermediate, t.width)
+            linear("\(p).mlp.fc2", t.width, t.intermediate)
+        }
+        layerNorm("text_model.final_layer_norm", t.width)
+
+        linear("x_embedder", d, f.inChannels)
+        linear("context_embedder", d, f.jointAttentionDim)
+        linear("time_text_embed.timestep_embedder.linear_1", d, 256)
+        linear("time_text_embed.timestep_embedder.linear_2", d, d)
+        linear("time_text_embed.text_embedder.linear_1", d, f.pooledProjectionDim)
+        linear("time_text_embed.text_embedder.linear_2", d, d)
+        for i in 0..<f.numLayers {
+            let p = "transformer_blocks.\(i)"
+            linear("\(p).norm1.linear", 6 * d, d)
+            linear("\(p).norm1_context.linear", 6 * d, d)
+            for m in ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"] { linear("\(p).attn.\(m)", d, d) }
+            for m in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] { out.append(("\(p).attn.\(m).weight", [dh], .ones)) }
+            for ff in ["ff", "ff_context"] { linear("\(p).\(ff).net.0.proj", 4 * d, d); linear("\(p).\(ff).net.2", d, 4 * d) }
+        }
+        for i in 0..<f.numSingleLayers {
+            let p = "single_transformer_blocks.\(i)"
+            linear("\(p).norm.linear", 3 * d, d)
+            linear("\(p).proj_mlp", 4 * d, d)
+            for m in ["to_q", "to_k", "to_v"] { linear("\(p).attn.\(m)", d, d) }
+            for m in ["norm_q", "norm_k"] { out.append(("\(p).attn.\(m).weight", [dh], .ones)) }
+            linear("\(p).proj_out", d, 5 * d)
+        }
+        linear("norm_out.linear", 2 * d, d)
+        linear("proj_out", f.inChannels, d)
+        return out
+    }
+
+    /// Trainable weight names (everything in `layout`; RoPE tables are computed, never trained).
+    public static func trainable(_ c: TeacherConfig) -> [String] { layout(c).map(\.name) }
+
+    /// Random initial weights, f32, a pure function of `seed`.
+    public static func random(_ c: TeacherConfig, seed: UInt64) -> [String: Tensor] {
+        var rng = SeededGenerator(seed: seed)
+        var out: [String: Tensor] = [:]
+        for (name, shape, kind) in layout(c) {
+            let n = shape.reduce(1, *)
+            let values: [Float]
+            switch kind {
+            case .uniform(let fanIn):
+                let bound = Float(1 / Double(fanIn).squareRoot())
+                values = (0..<n).map { _ in (2 * rng.uniform() - 1) * bound }
+            case .normal: values = rng.normals(n)
+            case .ones: values = [Float](repeating: 1, count: n)
+            case .zeros: values = [Float](repeating: 0, count: n)
+            }
+            out[name] = Tensor(.f32(shape), values)
+        }
+        return out
+    }
+
+    /// Writes tensors as a safetensors file in `dtype` (f32 for training state, f16 to ship).
+    public static func write(_ tensors: [String: Tensor], dtype: DType = .f32, metadata: [String: String] = [:], to path: String) throws {
+        let records = tensors.keys.sorted().map { k in
+            TensorRecord(name: k, dtype: dtype, shape: tensors[k]!.type.shape, payload: .floats(tensors[k]!.data))
+        }
+        try writeSafeTensors(records, metadata: metadata, to: path)
+    }
+}

@@ -1,0 +1,102 @@
+// train-default: train the embedded default model's teacher on the shapes world (hours of CPU).
+
+import DefaultModel
+import Foundation
+import Imaging
+import ShapesWorld
+import IR
+import Runtime
+
+let trainDefaultSpec = CommandSpec(
+    name: "train-default",
+    usage: "train-default -o OUTDIR [--steps N] [--batch B] [--resume] [options]",
+    summary: "Train the default model's teacher (FLUX MMDiT, pixel space) on rendered shapes; resumable.",
+    options: [
+        OptionSpec(names: ["-o", "--output"], value: "OUTDIR", help: "run folder (state, logs, EMA weights, evaluations)"),
+        OptionSpec(names: ["--steps"], value: "N", help: "total optimizer steps (default 40000; a resumed run continues up to N)"),
+        OptionSpec(names: ["--batch"], value: "B", help: "samples per step, compiled into the graph (default 32)"),
+        OptionSpec(names: ["--resume"], value: nil, help: "continue from OUTDIR/state.safetensors when it exists"),
+        OptionSpec(names: ["--lr"], value: "LR", help: "AdamW learning rate after warm-up (default 4e-4)"),
+        OptionSpec(names: ["--warmup"], value: "W", help: "linear warm-up steps (default 500)"),
+        OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N steps (default 250)"),
+        OptionSpec(names: ["--eval-every"], value: "N", help: "export the EMA and judge samples every N steps (default 1000; 0: never)"),
+        OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5)"),
+        OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
+        OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
+        OptionSpec(names: ["--export-teacher"], value: "PATH", help: "only convert OUTDIR/ema.safetensors to f16 at PATH (the shipped teacher) and exit"),
+        OptionSpec(names: ["--evaluate"], value: "W.safetensors", help: "only sample and judge the eval prompts with these weights (OUTDIR/check.png) and exit"),
+        OptionSpec(names: ["--profile"], value: "N", help: "only time N steps (batch rendering and each kernel, to stderr) and exit"),
+        threadsOption,
+    ],
+    details: """
+    Each step renders a fresh batch from the shapes world (prompts from PromptSampler, held-out pairs excluded),
+    a pure function of (seed, step), so --resume continues exactly. OUTDIR gets init.safetensors, state.safetensors,
+    train.csv, loss.png, and at every evaluation ema.safetensors (f32), eval.csv and eval_<step>.png.
+    Progress lines go to stdout (redirect to OUTDIR/train.log for a background run).
+    """)
+
+func trainDefaultCommand(_ argv: [String]) throws {
+    let spec = trainDefaultSpec
+    let args = try parseArguments(argv, spec, maxPositional: 0)
+    var o = TeacherRunOptions(directory: try args.required("--output", spec))
+    if let path = args.value("--export-teacher") {
+        let ema = try SafeTensorsStore(path: "\(o.directory)/ema.safetensors")
+        var tensors: [String: Tensor] = [:]
+        for name in ema.names { tensors[name] = try ema.tensor(name) }
+        let steps = ema.files.first?.metadata["trained_steps"] ?? "?"
+        try TeacherWeights.write(tensors, dtype: .f16, metadata: ["format": "arcflow-weights", "model": "shapes-teacher", "trained_steps": steps], to: path)
+        print("wrote \(tensors.count) tensors (f16, EMA after \(steps) steps) to \(path)")
+        return
+    }
+    o.steps = try args.int("--steps", spec, default: o.steps, min: 0)!
+    o.batch = try args.int("--batch", spec, default: o.batch, min: 1)!
+    o.resume = args.has("--resume")
+    o.lr = try args.double("--lr", spec, default: o.lr)!
+    o.warmup = try args.int("--warmup", spec, default: o.warmup, min: 0)!
+    o.saveEvery = try args.int("--save-every", spec, default: o.saveEvery, min: 0)!
+    o.evalEvery = try args.int("--eval-every", spec, default: o.evalEvery, min: 0)!
+    o.evalCount = try args.int("--eval-prompts", spec, default: o.evalCount, min: 1)!
+    o.guidance = try args.double("--guidance", spec, default: o.guidance)!
+    o.shift = try args.double("--shift", spec, default: o.shift)!
+    o.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
+    o.threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    let start = Date()
+    o.log = { line in
+        print(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + line)
+    }
+    if let path = args.value("--evaluate") {
+        let evaluator = TeacherEvaluator(config: .standard(batch: o.batch), count: o.evalCount, shift: o.shift, guidance: o.guidance)
+        let t0 = monotonicSeconds()
+        let (acc, images, verdicts) = try evaluator.evaluate(weights: try SafeTensorsStore(path: path), threads: o.threads)
+        try FileManager.default.createDirectory(atPath: o.directory, withIntermediateDirectories: true)
+        try writeAtomically(PNG.encode(ShapesWorld.contactSheet(images)), to: "\(o.directory)/check.png")
+        for (p, v) in zip(evaluator.prompts, verdicts).prefix(8) { print("\(p): \(v)") }
+        print(String(format: "one-object accuracy %.3f over %d prompts (CFG %.1f, shift %.2f) in %.0f s",
+                     acc, images.count, o.guidance, o.shift, monotonicSeconds() - t0))
+        return
+    }
+    if let n = try args.int("--profile", spec, min: 1) {
+        let (trainer, compiled, _) = try TeacherRun.prepare(o)
+        let session = trainer.session
+        session.executable.setThreads(o.threads)
+        var times = [Double](repeating: 0, count: compiled.program.steps.count)
+        var render = 0.0, wall = 0.0
+        for k in 0..<n {
+            let t0 = monotonicSeconds()
+            try session.setBatch(try trainer.batches.batch(step: session.stepCount))
+            let t1 = monotonicSeconds()
+            try times.withUnsafeMutableBufferPointer { t in
+                try session.executable.runRaw(inputs: session.currentInputs, outputs: session.currentOutputs, times: t.baseAddress)
+            }
+            let t2 = monotonicSeconds()
+            render += t1 - t0; wall += t2 - t1
+            print(String(format: "step %d: batch %.3f s, train step %.3f s", k + 1, t1 - t0, t2 - t1))
+        }
+        print(String(format: "mean: batch %.3f s, train step %.3f s (%.1f GFLOP/s): %.2f steps/s",
+                     render / Double(n), wall / Double(n), compiled.program.flops / (wall / Double(n)) / 1e9, Double(n) / (render + wall)))
+        printProfile(compiled.program.steps, times, runs: n)
+        return
+    }
+    try TeacherRun.run(o)
+}
