@@ -390,6 +390,24 @@ public enum Interpreter {
         return Tensor(x.type, out)
     }
 
+    /// Logits s_j = scale·q_i·k_j + bias_hij of query row i (batch bi, head hi) for keys 0..<visible,
+    /// in f64; returns their maximum. Shared by attention and its backward so both see one definition.
+    static func attentionLogits(_ q: Tensor, _ k: Tensor, _ bias: Tensor?, _ bi: Int, _ hi: Int, _ i: Int, _ visible: Int,
+                                _ scale: Double, into logits: inout [Double]) -> Double {
+        let (sq, h, d) = (q.shape[1], q.shape[2], q.shape[3])
+        let sk = k.shape[1]
+        let qb = ((bi * sq + i) * h + hi) * d
+        var m = -Double.infinity
+        for j in 0..<visible {
+            let kb = ((bi * sk + j) * h + hi) * d
+            var dot = 0.0
+            for c in 0..<d { dot += Double(q.data[qb + c]) * Double(k.data[kb + c]) }
+            logits[j] = dot * scale + (bias.map { Double($0.data[(hi * sq + i) * sk + j]) } ?? 0)
+            m = Swift.max(m, logits[j])
+        }
+        return m
+    }
+
     /// softmax(scale·q·kᵀ + bias)·v per batch and head, q/k/v laid out [B, S, H, D], bias
     /// [H, Sq, Sk]; with `causal`, query i attends to keys 0...i only.
     static func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, bias: Tensor? = nil, scale: Double, causal: Bool = false) -> Tensor {
@@ -402,15 +420,8 @@ public enum Interpreter {
             for hi in 0..<h {
                 for i in 0..<sq {
                     let qb = ((bi * sq + i) * h + hi) * d
-                    var m = -Double.infinity
                     let visible = causal ? i + 1 : sk
-                    for j in 0..<visible {
-                        let kb = ((bi * sk + j) * h + hi) * d
-                        var dot = 0.0
-                        for c in 0..<d { dot += Double(q.data[qb + c]) * Double(k.data[kb + c]) }
-                        logits[j] = dot * scale + (bias.map { Double($0.data[(hi * sq + i) * sk + j]) } ?? 0)
-                        m = Swift.max(m, logits[j])
-                    }
+                    let m = attentionLogits(q, k, bias, bi, hi, i, visible, scale, into: &logits)
                     var sum = 0.0
                     for c in 0..<d { acc[c] = 0 }
                     for j in 0..<visible {
@@ -496,14 +507,7 @@ public enum Interpreter {
                 for i in 0..<sq {
                     let qb = ((bi * sq + i) * h + hi) * d
                     let visible = causal ? i + 1 : sk
-                    var m = -Double.infinity
-                    for j in 0..<visible {
-                        let kb = ((bi * sk + j) * h + hi) * d
-                        var dot = 0.0
-                        for c in 0..<d { dot += Double(q.data[qb + c]) * Double(k.data[kb + c]) }
-                        p[j] = dot * scale + (bias.map { Double($0.data[(hi * sq + i) * sk + j]) } ?? 0)
-                        m = Swift.max(m, p[j])
-                    }
+                    let m = attentionLogits(q, k, bias, bi, hi, i, visible, scale, into: &p)
                     var sum = 0.0
                     for j in 0..<visible { p[j] = Foundation_exp(p[j] - m); sum += p[j] }
                     var delta = 0.0
