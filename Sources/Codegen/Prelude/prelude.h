@@ -552,6 +552,20 @@ static AF__UNUSED void af_reduce_max(const float *restrict x, float *restrict y,
  * centered sum of squares) so a large mean (1000 + N(0,1)) costs no accuracy.  The output
  * pass is float: (x - mean_f) - (mean - mean_f) keeps the double mean's precision (the
  * first difference is exact when x is near the mean, the correction is tiny). */
+/* Mean (f64) and 1/sqrt(biased variance + eps) of x[0..n): two passes in double, shared by
+ * layer norm (per row) and group norm (per group). */
+AF__INLINE double af__mean_rstd(const float *restrict x, long n, float eps, float *rstd) {
+    const double mean = af__sum_d(x, n) / (double)n;
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (long i = 0; i < n; i++) {
+        const double d = (double)x[i] - mean;
+        ss += d * d;
+    }
+    *rstd = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    return mean;
+}
+
 static AF__UNUSED void af_layer_norm(const float *restrict x, float *restrict y,
                                      const float *restrict gamma, const float *restrict beta,
                                      long rows, long n, float eps) {
@@ -560,14 +574,8 @@ static AF__UNUSED void af_layer_norm(const float *restrict x, float *restrict y,
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *yr = y + r * n;
-        double mean = af__sum_d(xr, n) / (double)n;
-        double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-        for (long i = 0; i < n; i++) {
-            double d = (double)xr[i] - mean;
-            ss += d * d;
-        }
-        float rstd = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+        float rstd;
+        const double mean = af__mean_rstd(xr, n, eps, &rstd);
         float mf = (float)mean;
         float mc = (float)(mean - (double)mf);
         if (gamma && beta) {
@@ -623,14 +631,8 @@ static AF__UNUSED void af_group_norm(const float *restrict x, float *restrict y,
     for (long t = 0; t < N * groups; t++) {
         const float *xg = x + t * per;
         float *yg = y + t * per;
-        double mean = af__sum_d(xg, per) / (double)per;
-        double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-        for (long i = 0; i < per; i++) {
-            double d = (double)xg[i] - mean;
-            ss += d * d;
-        }
-        float rstd = (float)(1.0 / sqrt(ss / (double)per + (double)eps));
+        float rstd;
+        const double mean = af__mean_rstd(xg, per, eps, &rstd);
         float mf = (float)mean, mc = (float)(mean - (double)mf);
         for (long c = 0; c < cpg; c++) {
             const long ch = (t % groups) * cpg + c;
