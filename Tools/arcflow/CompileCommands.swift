@@ -94,8 +94,8 @@ func compileCommand(_ argv: [String]) throws {
         if !args.positional.isEmpty || args.has("--weights") || args.has("--transformer") {
             throw UsageError("--pipeline compiles a diffusers pipeline folder; give no IR FILE, --weights or --transformer with it", compileSpec)
         }
-        var o = PipelineCompileOptions(height: try args.int("--height", compileSpec) ?? { throw UsageError("missing required option --height", compileSpec) }(),
-                                       width: try args.int("--width", compileSpec) ?? { throw UsageError("missing required option --width", compileSpec) }())
+        let (height, width) = try imageSize(args)
+        var o = PipelineCompileOptions(height: height, width: width)
         o.sampler = try samplerOption(args)
         o.steps = try args.int("--steps", compileSpec, min: 1)
         o.textTokens = try args.int("--text-tokens", compileSpec, default: 512, min: 1)!
@@ -144,8 +144,8 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     let spec = compileSpec
     let checkpoint = try FluxCheckpoint.load(transformer)
     let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
-    var o = FluxOptions(height: try args.int("--height", spec) ?? { throw UsageError("missing required option --height", spec) }(),
-                        width: try args.int("--width", spec) ?? { throw UsageError("missing required option --width", spec) }())
+    let (height, width) = try imageSize(args)
+    var o = FluxOptions(height: height, width: width)
     if let sampler = try samplerOption(args) {
         o.sampler = sampler
     } else if adapter == nil {
@@ -179,4 +179,11 @@ func positiveShift(_ args: ParsedArguments) throws -> Double? {
     guard let s = try args.double("--shift", compileSpec) else { return nil }
     guard s > 0 else { throw UsageError("--shift must be positive, got \(s)", compileSpec) }
     return s
+}
+
+/// `--height` and `--width`, both required for FLUX compiles.
+func imageSize(_ args: ParsedArguments) throws -> (Int, Int) {
+    guard let h = try args.int("--height", compileSpec) else { throw UsageError("missing required option --height", compileSpec) }
+    guard let w = try args.int("--width", compileSpec) else { throw UsageError("missing required option --width", compileSpec) }
+    return (h, w)
 }
