@@ -127,7 +127,11 @@ final class QwenImageParityTests: XCTestCase {
                 o.trueCFGScale = cfg
                 o.intermediateOutputs = true
                 let program = try QwenImageModel.sampler(c.checkpoint, adapter: nil, options: o)
-                XCTAssertEqual(program.sigmas.map { Float($0) }, try c.expected("euler4_sigmas").data)
+                // QwenImagePipeline's scheduler rounds its f64 schedule to f32 on its own path: the
+                // knots agree to an ulp (0.7619048 vs 0.76190484), not bit for bit.
+                for (ours, theirs) in zip(program.sigmas, try c.expected("euler4_sigmas").data) {
+                    XCTAssertEqual(Float(ours), theirs, accuracy: 1e-6)
+                }
                 let out = try compileAndRun(program, try c.samplerInputs(negative: cfg != nil))
                 let prefix = cfg == nil ? "euler4" : "cfg_euler4"
                 for i in 1...4 {
