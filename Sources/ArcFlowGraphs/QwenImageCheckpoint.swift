@@ -91,9 +91,10 @@ public enum TransformerFamily: String {
     case flux, qwenImage = "qwen-image"
 
     /// Reads `DIR/config.json`. A config without `_class_name` is taken as FLUX (what this runtime
-    /// always assumed); any other class is a one-line error naming it.
+    /// always assumed), as is a folder without config.json (FluxCheckpoint.load then says what is
+    /// missing, as it always did); any other class is a one-line error naming it.
     public static func of(_ dir: String) throws -> TransformerFamily {
-        try requireDirectory(dir, holding: "a diffusers transformer folder with config.json")
+        guard FileManager.default.fileExists(atPath: "\(dir)/config.json") else { return .flux }
         let file = try ConfigFile(path: "\(dir)/config.json")
         guard let raw = file.json["_class_name"], !(raw is NSNull) else { return .flux }
         switch raw as? String {

@@ -15,8 +15,11 @@ public final class QwenImageNetwork {
     /// Sequence layout: text tokens first, then the image token grid (as diffusers concatenates).
     let textTokens: Int
     let grid: LatentGrid
-    /// RoPE tables [text; image], computed here and bound as weights "rope.cos" and "rope.sin".
-    public let ropeTables: [String: Tensor]
+    /// RoPE tables [text; image], bound as weights "rope.cos" and "rope.sin". Computed when the
+    /// weight store asks, after the graph has checked every checkpoint tensor against the config:
+    /// a config with absurd sizes fails on a weight shape instead of allocating tables first.
+    public private(set) lazy var ropeTables: [String: Tensor] =
+        QwenImageNetwork.rope(config: config, textTokens: textTokens, gridH: grid.gridH, gridW: grid.gridW)
 
     var width: Int { config.width }
     var heads: Int { config.numAttentionHeads }
@@ -30,7 +33,6 @@ public final class QwenImageNetwork {
         self.weights = AdaptedWeights(builder, base: base, adapter: adapter)
         self.textTokens = textTokens
         self.grid = LatentGrid(channels: config.latentChannels, gridH: latentHeight / 2, gridW: latentWidth / 2)
-        self.ropeTables = QwenImageNetwork.rope(config: config, textTokens: textTokens, gridH: latentHeight / 2, gridW: latentWidth / 2)
     }
 
     // MARK: Embeddings
