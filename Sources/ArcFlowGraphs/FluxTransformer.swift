@@ -17,6 +17,7 @@ public final class FluxNetwork {
     let config: FluxConfig
     /// Base weights, the adapter's overrides and LoRA terms (shared with Qwen-Image).
     let weights: AdaptedWeights
+    var base: WeightStore { weights.base }
     var adapter: ArcFlowAdapter? { weights.adapter }
     /// Sequence layout: text tokens first, then the image token grid.
     let textTokens: Int, gridH: Int, gridW: Int
