@@ -176,7 +176,8 @@ public enum FluxModel {
     }
 
     /// One transformer evaluation at (x, σ), for parity tests: outputs `velocity` [1, C, H/8, W/8]
-    /// (teacher), or the student's per-pixel `means` [1, K, C, H/8, W/8], `logweights` [1, K, 1, …]
+    /// (teacher; converted from x̂0 for an x0 model), or the student's per-pixel `means` (as the
+    /// head predicts them: x0 means for an x0 student) [1, K, C, H/8, W/8], `logweights` [1, K, 1, …]
     /// and `gammas` [1, K−1, 1, …] (reference §2.2 layout).
     public static func evaluation(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, sigma: Double, options o: FluxOptions) throws -> FluxProgram {
         var opts = o
@@ -187,7 +188,10 @@ public enum FluxModel {
         if let a = adapter {
             for (name, v) in try studentHeads(net, h, components: a.components) { b.output(name, v) }
         } else {
-            b.output("velocity", net.unpack(try net.teacherHead(h), per: checkpoint.config.latentChannels))
+            var v = try net.teacherHead(h)
+            // An x0 model's output is x̂0; its velocity is (x − x̂0)/σ, as the sampler computes it.
+            if checkpoint.config.prediction == .x0 { v = (net.pack(x) - v) / Float(sigma) }
+            b.output("velocity", net.unpack(v, per: checkpoint.config.latentChannels))
         }
         try checkAdapterUse(adapter, net)
         return FluxProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net), manifest: [:], sigmas: [sigma])

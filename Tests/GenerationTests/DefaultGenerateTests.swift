@@ -19,7 +19,9 @@ final class DefaultGenerateTests: XCTestCase {
         if let f = Self.folder { return f }
         let dir = try makeTemporaryDirectory("default-folder")
         let c = TeacherConfig.tiny(batch: 1)
-        try DefaultModelExport.write(TeacherWeights.random(c, seed: 4), config: c, trainedSteps: "0", to: dir)
+        // Teacher sampler defaults of 2 steps (not 28): the grid compiles the teacher unrolled.
+        try DefaultModelExport.write(TeacherWeights.random(c, seed: 4), config: c, trainedSteps: "0",
+                                     teacher: .init(steps: 2, guidance: 5, shift: 1), to: dir)
         let folder = try DefaultModelFolder.load(dir)
         try DefaultModelExport.writeInitialStudent(teacher: folder, components: 2, rank: 2, to: "\(dir)/arcflow")
         try DefaultModelExport.writeInitialStudent(teacher: folder, components: 1, rank: 2, to: "\(dir)/linear")
@@ -30,7 +32,7 @@ final class DefaultGenerateTests: XCTestCase {
     func arcflow(_ args: [String], in dir: String, env: [String: String] = [:]) throws -> CommandResult {
         var e = ["ARCFLOW_CACHE_DIR": testCacheRoot, "ARCFLOW_DEFAULT_MODEL": try defaultFolder()]
         e.merge(env) { _, new in new }
-        return try runArcflow(args + ["--threads", "1"], in: dir, environment: e)
+        return try runArcflow(args + (args.first == "compile" ? [] : ["--threads", "1"]), in: dir, environment: e)
     }
 
     func parameters(_ path: String) throws -> String {
@@ -42,7 +44,7 @@ final class DefaultGenerateTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: work) }
         let prompt = "a small red circle at the top left"
         var hashes: [String] = []
-        for (name, flags) in [("arc", [String]()), ("teacher", ["--teacher", "--steps", "2"]), ("linear", ["--baseline", "linear"])] {
+        for (name, flags) in [("arc", [String]()), ("teacher", ["--teacher", "--steps", "3"]), ("linear", ["--baseline", "linear"])] {
             let r = try arcflow(["generate", "--prompt", prompt, "--seed", "5", "-o", "\(name).png"] + flags, in: work)
             XCTAssertEqual(r.status, 0, r.err)
             XCTAssertTrue(r.err.contains("step 1/"), "progress lines: \(r.err)")
