@@ -11,7 +11,13 @@ import TestSupport
 import XCTest
 
 final class DefaultGenerateTests: XCTestCase {
-    static var folder: String?
+    nonisolated(unsafe) static var folder: String?
+
+    override class func tearDown() {
+        if let f = folder { try? FileManager.default.removeItem(atPath: f) }
+        folder = nil
+        super.tearDown()
+    }
 
     /// One tiny default folder for the class: the teacher (TeacherConfig.tiny, random), an
     /// untrained K = 2 "arcflow" student and a K = 1 "linear" one.
