@@ -84,6 +84,23 @@ final class DefaultPipelineTests: XCTestCase {
         XCTAssertGreaterThan(relativeL2(unguided, reference), 100 * max(err, 1e-7))
     }
 
+    /// The report's fixed prompt set and its measures.
+    func testReportPromptsAndMeasures() {
+        let p = DefaultReport.prompts(perCategory: 5)
+        XCTAssertEqual(p.map(\.category), [String](repeating: "one object", count: 5) + [String](repeating: "two objects", count: 5)
+                       + [String](repeating: "held-out pairs", count: 5))
+        XCTAssertTrue(p.prefix(5).allSatisfy { $0.prompt.objects.count == 1 && !$0.prompt.containsHeldOutPair })
+        XCTAssertTrue(p[5..<10].allSatisfy { $0.prompt.objects.count == 2 && !$0.prompt.containsHeldOutPair })
+        XCTAssertTrue(p.suffix(5).allSatisfy { $0.prompt.containsHeldOutPair })
+        XCTAssertEqual(p.map(\.prompt), DefaultReport.prompts(perCategory: 5).map(\.prompt), "fixed")
+        let a = ShapesWorld.render(p[0].prompt, seed: 1), b = ShapesWorld.render(p[1].prompt, seed: 1)
+        XCTAssertEqual(DefaultReport.meanAbsoluteError(a, a), 0)
+        XCTAssertGreaterThan(DefaultReport.meanAbsoluteError(a, b), 0)
+        let g = DefaultReport.grid([[a, nil, b]], scale: 3, gap: 2)
+        XCTAssertEqual([g.width, g.height], [2 + 3 * (192 + 2), 2 + 194])
+        XCTAssertEqual(g[2 + 3 * 10 + 1, 2 + 3 * 20 + 2, 0], a[10, 20, 0], "nearest ×3")
+    }
+
     /// Our config keys: unknown values are errors naming the key; the exported config round-trips.
     func testConfigKeys() throws {
         var c = TeacherConfig.tiny().flux

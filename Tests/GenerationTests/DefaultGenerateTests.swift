@@ -87,6 +87,20 @@ final class DefaultGenerateTests: XCTestCase {
         XCTAssertEqual(be(4), 4 + 2 * (128 + 4))
     }
 
+    /// report-default on the tiny folder: a table row per model, every category, report.md written.
+    func testReportDefault() throws {
+        let work = try makeTemporaryDirectory("default-report")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let r = try arcflow(["report-default", "-o", "rep", "--prompts", "1"], in: work)
+        XCTAssertEqual(r.status, 0, r.err)
+        let table = try String(contentsOfFile: "\(work)/rep/report.md", encoding: .utf8)
+        for needle in ["| teacher (Euler, CFG 5.0) | 2 × 2", "| ArcFlow student (K = 2) | 2 |", "| linear student (K = 1) | 2 |",
+                       "one object", "two objects", "held-out pairs", "/1) |"] where !table.contains(needle) {
+            XCTFail("'\(needle)' not in:\n\(table)")
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(work)/rep/teacher.png"))
+    }
+
     func testGrammarErrorAndMissingFolder() throws {
         let work = try makeTemporaryDirectory("default-errors")
         defer { try? FileManager.default.removeItem(atPath: work) }

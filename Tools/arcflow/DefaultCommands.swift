@@ -1,6 +1,7 @@
 // The embedded default model from the command line: `generate` without --model (one image, a
 // prompt file, or the demo grid) and `report-default`.
 
+import ArcFlowGraphs
 import DefaultModel
 import Foundation
 import Generation
@@ -126,12 +127,13 @@ func reportDefaultCommand(_ argv: [String]) throws {
     let t = folder.info.teacher
     var pipelines: [(name: String, nfe: String, pipeline: CompiledPipeline)] = [
         ("teacher (Euler, CFG \(t.guidance))", "\(t.steps) × 2 (CFG batch)", try loadDefault(folder, .teacher(steps: t.steps, guidance: t.guidance), threads: threads))]
-    for (name, v) in [("ArcFlow student (K = 8)", DefaultVariant.arcflow), ("linear student (K = 1)", .linear)] {
-        guard folder.adapterDirectory(v.adapterName!) != nil else {
+    for (name, v) in [("ArcFlow student", DefaultVariant.arcflow), ("linear student", .linear)] {
+        guard let dir = folder.adapterDirectory(v.adapterName!) else {
             stderrLine("arcflow: note: no '\(v.adapterName!)' adapter in \(folder.directory); the report leaves the \(name) out")
             continue
         }
-        pipelines.append((name, "2", try loadDefault(folder, v, threads: threads)))
+        let k = try ArcFlowAdapter.load(dir).components
+        pipelines.append(("\(name) (K = \(k))", "2", try loadDefault(folder, v, threads: threads)))
     }
     let prompts = DefaultReport.prompts(perCategory: n)
     stderrLine("arcflow: \(prompts.count) prompts × \(pipelines.count) models")
