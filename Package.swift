@@ -23,11 +23,11 @@ let package = Package(
         .target(name: "Tokenizers", dependencies: ["IR"], path: "Sources/Tokenizers"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         // Text-to-image at run time: tokenizers → compiled encoders → sampler → decoder → image.
-        .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs"], path: "Sources/Generation"),
+        .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs", "ShapesWorld"], path: "Sources/Generation"),
         // The training driver (resident state, batches, logs): not the compiler, so its own module.
         .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
         // The embedded default model: teacher configs, init, loss and CFG sampler graphs, its training run.
-        .target(name: "DefaultModel", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Training"],
+        .target(name: "DefaultModel", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Training", "Generation", "Codegen"],
                 path: "Sources/DefaultModel"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training",
                                                           "DefaultModel", "ShapesWorld"],
@@ -45,7 +45,8 @@ let package = Package(
         .testTarget(name: "ArcFlowGraphsTests", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "TestSupport"],
                     path: "Tests/ArcFlowGraphsTests", exclude: ["Fixtures"]),
         // End to end: a diffusers pipeline folder compiled, then generate/tokenize/encode/decode (library and CLI).
-        .testTarget(name: "GenerationTests", dependencies: ["Generation", "ArcFlowGraphs", "Runtime", "IR", "Imaging", "TestSupport", "arcflow"],
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "ArcFlowGraphs", "Runtime", "IR", "Imaging", "TestSupport", "arcflow",
+                                                          "DefaultModel", "ShapesWorld"],
                     path: "Tests/GenerationTests"),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "IR"], path: "Tests/TokenizersTests",
                     exclude: ["Fixtures"]),
@@ -53,7 +54,8 @@ let package = Package(
                     path: "Tests/TrainingTests", exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
         .testTarget(name: "FuzzTests", dependencies: ["IR", "Runtime", "Tokenizers", "Generation", "ShapesWorld", "arcflow", "arcflow-fuzz", "TestSupport"], path: "Tests/FuzzTests"),
-        .testTarget(name: "DefaultModelTests", dependencies: ["DefaultModel", "ShapesWorld", "Training", "ArcFlowGraphs", "Runtime", "IR"],
+        .testTarget(name: "DefaultModelTests", dependencies: ["DefaultModel", "ShapesWorld", "Training", "ArcFlowGraphs", "Runtime", "IR",
+                                                            "Generation", "TestSupport"],
                     path: "Tests/DefaultModelTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]

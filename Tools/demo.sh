@@ -38,4 +38,23 @@ $arcflow tokenize --model "$out/pipeline" --prompt "a photo of a cat"
 $arcflow generate --model "$out/pipeline" --prompt "a photo of a cat" --seed 42 -o "$out/cat.png"
 printf 'a photo of a cat\na red fox jumping over the lazy dog\n' > "$out/prompts.txt"
 $arcflow generate --model "$out/pipeline" --prompts "$out/prompts.txt" --seed 7 -o "$out/images"
-echo "outputs in $out (IR dumps: $out/block-ir, $out/flux-ir; generated C: $out/block/c; PNGs: $out/cat.png, $out/images/)"
+if [ -f models/shapes/model.json ]; then
+  echo "== the embedded default model (models/shapes): prompt → PNG, and a grid of prompts × {teacher 28, ArcFlow 2, linear 2}"
+  echo "   (first use compiles each model, minutes; later runs load the cached libraries)"
+  $arcflow generate --prompt "a small red circle at the top left" --seed 1 -o "$out/red-circle.png"
+  cat > "$out/shapes-prompts.txt" <<'PROMPTS'
+a red circle
+a large yellow triangle on the right
+a small blue square at the top left
+a green circle to the left of a white square
+a purple triangle above a cyan circle
+a green triangle
+a orange square at the bottom
+PROMPTS
+  $arcflow generate --prompts "$out/shapes-prompts.txt" --seed 0 -o "$out/shapes"
+  $arcflow generate --grid "$out/shapes-prompts.txt" --seed 0 -o "$out/shapes-grid.png"
+  echo "outputs in $out (IR dumps: $out/block-ir, $out/flux-ir; generated C: $out/block/c; PNGs: $out/cat.png, $out/images/, $out/red-circle.png, $out/shapes/, $out/shapes-grid.png)"
+else
+  echo "(no models/shapes: the embedded default model is not here yet; Tools/train-default.sh produces it)"
+  echo "outputs in $out (IR dumps: $out/block-ir, $out/flux-ir; generated C: $out/block/c; PNGs: $out/cat.png, $out/images/)"
+fi

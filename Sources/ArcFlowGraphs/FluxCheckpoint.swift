@@ -15,13 +15,34 @@ public struct FluxConfig: Equatable {
     public var guidanceEmbeds: Bool
     public var axesDimsRope: [Int]
     public var inChannels: Int
+    /// Ours (`"arcflow_image_positions"`): a fixed table added to the embedded image tokens.
+    public var imagePositions: ImagePositions?
+    /// Ours (`"arcflow_prediction"`): what proj_out (and a student's means head) predicts.
+    public var prediction: Prediction
+
+    /// Image position tables a config may ask for (see `FluxNetwork.sinCosPositions`).
+    public enum ImagePositions: String, CaseIterable { case sincos2d }
+
+    /// FLUX predicts the velocity; the embedded default predicts the clean image x0, and the
+    /// sampler turns it into a velocity v = (x − x̂0)/σ.
+    public enum Prediction: String, CaseIterable { case velocity, x0 }
+
+    static func ourKey<T: RawRepresentable & CaseIterable>(_ json: [String: Any], _ key: String, path: String) throws -> T?
+        where T.RawValue == String {
+        guard let raw = json[key] else { return nil }
+        guard let s = raw as? String, let v = T(rawValue: s) else {
+            throw ArcError("\(path): '\(key)' must be one of \(T.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(oneLineJSON(raw))")
+        }
+        return v
+    }
 
     public var width: Int { attentionHeadDim * numAttentionHeads }
     /// Latent channels C: in_channels packs C × 2 × 2.
     public var latentChannels: Int { inChannels / 4 }
 
     public init(numLayers: Int, numSingleLayers: Int, attentionHeadDim: Int, numAttentionHeads: Int, jointAttentionDim: Int,
-                pooledProjectionDim: Int, guidanceEmbeds: Bool, axesDimsRope: [Int], inChannels: Int = 64) {
+                pooledProjectionDim: Int, guidanceEmbeds: Bool, axesDimsRope: [Int], inChannels: Int = 64,
+                imagePositions: ImagePositions? = nil, prediction: Prediction = .velocity) {
         self.numLayers = numLayers
         self.numSingleLayers = numSingleLayers
         self.attentionHeadDim = attentionHeadDim
@@ -31,18 +52,21 @@ public struct FluxConfig: Equatable {
         self.guidanceEmbeds = guidanceEmbeds
         self.axesDimsRope = axesDimsRope
         self.inChannels = inChannels
+        self.imagePositions = imagePositions
+        self.prediction = prediction
     }
 
     /// Parses and checks a config.json object; `path` names the file in messages.
     public init(json: [String: Any], path: String) throws {
-        func int(_ k: String) throws -> Int {
+        func int(_ k: String, allowZero: Bool = false) throws -> Int {
             guard let v = jsonInt(json[k]) else { throw ArcError("\(path): '\(k)' must be an integer") }
-            guard v > 0 else { throw ArcError("\(path): '\(k)' must be positive, got \(v)") }
+            guard v > 0 || (allowZero && v == 0) else { throw ArcError("\(path): '\(k)' must be \(allowZero ? "non-negative" : "positive"), got \(v)") }
             guard v <= maxConfigInteger else { throw ArcError("\(path): '\(k)' must be at most \(maxConfigInteger), got \(v)") }
             return v
         }
         numLayers = try int("num_layers")
-        numSingleLayers = try int("num_single_layers")
+        // The embedded default has joint blocks only.
+        numSingleLayers = try int("num_single_layers", allowZero: true)
         attentionHeadDim = try int("attention_head_dim")
         numAttentionHeads = try int("num_attention_heads")
         jointAttentionDim = try int("joint_attention_dim")
@@ -53,6 +77,8 @@ public struct FluxConfig: Equatable {
             throw ArcError("\(path): 'axes_dims_rope' must be a list of integers")
         }
         axesDimsRope = axes
+        imagePositions = try Self.ourKey(json, "arcflow_image_positions", path: path)
+        prediction = try Self.ourKey(json, "arcflow_prediction", path: path) ?? .velocity
         if let p = json["patch_size"] as? Int, p != 1 {
             throw ArcError("\(path): patch_size \(p) is not supported (FLUX packs 2×2 latents outside the transformer; patch_size is 1)")
         }
@@ -65,6 +91,35 @@ public struct FluxConfig: Equatable {
             throw ArcError("\(path): axes_dims_rope \(axes) must be even sizes summing to attention_head_dim \(attentionHeadDim)")
         }
     }
+}
+
+extension FluxConfig {
+    /// The config.json object diffusers writes for this config (plus our keys when set).
+    public var json: [String: Any] {
+        var j: [String: Any] = [
+            "_class_name": "FluxTransformer2DModel", "num_layers": numLayers, "num_single_layers": numSingleLayers,
+            "attention_head_dim": attentionHeadDim, "num_attention_heads": numAttentionHeads,
+            "joint_attention_dim": jointAttentionDim, "pooled_projection_dim": pooledProjectionDim,
+            "guidance_embeds": guidanceEmbeds, "axes_dims_rope": axesDimsRope, "in_channels": inChannels,
+            "out_channels": inChannels, "patch_size": 1,
+        ]
+        if let p = imagePositions { j["arcflow_image_positions"] = p.rawValue }
+        if prediction != .velocity { j["arcflow_prediction"] = prediction.rawValue }
+        return j
+    }
+}
+
+/// A JSON value as short text for a message.
+func oneLineJSON(_ v: Any) -> String {
+    if let s = v as? String { return "\"\(s)\"" }
+    if let d = try? JSONSerialization.data(withJSONObject: [v]), let t = String(data: d, encoding: .utf8) { return String(t.dropFirst().dropLast()) }
+    return "\(v)"
+}
+
+/// Writes a JSON object with sorted keys, atomically.
+public func writeJSONObject(_ object: [String: Any], to path: String) throws {
+    let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+    try writeAtomically(data + Data("\n".utf8), to: path)
 }
 
 func readJSONObject(_ path: String) throws -> [String: Any] {
@@ -109,6 +164,11 @@ public struct ArcFlowAdapter {
     public var lora: [String: LoRAPair]
     /// Non-LoRA tensors: they replace the base's (norm_out) or add layers (heads).
     public var dense: Set<String>
+    /// Ours (`"arcflow_shift"`): the σ-schedule shift the student was distilled at; the
+    /// sampler's default when no --shift is given.
+    public var shift: Double?
+    /// Ours (`"arcflow_prediction"`): what `proj_out_means` predicts; nil: as the base transformer.
+    public var prediction: FluxConfig.Prediction?
 
     public struct LoRAPair {
         public var a: String, b: String
@@ -134,6 +194,14 @@ public struct ArcFlowAdapter {
             throw ArcError("\(configPath): unknown _class_name '\(name)' (expected \(expected))")
         }
         guard let k = json["num_gaussians"] as? Int, k >= 1 else { throw ArcError("\(configPath): 'num_gaussians' must be a positive integer") }
+        var shift: Double?
+        if let raw = json["arcflow_shift"] {
+            guard let v = (raw as? NSNumber).map(\.doubleValue), v.isFinite, v > 0 else {
+                throw ArcError("\(configPath): 'arcflow_shift' must be a positive number, got \(oneLineJSON(raw))")
+            }
+            shift = v
+        }
+        let prediction: FluxConfig.Prediction? = try FluxConfig.ourKey(json, "arcflow_prediction", path: configPath)
         if let lw = json["logweights_channels"] as? Int, lw != 4 {
             throw ArcError("\(configPath): logweights_channels \(lw) is not supported (one logit per 2×2 sub-position: 4)")
         }
@@ -157,9 +225,11 @@ public struct ArcFlowAdapter {
         for (m, p) in lora.sorted(by: { $0.key < $1.key }) where p.a.isEmpty || p.b.isEmpty {
             throw ArcError("\(path): LoRA for '\(m)' needs both \(m).lora_A.weight and \(m).lora_B.weight")
         }
-        let missing = denseKeys.subtracting(dense).sorted()
+        // One component has no rates (γ = 0): a K = 1 adapter (the linear baseline) has no loggamma layer.
+        let required = k == 1 ? denseKeys.filter { !$0.hasPrefix("proj_out_loggamma.") } : denseKeys
+        let missing = required.subtracting(dense).sorted()
         if !missing.isEmpty { throw ArcError("\(path): missing \(missing.joined(separator: ", "))") }
-        return ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense)
+        return ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense, shift: shift, prediction: prediction)
     }
 }
 

@@ -14,9 +14,19 @@ public enum Sampler: String, CaseIterable {
 public struct FluxOptions {
     public var sampler: Sampler = .arc
     public var steps: Int?
-    /// Image size in pixels; latents are 1/8 of it, tokens 1/16.
+    /// Image size in pixels; latents are 1/8 of it, tokens 1/16 (unless `latentSize` is given).
     public var height: Int
     public var width: Int
+    /// The latent grid [H', W'] given directly, for models whose "latent" is not a VAE's 1/8
+    /// (the embedded default's pixels through a fixed space-to-depth); `height`/`width` then
+    /// only label the image.
+    public var latentSize: (height: Int, width: Int)?
+    /// True classifier-free guidance (Euler only): each step evaluates the prompt and the
+    /// negative prompt in one batch of 2 and uses v_u + G·(v_c − v_u). nil: no CFG.
+    public var cfgScale: Double?
+
+    public var latentHeight: Int { latentSize?.height ?? height / 8 }
+    public var latentWidth: Int { latentSize?.width ?? width / 8 }
     public var textTokens: Int = 512
     /// Fed to the guidance embedder; nil means 3.5 when the model has one.
     public var guidance: Double?
@@ -48,8 +58,14 @@ public enum FluxModel {
 
     /// Checks sizes and options; errors name the option.
     static func validate(_ config: FluxConfig, _ o: FluxOptions, adapter: ArcFlowAdapter?) throws -> (guidance: Float?, steps: Int) {
-        guard o.height > 0, o.width > 0, o.height % 16 == 0, o.width % 16 == 0 else {
-            throw ArcError("--height \(o.height) and --width \(o.width) must be positive multiples of 16 (latents are 1/8, tokens 2×2 latents)")
+        if let l = o.latentSize {
+            guard l.height > 0, l.width > 0, l.height % 2 == 0, l.width % 2 == 0 else {
+                throw ArcError("--latent-size \(l.height)x\(l.width) must be positive and even (tokens are 2×2 latents)")
+            }
+        } else {
+            guard o.height > 0, o.width > 0, o.height % 16 == 0, o.width % 16 == 0 else {
+                throw ArcError("--height \(o.height) and --width \(o.width) must be positive multiples of 16 (latents are 1/8, tokens 2×2 latents)")
+            }
         }
         guard o.textTokens > 0 else { throw ArcError("--text-tokens must be positive") }
         let steps = o.steps ?? o.sampler.defaultSteps
@@ -57,6 +73,12 @@ public enum FluxModel {
         if let s = o.sigmas, s.count != steps + 1 { throw ArcError("\(s.count) sigmas given for \(steps) steps (need steps + 1)") }
         if o.sampler == .arc && adapter == nil { throw ArcError("--sampler arc needs --adapter (the ArcFlow head lives in the adapter)") }
         if o.sampler == .euler && adapter != nil { throw ArcError("--sampler euler runs the teacher; drop --adapter") }
+        if let g = o.cfgScale {
+            guard o.sampler == .euler else {
+                throw ArcError("--true-cfg-scale needs --sampler euler (the ArcFlow student absorbed its teacher's guidance; it takes none)")
+            }
+            guard g.isFinite else { throw ArcError("--true-cfg-scale must be a finite number, got \(g)") }
+        }
         var guidance: Float?
         if config.guidanceEmbeds {
             guidance = Float(o.guidance ?? defaultGuidance)
@@ -66,30 +88,62 @@ public enum FluxModel {
         return (guidance, steps)
     }
 
-    /// The sampler graph: inputs `noise` [1, C, H/8, W/8], `prompt_embeds` [1, T, joint_attention_dim],
-    /// `pooled_prompt_embeds` [1, pooled_projection_dim]; output `latents` [1, C, H/8, W/8].
+    /// The sampler graph: inputs `noise` [1, C, H', W'], `prompt_embeds` [1, T, joint_attention_dim],
+    /// `pooled_prompt_embeds` [1, pooled_projection_dim], and with `cfgScale` also
+    /// `negative_prompt_embeds` and `negative_pooled_prompt_embeds` (same shapes); output
+    /// `latents` [1, C, H', W'] (H' = H/8 unless `latentSize` gives it).
+    ///
+    /// With `"arcflow_prediction": "x0"` the network's output is x̂0: the teacher's velocity is
+    /// v = (x − x̂0)/σ and a student's component means are μ_k = (x − m_k)/σ_src, after which
+    /// the Euler and arc updates are the velocity ones unchanged (reference §3).
     public static func sampler(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, options o: FluxOptions) throws -> FluxProgram {
         let (guidance, steps) = try validate(checkpoint.config, o, adapter: adapter)
         let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let config = checkpoint.config, c = config.latentChannels
-        let context = try net.context(prompt)
-        let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: o.shift ?? Schedule.shift)
-                                                   : Schedule.eulerSigmas(steps: steps, shift: o.shift ?? Schedule.shift))
+        let prediction = adapter?.prediction ?? config.prediction
+        let shift = o.shift ?? adapter?.shift ?? Schedule.shift
+        let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: shift)
+                                                   : Schedule.eulerSigmas(steps: steps, shift: shift))
         if sigmas.count != steps + 1 || sigmas.last != 0 {
             throw ArcError("the σ schedule must have \(steps + 1) knots ending in 0, got \(sigmas.count)")
+        }
+        // CFG: prompt and negative prompt as one batch of 2 (rows 0 and 1) through every evaluation.
+        var context = try net.context(prompt), conditioning = pooled
+        if o.cfgScale != nil {
+            let negative = b.input("negative_prompt_embeds", prompt.type)
+            let negativePooled = b.input("negative_pooled_prompt_embeds", pooled.type)
+            context = try net.context(b.concat([prompt, negative], axis: 0))
+            conditioning = b.concat([pooled, negativePooled], axis: 0)
         }
         var x = net.pack(noise)
         for i in 0..<steps {
             // σ in f32, and step sizes as f32 differences of the f32 knots, as the reference computes them.
             let (sc, sn) = (Float(sigmas[i]), Float(sigmas[i + 1]))
-            let h = try net.trunk(packed: x, sigma: sc, guidance: guidance, context: context, pooled: pooled)
+            let input = o.cfgScale == nil ? x : b.concat([x, x], axis: 0)
+            let h = try net.trunk(packed: input, sigma: sc, guidance: guidance, context: context, pooled: conditioning)
             switch o.sampler {
             case .euler:
-                x = x + (sn - sc) * (try net.teacherHead(h))
+                var v = try net.teacherHead(h)
+                if prediction == .x0 { v = (input - v) / sc }
+                if let g = o.cfgScale {
+                    let (vc, vu) = (b.slice(v, axis: 0, 0..<1), b.slice(v, axis: 0, 1..<2))
+                    v = vu + Float(g) * (vc - vu)
+                }
+                x = x + (sn - sc) * v
             case .arc:
-                let head = try net.arcHead(h, components: adapter!.components)
-                x = b.withAttributes(["arc_step": .int(i)]) {
-                    arcUpdate(b, x: x, head: head, components: adapter!.components, delta: sc - sn)
+                let k = adapter!.components
+                var head = try studentHead(net, h, components: k)
+                if prediction == .x0 {
+                    let (n, f) = (x.shape[1], x.shape[2])
+                    head.means = ((x.reshaped([1, n, 1, f]) - head.means.reshaped([1, n, k, f])) / sc).reshaped([1, n, k * f])
+                }
+                if k == 1 {
+                    // One component, γ = 0: φ = 1 and the weight is 1, a straight step along μ.
+                    x = x - head.means * (sc - sn)
+                } else {
+                    x = b.withAttributes(["arc_step": .int(i)]) {
+                        arcUpdate(b, x: x, head: (head.means, head.logWeights!, head.rates!), components: k, delta: sc - sn)
+                    }
                 }
             }
             if o.intermediateOutputs { b.output("x\(i + 1)", net.unpack(x, per: c)) }
@@ -100,16 +154,30 @@ public enum FluxModel {
         var manifest: [String: String] = [
             "family": "flux", "sampler": o.sampler.rawValue, "nfe": String(steps),
             "height": String(o.height), "width": String(o.width), "text_tokens": String(o.textTokens),
-            "latent_channels": String(c), "sigmas": sigmas.map { String(Float($0)) }.joined(separator: ","),
+            "latent_channels": String(c), "latent_height": String(o.latentHeight), "latent_width": String(o.latentWidth),
+            "sigmas": sigmas.map { String(Float($0)) }.joined(separator: ","), "prediction": prediction.rawValue,
             "joint_attention_dim": String(config.jointAttentionDim), "pooled_projection_dim": String(config.pooledProjectionDim),
         ]
         if let g = guidance { manifest["guidance"] = String(g) }
+        if let g = o.cfgScale { manifest["true_cfg_scale"] = String(g) }
+        if let p = config.imagePositions { manifest["image_positions"] = p.rawValue }
         if let a = adapter { manifest["components"] = String(a.components) }
         return FluxProgram(module: Module(graph), weights: store(checkpoint, adapter, net), manifest: manifest, sigmas: sigmas)
     }
 
+    /// The student's head; K = 1 (the linear baseline) has no rates and a weight of 1, so only
+    /// its means are read (`arcHead` needs the loggamma layer such adapters do not have).
+    static func studentHead(_ net: FluxNetwork, _ h: Value, components k: Int) throws -> (means: Value, logWeights: Value?, rates: Value?) {
+        if k > 1 {
+            let head = try net.arcHead(h, components: k)
+            return (head.means, head.logWeights, head.rates)
+        }
+        return (try net.linear(h, "proj_out_means", out: net.config.inChannels, in: net.width), nil, nil)
+    }
+
     /// One transformer evaluation at (x, σ), for parity tests: outputs `velocity` [1, C, H/8, W/8]
-    /// (teacher), or the student's per-pixel `means` [1, K, C, H/8, W/8], `logweights` [1, K, 1, …]
+    /// (teacher; converted from x̂0 for an x0 model), or the student's per-pixel `means` (as the
+    /// head predicts them: x0 means for an x0 student) [1, K, C, H/8, W/8], `logweights` [1, K, 1, …]
     /// and `gammas` [1, K−1, 1, …] (reference §2.2 layout).
     public static func evaluation(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, sigma: Double, options o: FluxOptions) throws -> FluxProgram {
         var opts = o
@@ -120,7 +188,10 @@ public enum FluxModel {
         if let a = adapter {
             for (name, v) in try studentHeads(net, h, components: a.components) { b.output(name, v) }
         } else {
-            b.output("velocity", net.unpack(try net.teacherHead(h), per: checkpoint.config.latentChannels))
+            var v = try net.teacherHead(h)
+            // An x0 model's output is x̂0; its velocity is (x − x̂0)/σ, as the sampler computes it.
+            if checkpoint.config.prediction == .x0 { v = (net.pack(x) - v) / Float(sigma) }
+            b.output("velocity", net.unpack(v, per: checkpoint.config.latentChannels))
         }
         try checkAdapterUse(adapter, net)
         return FluxProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net), manifest: [:], sigmas: [sigma])
@@ -188,7 +259,7 @@ public enum FluxModel {
                       _ o: FluxOptions) -> (GraphBuilder, FluxNetwork, Value, Value, Value) {
         let config = checkpoint.config
         let b = GraphBuilder(name: name)
-        let (lh, lw) = (o.height / 8, o.width / 8)
+        let (lh, lw) = (o.latentHeight, o.latentWidth)
         let net = FluxNetwork(builder: b, config: config, base: checkpoint.store, adapter: adapter,
                               textTokens: o.textTokens, latentHeight: lh, latentWidth: lw)
         let latents = b.input(latentName, .f32([1, config.latentChannels, lh, lw]))
@@ -220,11 +291,11 @@ public enum FluxModel {
     }
 
     static func store(_ checkpoint: FluxCheckpoint, _ adapter: ArcFlowAdapter?, _ net: FluxNetwork) -> WeightStore {
-        FluxWeights(base: checkpoint.store, adapter: adapter?.store, generated: TensorStore(net.ropeTables, label: "RoPE tables"))
+        FluxWeights(base: checkpoint.store, adapter: adapter?.store, generated: TensorStore(net.generatedTables, label: "RoPE and position tables"))
     }
 }
 
-/// The weights a FLUX graph names: "adapter:<key>" from the adapter, "rope.*" computed, the rest
+/// The weights a FLUX graph names: "adapter:<key>" from the adapter, "rope.*" and "positions.*" computed, the rest
 /// from the base checkpoint.
 final class FluxWeights: WeightStore {
     let base: WeightStore, adapter: WeightStore?, generated: WeightStore

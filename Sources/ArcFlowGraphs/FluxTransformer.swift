@@ -131,6 +131,44 @@ public final class FluxNetwork {
         return ["rope.cos": Tensor(.f32([n, d]), cos), "rope.sin": Tensor(.f32([n, d]), sin)]
     }
 
+    /// Fixed 2D sin-cos position table [gridH·gridW, width] (MAE/DiT layout): per token (r, q) the
+    /// first half of the channels encodes the row r, the second half the column q, each half as
+    /// [sin(pos·ω_k), cos(pos·ω_k)] over k < width/4 with ω_k = 10000^(−k/(width/4)). The one
+    /// definition of `"arcflow_image_positions": "sincos2d"`, used by training and the compile path.
+    public static func sinCosPositions(gridH: Int, gridW: Int, width d: Int) -> [Float] {
+        let q = d / 4
+        var out = [Float](repeating: 0, count: gridH * gridW * d)
+        for r in 0..<gridH {
+            for col in 0..<gridW {
+                for (axis, pos) in [r, col].enumerated() {
+                    for k in 0..<q {
+                        let omega = 1 / Foundation.pow(10000.0, Double(k) / Double(q))
+                        let base = (r * gridW + col) * d + axis * 2 * q
+                        out[base + k] = Float(Foundation.sin(Double(pos) * omega))
+                        out[base + q + k] = Float(Foundation.cos(Double(pos) * omega))
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// The generated tables this network's graphs name as weights: RoPE, and the image position
+    /// table when the config asks for one (bound as "positions.sincos2d", never baked into C).
+    public var generatedTables: [String: Tensor] {
+        var t = ropeTables
+        if config.imagePositions == .sincos2d {
+            t["positions.sincos2d"] = Tensor(.f32([imageTokens, width]), FluxNetwork.sinCosPositions(gridH: gridH, gridW: gridW, width: width))
+        }
+        return t
+    }
+
+    /// The config's image position table as a graph value, or nil when it has none.
+    func imagePositionValue() -> Value? {
+        guard config.imagePositions == .sincos2d else { return nil }
+        return b.weight("positions.sincos2d", .f32([imageTokens, width]))
+    }
+
     func ropeValues() -> (Value, Value) {
         let n = textTokens + imageTokens, d = config.attentionHeadDim
         return (b.weight("rope.cos", .f32([n, d])), b.weight("rope.sin", .f32([n, d])))
@@ -194,7 +232,8 @@ public final class FluxNetwork {
     /// One transformer evaluation up to norm_out: image tokens [1, N, D].
     /// `context` is context_embedder(prompt_embeds), computed once per graph by the caller.
     func trunk(packed x: Value, sigma: Float, guidance: Float?, context: Value, pooled: Value) throws -> Value {
-        try trunk(packed: x, temb: try conditioning(sigma: sigma, guidance: guidance, pooled: pooled), context: context)
+        try trunk(packed: x, temb: try conditioning(sigma: sigma, guidance: guidance, pooled: pooled), context: context,
+                  imagePositions: imagePositionValue())
     }
 
     /// The trunk for a given temb [B, D] (B = 1, or per-sample σ). `imagePositions` [N, D], when

@@ -10,7 +10,7 @@ import ShapesWorld
 public enum TeacherGraphs {
     /// The ids of the empty caption: `<bos> <eos>` then padding. Caption dropout trains on it and
     /// the sampler's unconditional branch uses it.
-    public static var emptyCaption: [Int] { [WorldVocabulary.bos, WorldVocabulary.eos] + [Int](repeating: WorldVocabulary.pad, count: WorldVocabulary.length - 2) }
+    public static var emptyCaption: [Int] { WorldVocabulary.emptyCaption }
 
     // MARK: Pieces
 
@@ -53,24 +53,10 @@ public enum TeacherGraphs {
         return t.reshaped([n, g, g, 3, p, p]).transposed([0, 3, 1, 4, 2, 5]).reshaped([n, 3, g * p, g * p])
     }
 
-    /// Fixed 2D sin-cos position table [tokens, D] (half the channels for the row, half for the
-    /// column; MAE/DiT layout). Added to the image tokens: see `FluxNetwork.trunk(imagePositions:)`.
+    /// The image position table [tokens, D] of `"arcflow_image_positions": "sincos2d"`; see
+    /// `FluxNetwork.trunk(imagePositions:)`.
     public static func positionTable(_ c: TeacherConfig) -> [Float] {
-        let d = c.flux.width, g = c.grid, q = d / 4
-        var out = [Float](repeating: 0, count: g * g * d)
-        for r in 0..<g {
-            for col in 0..<g {
-                for (axis, pos) in [r, col].enumerated() {
-                    for k in 0..<q {
-                        let omega = 1 / Foundation.pow(10000.0, Double(k) / Double(q))
-                        let base = (r * g + col) * d + axis * 2 * q
-                        out[base + k] = Float(Foundation.sin(Double(pos) * omega))
-                        out[base + q + k] = Float(Foundation.cos(Double(pos) * omega))
-                    }
-                }
-            }
-        }
-        return out
+        FluxNetwork.sinCosPositions(gridH: c.grid, gridW: c.grid, width: c.flux.width)
     }
 
     /// Builds the network's x0 prediction for tokens x [B, N, C] at σ [B] with text (hidden, pooled).

@@ -7,6 +7,7 @@ import Foundation
 import IR
 import Imaging
 import Runtime
+import ShapesWorld
 import Tokenizers
 
 /// `pipeline.json` of a compiled pipeline folder: what was compiled, and what a PNG's
@@ -14,6 +15,8 @@ import Tokenizers
 public struct PipelineManifest: Codable, Equatable {
     public var format = "arcflow-pipeline"
     public var version = 1
+    /// "flux" (a diffusers FluxPipeline: CLIP + T5, VAE) or "shapes" (the embedded default:
+    /// the world's word tokenizer, one text encoder, pixels through a fixed space-to-depth).
     public var family = "flux"
     public var height: Int
     public var width: Int
@@ -21,6 +24,8 @@ public struct PipelineManifest: Codable, Equatable {
     public var sampler: String
     public var steps: Int
     public var guidance: Double?
+    /// True classifier-free guidance scale (the sampler takes negative embeddings), if any.
+    public var cfgScale: Double?
     public var sigmas: [Double]
     /// The diffusers folder and adapter it was compiled from (for people, not for loading).
     public var source: String
@@ -31,9 +36,20 @@ public struct PipelineManifest: Codable, Equatable {
     public static let fileName = "pipeline.json"
     /// Stage folders inside a compiled pipeline.
     public static let stages = ["text_encoder", "text_encoder_2", "sampler", "vae_decoder"]
+    /// Stage folders of a family: the shapes world has one text encoder and a pixel decoder.
+    public static func stages(family: String) -> [String] {
+        family == "shapes" ? ["text_encoder", "sampler", "pixel_decoder"] : stages
+    }
+
+    public init(family: String = "flux", height: Int, width: Int, textTokens: Int, sampler: String, steps: Int, guidance: Double?,
+                cfgScale: Double? = nil, sigmas: [Double], source: String, adapter: String?, modelHash: String) {
+        self.family = family; self.height = height; self.width = width; self.textTokens = textTokens; self.sampler = sampler
+        self.steps = steps; self.guidance = guidance; self.cfgScale = cfgScale; self.sigmas = sigmas; self.source = source
+        self.adapter = adapter; self.modelHash = modelHash
+    }
 
     enum CodingKeys: String, CodingKey {
-        case format, version, family, height, width, textTokens = "text_tokens", sampler, steps, guidance, sigmas
+        case format, version, family, height, width, textTokens = "text_tokens", sampler, steps, guidance, cfgScale = "cfg_scale", sigmas
         case source, adapter, modelHash = "model_hash"
     }
 
@@ -52,24 +68,31 @@ public struct PipelineManifest: Codable, Equatable {
 public struct PromptTokens: Equatable {
     public var clip: [Int]
     public var t5: [Int]
+    /// The shapes world's word ids (its pipelines have no CLIP or T5).
+    public var world: [Int]? = nil
 }
 
 /// Prompt embeddings: what the sampler takes.
 public struct PromptEmbeddings {
     public var promptEmbeds: Tensor
     public var pooledPromptEmbeds: Tensor
+    /// The unconditional branch of classifier-free guidance (the empty prompt), when the sampler has one.
+    public var negative: (promptEmbeds: Tensor, pooledPromptEmbeds: Tensor)? = nil
 }
 
-/// A loaded compiled pipeline: tokenizers and the four stage libraries, resident.
+/// A loaded compiled pipeline: tokenizers and the stage libraries, resident. FLUX has four
+/// stages and two tokenizers; the shapes world (the embedded default) three and its word list.
 public final class CompiledPipeline {
     public let folder: String
     public let manifest: PipelineManifest
-    public let clipTokenizer: CLIPTokenizer
-    public let t5Tokenizer: T5Tokenizer
+    public let clipTokenizer: CLIPTokenizer?
+    public let t5Tokenizer: T5Tokenizer?
     public let textEncoder: LoadedModel
-    public let textEncoder2: LoadedModel
+    public let textEncoder2: LoadedModel?
     public let sampler: LoadedModel
     public let decoder: LoadedModel
+    /// Embeddings of the empty prompt, computed once, for a sampler with classifier-free guidance.
+    private var negativeCache: (Tensor, Tensor)?
 
     public init(folder: String, threads: Int) throws {
         self.folder = folder
@@ -83,29 +106,64 @@ public final class CompiledPipeline {
         guard manifest.format == "arcflow-pipeline", manifest.version == 1 else {
             throw ArcError("\(path): format \(manifest.format) version \(manifest.version) is not one this arcflow reads; recompile")
         }
-        clipTokenizer = try CLIPTokenizer(folder: "\(folder)/tokenizer")
-        t5Tokenizer = try T5Tokenizer(folder: "\(folder)/tokenizer_2")
         func stage(_ name: String) throws -> LoadedModel {
             let m = try LoadedModel.load("\(folder)/\(name)")
             m.executable.setThreads(threads)
             return m
         }
+        switch manifest.family {
+        case "flux":
+            clipTokenizer = try CLIPTokenizer(folder: "\(folder)/tokenizer")
+            t5Tokenizer = try T5Tokenizer(folder: "\(folder)/tokenizer_2")
+            textEncoder2 = try stage("text_encoder_2")
+            decoder = try stage("vae_decoder")
+        case "shapes":
+            (clipTokenizer, t5Tokenizer, textEncoder2) = (nil, nil, nil)
+            decoder = try stage("pixel_decoder")
+        default:
+            throw ArcError("\(path): family '\(manifest.family)' is not one this arcflow reads (flux, shapes)")
+        }
         textEncoder = try stage("text_encoder")
-        textEncoder2 = try stage("text_encoder_2")
         sampler = try stage("sampler")
-        decoder = try stage("vae_decoder")
     }
 
-    /// The latent shape the sampler takes as noise: [1, C, H/8, W/8].
+    /// Whether the sampler runs classifier-free guidance (takes negative embeddings).
+    public var takesNegative: Bool { sampler.executable.inputs.contains { $0.name == "negative_prompt_embeds" } }
+
+    /// The latent shape the sampler takes as noise: [1, C, H/8, W/8] (shapes: [1, 3p²/4, 2g, 2g]).
     public var noiseType: TensorType { sampler.executable.inputs.first { $0.name == "noise" }!.type }
 
-    public func tokenize(_ prompt: String) -> PromptTokens {
-        PromptTokens(clip: clipTokenizer.encode(prompt), t5: t5Tokenizer.encode(prompt, length: manifest.textTokens))
+    /// The starting noise of a seed: N(0, 1) drawn in latent space by the project's SplitMix64 +
+    /// Box-Muller generator, the same numbers on every machine. Every pipeline with the same
+    /// latent shape (the default model's teacher and both students) starts from the same noise
+    /// for a seed, so their images compare pairwise. (For the pixel-space default, latent and
+    /// pixel noise are one permutation apart: drawing in latent space loses nothing.)
+    public func noise(seed: Int) -> Tensor { seededNoise(noiseType, seed: seed) }
+
+    /// The prompt's ids; a shapes prompt outside the world's grammar is an error (ShapesWorld's).
+    public func tokenize(_ prompt: String) throws -> PromptTokens {
+        guard let clip = clipTokenizer, let t5 = t5Tokenizer else {
+            return PromptTokens(clip: [], t5: [], world: try WorldVocabulary.encode(prompt))
+        }
+        return PromptTokens(clip: clip.encode(prompt), t5: t5.encode(prompt, length: manifest.textTokens))
     }
 
-    /// Both text encoders: T5's last hidden state and CLIP's pooled output.
+    /// The text encoders (FLUX: T5's last hidden state and CLIP's pooled output; shapes: its one
+    /// encoder gives both), plus the empty prompt's embeddings when the sampler guides.
     public func encode(_ prompt: String) throws -> PromptEmbeddings {
-        let tokens = tokenize(prompt)
+        var e = try encodeOnly(try tokenize(prompt))
+        if takesNegative {
+            if negativeCache == nil {
+                let empty = manifest.family == "shapes" ? PromptTokens(clip: [], t5: [], world: WorldVocabulary.emptyCaption) : try tokenize("")
+                let n = try encodeOnly(empty)
+                negativeCache = (n.promptEmbeds, n.pooledPromptEmbeds)
+            }
+            e.negative = negativeCache
+        }
+        return e
+    }
+
+    func encodeOnly(_ tokens: PromptTokens) throws -> PromptEmbeddings {
         func ids(_ values: [Int], for model: LoadedModel) throws -> [String: Tensor] {
             let b = model.executable.inputs.first { $0.name == "input_ids" }!
             guard b.type.count == values.count else {
@@ -113,8 +171,12 @@ public final class CompiledPipeline {
             }
             return ["input_ids": Tensor(b.type, values.map(Float.init))]
         }
+        if let world = tokens.world {
+            let out = try textEncoder.executable.run(try ids(world, for: textEncoder))
+            return PromptEmbeddings(promptEmbeds: out["prompt_embeds"]!, pooledPromptEmbeds: out["pooled_prompt_embeds"]!)
+        }
         let clip = try textEncoder.executable.run(try ids(tokens.clip, for: textEncoder))
-        let t5 = try textEncoder2.executable.run(try ids(tokens.t5, for: textEncoder2))
+        let t5 = try textEncoder2!.executable.run(try ids(tokens.t5, for: textEncoder2!))
         return PromptEmbeddings(promptEmbeds: t5["prompt_embeds"]!, pooledPromptEmbeds: clip["pooled_prompt_embeds"]!)
     }
 
@@ -129,11 +191,18 @@ public final class CompiledPipeline {
             let done = (k + 1) * n / total
             while reported < done { reported += 1; progress(reported) }
         }) {
-            try exe.run(["noise": noise, "prompt_embeds": e.promptEmbeds, "pooled_prompt_embeds": e.pooledPromptEmbeds])["latents"]!
+            var inputs = ["noise": noise, "prompt_embeds": e.promptEmbeds, "pooled_prompt_embeds": e.pooledPromptEmbeds]
+            if takesNegative {
+                guard let n = e.negative else { throw ArcError("this sampler uses classifier-free guidance: it needs negative prompt embeddings") }
+                inputs["negative_prompt_embeds"] = n.promptEmbeds
+                inputs["negative_pooled_prompt_embeds"] = n.pooledPromptEmbeds
+            }
+            return try exe.run(inputs)["latents"]!
         }
     }
 
-    /// The VAE decoder (its graph un-scales the latents first) and diffusers' conversion to 8 bits.
+    /// The decoder (FLUX: the VAE, whose graph un-scales the latents first; shapes: the inverse
+    /// space-to-depth) and diffusers' conversion to 8 bits (clamp to [−1, 1], then round).
     public func decode(_ latents: Tensor) throws -> Image8 {
         let b = decoder.executable.inputs.first { $0.name == "latents" }!
         guard latents.type.shape == b.type.shape else {
@@ -141,6 +210,20 @@ public final class CompiledPipeline {
         }
         return try image(fromDecoded: decoder.executable.run(["latents": latents])["image"]!)
     }
+}
+
+extension CompiledPipeline {
+    /// Prompt → image in one call (text encoders, sampler, decoder), for callers that need no
+    /// per-stage progress (reports, grids).
+    public func generate(prompt: String, noise: Tensor) throws -> Image8 {
+        try decode(try sample(try encode(prompt), noise: noise))
+    }
+}
+
+/// N(0, 1) of `type` from `seed` (SplitMix64 + Box-Muller): the noise of every seeded generation.
+public func seededNoise(_ type: TensorType, seed: Int) -> Tensor {
+    var rng = SeededGenerator(seed: UInt64(seed))
+    return Tensor(type, rng.normals(type.count))
 }
 
 /// [1, 3, H, W] in about [-1, 1] → an RGB8 image exactly as diffusers' postprocess.

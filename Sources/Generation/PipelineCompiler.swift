@@ -57,27 +57,13 @@ public enum PipelineCompiler {
         try? fm.removeItem(atPath: "\(output)/\(PipelineManifest.fileName)")
 
         let samplerProgram = try FluxModel.sampler(folder.transformer, adapter: adapter, options: flux)
-        let stages: [(String, () throws -> (Module, WeightStore, [String: String]))] = [
+        let stages: [Stage] = [
             ("text_encoder", { let p = try folder.textEncoderProgram(); return (p.module, p.weights, ["stage": "clip"]) }),
             ("text_encoder_2", { let p = try folder.textEncoder2Program(tokens: o.textTokens); return (p.module, p.weights, ["stage": "t5"]) }),
             ("sampler", { (samplerProgram.module, samplerProgram.weights, samplerProgram.manifest) }),
             ("vae_decoder", { let p = try folder.vaeDecoderProgram(height: o.height, width: o.width); return (p.module, p.weights, ["stage": "vae_decoder"]) }),
         ]
-        var hashes: [String] = []
-        for (name, make) in stages {
-            let start = monotonicSeconds()
-            let (module, weights, facts) = try make()
-            var options = o.compile
-            options.dumpIR = o.compile.dumpIR.map { "\($0)/\(name)" }
-            options.dumpC = o.compile.dumpC.map { "\($0)/\(name)" }
-            options.model = facts
-            let compiled = try ModelCompiler.build(module, weights: weights, options: options)
-            try ModelCompiler.write(compiled, to: "\(output)/\(name)")
-            let m = try LoadedModel.readManifest("\(output)/\(name)")
-            hashes += [m.weightsSHA256, m.librarySHA256]
-            o.progress(String(format: "%@: %d kernels, %.2f GFLOP per run, compiled in %.1f s", name,
-                              compiled.program.steps.count, compiled.program.flops / 1e9, monotonicSeconds() - start))
-        }
+        let hashes = try compileStages(stages, options: o.compile, output: output, progress: o.progress)
         for (src, dst) in [(folder.tokenizerDirectory, "tokenizer"), (folder.tokenizer2Directory, "tokenizer_2")] {
             try copyFolder(src, to: "\(output)/\(dst)")
         }
@@ -90,8 +76,33 @@ public enum PipelineCompiler {
         return manifest
     }
 
+    /// A stage of a pipeline: its folder name and how to build its module, weights and manifest facts.
+    public typealias Stage = (name: String, make: () throws -> (Module, WeightStore, [String: String]))
+
+    /// Compiles each stage into `output/<name>` (one ordinary compiled model folder each) and
+    /// returns the weight and library hashes the pipeline's model hash is made of.
+    public static func compileStages(_ stages: [Stage], options: CompileOptions, output: String,
+                                     progress: (String) -> Void) throws -> [String] {
+        var hashes: [String] = []
+        for (name, make) in stages {
+            let start = monotonicSeconds()
+            let (module, weights, facts) = try make()
+            var o = options
+            o.dumpIR = options.dumpIR.map { "\($0)/\(name)" }
+            o.dumpC = options.dumpC.map { "\($0)/\(name)" }
+            o.model = facts
+            let compiled = try ModelCompiler.build(module, weights: weights, options: o)
+            try ModelCompiler.write(compiled, to: "\(output)/\(name)")
+            let m = try LoadedModel.readManifest("\(output)/\(name)")
+            hashes += [m.weightsSHA256, m.librarySHA256]
+            progress(String(format: "%@: %d kernels, %.2f GFLOP per run, compiled in %.1f s", name,
+                            compiled.program.steps.count, compiled.program.flops / 1e9, monotonicSeconds() - start))
+        }
+        return hashes
+    }
+
     /// Copies the regular files of a tokenizer folder (replacing an older copy atomically per file).
-    static func copyFolder(_ src: String, to dst: String) throws {
+    public static func copyFolder(_ src: String, to dst: String) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: dst, withIntermediateDirectories: true)
         for name in try fm.contentsOfDirectory(atPath: src).sorted() {

@@ -33,6 +33,10 @@ public enum WorldVocabulary {
 
     public static func id(_ word: String) -> Int? { ids[word] }
 
+    /// The ids of the empty caption, `<bos> <eos>` then padding: caption dropout trains on it and
+    /// classifier-free guidance's unconditional branch uses it.
+    public static var emptyCaption: [Int] { [bos, eos] + [Int](repeating: pad, count: length - 2) }
+
     public static func encode(_ prompt: Prompt) -> [Int] {
         var out = [bos] + prompt.description.split(separator: " ").map { ids[String($0)]! } + [eos]
         out += [Int](repeating: pad, count: length - out.count)

@@ -154,9 +154,10 @@ final class QwenImageCLITests: XCTestCase {
         let g = try compileA(["--sampler", "euler", "--guidance", "3.5", "-o", "m"])
         XCTAssertEqual(g.status, 2)
         XCTAssertTrue(g.err.contains("--guidance is FLUX's embedded guidance; Qwen-Image has none"), g.err)
-        let f = try arcflow(["compile", "--transformer", "\(fixtures)/cfg-a/transformer", "--sampler", "euler", "--true-cfg-scale", "4",
-                             "--height", "48", "--width", "80", "-o", "m"])
-        XCTAssertEqual(f.status, 2)
-        XCTAssertTrue(f.err.contains("--true-cfg-scale is the Qwen-Image teacher's true CFG"), f.err)
+        // FLUX takes true CFG too (FluxPipeline's true_cfg_scale), for its teacher only.
+        let f = try arcflow(["compile", "--transformer", "\(fixtures)/cfg-a/transformer", "--adapter", "\(fixtures)/cfg-a/adapter-k16",
+                             "--true-cfg-scale", "4", "--height", "48", "--width", "80", "-o", "m"])
+        XCTAssertEqual(f.status, 1)
+        XCTAssertTrue(f.err.contains("--true-cfg-scale needs --sampler euler"), f.err)
     }
 }

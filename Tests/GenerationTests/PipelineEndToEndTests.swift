@@ -103,7 +103,7 @@ final class PipelineEndToEndTests: XCTestCase {
         for (a, b) in zip(p.manifest.sigmas, try ref.tensor("e2e_sigmas").data) { XCTAssertEqual(Float(a), b, accuracy: 2e-7) }
         let prompts = try fixturePrompts()
         for i in 0..<4 {
-            let t = p.tokenize(prompts[i])
+            let t = try p.tokenize(prompts[i])
             XCTAssertEqual(t.clip, try ref.tensor("clip_input_ids_\(i)").data.map { Int($0) }, "CLIP ids \(i)")
             XCTAssertEqual(t.t5, try ref.tensor("t5_input_ids_\(i)").data.map { Int($0) }, "T5 ids \(i)")
         }

@@ -56,8 +56,8 @@ let compileSpec = CommandSpec(
     compile FILE --weights W.safetensors -o DIR [--dump-ir DIR] [--dump-c] [--passes LIST] [--verbose]
            arcflow compile --pipeline DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
                            [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
-           arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
-                           [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
+           arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] (--height H --width W | --latent-size HxW)
+                           [--text-tokens T] [--guidance G] [--true-cfg-scale S] [--shift S] [--dump-ir DIR] -o OUT
            arcflow compile --transformer QWEN_DIR (--adapter DIR | --sampler euler [--true-cfg-scale S]) [--steps N]
                            --height H --width W [--text-tokens T] [--shift S] [--dump-ir DIR] -o OUT
     """,
@@ -81,8 +81,9 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--width"], value: "W", help: "FLUX: image width in pixels, a multiple of 16"),
         OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
-        OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (3.2 arc; the scheduler config's for euler)"),
-        OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "Qwen-Image teacher (--sampler euler): true CFG with a negative prompt, as QwenImagePipeline (S > 1)"),
+        OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
+        OptionSpec(names: ["--latent-size"], value: "HxW", help: "--transformer: the latent grid directly (pixel-space models such as the embedded default), instead of --height/--width ÷ 8"),
+        OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -95,8 +96,8 @@ func compileCommand(_ argv: [String]) throws {
     let start = monotonicSeconds()
     var options = try compileOptions(args, compileSpec, output: out)
     if let pipeline = args.value("--pipeline") {
-        if !args.positional.isEmpty || args.has("--weights") || args.has("--transformer") {
-            throw UsageError("--pipeline compiles a diffusers pipeline folder; give no IR FILE, --weights or --transformer with it", compileSpec)
+        if !args.positional.isEmpty || args.has("--weights") || args.has("--transformer") || args.has("--latent-size") || args.has("--true-cfg-scale") {
+            throw UsageError("--pipeline compiles a diffusers pipeline folder; give no IR FILE, --weights, --transformer, --latent-size or --true-cfg-scale with it", compileSpec)
         }
         let (height, width) = try imageSize(args)
         var o = PipelineCompileOptions(height: height, width: width)
@@ -122,7 +123,7 @@ func compileCommand(_ argv: [String]) throws {
         (module, store) = (program.module, program.weights)
         options.model = program.manifest
     } else {
-        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--true-cfg-scale"] where args.has(flag) {
+        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--latent-size", "--true-cfg-scale"] where args.has(flag) {
             throw UsageError("\(flag) needs --pipeline or --transformer", compileSpec)
         }
         guard let file = args.positional.first else { throw UsageError("give an IR FILE (or --transformer DIR)", compileSpec) }
@@ -148,8 +149,18 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     let spec = compileSpec
     let checkpoint = try FluxCheckpoint.load(transformer)
     let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
-    let (height, width) = try imageSize(args)
-    var o = FluxOptions(height: height, width: width)
+    var o: FluxOptions
+    if let l = args.value("--latent-size") {
+        if args.has("--height") || args.has("--width") { throw UsageError("give --latent-size or --height/--width, not both", spec) }
+        let parts = l.lowercased().split(separator: "x").map { Int($0) }
+        guard parts.count == 2, let lh = parts[0], let lw = parts[1] else { throw UsageError("--latent-size expects HxW (e.g. 16x16), got '\(l)'", spec) }
+        o = FluxOptions(height: lh, width: lw)
+        o.latentSize = (lh, lw)
+    } else {
+        let (height, width) = try imageSize(args)
+        o = FluxOptions(height: height, width: width)
+    }
+    o.cfgScale = try args.double("--true-cfg-scale", spec)
     if let sampler = try samplerOption(args) {
         o.sampler = sampler
     } else if adapter == nil {

@@ -2,6 +2,7 @@
 // through a compiled sampler; tokenize, encode and decode run single stages of a pipeline.
 
 import Codegen
+import DefaultModel
 import Foundation
 import Generation
 import IR
@@ -11,16 +12,21 @@ import Runtime
 let generateSpec = CommandSpec(
     name: "generate",
     usage: """
-    generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
+    generate --prompt TEXT [--seed S] -o IMG.png [--teacher [--steps N] [--guidance G] | --baseline linear]
+           arcflow generate --prompts FILE [--seed S] -o DIR [--teacher … | --baseline linear]
+           arcflow generate --grid PROMPTS_FILE [--seed S] -o GRID.png
+           arcflow generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
            arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N]
            arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors
            arcflow generate --model QWEN_SAMPLER --embeddings E.safetensors [--negative-embeddings NE.safetensors]
                             (--noise N.safetensors | --seed S) --output-latents L.safetensors
     """,
     summary: """
-    Generate images with a compiled pipeline (arcflow compile --pipeline …): prompt → PNG; or run a compiled
-    FLUX or Qwen-Image sampler alone (arcflow compile --transformer …): prompt embeddings and noise in, latents out
-    (Qwen-Image: prompt_embeds only, no pooled embedding; a teacher compiled with true CFG also reads the negative's).
+    Generate images: without --model, with the embedded default model (models/shapes: a 64×64 shapes-world
+    model; the 2-step ArcFlow student unless --teacher or --baseline linear); with a compiled pipeline
+    (arcflow compile --pipeline …): prompt → PNG; or run a compiled FLUX or Qwen-Image sampler alone (arcflow
+    compile --transformer …): prompt embeddings and noise in, latents out (Qwen-Image: prompt_embeds only, no
+    pooled embedding; a teacher compiled with true CFG also reads the negative's).
     """,
     options: [
         OptionSpec(names: ["--model"], value: "OUT", help: "compiled pipeline folder (or a compiled sampler, with --embeddings)"),
@@ -33,33 +39,59 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--output-latents"], value: "L.safetensors", help: "also write the final latents [1, C, H/8, W/8]"),
         OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "sampler only: prompt_embeds and pooled_prompt_embeds instead of a prompt"),
         OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image teacher)"),
+        OptionSpec(names: ["--teacher"], value: nil, help: "default model: the teacher (Euler with classifier-free guidance) instead of the ArcFlow student"),
+        OptionSpec(names: ["--steps"], value: "N", help: "default model, with --teacher: Euler steps (default 28, model.json's)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default 5, model.json's)"),
+        OptionSpec(names: ["--baseline"], value: "linear", help: "default model: the linear 2-step student (K = 1) instead of ArcFlow's"),
+        OptionSpec(names: ["--grid"], value: "PROMPTS_FILE", help: "default model: one PNG, rows = prompts, columns = teacher 28 | ArcFlow 2 | linear 2"),
+        OptionSpec(names: ["--default-model"], value: "DIR", help: "the default model's folder (default $ARCFLOW_DEFAULT_MODEL, else models/shapes of this package)"),
         threadsOption,
-    ])
+    ],
+    details: """
+    The default model is compiled on first use into $ARCFLOW_CACHE_DIR/default/<content hash> (default
+    ~/.cache/arcflow), one pipeline folder per variant. For a seed, the teacher and both students start from the
+    same noise (drawn in latent space), so their images compare pairwise. Prompts follow the shapes world's
+    grammar ("a small red circle at the top left", "a green circle to the left of a white square").
+    """)
 
 func generateCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, generateSpec, maxPositional: 0)
+    if !args.has("--model") { return try generateDefault(args) }
+    for flag in ["--teacher", "--steps", "--guidance", "--baseline", "--grid", "--default-model"] where args.has(flag) {
+        throw UsageError("\(flag) is for the embedded default model (no --model); a compiled pipeline fixes its sampler when compiled", generateSpec)
+    }
     let modelPath = try args.required("--model", generateSpec)
     if args.has("--embeddings") { return try generateLatentsFromEmbeddings(args) }
     if args.has("--negative-embeddings") { throw UsageError("--negative-embeddings goes with --embeddings (a compiled sampler run alone)", generateSpec) }
+    let loadStart = monotonicSeconds()
+    try checkPromptArguments(args)
+    let pipeline = try CompiledPipeline(folder: modelPath, threads: try threadCount(args, generateSpec))
+    let m = pipeline.manifest
+    stderrLine(String(format: "arcflow: loaded %@ (%@ sampler, %d steps, %d×%d) in %.2f s", modelPath, m.sampler, m.steps,
+                      m.width, m.height, monotonicSeconds() - loadStart))
+    try generateImages(args, pipeline)
+}
+
+/// The checks of --prompt/--prompts/-o made before any (slow) load, so a mistake is the only line printed.
+func checkPromptArguments(_ args: ParsedArguments) throws {
     if args.has("--prompt") == args.has("--prompts") { throw UsageError("give exactly one of --prompt and --prompts", generateSpec) }
     if args.has("--noise") && args.has("--seed") { throw UsageError("give --noise or --seed, not both", generateSpec) }
     let output = try args.required("--output", generateSpec)
-    let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
-    let threads = try threadCount(args, generateSpec)
-    InterruptFlag.install()
-    // Output and prompt file are checked before the (slow) load: a bad one is the only line printed.
+    _ = try args.int("--seed", generateSpec, default: 0, min: 0)
     if args.has("--prompt") {
         guard output.lowercased().hasSuffix(".png") else { throw UsageError("-o must name a .png file, got '\(output)'", generateSpec) }
         try checkWritableParent(output)
     }
-    let promptLines = try args.value("--prompts").map(readPromptLines)
+    if let file = args.value("--prompts") { _ = try readPromptLines(file) }
+}
 
-    let loadStart = monotonicSeconds()
-    let pipeline = try CompiledPipeline(folder: modelPath, threads: threads)
+/// --prompt or --prompts through a loaded pipeline (a compiled folder or the default model's).
+func generateImages(_ args: ParsedArguments, _ pipeline: CompiledPipeline) throws {
     let m = pipeline.manifest
-    stderrLine(String(format: "arcflow: loaded %@ (%@ sampler, %d steps, %d×%d) in %.2f s", modelPath, m.sampler, m.steps,
-                      m.width, m.height, monotonicSeconds() - loadStart))
-
+    let output = try args.required("--output", generateSpec)
+    let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
+    InterruptFlag.install()
+    let promptLines = try args.value("--prompts").map(readPromptLines)
     if let prompt = args.value("--prompt") {
         if args.has("--shard") { throw UsageError("--shard goes with --prompts", generateSpec) }
         let noise: Tensor, seedText: String
@@ -67,7 +99,7 @@ func generateCommand(_ argv: [String]) throws {
             noise = try readTensor(path, "noise", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels")
             seedText = "noise file \((path as NSString).lastPathComponent)"
         } else {
-            noise = seededNoise(pipeline.noiseType, seed: seed)
+            noise = pipeline.noise(seed: seed)
             seedText = String(seed)
         }
         let latents = try render(pipeline, prompt: prompt, noise: noise, seedText: seedText, to: output)
@@ -97,7 +129,7 @@ func generateCommand(_ argv: [String]) throws {
         let path = "\(output)/" + String(format: "%05d.png", i)
         do {
             stderrLine("arcflow: [\(i + 1)/\(lines.count)] \(prompt)")
-            _ = try render(pipeline, prompt: prompt, noise: seededNoise(pipeline.noiseType, seed: seed + i), seedText: String(seed + i), to: path)
+            _ = try render(pipeline, prompt: prompt, noise: pipeline.noise(seed: seed + i), seedText: String(seed + i), to: path)
             rendered += 1
         } catch let e as ArcError {
             stderrLine("arcflow generate: \(file):\(i + 1): \(e.message)")
@@ -128,9 +160,11 @@ func render(_ p: CompiledPipeline, prompt: String, noise: Tensor, seedText: Stri
     let image = try p.decode(latents)
     stderrLine(String(format: "arcflow:   sampler %.2f s (%.2f s/step), VAE decoder %.2f s", sampling, sampling / Double(m.steps), lap()))
     let parameters = "\(prompt)\nSteps: \(m.steps), Sampler: \(m.sampler == "arc" ? "ArcFlow" : "Euler (flow matching)"), "
-        + (m.guidance.map { "Guidance: \($0), " } ?? "") + "Seed: \(seedText), Size: \(m.width)x\(m.height), "
+        + (m.guidance.map { "Guidance: \($0), " } ?? "") + (m.cfgScale.map { "CFG scale: \($0), " } ?? "")
+        + "Seed: \(seedText), Size: \(m.width)x\(m.height), "
         + "Model hash: \(m.modelHash.prefix(10)), Model: \((m.source as NSString).lastPathComponent)"
-        + (m.adapter.map { ", Adapter: \(($0 as NSString).lastPathComponent)" } ?? "") + ", Generator: arcflow"
+        + (m.adapter.map { ", Adapter: \(($0 as NSString).lastPathComponent)" } ?? "")
+        + ", Noise hash: \(noiseHash(noise)), Generator: arcflow"
     InterruptFlag.check()
     try writeAtomically(PNG.encode(image, text: [("parameters", parameters)]), to: path)
     print("wrote \(path) (\(image.width)×\(image.height))")
@@ -170,9 +204,10 @@ func checkWritableParent(_ path: String) throws {
     guard access(d, W_OK) == 0 else { throw ArcError("cannot write \(path): folder \(d) is not writable") }
 }
 
-func seededNoise(_ type: TensorType, seed: Int) -> Tensor {
-    var rng = SeededGenerator(seed: UInt64(seed))
-    return Tensor(type, rng.normals(type.count))
+/// The first 10 hex digits of the noise's SHA-256: in a PNG's parameters, it shows which images
+/// started from the same noise (the default model's variants do, for one seed).
+func noiseHash(_ t: Tensor) -> String {
+    t.data.withUnsafeBytes { String(SHA256.hash($0).prefix(10)) }
 }
 
 /// Reads tensor `name` of shape `want` from a safetensors file (16-bit floats converted).
@@ -210,6 +245,12 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     let hint = "the model was compiled for \(m.model["height"] ?? "?")×\(m.model["width"] ?? "?") pixels and \(m.model["text_tokens"] ?? "?") text tokens"
     var inputs = ["prompt_embeds": try readTensor(embeddingsPath, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint),
                   "pooled_prompt_embeds": try readTensor(embeddingsPath, "pooled_prompt_embeds", want: binding("pooled_prompt_embeds").type, hint: hint)]
+    if model.executable.inputs.contains(where: { $0.name == "negative_prompt_embeds" }) {
+        // A sampler compiled with --true-cfg-scale: its unconditional branch comes from the same file.
+        for name in ["negative_prompt_embeds", "negative_pooled_prompt_embeds"] {
+            inputs[name] = try readTensor(embeddingsPath, name, want: binding(name).type, hint: "this sampler was compiled with --true-cfg-scale \(m.model["true_cfg_scale"] ?? "")")
+        }
+    }
     if let noisePath = args.value("--noise") {
         inputs["noise"] = try readTensor(noisePath, "noise", want: binding("noise").type, hint: hint)
     } else {

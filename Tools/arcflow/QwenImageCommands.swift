@@ -2,6 +2,7 @@
 // folder's config.json, the sampler-only run takes prompt (and negative prompt) embeddings.
 
 import ArcFlowGraphs
+import Generation
 import Foundation
 import IR
 import Codegen
@@ -11,9 +12,6 @@ import Runtime
 func transformerProgram(_ args: ParsedArguments, transformer: String) throws -> TransformerProgram {
     switch try TransformerFamily.of(transformer) {
     case .flux:
-        if args.has("--true-cfg-scale") {
-            throw UsageError("--true-cfg-scale is the Qwen-Image teacher's true CFG; \(transformer) is a FLUX transformer (use --guidance)", compileSpec)
-        }
         return try fluxProgram(args, transformer: transformer)
     case .qwenImage:
         return try qwenImageProgram(args, transformer: transformer)

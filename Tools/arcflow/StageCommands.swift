@@ -17,7 +17,8 @@ let tokenizeSpec = CommandSpec(
 func tokenizeCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, tokenizeSpec, maxPositional: 0)
     let pipeline = try loadPipeline(args, tokenizeSpec)
-    let t = pipeline.tokenize(try args.required("--prompt", tokenizeSpec))
+    let t = try pipeline.tokenize(try args.required("--prompt", tokenizeSpec))
+    if let w = t.world { return print("{\"world\": [\(w.map(String.init).joined(separator: ", "))]}") }
     print("{\"clip\": [\(t.clip.map(String.init).joined(separator: ", "))], \"t5\": [\(t.t5.map(String.init).joined(separator: ", "))]}")
 }
 

@@ -24,7 +24,8 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
-        OptionSpec(names: ["--export-teacher"], value: "PATH", help: "only convert OUTDIR/ema.safetensors to f16 at PATH (the shipped teacher) and exit"),
+        OptionSpec(names: ["--export-teacher"], value: "DIR", help: "only write OUTDIR/ema.safetensors as a default-model folder DIR (transformer/, text_encoder/, model.json; f16) and exit"),
+        OptionSpec(names: ["--initial-students"], value: nil, help: "with --export-teacher: also write untrained students DIR/arcflow (K = 8) and DIR/linear (K = 1) where absent (zero LoRA B, heads from the teacher; for trying the pipeline before distillation)"),
         OptionSpec(names: ["--evaluate"], value: "W.safetensors", help: "only sample and judge the eval prompts with these weights (OUTDIR/check.png) and exit"),
         OptionSpec(names: ["--profile"], value: "N", help: "only time N steps (batch rendering and each kernel, to stderr) and exit"),
         threadsOption,
@@ -40,13 +41,24 @@ func trainDefaultCommand(_ argv: [String]) throws {
     let spec = trainDefaultSpec
     let args = try parseArguments(argv, spec, maxPositional: 0)
     var o = TeacherRunOptions(directory: try args.required("--output", spec))
-    if let path = args.value("--export-teacher") {
+    if let dir = args.value("--export-teacher") {
         let ema = try SafeTensorsStore(path: "\(o.directory)/ema.safetensors")
         var tensors: [String: Tensor] = [:]
         for name in ema.names { tensors[name] = try ema.tensor(name) }
         let steps = ema.files.first?.metadata["trained_steps"] ?? "?"
-        try TeacherWeights.write(tensors, dtype: .f16, metadata: ["format": "arcflow-weights", "model": "shapes-teacher", "trained_steps": steps], to: path)
-        print("wrote \(tensors.count) tensors (f16, EMA after \(steps) steps) to \(path)")
+        let c = TeacherConfig.standard()
+        try DefaultModelExport.write(tensors, config: c, trainedSteps: steps,
+                                     teacher: .init(steps: 28, guidance: try args.double("--guidance", spec, default: 5)!,
+                                                    shift: try args.double("--shift", spec, default: 1)!), to: dir)
+        print("wrote the default model (teacher EMA after \(steps) steps, \(tensors.count) tensors, f16) to \(dir): "
+              + "transformer/, text_encoder/, model.json; adapters go in \(dir)/arcflow and \(dir)/linear")
+        if args.has("--initial-students") {
+            let folder = try DefaultModelFolder.load(dir)
+            for (name, k) in [("arcflow", 8), ("linear", 1)] where folder.adapterDirectory(name) == nil {
+                try DefaultModelExport.writeInitialStudent(teacher: folder, components: k, to: "\(dir)/\(name)")
+                print("wrote an untrained K = \(k) student to \(dir)/\(name) (not distilled: it samples like the unguided teacher)")
+            }
+        }
         return
     }
     o.steps = try args.int("--steps", spec, default: o.steps, min: 0)!

@@ -1,0 +1,115 @@
+// The default model's report: judge accuracy of the teacher and both students on a fixed prompt
+// set, paired pixel error of each student to the teacher from the same noise, wall-clock per
+// image, and the demo grid (prompts × variants).
+
+import Foundation
+import Generation
+import Imaging
+import IR
+import ShapesWorld
+
+public enum DefaultReport {
+    /// The fixed prompt set: `n` one-object prompts, `n` two-object prompts (held-out pairs
+    /// excluded from both) and `n` prompts containing a held-out pair (green triangle, orange
+    /// square), each from its own fixed seed.
+    public static func prompts(perCategory n: Int) -> [(category: String, prompt: Prompt)] {
+        var one = PromptSampler(seed: 101)
+        one.twoObjects = 0
+        var two = PromptSampler(seed: 202)
+        two.twoObjects = 1
+        var held = PromptSampler(seed: 303, includeHeldOut: true)
+        var heldOut: [Prompt] = []
+        while heldOut.count < n { let p = held.next(); if p.containsHeldOutPair { heldOut.append(p) } }
+        return one.next(n).map { ("one object", $0) } + two.next(n).map { ("two objects", $0) } + heldOut.map { ("held-out pairs", $0) }
+    }
+
+    public static let categories = ["one object", "two objects", "held-out pairs"]
+
+    /// One variant's results: verdicts and images in prompt order, seconds per image.
+    public struct Column {
+        public var name: String
+        public var nfe: String
+        public var passed: [Bool] = []
+        public var images: [Image8] = []
+        public var seconds: [Double] = []
+    }
+
+    /// Renders every prompt with every pipeline (prompt i with seed `seed + i`, the same noise for
+    /// every variant) and judges it. `pipelines` starts with the teacher.
+    public static func run(_ pipelines: [(name: String, nfe: String, pipeline: CompiledPipeline)],
+                           prompts: [(category: String, prompt: Prompt)], seed: Int, log: (String) -> Void) throws -> [Column] {
+        var columns: [Column] = []
+        for (name, nfe, p) in pipelines {
+            var col = Column(name: name, nfe: nfe)
+            // One untimed image first: the first run pays page faults and thread start-up.
+            _ = try p.generate(prompt: prompts[0].prompt.description, noise: p.noise(seed: seed))
+            for (i, item) in prompts.enumerated() {
+                let t0 = monotonicSeconds()
+                let image = try p.generate(prompt: item.prompt.description, noise: p.noise(seed: seed + i))
+                col.seconds.append(monotonicSeconds() - t0)
+                col.images.append(image)
+                col.passed.append(ShapesWorld.judge(image, item.prompt).passed)
+            }
+            let acc = Double(col.passed.filter { $0 }.count) / Double(max(prompts.count, 1))
+            log(String(format: "%@: %d images, accuracy %.3f, %.3f s per image", name, prompts.count, acc,
+                       col.seconds.reduce(0, +) / Double(max(col.seconds.count, 1))))
+            columns.append(col)
+        }
+        return columns
+    }
+
+    /// Mean absolute difference of two 8-bit images, in levels (0–255).
+    public static func meanAbsoluteError(_ a: Image8, _ b: Image8) -> Double {
+        precondition(a.pixels.count == b.pixels.count)
+        var s = 0
+        for i in a.pixels.indices { s += abs(Int(a.pixels[i]) - Int(b.pixels[i])) }
+        return Double(s) / Double(a.pixels.count)
+    }
+
+    /// The markdown table: accuracy per category and overall, paired error to the teacher (the
+    /// first column), seconds per image and the speed-up over the teacher.
+    public static func markdown(_ columns: [Column], prompts: [(category: String, prompt: Prompt)], seed: Int, threads: Int) -> String {
+        func mean(_ v: [Double]) -> Double { v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count) }
+        func accuracy(_ c: Column, _ category: String?) -> String {
+            let idx = prompts.indices.filter { category == nil || prompts[$0].category == category }
+            let n = idx.filter { c.passed[$0] }.count
+            return String(format: "%.2f (%d/%d)", Double(n) / Double(max(idx.count, 1)), n, idx.count)
+        }
+        let teacher = columns[0]
+        var lines = ["| model | NFE | " + categories.joined(separator: " | ") + " | overall | paired error to teacher (MAE, 0–255) | s / image | speed-up |",
+                     "|---|---|" + String(repeating: "---|", count: categories.count + 4)]
+        for c in columns {
+            let err = c.name == teacher.name ? "—" : String(format: "%.2f", mean(zip(c.images, teacher.images).map { meanAbsoluteError($0, $1) }))
+            let secs = mean(c.seconds)
+            lines.append("| \(c.name) | \(c.nfe) | " + categories.map { accuracy(c, $0) }.joined(separator: " | ") + " | \(accuracy(c, nil)) | \(err) | "
+                         + String(format: "%.3f | %.1f× |", secs, mean(teacher.seconds) / secs))
+        }
+        let n = prompts.count / categories.count
+        lines.append("")
+        lines.append("\(n) prompts per category (fixed: `DefaultReport.prompts`), prompt i with seed \(seed) + i and the same noise for every model; "
+                     + "judged by ShapesWorld's judge; wall-clock prompt → image (text encoder, sampler, decoder) on \(threads) thread\(threads == 1 ? "" : "s"), "
+                     + "mean over the prompts after one warm-up image. Generated by `arcflow report-default` (Tools/report-default.sh).")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Rows = prompts, columns = images (nil: absent), each scaled ×`scale` (nearest), `gap`
+    /// pixels apart on a dark grey ground.
+    public static func grid(_ rows: [[Image8?]], scale: Int = 2, gap: Int = 4) -> Image8 {
+        let cols = rows.map(\.count).max() ?? 0
+        let cell = ShapesWorld.side * scale
+        let w = gap + cols * (cell + gap), h = gap + rows.count * (cell + gap)
+        var out = Image8(width: max(w, 1), height: max(h, 1), channels: 3, pixels: [UInt8](repeating: 48, count: max(w, 1) * max(h, 1) * 3))
+        for (r, row) in rows.enumerated() {
+            for (c, image) in row.enumerated() {
+                guard let image else { continue }
+                let ox = gap + c * (cell + gap), oy = gap + r * (cell + gap)
+                for y in 0..<min(cell, image.height * scale) {
+                    for x in 0..<min(cell, image.width * scale) {
+                        for ch in 0..<3 { out[ox + x, oy + y, ch] = image[x / scale, y / scale, image.channels == 3 ? ch : 0] }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}

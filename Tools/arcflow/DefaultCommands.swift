@@ -1,0 +1,149 @@
+// The embedded default model from the command line: `generate` without --model (one image, a
+// prompt file, or the demo grid) and `report-default`.
+
+import ArcFlowGraphs
+import DefaultModel
+import Foundation
+import Generation
+import Imaging
+import IR
+import Runtime
+import ShapesWorld
+
+/// The default-model folder named by --default-model, $ARCFLOW_DEFAULT_MODEL or the package.
+func defaultModelFolder(_ args: ParsedArguments) throws -> DefaultModelFolder {
+    let dir = try DefaultModelFolder.locate(explicit: args.value("--default-model"), environment: ProcessInfo.processInfo.environment,
+                                            executable: DefaultPipeline.executablePath())
+    return try DefaultModelFolder.load(dir)
+}
+
+/// A variant compiled (or found in the cache) and loaded, with a line saying so.
+func loadDefault(_ folder: DefaultModelFolder, _ variant: DefaultVariant, threads: Int, options: CompileOptions = CompileOptions()) throws -> CompiledPipeline {
+    let t0 = monotonicSeconds()
+    let dir = try DefaultPipeline.compiled(folder, variant, cacheRoot: options.cacheRoot, options: options) { stderrLine("arcflow: \($0)") }
+    let p = try CompiledPipeline(folder: dir, threads: threads)
+    stderrLine(String(format: "arcflow: %@ ready in %.2f s (%@)", "\(variant)", monotonicSeconds() - t0, dir))
+    return p
+}
+
+func generateDefault(_ args: ParsedArguments) throws {
+    for flag in ["--embeddings", "--noise", "--output-latents"] where args.has(flag) && args.has("--grid") {
+        throw UsageError("\(flag) does not go with --grid", generateSpec)
+    }
+    if args.has("--embeddings") { throw UsageError("--embeddings runs a compiled sampler: give it with --model", generateSpec) }
+    if args.has("--teacher") && args.has("--baseline") { throw UsageError("give --teacher or --baseline, not both", generateSpec) }
+    if !args.has("--teacher") {
+        for flag in ["--steps", "--guidance"] where args.has(flag) { throw UsageError("\(flag) goes with --teacher (the students take 2 steps, no guidance)", generateSpec) }
+    }
+    if let b = args.value("--baseline"), b != "linear" { throw UsageError("--baseline must be linear, got '\(b)'", generateSpec) }
+    let threads = try threadCount(args, generateSpec)
+    if let gridFile = args.value("--grid") {
+        for flag in ["--prompt", "--prompts", "--teacher", "--baseline", "--steps", "--guidance", "--shard"] where args.has(flag) {
+            throw UsageError("\(flag) does not go with --grid (rows are the file's prompts, columns every variant)", generateSpec)
+        }
+        return try generateGrid(args, file: gridFile, threads: threads)
+    }
+    try checkPromptArguments(args)
+    // A prompt outside the world's grammar fails before anything is compiled or loaded.
+    if let prompt = args.value("--prompt") { _ = try Prompt.parse(prompt) }
+    let folder = try defaultModelFolder(args)
+    let variant: DefaultVariant
+    if args.has("--teacher") {
+        let steps = try args.int("--steps", generateSpec, default: folder.info.teacher.steps, min: 1)!
+        variant = .teacher(steps: steps, guidance: try args.double("--guidance", generateSpec, default: folder.info.teacher.guidance)!)
+    } else {
+        variant = args.has("--baseline") ? .linear : .arcflow
+    }
+    try generateImages(args, try loadDefault(folder, variant, threads: threads))
+}
+
+/// Rows = the file's prompts (line i with seed S + i), columns = teacher (model.json's steps and
+/// guidance) | ArcFlow 2 | linear 2; a variant whose adapter is absent is left out with a note.
+func generateGrid(_ args: ParsedArguments, file: String, threads: Int) throws {
+    let output = try args.required("--output", generateSpec)
+    guard output.lowercased().hasSuffix(".png") else { throw UsageError("-o must name a .png file, got '\(output)'", generateSpec) }
+    try checkWritableParent(output)
+    let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
+    var prompts: [String] = []
+    for (i, line) in try readPromptLines(file).enumerated() {
+        guard let line else { throw ArcError("\(file):\(i + 1): empty line (no prompt)") }
+        do { prompts.append(try Prompt.parse(line).description) } catch let e as ArcError { throw ArcError("\(file):\(i + 1): \(e.message)") }
+    }
+    let folder = try defaultModelFolder(args)
+    let t = folder.info.teacher
+    var variants: [(String, DefaultVariant)] = []
+    for (label, v) in [("teacher \(t.steps)", DefaultVariant.teacher(steps: t.steps, guidance: t.guidance)),
+                       ("ArcFlow 2", .arcflow), ("linear 2", .linear)] {
+        if let name = v.adapterName, folder.adapterDirectory(name) == nil {
+            stderrLine("arcflow: note: \(folder.directory) has no '\(name)' adapter; the grid has no \(label) column")
+            continue
+        }
+        variants.append((label, v))
+    }
+    var columns: [[Image8]] = []
+    for (label, v) in variants {
+        let p = try loadDefault(folder, v, threads: threads)
+        var images: [Image8] = []
+        let t0 = monotonicSeconds()
+        for (i, prompt) in prompts.enumerated() {
+            images.append(try p.generate(prompt: prompt, noise: p.noise(seed: seed + i)))
+            InterruptFlag.check()
+        }
+        stderrLine(String(format: "arcflow:   %@: %d images, %.3f s per image", label, images.count, (monotonicSeconds() - t0) / Double(max(images.count, 1))))
+        columns.append(images)
+    }
+    let rows = prompts.indices.map { r in columns.map { Optional($0[r]) } }
+    let text = "columns: " + variants.map(\.0).joined(separator: " | ") + "\nrows: " + prompts.joined(separator: "; ") + "\nSeed: \(seed) + row, Generator: arcflow"
+    try writeAtomically(PNG.encode(DefaultReport.grid(rows, scale: 2, gap: 4), text: [("parameters", text)]), to: output)
+    print("wrote \(output) (\(prompts.count) prompts × \(variants.map(\.0).joined(separator: " | ")))")
+}
+
+let reportDefaultSpec = CommandSpec(
+    name: "report-default",
+    usage: "report-default -o DIR [--prompts N] [--seed S] [--default-model DIR] [--threads N]",
+    summary: "Measure the default model: judge accuracy, paired error to the teacher, time per image → DIR/report.md.",
+    options: [
+        OptionSpec(names: ["-o", "--output"], value: "DIR", help: "folder for report.md and the contact sheets"),
+        OptionSpec(names: ["--prompts"], value: "N", help: "prompts per category: one object, two objects, held-out pairs (default 16)"),
+        OptionSpec(names: ["--seed"], value: "S", help: "prompt i uses seed S + i, the same noise for every model (default 0)"),
+        OptionSpec(names: ["--default-model"], value: "DIR", help: "the default model's folder (default $ARCFLOW_DEFAULT_MODEL, else models/shapes)"),
+        threadsOption,
+    ],
+    details: """
+    Renders the fixed prompt set with the teacher (model.json's steps and guidance), the ArcFlow student and the
+    linear student (those present), judges every image, and writes DIR/report.md (a markdown table) and
+    DIR/<model>.png contact sheets. Tools/report-default.sh splices the table into the README.
+    """)
+
+func reportDefaultCommand(_ argv: [String]) throws {
+    let spec = reportDefaultSpec
+    let args = try parseArguments(argv, spec, maxPositional: 0)
+    let out = try args.required("--output", spec)
+    let n = try args.int("--prompts", spec, default: 16, min: 1)!
+    let seed = try args.int("--seed", spec, default: 0, min: 0)!
+    let threads = try threadCount(args, spec)
+    let folder = try defaultModelFolder(args)
+    try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+    let t = folder.info.teacher
+    var pipelines: [(name: String, nfe: String, pipeline: CompiledPipeline)] = [
+        ("teacher (Euler, CFG \(t.guidance))", "\(t.steps) × 2 (CFG batch)", try loadDefault(folder, .teacher(steps: t.steps, guidance: t.guidance), threads: threads))]
+    for (name, v) in [("ArcFlow student", DefaultVariant.arcflow), ("linear student", .linear)] {
+        guard let dir = folder.adapterDirectory(v.adapterName!) else {
+            stderrLine("arcflow: note: no '\(v.adapterName!)' adapter in \(folder.directory); the report leaves the \(name) out")
+            continue
+        }
+        let k = try ArcFlowAdapter.load(dir).components
+        pipelines.append(("\(name) (K = \(k))", "2", try loadDefault(folder, v, threads: threads)))
+    }
+    let prompts = DefaultReport.prompts(perCategory: n)
+    stderrLine("arcflow: \(prompts.count) prompts × \(pipelines.count) models")
+    let columns = try DefaultReport.run(pipelines, prompts: prompts, seed: seed) { stderrLine("arcflow: \($0)") }
+    for (c, (name, _, _)) in zip(columns, pipelines) {
+        let file = name.split(separator: " ").first!.lowercased() + ".png"
+        try writeAtomically(PNG.encode(ShapesWorld.contactSheet(c.images)), to: "\(out)/\(file)")
+    }
+    let table = DefaultReport.markdown(columns, prompts: prompts, seed: seed, threads: threads)
+    try writeAtomically(table, to: "\(out)/report.md")
+    print(table, terminator: "")
+    print("wrote \(out)/report.md")
+}
