@@ -268,13 +268,14 @@ public final class FluxNetwork {
         try linear(h, "proj_out", out: config.inChannels, in: width)
     }
 
-    /// The ArcFlow head (§2.1) in packed layout: means [1, N, K·4C], log-weights
-    /// log-softmaxed over K [1, N, K·4], rates γ [1, N, (K−1)·4] used as they are.
-    func arcHead(_ h: Value, components k: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
-        let n = imageTokens
+    /// The ArcFlow head (§2.1) in packed layout: means [B, N, K·4C], log-weights
+    /// log-softmaxed over K [B, N, K·4], rates γ [B, N, (K−1)·4] used as they are. The batch
+    /// is h's leading size (the distillation evaluates B students at once).
+    public func arcHead(_ h: Value, components k: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
+        let (batch, n) = (h.shape[0], imageTokens)
         let means = try linear(h, "proj_out_means", out: k * config.inChannels, in: width)
         let raw = try linear(h, "proj_out_logweights", out: k * 4, in: width)
-        let logw = b.logSoftmax(raw.reshaped([1, n, k, 4]), axis: 2).reshaped([1, n, k * 4])
+        let logw = b.logSoftmax(raw.reshaped([batch, n, k, 4]), axis: 2).reshaped([batch, n, k * 4])
         let rates = try linear(h, "proj_out_loggamma", out: (k - 1) * 4, in: width)
         return (means, logw, rates)
     }

@@ -16,6 +16,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (trainSpec, trainCommand),
     (trainBenchSpec, trainBenchCommand),
     (trainDefaultSpec, trainDefaultCommand),
+    (distillDefaultSpec, distillDefaultCommand),
     (randomWeightsSpec, randomWeightsCommand),
     (randomInputsSpec, randomInputsCommand),
     (exampleSpec, exampleCommand),
