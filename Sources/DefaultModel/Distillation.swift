@@ -98,6 +98,8 @@ public final class DistillRollout: BatchProvider {
     let teacher: Executable
     /// The trained tensors the rollout policy uses (the session's current weights).
     public var weight: (String) throws -> UnsafeRawPointer
+    /// Wall seconds spent in `batch` (rollouts: policy, teacher, integration), for progress lines.
+    public private(set) var seconds = 0.0
 
     public init(student: StudentConfig, recipe: DistillRecipe, policy: PolicyRunner, teacher: Executable,
                 weight: @escaping (String) throws -> UnsafeRawPointer) {
@@ -130,6 +132,8 @@ public final class DistillRollout: BatchProvider {
     }
 
     public func batch(step: Int) throws -> [String: [Float]] {
+        let t0 = monotonicSeconds()
+        defer { seconds += monotonicSeconds() - t0 }
         let r = recipe, b = r.batch, nI = r.intervals, row = tokens * channels
         var rng = SeededGenerator(seed: r.seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15)
         let ids = prompts(step: step).flatMap { WorldVocabulary.encode($0).map(Float.init) }
@@ -300,16 +304,17 @@ public struct DistillRun {
         let o = options, session = trainer.session
         let evaluator = o.evalEvery > 0 ? DistillEvaluator(run: self) : nil
         var window: [StepRecord] = []
-        var last = monotonicSeconds()
+        var last = monotonicSeconds(), rolloutSeconds = rollout.seconds
         trainer.afterStep = { rec in
             window.append(rec)
             if rec.step % o.logEvery == 0 || rec.step == o.iterations {
                 let now = monotonicSeconds()
                 let mean = window.map(\.loss).reduce(0, +) / Double(window.count)
-                o.log(String(format: "iter %d  loss %.5f (mean of %d)  rho %.3f  grad_norm %.3g  lr %.3g  %.3f it/s",
+                let rollouts = (rollout.seconds - rolloutSeconds) / Double(window.count)
+                o.log(String(format: "iter %d  loss %.5f (mean of %d)  rho %.3f  grad_norm %.3g  lr %.3g  %.3f it/s (rollout %.2f s + step %.2f s)",
                              rec.step, mean, window.count, o.recipe.teacherRatio(step: rec.step - 1), rec.gradNorm, rec.lr,
-                             Double(window.count) / (now - last)))
-                window.removeAll(); last = now
+                             Double(window.count) / (now - last), rollouts, window.map(\.seconds).reduce(0, +) / Double(window.count) - rollouts))
+                window.removeAll(); last = now; rolloutSeconds = rollout.seconds
             }
             if let evaluator, rec.step % o.evalEvery == 0 || rec.step == o.iterations {
                 try trainer.save()
