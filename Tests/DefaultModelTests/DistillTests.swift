@@ -279,7 +279,62 @@ final class DistillTests: XCTestCase {
         let adapter = try ArcFlowAdapter.load("\(dir)/linear")
         XCTAssertEqual(adapter.components, 1)
         XCTAssertFalse(adapter.store.names.contains { $0.hasPrefix("proj_out_loggamma") })
-        XCTAssertEqual(try adapter.store.type(of: "proj_out_means.weight")?.shape, [Self.teacherConfig.tokenChannels, Self.teacherConfig.flux.width])
+        XCTAssertEqual(adapter.store.type(of: "proj_out_means.weight")?.shape, [Self.teacherConfig.tokenChannels, Self.teacherConfig.flux.width])
+    }
+
+    /// The interval split (§6.3) with shift 1 (σ = t): at ρ = 1 the student intervals vanish and the
+    /// teacher's tile the usable length L = S − ω from σ_src; at ρ = 0 every prediction interval is
+    /// the window ω. Schedules: ρ linear over D, Karras β copying during the warm-up.
+    func testRolloutIntervalsAndSchedules() throws {
+        let dir = try temporaryFolder()
+        var o = options(dir, teacher: try teacherFile(dir), iterations: 0)
+        o.recipe.decayIterations = 4
+        let run = try DistillRun.prepare(o)
+        let window = 3.0 / 128, nI = o.recipe.intervals
+        XCTAssertEqual(o.recipe.segments, [0.5, 0.5])
+        for (step, rho) in [(0, 1.0), (2, 0.5), (4, 0.0), (9, 0.0)] { XCTAssertEqual(o.recipe.teacherRatio(step: step), rho) }
+        let early = try run.rollout.batch(step: 0)
+        let (sa, sb) = (early["sigma_a"]!.map(Double.init), early["sigma_b"]!.map(Double.init))
+        XCTAssertEqual(early["sigma_src"]!, [1, 1, 0.5, 0.5])
+        XCTAssertEqual(early["pair_weight"]!, [0.25, 0.25, 0.25, 0.25])
+        for m in 0..<4 {
+            let src = m < 2 ? 1.0 : 0.5
+            XCTAssertEqual(sa[m * nI], src, accuracy: 1e-6)
+            for i in 0..<(nI - 1) { XCTAssertEqual(sa[m * nI + i + 1], sb[m * nI + i] + window, accuracy: 1e-6) }
+            XCTAssertEqual(sb[m * nI + nI - 1], src - 0.5, accuracy: 1e-6, "the teacher intervals sum to L = S − ω")
+        }
+        let late = try run.rollout.batch(step: 4)
+        for (a, b) in zip(late["sigma_a"]!, late["sigma_b"]!) { XCTAssertEqual(Double(a - b), window, accuracy: 1e-6) }
+        XCTAssertTrue(late["sigma_b"]!.allSatisfy { $0 >= 0 })
+
+        var config = TrainConfig(steps: 1, schedule: LRSchedule(lr: 1))
+        config.karrasEMAOffset = 100
+        XCTAssertEqual(config.emaBeta(step: 0), 0)
+        XCTAssertEqual(config.emaBeta(step: 99), 0)
+        XCTAssertEqual(config.emaBeta(step: 199), Foundation.pow(0.99, 8), accuracy: 1e-12)
+    }
+
+    /// The target graph: the teacher's guided velocity equals what one step of the teacher's own
+    /// CFG Euler sampler moves per unit σ, at the same state.
+    func testTeacherVelocityMatchesTeacherSampler() throws {
+        let c = Self.teacherConfig
+        let store = TeacherGraphs.store(c, trained: TensorStore(TeacherWeights.random(c, seed: 17)))
+        let (_, _, ids) = try inputs(c, seed: 3)
+        var rng = SeededGenerator(seed: 4)
+        let images = rng.normals(2 * 3 * 64 * 64)
+        let weights: (String, TensorType) throws -> Tensor = { key, _ in try store.tensor(key) }
+        let stepped = try Interpreter.run(try TeacherGraphs.sampler(c, weights: store, count: 2, steps: 1), inputs: [
+            "noise": Tensor(.f32([2, 3, 64, 64]), images), "input_ids": ids,
+            "sigmas": Tensor(.f32([2]), [0.75, 0.25]), "guidance_scale": Tensor(.f32([1]), [4]),
+        ], weights: weights)["images"]!.data
+        let x = Tokens.patchify(images, count: 2, patch: c.patch)
+        let v = try Interpreter.run(try DistillGraphs.teacherVelocity(c, teacher: store, batch: 2), inputs: [
+            "x": Tensor(.f32([2, c.imageTokens, c.tokenChannels]), x), "sigma": Tensor(.f32([2]), [0.75, 0.75]),
+            "input_ids": ids, "guidance_scale": Tensor(.f32([1]), [4]),
+        ], weights: weights)["velocity"]!.data
+        let moved = Tokens.patchify(stepped, count: 2, patch: c.patch)
+        let err = zip(zip(moved, x), v).map { abs(($0.0 - $0.1) / -0.5 - $1) }.max()!
+        XCTAssertLessThan(err, 1e-3 * max(v.map(abs).max()!, 1))
     }
 
     /// The Swift patchify is the graph's.
