@@ -123,13 +123,15 @@ public struct ArcFlowAdapter {
         "proj_out_loggamma.weight", "proj_out_loggamma.bias",
     ]
 
-    public static func load(_ dir: String) throws -> ArcFlowAdapter {
+    /// `expected`: the adapter class of the base family (FLUX's by default; Qwen-Image passes
+    /// `QwenImageCheckpoint.adapterClassName`); the file layout is the same for both.
+    public static func load(_ dir: String, expecting expected: String = className) throws -> ArcFlowAdapter {
         let configPath = "\(dir)/config.json"
         guard FileManager.default.fileExists(atPath: configPath) else { throw ArcError("\(dir) has no config.json (expected an ArcFlow adapter folder)") }
         let json = try readJSONObject(configPath)
         let name = json["_class_name"] as? String ?? "(none)"
-        guard name == className else {
-            throw ArcError("\(configPath): unknown _class_name '\(name)' (expected \(className))")
+        guard name == expected else {
+            throw ArcError("\(configPath): unknown _class_name '\(name)' (expected \(expected))")
         }
         guard let k = json["num_gaussians"] as? Int, k >= 1 else { throw ArcError("\(configPath): 'num_gaussians' must be a positive integer") }
         if let lw = json["logweights_channels"] as? Int, lw != 4 {

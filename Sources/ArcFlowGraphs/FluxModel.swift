@@ -131,11 +131,7 @@ public enum FluxModel {
 
     /// The ArcFlow head of `h` in the reference layout (§2.2), named as in `headNames`.
     static func studentHeads(_ net: FluxNetwork, _ h: Value, components k: Int) throws -> [(String, Value)] {
-        let (c, lh, lw) = (net.config.latentChannels, 2 * net.gridH, 2 * net.gridW)
-        let head = try net.arcHead(h, components: k)
-        return [("means", net.unpack(head.means, per: k * c).reshaped([1, k, c, lh, lw])),
-                ("logweights", net.unpack(head.logWeights, per: k).reshaped([1, k, 1, lh, lw])),
-                ("gammas", net.unpack(head.rates, per: k - 1).reshaped([1, k - 1, 1, lh, lw]))]
+        net.grid.studentHeads(try net.arcHead(h, components: k), components: k)
     }
 
     /// One student evaluation at (x, σ) with a scalar loss, for training and gradient checks:
@@ -220,11 +216,7 @@ public enum FluxModel {
     }
 
     static func checkAdapterUse(_ adapter: ArcFlowAdapter?, _ net: FluxNetwork) throws {
-        guard let a = adapter else { return }
-        let unused = Set(a.lora.keys).subtracting(net.usedLoRA).sorted()
-        if !unused.isEmpty {
-            throw ArcError("\(a.store.label): LoRA for \(unused.prefix(3).joined(separator: ", "))\(unused.count > 3 ? ", …" : "") matches no layer of this transformer")
-        }
+        try net.weights.checkAllLoRAUsed()
     }
 
     static func store(_ checkpoint: FluxCheckpoint, _ adapter: ArcFlowAdapter?, _ net: FluxNetwork) -> WeightStore {

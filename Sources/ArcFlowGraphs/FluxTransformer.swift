@@ -15,15 +15,16 @@ import Runtime
 public final class FluxNetwork {
     let b: GraphBuilder
     let config: FluxConfig
-    let base: WeightStore
-    let adapter: ArcFlowAdapter?
+    /// Base weights, the adapter's overrides and LoRA terms (shared with Qwen-Image).
+    let weights: AdaptedWeights
+    var base: WeightStore { weights.base }
+    var adapter: ArcFlowAdapter? { weights.adapter }
     /// Sequence layout: text tokens first, then the image token grid.
     let textTokens: Int, gridH: Int, gridW: Int
     /// LoRA modules this network used; anything else in the adapter targets nothing here.
-    private(set) var usedLoRA = Set<String>()
+    var usedLoRA: Set<String> { weights.usedLoRA }
     /// RoPE tables, computed here and bound as weights named "rope.cos" and "rope.sin".
     public let ropeTables: [String: Tensor]
-    private var cache: [String: Value] = [:]
 
     var imageTokens: Int { gridH * gridW }
     var width: Int { config.width }
@@ -32,8 +33,7 @@ public final class FluxNetwork {
                 textTokens: Int, latentHeight: Int, latentWidth: Int) {
         self.b = builder
         self.config = config
-        self.base = base
-        self.adapter = adapter
+        self.weights = AdaptedWeights(builder, base: base, adapter: adapter)
         self.textTokens = textTokens
         self.gridH = latentHeight / 2
         self.gridW = latentWidth / 2
@@ -43,68 +43,24 @@ public final class FluxNetwork {
     // MARK: Weights and layers
 
     /// A weight as f32, from the adapter's dense tensors if it has one by this name, else the base.
-    func weight(_ key: String, _ shape: [Int]) throws -> Value {
-        if let v = cache[key] { return v }
-        let fromAdapter = adapter.map { $0.dense.contains(key) } ?? false
-        let store = fromAdapter ? adapter!.store : base
-        guard let t = store.type(of: key) else {
-            throw ArcError("\(store.label): missing tensor '\(key)' (expected \(shape), config implies it)")
-        }
-        guard t.shape == shape else {
-            throw ArcError("\(store.label): tensor '\(key)' has shape \(t.shape), expected \(shape) for this transformer config")
-        }
-        let v = b.convert(b.weight((fromAdapter ? "adapter:" : "") + key, t), to: .f32)
-        cache[key] = v
-        return v
-    }
+    func weight(_ key: String, _ shape: [Int]) throws -> Value { try weights.weight(key, shape) }
 
     /// nn.Linear: y = x·Wᵀ + b, plus the adapter's LoRA term s·(x·Aᵀ)·Bᵀ when it has one for
     /// this module (s = α/r, α = r when the file has no alpha).
     public func linear(_ x: Value, _ module: String, out: Int, in inputs: Int, bias: Bool = true) throws -> Value {
-        var y = b.matmul(x, try weight("\(module).weight", [out, inputs]), transposeB: true)
-        if let a = adapter, let pair = a.lora[module] {
-            usedLoRA.insert(module)
-            guard let at = a.store.type(of: pair.a), let bt = a.store.type(of: pair.b), at.rank == 2, bt.rank == 2 else {
-                throw ArcError("\(a.store.label): LoRA tensors of '\(module)' must be matrices")
-            }
-            let r = at.shape[0]
-            guard at.shape == [r, inputs] else {
-                throw ArcError("\(a.store.label): '\(pair.a)' has shape \(at.shape), expected [\(r), \(inputs)] for this base (an adapter for another model?)")
-            }
-            guard bt.shape == [out, r] else {
-                throw ArcError("\(a.store.label): '\(pair.b)' has shape \(bt.shape), expected [\(out), \(r)] for this base (an adapter for another model?)")
-            }
-            let la = b.convert(b.weight("adapter:" + pair.a, at), to: .f32)
-            let lb = b.convert(b.weight("adapter:" + pair.b, bt), to: .f32)
-            var delta = b.matmul(b.matmul(x, la, transposeB: true), lb, transposeB: true)
-            if let alphaKey = pair.alpha {
-                let alpha = try a.store.tensor(alphaKey)
-                guard alpha.type.count == 1 else { throw ArcError("\(a.store.label): '\(alphaKey)' must be a scalar") }
-                let s = alpha.data[0] / Float(r)
-                if s != 1 { delta = delta * s }
-            }
-            y = y + delta
-        }
-        if bias { y = y + (try weight("\(module).bias", [out])) }
-        return y
+        try weights.linear(x, module, out: out, in: inputs, bias: bias)
     }
 
     /// Modulation chunks of an AdaLN layer: SiLU(temb)·Wᵀ + b split into `chunks` [1, 1, D] vectors.
     func modulation(_ temb: Value, _ module: String, chunks: Int) throws -> [Value] {
-        let m = try linear(temb.apply(.silu), module, out: chunks * width, in: width)
-        return b.chunk(m, chunks, axis: 1).map { $0.reshaped([temb.shape[0], 1, width]) }
+        try weights.modulation(temb, module, chunks: chunks, width: width)
     }
 
     /// Non-affine LayerNorm (eps 1e-6) modulated: LN(x)·(1 + scale) + shift.
-    func modulate(_ x: Value, shift: Value, scale: Value) -> Value {
-        b.layerNorm(x, eps: 1e-6) * (1 + scale) + shift
-    }
+    func modulate(_ x: Value, shift: Value, scale: Value) -> Value { weights.modulate(x, shift: shift, scale: scale) }
 
     /// Linear → GELU(tanh) → Linear, diffusers' FeedForward (`net.0.proj`, `net.2`).
-    func feedForward(_ x: Value, _ module: String) throws -> Value {
-        let h = try linear(x, "\(module).net.0.proj", out: 4 * width, in: width).apply(.gelu)
-        return try linear(h, "\(module).net.2", out: width, in: 4 * width)
-    }
+    func feedForward(_ x: Value, _ module: String) throws -> Value { try weights.feedForward(x, module, width: width) }
 
     // MARK: Embeddings
 
@@ -270,26 +226,18 @@ public final class FluxNetwork {
 
     /// The ArcFlow head (§2.1) in packed layout: means [B, N, K·4C], log-weights
     /// log-softmaxed over K [B, N, K·4], rates γ [B, N, (K−1)·4] used as they are. The batch
-    /// is h's leading size (the distillation evaluates B students at once).
+    /// is h's leading size (the default model's distillation evaluates B students at once).
     public func arcHead(_ h: Value, components k: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
-        let (batch, n) = (h.shape[0], imageTokens)
-        let means = try linear(h, "proj_out_means", out: k * config.inChannels, in: width)
-        let raw = try linear(h, "proj_out_logweights", out: k * 4, in: width)
-        let logw = b.logSoftmax(raw.reshaped([batch, n, k, 4]), axis: 2).reshaped([batch, n, k * 4])
-        let rates = try linear(h, "proj_out_loggamma", out: (k - 1) * 4, in: width)
-        return (means, logw, rates)
+        try weights.arcHead(h, components: k, packedChannels: config.inChannels, width: width)
     }
 
     // MARK: Latent layouts
 
     /// [1, C, H, W] → [1, (H/2)(W/2), 4C] with packed channel c·4 + py·2 + px (diffusers' _pack_latents).
-    func pack(_ latents: Value) -> Value {
-        let c = config.latentChannels
-        return latents.reshaped([1, c, gridH, 2, gridW, 2]).transposed([0, 2, 4, 1, 3, 5]).reshaped([1, imageTokens, 4 * c])
-    }
+    func pack(_ latents: Value) -> Value { grid.pack(latents) }
 
     /// Inverse of `pack`, for `per` values per token and position: [1, N, per·4] → [1, per, H, W].
-    func unpack(_ tokens: Value, per: Int) -> Value {
-        tokens.reshaped([1, gridH, gridW, per, 2, 2]).transposed([0, 3, 1, 4, 2, 5]).reshaped([1, per, 2 * gridH, 2 * gridW])
-    }
+    func unpack(_ tokens: Value, per: Int) -> Value { grid.unpack(tokens, per: per) }
+
+    var grid: LatentGrid { LatentGrid(channels: config.latentChannels, gridH: gridH, gridW: gridW) }
 }

@@ -58,11 +58,14 @@ let compileSpec = CommandSpec(
                            [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
            arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
                            [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
+           arcflow compile --transformer QWEN_DIR (--adapter DIR | --sampler euler [--true-cfg-scale S]) [--steps N]
+                           --height H --width W [--text-tokens T] [--shift S] [--dump-ir DIR] -o OUT
     """,
     summary: """
     Compile an IR graph and its weights into a model folder (model.so, weights.safetensors, manifest.json, model.ir);
     a diffusers FluxPipeline folder (text encoders, transformer + sampler, VAE decoder, tokenizers) into a pipeline
-    folder for `arcflow generate --prompt`; or a FLUX transformer alone with its sampler.
+    folder for `arcflow generate --prompt`; or a FLUX or Qwen-Image transformer alone with its sampler (the family
+    comes from the folder's config.json `_class_name`).
     With --adapter the sampler is ArcFlow's (arc, 2 steps, shift 3.2); without, the teacher (euler, 28 steps, the
     schedule of scheduler/scheduler_config.json as diffusers' FluxPipeline computes it; --shift S fixes the shift).
     """,
@@ -70,8 +73,8 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--weights"], value: "W.safetensors", help: "the weights an IR FILE names"),
         OptionSpec(names: ["-o", "--output"], value: "DIR", help: "model folder to write"),
         OptionSpec(names: ["--pipeline"], value: "DIR", help: "FLUX: diffusers pipeline folder (model_index.json, text_encoder*, tokenizer*, transformer, vae, scheduler)"),
-        OptionSpec(names: ["--transformer"], value: "DIR", help: "FLUX: diffusers transformer folder (config.json + safetensors or shards)"),
-        OptionSpec(names: ["--adapter"], value: "DIR", help: "FLUX: ArcFlow adapter folder (needed by --sampler arc)"),
+        OptionSpec(names: ["--transformer"], value: "DIR", help: "FLUX or Qwen-Image (by _class_name): diffusers transformer folder (config.json + safetensors or shards)"),
+        OptionSpec(names: ["--adapter"], value: "DIR", help: "ArcFlow adapter folder, FLUX or Qwen-Image (needed by --sampler arc)"),
         OptionSpec(names: ["--sampler"], value: "arc|euler", help: "FLUX: ArcFlow closed-form sampler or the teacher's Euler (default arc)"),
         OptionSpec(names: ["--steps"], value: "N", help: "FLUX: sampler steps = transformer evaluations (default 2 arc, 28 euler)"),
         OptionSpec(names: ["--height"], value: "H", help: "FLUX: image height in pixels, a multiple of 16"),
@@ -79,6 +82,7 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (3.2 arc; the scheduler config's for euler)"),
+        OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "Qwen-Image teacher (--sampler euler): true CFG with a negative prompt, as QwenImagePipeline (S > 1)"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -112,13 +116,13 @@ func compileCommand(_ argv: [String]) throws {
     let module: Module, store: WeightStore
     if let transformer = args.value("--transformer") {
         if !args.positional.isEmpty || args.has("--weights") {
-            throw UsageError("--transformer compiles a FLUX folder; give no IR FILE or --weights with it", compileSpec)
+            throw UsageError("--transformer compiles a FLUX or Qwen-Image folder; give no IR FILE or --weights with it", compileSpec)
         }
-        let program = try fluxProgram(args, transformer: transformer)
+        let program = try transformerProgram(args, transformer: transformer)
         (module, store) = (program.module, program.weights)
         options.model = program.manifest
     } else {
-        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift"] where args.has(flag) {
+        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--true-cfg-scale"] where args.has(flag) {
             throw UsageError("\(flag) needs --pipeline or --transformer", compileSpec)
         }
         guard let file = args.positional.first else { throw UsageError("give an IR FILE (or --transformer DIR)", compileSpec) }

@@ -14,10 +14,13 @@ let generateSpec = CommandSpec(
     generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
            arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N]
            arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors
+           arcflow generate --model QWEN_SAMPLER --embeddings E.safetensors [--negative-embeddings NE.safetensors]
+                            (--noise N.safetensors | --seed S) --output-latents L.safetensors
     """,
     summary: """
     Generate images with a compiled pipeline (arcflow compile --pipeline …): prompt → PNG; or run a compiled
-    FLUX sampler alone (arcflow compile --transformer …): prompt embeddings and noise in, latents out.
+    FLUX or Qwen-Image sampler alone (arcflow compile --transformer …): prompt embeddings and noise in, latents out
+    (Qwen-Image: prompt_embeds only, no pooled embedding; a teacher compiled with true CFG also reads the negative's).
     """,
     options: [
         OptionSpec(names: ["--model"], value: "OUT", help: "compiled pipeline folder (or a compiled sampler, with --embeddings)"),
@@ -29,6 +32,7 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--shard"], value: "K/N", help: "with --prompts: render only the lines whose index mod N is K"),
         OptionSpec(names: ["--output-latents"], value: "L.safetensors", help: "also write the final latents [1, C, H/8, W/8]"),
         OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "sampler only: prompt_embeds and pooled_prompt_embeds instead of a prompt"),
+        OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image teacher)"),
         threadsOption,
     ])
 
@@ -36,6 +40,7 @@ func generateCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, generateSpec, maxPositional: 0)
     let modelPath = try args.required("--model", generateSpec)
     if args.has("--embeddings") { return try generateLatentsFromEmbeddings(args) }
+    if args.has("--negative-embeddings") { throw UsageError("--negative-embeddings goes with --embeddings (a compiled sampler run alone)", generateSpec) }
     if args.has("--prompt") == args.has("--prompts") { throw UsageError("give exactly one of --prompt and --prompts", generateSpec) }
     if args.has("--noise") && args.has("--seed") { throw UsageError("give --noise or --seed, not both", generateSpec) }
     let output = try args.required("--output", generateSpec)
@@ -195,6 +200,8 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     }
     if args.has("--noise") == args.has("--seed") { throw UsageError("give exactly one of --noise and --seed", generateSpec) }
     let model = try loadModel(args, generateSpec)
+    try checkNegativeEmbeddings(args, model)
+    if isQwenImageSampler(model) { return try generateQwenImageLatents(args, model, embeddings: embeddingsPath, output: outPath) }
     let m = model.manifest
     guard m.model["family"] == "flux", let nfe = Int(m.model["nfe"] ?? "") else {
         throw ArcError("\(try args.required("--model", generateSpec)) is not a compiled FLUX sampler; use `arcflow run` for IR graphs")

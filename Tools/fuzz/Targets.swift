@@ -58,7 +58,7 @@ let fuzzTargets: [FuzzTarget] = [
         _ = try T5EncoderGraph.build(config: t5.config, weights: t5.store, tokens: 4)
         for name in t5.store.names { _ = try t5.store.tensor(name) }
     }),
-    FuzzTarget(name: "config", summary: "config.json readers: FluxPipeline folder (model_index, scheduler, CLIP, T5, transformer, VAE) and the ArcFlow adapter",
+    FuzzTarget(name: "config", summary: "config.json readers: FluxPipeline folder (model_index, scheduler, CLIP, T5, transformer, VAE), the ArcFlow adapter and a Qwen-Image transformer",
                prepare: { base, root in
         // Only the JSON files are seeds; the weights they describe come from the fixtures.
         let fm = FileManager.default, fixture = "\(root)/Tests/ArcFlowGraphsTests/Fixtures"
@@ -67,8 +67,17 @@ let fuzzTargets: [FuzzTarget] = [
             try fm.copyItem(atPath: "\(fixture)/pipeline/\(f)", toPath: "\(base)/pipeline/\(f)")
         }
         try fm.copyItem(atPath: "\(fixture)/cfg-a/adapter-k4/diffusion_pytorch_model.safetensors", toPath: "\(base)/adapter/diffusion_pytorch_model.safetensors")
+        try fm.copyItem(atPath: "\(fixture)/qwen-a/transformer/diffusion_pytorch_model.safetensors",
+                        toPath: "\(base)/qwen/transformer/diffusion_pytorch_model.safetensors")
     }, isMember: { $0.hasSuffix(".json") && !$0.hasPrefix("pipeline/tokenizer") }, run: { base, member in
-        if member.hasPrefix("adapter/") {
+        if member.hasPrefix("qwen/") {
+            // Qwen-Image: the family switch, the config, and every weight checked against it by building one evaluation.
+            _ = try TransformerFamily.of("\(base)/qwen/transformer")
+            let q = try QwenImageCheckpoint.load("\(base)/qwen/transformer")
+            var o = QwenImageOptions(height: 48, width: 80)
+            o.textTokens = 7
+            _ = try QwenImageModel.evaluation(q, adapter: nil, sigma: 1, options: o)
+        } else if member.hasPrefix("adapter/") {
             let a = try ArcFlowAdapter.load("\(base)/adapter")
             _ = a.lora.count
         } else {

@@ -1,0 +1,162 @@
+// compile --transformer on Qwen-Image folders and generate --embeddings [--negative-embeddings]
+// from the command line: the dumps (fuse-lora, fold-arc-integral), parity of the written latents,
+// and the one-line errors.
+
+import Foundation
+import IR
+import Runtime
+import TestSupport
+import XCTest
+
+/// Matmuls that multiply an activation (anything computed from a graph input) by a LoRA matrix,
+/// i.e. the unfused x·Aᵀ and (x·Aᵀ)·Bᵀ; after fuse-lora only weight-only B·A products remain.
+func activationLoRAMatmuls(_ g: Graph) -> Int {
+    var fromInput = [Bool](repeating: false, count: g.nodes.count)
+    var isLoRA = fromInput
+    for (i, n) in g.nodes.enumerated() {
+        fromInput[i] = n.op == .input || n.operands.contains { fromInput[$0] }
+        isLoRA[i] = (n.op == .weight && n.key!.contains(".lora_")) || (n.op == .convert && isLoRA[n.operands[0]])
+    }
+    return g.nodes.filter { n in n.op == .matmul && n.operands.contains { fromInput[$0] } && n.operands.contains { isLoRA[$0] } }.count
+}
+
+final class QwenImageCLITests: XCTestCase {
+    var dir = ""
+    let a = "\(fixtures)/qwen-a", b = "\(fixtures)/qwen-b"
+
+    override func setUpWithError() throws {
+        dir = try makeTemporaryDirectory("arcflow-qwen-cli")
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func arcflow(_ args: [String]) throws -> CommandResult {
+        try runArcflow(args, in: dir, environment: ["ARCFLOW_CACHE_DIR": testCacheRoot])
+    }
+
+    func compileA(_ extra: [String]) throws -> CommandResult {
+        try arcflow(["compile", "--transformer", "\(a)/transformer", "--height", "48", "--width", "80", "--text-tokens", "7"] + extra)
+    }
+
+    func reference(_ key: String, _ config: String? = nil) throws -> Tensor {
+        try SafeTensorsStore(path: "\(config ?? a)/reference.safetensors").tensor(key)
+    }
+
+    func latents(_ file: String) throws -> Tensor { try SafeTensorsStore(path: "\(dir)/\(file)").tensor("latents") }
+
+    /// The student: 2 and 3 NFE, dumps after every pass, latents against the fixture.
+    func testArcCompileDumpsAndGenerate() throws {
+        for (steps, k) in [(2, 16), (3, 8)] {
+            let c = try compileA(["--adapter", "\(a)/adapter-k\(k)", "--steps", String(steps), "-o", "m\(steps)", "--dump-ir", "ir\(steps)"])
+            XCTAssertEqual(c.status, 0, c.err)
+            let dumps = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/ir\(steps)").sorted()
+            XCTAssertTrue(dumps.contains("002_fuse-lora.ir") && dumps.contains("003_fold-arc-integral.ir"), "\(dumps)")
+            func dump(_ file: String) throws -> Module { try Parser.parseVerified(try String(contentsOfFile: "\(dir)/ir\(steps)/\(file)", encoding: .utf8)) }
+            // Before fuse-lora every LoRA layer multiplies activations by A and then B; after it, none does.
+            let before = activationLoRAMatmuls(try dump("000_input.ir").main)
+            XCTAssertGreaterThan(before, 0)
+            XCTAssertEqual(activationLoRAMatmuls(try dump("002_fuse-lora.ir").main), 0)
+            // One arc_step kernel per step after fold-arc-integral and in the final program.
+            XCTAssertEqual(try dump("003_fold-arc-integral.ir").main.nodes.filter { $0.op == .arc_step }.count, steps)
+            let final = try Parser.parseVerified(try String(contentsOfFile: "\(dir)/m\(steps)/model.ir", encoding: .utf8))
+            XCTAssertEqual(final.main.nodes.filter { $0.op == .arc_step }.count, steps)
+            XCTAssertFalse(final.main.nodes.contains { $0.op == .weight && $0.key!.contains("lora") })
+            XCTAssertTrue(final.prologue!.nodes.contains { $0.op == .weight && $0.key!.contains("lora_A") })
+            print("qwen-a K=\(k) arc\(steps): \(before) activation×LoRA matmuls before fuse-lora, 0 after; \(steps) arc_step kernels")
+
+            let g = try arcflow(["generate", "--model", "m\(steps)", "--embeddings", "\(a)/case.safetensors", "--noise", "\(a)/case.safetensors",
+                                 "--output-latents", "lat\(steps).safetensors"])
+            XCTAssertEqual(g.status, 0, g.err)
+            let err = relativeL2(try latents("lat\(steps).safetensors"), try reference("k\(k)_arc\(steps)_x\(steps)"))
+            print("qwen-a K=\(k) arc\(steps) generate: relative L2 \(err)")
+            XCTAssertLessThan(err, 1e-3)
+        }
+        // The student takes no negative prompt.
+        assertOneLineError(try arcflow(["generate", "--model", "m2", "--embeddings", "\(a)/case.safetensors", "--negative-embeddings",
+                                        "\(a)/case.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "--negative-embeddings: m2 was compiled without true CFG")
+        // Seeds reproduce bit-identically.
+        for out in ["s1.safetensors", "s2.safetensors"] {
+            XCTAssertEqual(try arcflow(["generate", "--model", "m2", "--embeddings", "\(a)/case.safetensors", "--seed", "7",
+                                        "--output-latents", out]).status, 0)
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/s1.safetensors")),
+                       try Data(contentsOf: URL(fileURLWithPath: "\(dir)/s2.safetensors")))
+    }
+
+    /// The teacher with true CFG: compiled from the sharded f32 qwen-b folder, latents against
+    /// QwenImagePipeline's, and the errors around the negative prompt.
+    func testTrueCFGTeacherGenerate() throws {
+        let c = try arcflow(["compile", "--transformer", "\(b)/transformer", "--sampler", "euler", "--steps", "4", "--true-cfg-scale", "4",
+                             "--height", "112", "--width", "48", "--text-tokens", "5", "-o", "t"])
+        XCTAssertEqual(c.status, 0, c.err)
+        let g = try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
+                             "--noise", "\(b)/case.safetensors", "--output-latents", "lat.safetensors"])
+        XCTAssertEqual(g.status, 0, g.err)
+        let err = relativeL2(try latents("lat.safetensors"), try reference("cfg_euler4_x4", b))
+        print("qwen-b euler4 true CFG 4 generate: relative L2 \(err)")
+        XCTAssertLessThan(err, 1e-3)
+
+        // A file holding only prompt_embeds works as the negative too (here: the prompt itself,
+        // which makes the guidance a no-op: the prompt-only teacher's latents).
+        let cond = try SafeTensorsStore(path: "\(b)/case.safetensors").tensor("prompt_embeds")
+        try writeSafeTensors([TensorRecord(name: "prompt_embeds", dtype: .f32, shape: cond.shape, payload: .floats(cond.data))],
+                             to: "\(dir)/same.safetensors")
+        XCTAssertEqual(try arcflow(["generate", "--model", "t", "--embeddings", "same.safetensors", "--negative-embeddings", "same.safetensors",
+                                    "--noise", "\(b)/case.safetensors", "--output-latents", "same-lat.safetensors"]).status, 0)
+        XCTAssertLessThan(relativeL2(try latents("same-lat.safetensors"), try reference("euler4_x4", b)), 1e-3)
+
+        assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--seed", "1",
+                                        "--output-latents", "l.safetensors"]),
+                           contains: "t was compiled with true CFG (scale 4.0) and needs --negative-embeddings NE.safetensors")
+        try writeSafeTensors([TensorRecord(name: "negative", dtype: .f32, shape: [1, 5, 24], payload: .floats(Array(repeating: 0, count: 5 * 24)))],
+                             to: "\(dir)/bad-name.safetensors")
+        assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings",
+                                        "bad-name.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "bad-name.safetensors has no tensor 'negative_prompt_embeds' or 'prompt_embeds' (expected f32[1, 5, 24]); it has: negative")
+        try writeSafeTensors([TensorRecord(name: "negative_prompt_embeds", dtype: .f32, shape: [1, 6, 24],
+                                           payload: .floats(Array(repeating: 0, count: 6 * 24)))], to: "\(dir)/bad-shape.safetensors")
+        assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings",
+                                        "bad-shape.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "bad-shape.safetensors: 'negative_prompt_embeds' has shape [1, 6, 24], expected [1, 5, 24] (the model was compiled for 112×48 pixels and 5 text tokens)")
+        try writeSafeTensors([TensorRecord(name: "prompt_embeds", dtype: .f32, shape: [1, 5, 32], payload: .floats(Array(repeating: 0, count: 5 * 32)))],
+                             to: "\(dir)/wide.safetensors")
+        assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "wide.safetensors", "--negative-embeddings",
+                                        "\(b)/case.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "wide.safetensors: 'prompt_embeds' has shape [1, 5, 32], expected [1, 5, 24]")
+        assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings",
+                                        "\(b)/case.safetensors", "--noise", "\(a)/case.safetensors", "--output-latents", "l.safetensors"]),
+                           contains: "'noise' has shape [1, 16, 6, 10], expected [1, 16, 14, 6]")
+    }
+
+    func testCompileErrors() throws {
+        // A folder of neither family: one line naming the class.
+        let t = "\(dir)/other"
+        try FileManager.default.createDirectory(atPath: t, withIntermediateDirectories: true)
+        try #"{"_class_name": "SD3Transformer2DModel", "num_layers": 2}"#.write(toFile: "\(t)/config.json", atomically: true, encoding: .utf8)
+        assertOneLineError(try arcflow(["compile", "--transformer", t, "--sampler", "euler", "--height", "48", "--width", "80", "-o", "m"]),
+                           contains: "other/config.json: _class_name 'SD3Transformer2DModel' is neither FluxTransformer2DModel nor QwenImageTransformer2DModel")
+        // A FLUX adapter on a Qwen-Image base, and the reverse.
+        assertOneLineError(try compileA(["--adapter", "\(fixtures)/cfg-a/adapter-k4", "-o", "m"]),
+                           contains: "unknown _class_name 'ArcFluxTransformer2DModel' (expected ArcQwenImageTransformer2DModel)")
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(fixtures)/cfg-a/transformer", "--adapter", "\(a)/adapter-k8",
+                                        "--height", "48", "--width", "80", "-o", "m"]),
+                           contains: "unknown _class_name 'ArcQwenImageTransformer2DModel' (expected ArcFluxTransformer2DModel)")
+        // An adapter for the other Qwen-Image configuration.
+        let r = try compileA(["--adapter", "\(b)/adapter-k8", "-o", "m"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.contains("has shape [") && r.err.contains("for this base (an adapter for another model?)") || r.err.contains("for this transformer config"), r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+        // True CFG belongs to the teacher; guidance to FLUX.
+        let s = try compileA(["--adapter", "\(a)/adapter-k16", "--true-cfg-scale", "4", "-o", "m"])
+        XCTAssertEqual(s.status, 1)
+        XCTAssertTrue(s.err.contains("--true-cfg-scale is for the teacher (--sampler euler)"), s.err)
+        let g = try compileA(["--sampler", "euler", "--guidance", "3.5", "-o", "m"])
+        XCTAssertEqual(g.status, 2)
+        XCTAssertTrue(g.err.contains("--guidance is FLUX's embedded guidance; Qwen-Image has none"), g.err)
+        let f = try arcflow(["compile", "--transformer", "\(fixtures)/cfg-a/transformer", "--sampler", "euler", "--true-cfg-scale", "4",
+                             "--height", "48", "--width", "80", "-o", "m"])
+        XCTAssertEqual(f.status, 2)
+        XCTAssertTrue(f.err.contains("--true-cfg-scale is the Qwen-Image teacher's true CFG"), f.err)
+    }
+}

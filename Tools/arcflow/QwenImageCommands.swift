@@ -1,0 +1,96 @@
+// compile --transformer and generate --embeddings for Qwen-Image: the family is picked from the
+// folder's config.json, the sampler-only run takes prompt (and negative prompt) embeddings.
+
+import ArcFlowGraphs
+import Foundation
+import IR
+import Codegen
+import Runtime
+
+/// The module for `compile --transformer DIR`, FLUX or Qwen-Image by `_class_name`.
+func transformerProgram(_ args: ParsedArguments, transformer: String) throws -> TransformerProgram {
+    switch try TransformerFamily.of(transformer) {
+    case .flux:
+        if args.has("--true-cfg-scale") {
+            throw UsageError("--true-cfg-scale is the Qwen-Image teacher's true CFG; \(transformer) is a FLUX transformer (use --guidance)", compileSpec)
+        }
+        return try fluxProgram(args, transformer: transformer)
+    case .qwenImage:
+        return try qwenImageProgram(args, transformer: transformer)
+    }
+}
+
+func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> TransformerProgram {
+    let spec = compileSpec
+    if args.has("--guidance") {
+        throw UsageError("--guidance is FLUX's embedded guidance; Qwen-Image has none (its teacher takes --sampler euler --true-cfg-scale S)", spec)
+    }
+    let checkpoint = try QwenImageCheckpoint.load(transformer)
+    let adapter = try args.value("--adapter").map { try QwenImageCheckpoint.adapter($0) }
+    let (height, width) = try imageSize(args)
+    var o = QwenImageOptions(height: height, width: width)
+    if let sampler = try samplerOption(args) {
+        o.sampler = sampler
+    } else if adapter == nil {
+        throw UsageError("the default --sampler arc needs --adapter; or give --sampler euler for the teacher", spec)
+    }
+    o.shift = try positiveShift(args)
+    o.steps = try args.int("--steps", spec, min: 1)
+    o.textTokens = try args.int("--text-tokens", spec, default: 512, min: 1)!
+    o.trueCFGScale = try args.double("--true-cfg-scale", spec)
+    return try QwenImageModel.sampler(checkpoint, adapter: adapter, options: o)
+}
+
+/// A compiled model with true CFG reads this input; only such a model takes --negative-embeddings.
+let negativeEmbeddingsInput = "negative_prompt_embeds"
+
+/// --negative-embeddings and the compiled model must agree: a model compiled with true CFG needs
+/// the negative prompt, and one compiled without it would silently ignore one.
+func checkNegativeEmbeddings(_ args: ParsedArguments, _ model: LoadedModel) throws {
+    let wants = model.executable.inputs.contains { $0.name == negativeEmbeddingsInput }
+    let path = try args.required("--model", generateSpec)
+    if args.has("--negative-embeddings") && !wants {
+        throw ArcError("--negative-embeddings: \(path) was compiled without true CFG, so it has no negative prompt to read "
+                       + "(compile the teacher with --sampler euler --true-cfg-scale S)")
+    }
+    if wants && !args.has("--negative-embeddings") {
+        throw ArcError("\(path) was compiled with true CFG (scale \(model.manifest.model["true_cfg_scale"] ?? "?")) and needs "
+                       + "--negative-embeddings NE.safetensors (negative_prompt_embeds or prompt_embeds of the negative prompt)")
+    }
+}
+
+/// `generate --embeddings` for a compiled Qwen-Image sampler: `prompt_embeds` [1, T, D] (no pooled
+/// embedding), the negative prompt's with true CFG, noise or a seed → latents [1, C, H/8, W/8].
+func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, embeddings: String, output: String) throws {
+    let m = model.manifest
+    guard let nfe = Int(m.model["nfe"] ?? "") else { throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'nfe'") }
+    func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
+    let hint = "the model was compiled for \(m.model["height"] ?? "?")×\(m.model["width"] ?? "?") pixels and \(m.model["text_tokens"] ?? "?") text tokens"
+    var inputs = ["prompt_embeds": try readTensor(embeddings, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint)]
+    if let ne = args.value("--negative-embeddings") {
+        // diffusers names it negative_prompt_embeds; a file made for --embeddings holds prompt_embeds.
+        let names = try SafeTensorsStore(path: ne).names
+        let name = names.contains(negativeEmbeddingsInput) ? negativeEmbeddingsInput : "prompt_embeds"
+        let want = binding(negativeEmbeddingsInput).type
+        guard names.contains(name) else {
+            throw ArcError("\(ne) has no tensor '\(negativeEmbeddingsInput)' or 'prompt_embeds' (expected f32\(want.shape)); it has: \(names.joined(separator: ", "))")
+        }
+        inputs[negativeEmbeddingsInput] = try readTensor(ne, name, want: want, hint: hint)
+    }
+    if let noisePath = args.value("--noise") {
+        inputs["noise"] = try readTensor(noisePath, "noise", want: binding("noise").type, hint: hint)
+    } else {
+        inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
+    }
+    let cfg = m.model["true_cfg_scale"].map { ", true CFG \($0) (prompt and negative prompt batched)" } ?? ""
+    stderrLine("arcflow: Qwen-Image \(m.model["sampler"] ?? "") sampler, \(nfe) transformer evaluation\(nfe == 1 ? "" : "s")\(cfg)…")
+    let start = monotonicSeconds()
+    let out = try model.executable.run(inputs)
+    let seconds = monotonicSeconds() - start
+    let latents = out["latents"]!
+    try writeSafeTensors([TensorRecord(name: "latents", dtype: .f32, shape: latents.shape, payload: .floats(latents.data))],
+                         metadata: ["sampler": m.model["sampler"] ?? "", "nfe": String(nfe), "family": m.model["family"] ?? ""], to: output)
+    print(String(format: "generated %@ in %.3f s (%.3f s per NFE) → %@", "\(latents.type)", seconds, seconds / Double(nfe), output))
+}
+
+func isQwenImageSampler(_ model: LoadedModel) -> Bool { model.manifest.model["family"] == TransformerFamily.qwenImage.rawValue }
