@@ -254,8 +254,8 @@ public struct DistillRun {
         guard s.components >= 1 else { throw ArcError("--components must be at least 1, got \(s.components)") }
         guard r.batch >= 1, r.intervals >= 1, r.nfe >= 1 else { throw ArcError("--batch must be at least 1") }
         guard r.shift > 0 else { throw ArcError("--shift must be positive, got \(r.shift)") }
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherFile = try SafeTensorsStore(path: o.teacherWeights)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
         let initDir = "\(dir)/init-adapter"
         if !FileManager.default.fileExists(atPath: "\(initDir)/config.json") {
