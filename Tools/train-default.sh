@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the embedded default model from scratch: trains the teacher (hours of CPU), then
-# (later) distils it. Never run by CI. Resumable: run it again after an interruption.
+# distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/). Never run by CI. Resumable: run it again after an interruption.
 #
 #   bash Tools/train-default.sh            # run folder models/shapes-run, 40000 steps
 #   STEPS=60000 RUN=/tmp/run bash Tools/train-default.sh
@@ -24,5 +24,20 @@ nice -n 5 .build/release/arcflow train-default -o "$RUN" --steps "$STEPS" --resu
 # written by the distillation next to them).
 .build/release/arcflow train-default -o "$RUN" --export-teacher models/shapes
 tail -n 3 "$RUN/eval.csv"
-echo "== distillation: ArcFlow (K = 8) → models/shapes/arcflow, linear baseline (K = 1) → models/shapes/linear"
-echo "   (until they exist, 'arcflow generate --teacher' works; '--export-teacher DIR --initial-students' writes undistilled ones to try the pipeline)"
+
+# Distillation (ArcFlow K = 8, then the linear K = 1 baseline on the same recipe and budget), from
+# the f32 EMA of the teacher's run; each resumable in its own folder, then exported as adapters.
+DISTILL_ITERS=${DISTILL_ITERS:-3000}
+for K in 8 1; do
+  NAME=$([ "$K" = 1 ] && echo linear || echo arcflow)
+  DRUN="$RUN/distill-$NAME"
+  mkdir -p "$DRUN"
+  echo "== distillation ($NAME, K = $K): $DISTILL_ITERS iterations in $DRUN (log: $DRUN/train.log; eval: $DRUN/eval.csv)"
+  touch "$DRUN/train.log"
+  tail -n 0 -f "$DRUN/train.log" & DTAIL=$!
+  nice -n 5 .build/release/arcflow distill-default -o "$DRUN" --teacher-weights "$RUN/ema.safetensors" \
+    --components "$K" --iterations "$DISTILL_ITERS" --resume --threads "$THREADS" >> "$DRUN/train.log" 2>&1
+  kill $DTAIL 2>/dev/null || true
+  .build/release/arcflow distill-default -o "$DRUN" --export-adapter "models/shapes/$NAME"
+  tail -n 2 "$DRUN/eval.csv"
+done

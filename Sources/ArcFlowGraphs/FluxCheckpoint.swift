@@ -225,7 +225,8 @@ public struct ArcFlowAdapter {
         for (m, p) in lora.sorted(by: { $0.key < $1.key }) where p.a.isEmpty || p.b.isEmpty {
             throw ArcError("\(path): LoRA for '\(m)' needs both \(m).lora_A.weight and \(m).lora_B.weight")
         }
-        // One component has no rates (γ = 0): a K = 1 adapter (the linear baseline) has no loggamma layer.
+        /// K = 1 (the linear baseline: one constant-velocity component) has no rate layer: the
+        /// reference's `proj_out_loggamma` would have (K − 1)·4 = 0 rows, so its keys are optional.
         let required = k == 1 ? denseKeys.filter { !$0.hasPrefix("proj_out_loggamma.") } : denseKeys
         let missing = required.subtracting(dense).sorted()
         if !missing.isEmpty { throw ArcError("\(path): missing \(missing.joined(separator: ", "))") }

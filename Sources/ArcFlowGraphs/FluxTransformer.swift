@@ -263,9 +263,10 @@ public final class FluxNetwork {
         try linear(h, "proj_out", out: config.inChannels, in: width)
     }
 
-    /// The ArcFlow head (§2.1) in packed layout: means [1, N, K·4C], log-weights
-    /// log-softmaxed over K [1, N, K·4], rates γ [1, N, (K−1)·4] used as they are.
-    func arcHead(_ h: Value, components k: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
+    /// The ArcFlow head (§2.1) in packed layout: means [B, N, K·4C], log-weights
+    /// log-softmaxed over K [B, N, K·4], rates γ [B, N, (K−1)·4] used as they are. The batch
+    /// is h's leading size (the default model's distillation evaluates B students at once).
+    public func arcHead(_ h: Value, components k: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
         try weights.arcHead(h, components: k, packedChannels: config.inChannels, width: width)
     }
 

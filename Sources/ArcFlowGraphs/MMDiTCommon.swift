@@ -107,14 +107,14 @@ final class AdaptedWeights {
         return modulate(x, shift: halves[1], scale: halves[0])
     }
 
-    /// The ArcFlow head (reference §2.1) in packed layout on image tokens h [1, N, D]: means
-    /// [1, N, K·4C], log-weights log-softmaxed over K [1, N, K·4], rates γ [1, N, (K−1)·4] used as
-    /// they are.
+    /// The ArcFlow head (reference §2.1) in packed layout on image tokens h [B, N, D]: means
+    /// [B, N, K·4C], log-weights log-softmaxed over K [B, N, K·4], rates γ [B, N, (K−1)·4] used as
+    /// they are. The batch is h's leading size.
     func arcHead(_ h: Value, components k: Int, packedChannels f: Int, width: Int) throws -> (means: Value, logWeights: Value, rates: Value) {
-        let n = h.shape[1]
+        let (batch, n) = (h.shape[0], h.shape[1])
         let means = try linear(h, "proj_out_means", out: k * f, in: width)
         let raw = try linear(h, "proj_out_logweights", out: k * 4, in: width)
-        let logw = b.logSoftmax(raw.reshaped([1, n, k, 4]), axis: 2).reshaped([1, n, k * 4])
+        let logw = b.logSoftmax(raw.reshaped([batch, n, k, 4]), axis: 2).reshaped([batch, n, k * 4])
         let rates = try linear(h, "proj_out_loggamma", out: (k - 1) * 4, in: width)
         return (means, logw, rates)
     }

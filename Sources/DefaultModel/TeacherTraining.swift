@@ -80,6 +80,15 @@ public final class TeacherEvaluator {
         }
     }
 
+    /// The starting noise of each chunk of `chunk` prompts ([chunk, 3, 64, 64], padding rows
+    /// included), in order: what `evaluate` samples from, so that another sampler (the distilled
+    /// students) can start from exactly the same noise for paired comparisons.
+    public func noiseChunks() -> [[Float]] {
+        let s = TeacherConfig.side
+        var rng = SeededGenerator(seed: noiseSeed)
+        return stride(from: 0, to: prompts.count, by: chunk).map { _ in rng.normals(chunk * 3 * s * s) }
+    }
+
     /// Samples every prompt with `weights` (the trained tensors, e.g. the EMA) and judges them.
     public func evaluate(weights: WeightStore, threads: Int) throws -> (accuracy: Double, images: [Image8], verdicts: [Verdict]) {
         let store = TeacherGraphs.store(config, trained: weights)
@@ -87,13 +96,13 @@ public final class TeacherEvaluator {
         let exe = try ModelCompiler.build(Module(graph), weights: store).load()
         exe.setThreads(threads)
         let s = TeacherConfig.side, l = config.text.tokens
-        var rng = SeededGenerator(seed: noiseSeed)
+        let noise = noiseChunks()
         var images: [Image8] = []
-        for start in stride(from: 0, to: prompts.count, by: chunk) {
+        for (index, start) in stride(from: 0, to: prompts.count, by: chunk).enumerated() {
             let ps = Array(prompts[start..<min(start + chunk, prompts.count)])
             var ids = ps.flatMap { WorldVocabulary.encode($0).map(Float.init) }
             ids += [Float](repeating: 0, count: (chunk - ps.count) * l).enumerated().map { $0.offset % l == 0 ? 1 : $0.offset % l == 1 ? 2 : 0 }
-            var x = Tensor(.f32([chunk, 3, s, s]), rng.normals(chunk * 3 * s * s))
+            var x = Tensor(.f32([chunk, 3, s, s]), noise[index])
             for i in 0..<(sigmas.count - 1) {
                 let out = try exe.run(["noise": x, "input_ids": Tensor(.f32([chunk, l]), ids),
                                        "sigmas": Tensor(.f32([2]), [Float(sigmas[i]), Float(sigmas[i + 1])]),

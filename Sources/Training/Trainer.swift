@@ -100,6 +100,10 @@ public struct TrainConfig: Codable, Equatable {
     public var steps: Int
     public var schedule: LRSchedule
     public var emaBeta = 0.999
+    /// With a value w: the Karras EMA of ArcFlow (reference §6.5) instead of the constant
+    /// `emaBeta`: β = min((1 − 1/t)^8, 1), t = max(step + 1 − w, 1), so β = 0 (the EMA copies the
+    /// weights) for the first w steps, then the average lengthens with the run.
+    public var karrasEMAOffset: Int?
     /// Save state every N steps (0: only at the end or on Ctrl-C).
     public var saveEvery = 0
     public var seed: UInt64 = 0
@@ -109,6 +113,13 @@ public struct TrainConfig: Codable, Equatable {
     public init(steps: Int, schedule: LRSchedule, emaBeta: Double = 0.999, saveEvery: Int = 0, seed: UInt64 = 0, threads: Int = 1, progress: Bool = true) {
         self.steps = steps; self.schedule = schedule; self.emaBeta = emaBeta; self.saveEvery = saveEvery
         self.seed = seed; self.threads = threads; self.progress = progress
+    }
+
+    /// The EMA decay of 0-based step `step`.
+    public func emaBeta(step: Int) -> Double {
+        guard let w = karrasEMAOffset else { return emaBeta }
+        let t = Double(max(step + 1 - w, 1))
+        return min(Foundation.pow(1 - 1 / t, 8), 1)
     }
 }
 
@@ -181,7 +192,7 @@ public final class Trainer {
             let t0 = monotonicSeconds()
             try session.setBatch(try batches.batch(step: s))
             let lr = config.schedule.rate(step: s)
-            let (loss, norm) = try session.run(lr: lr, emaBeta: config.emaBeta)
+            let (loss, norm) = try session.run(lr: lr, emaBeta: config.emaBeta(step: s))
             let now = monotonicSeconds()
             let record = StepRecord(step: s + 1, loss: Double(loss), lr: lr, gradNorm: Double(norm), seconds: now - t0)
             history.append(record)

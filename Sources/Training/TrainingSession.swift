@@ -139,6 +139,14 @@ public final class TrainingSession {
         return Tensor(s.type, decodeFloats(s.buffers[parity], s.type))
     }
 
+    /// The buffer holding a state tensor's current value, valid until the next `run` or
+    /// `restore`. Forward-only graphs that take the trained weights as inputs (the
+    /// distillation's rollout policy, its EMA samples) read it in place, without a copy.
+    public func buffer(_ name: String) throws -> UnsafeRawPointer {
+        guard let s = state[name] else { throw ArcError("no state tensor '\(name)'") }
+        return UnsafeRawPointer(s.buffers[parity])
+    }
+
     /// Current raw bytes of a state tensor.
     public func bytes(_ name: String) throws -> [UInt8] {
         guard let s = state[name] else { throw ArcError("no state tensor '\(name)'") }

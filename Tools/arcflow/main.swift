@@ -17,6 +17,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (trainBenchSpec, trainBenchCommand),
     (trainDefaultSpec, trainDefaultCommand),
     (reportDefaultSpec, reportDefaultCommand),
+    (distillDefaultSpec, distillDefaultCommand),
     (randomWeightsSpec, randomWeightsCommand),
     (randomInputsSpec, randomInputsCommand),
     (exampleSpec, exampleCommand),

@@ -1,0 +1,354 @@
+// The ArcFlow distillation of the default model on TeacherConfig.tiny with random weights: head
+// init, the closed-form policy against Euler and against the loss graph, a few iterations whose
+// loss falls, bit-exact resume, export → ArcFlowAdapter.load, and the K = 1 baseline.
+
+import ArcFlowGraphs
+@testable import DefaultModel
+import Foundation
+import IR
+import Runtime
+import ShapesWorld
+import Training
+import XCTest
+
+final class DistillTests: XCTestCase {
+    static let teacherConfig = TeacherConfig.tiny()
+
+    /// A fresh folder under the temporary directory, removed after the test.
+    func temporaryFolder() throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("arcflow-distill-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        return dir
+    }
+
+    /// The tiny teacher's random weights as a file, as `--teacher-weights` reads them.
+    func teacherFile(_ dir: String, seed: UInt64 = 21) throws -> String {
+        let path = "\(dir)/teacher.safetensors"
+        try TeacherWeights.write(TeacherWeights.random(Self.teacherConfig, seed: seed), to: path)
+        return path
+    }
+
+    func options(_ dir: String, teacher: String, components: Int = 3, iterations: Int) -> DistillOptions {
+        var o = DistillOptions(directory: dir, teacherWeights: teacher)
+        o.teacher = Self.teacherConfig
+        o.components = components
+        o.rank = 4
+        o.recipe.batch = 2
+        o.recipe.decayIterations = 4
+        o.recipe.seed = 7
+        o.iterations = iterations
+        o.warmup = 2
+        o.lr = 3e-3
+        o.evalEvery = 0
+        o.saveEvery = 0
+        o.threads = 1
+        o.log = { _ in }
+        return o
+    }
+
+    /// Random ids of two world prompts, tokens and σ for graph checks.
+    func inputs(_ c: TeacherConfig, seed: UInt64) throws -> (x: Tensor, sigma: Tensor, ids: Tensor) {
+        var rng = SeededGenerator(seed: seed)
+        let ids = try ["a red circle", "a small blue square at the top left"].flatMap { try WorldVocabulary.encode($0).map(Float.init) }
+        return (Tensor(.f32([2, c.imageTokens, c.tokenChannels]), rng.normals(2 * c.imageTokens * c.tokenChannels)),
+                Tensor(.f32([2]), [0.9, 0.4]), Tensor(.f32([2, WorldVocabulary.length]), ids))
+    }
+
+    /// The student's heads (interpreter) at init, and the teacher's x0 at the same inputs.
+    func headsAndTeacher(noise: Double, components k: Int) throws -> (heads: [String: Tensor], x0: Tensor, s: StudentConfig, adapter: [String: Tensor]) {
+        let dir = try temporaryFolder()
+        let c = Self.teacherConfig
+        let teacherWeights = TensorStore(TeacherWeights.random(c, seed: 3))
+        var s = StudentConfig(teacher: c, components: k, rank: 4)
+        s.biasNoise = noise
+        s.seed = 5
+        let tensors = try Student.initialAdapter(s, teacher: teacherWeights)
+        try Student.writeAdapter(tensors, s, shift: 1, dtype: .f32, to: dir)
+        let adapter = try ArcFlowAdapter.load(dir)
+        let teacherStore = TeacherGraphs.store(c, trained: teacherWeights)
+        let store = StudentWeights(teacher: teacherStore, adapter: adapter.store)
+        let (x, sigma, ids) = try inputs(c, seed: 9)
+        let policy = try DistillGraphs.policy(s, teacher: teacherStore, adapter: adapter, batch: 2, weightsAsInputs: false)
+        let heads = try Interpreter.run(policy, inputs: ["x": x, "sigma": sigma, "input_ids": ids]) { key, _ in try store.tensor(key) }
+        let b = GraphBuilder(name: "teacher_x0")
+        let xv = b.input("x", x.type), sv = b.input("sigma", sigma.type), iv = b.input("input_ids", ids.type)
+        let net = TeacherGraphs.network(b, c, teacherStore)
+        b.output("x0", try TeacherGraphs.predictX0(b, net, c, x: xv, sigma: sv, text: TeacherGraphs.textEncoder(b, c.text, ids: iv)))
+        let x0 = try Interpreter.run(try b.finish(), inputs: ["x": x, "sigma": sigma, "input_ids": ids]) { key, _ in try teacherStore.tensor(key) }["x0"]!
+        return (heads, x0, s, tensors)
+    }
+
+    /// §2.4: with no bias noise every component's x0 mean is the teacher's x0 (so every velocity
+    /// mean is the teacher's velocity); with noise, component k of packed channel cp is off by
+    /// exactly the noise drawn for (k, cp/4), the same at every token and sub-position.
+    func testHeadInitReproducesTeacher() throws {
+        let k = 3
+        let exact = try headsAndTeacher(noise: 0, components: k)
+        let (n, ch) = (exact.s.teacher.imageTokens, exact.s.channels)
+        let means = exact.heads["means"]!.data, x0 = exact.x0.data
+        var worst: Float = 0
+        for row in 0..<(2 * n) {
+            for kk in 0..<k { for cp in 0..<ch { worst = max(worst, abs(means[(row * k + kk) * ch + cp] - x0[row * ch + cp])) } }
+        }
+        XCTAssertLessThan(worst, 1e-5, "noise 0: max |m_k − teacher x0| = \(worst)")
+        XCTAssertTrue(exact.heads["logweights"]!.data.allSatisfy { abs($0 + Float(Foundation.log(Double(k)))) < 1e-6 }, "uniform weights")
+        let rates = Student.initialRateBias(k)
+        XCTAssertEqual(rates.count, 2)
+        XCTAssertEqual(Double(rates[0]), Foundation.log(0.2), accuracy: 1e-6)
+        XCTAssertEqual(Double(rates[1]), Foundation.log(4.0), accuracy: 1e-6)
+        XCTAssertEqual(exact.heads["rates"]!.data[0..<8].map { $0 }, (0..<8).map { rates[$0 / 4] })
+
+        let noisy = try headsAndTeacher(noise: 0.05, components: k)
+        let bias = noisy.adapter["proj_out_means.bias"]!.data
+        let teacherBias = try TensorStore(TeacherWeights.random(Self.teacherConfig, seed: 3)).tensor("proj_out.bias").data
+        let drawn = (0..<(k * ch)).map { bias[$0] - teacherBias[$0 % ch] }
+        for f in 0..<(k * ch) { XCTAssertEqual(drawn[f], drawn[(f / 4) * 4], accuracy: 1e-7, "noise shared by the 4 sub-positions") }
+        XCTAssertGreaterThan(drawn.map(abs).max()!, 0.01)
+        XCTAssertLessThan(drawn.map(abs).max()!, 0.3)
+        let nm = noisy.heads["means"]!.data
+        worst = 0
+        for row in 0..<(2 * n) {
+            for kk in 0..<k { for cp in 0..<ch { worst = max(worst, abs(nm[(row * k + kk) * ch + cp] - x0[row * ch + cp] - drawn[kk * ch + cp])) } }
+        }
+        XCTAssertLessThan(worst, 1e-5, "noise 0.05: m_k − teacher x0 is the bias noise")
+    }
+
+    func randomPolicy(components k: Int, seed: UInt64) -> (ArcPolicy, [Float]) {
+        var rng = SeededGenerator(seed: seed)
+        let (b, n, c) = (2, 3, 8)
+        let x = rng.normals(b * n * c)
+        let means = rng.normals(b * n * k * c)
+        let lw = rng.normals(b * n * k * 4), rates = rng.normals(b * n * (k - 1) * 4).map { $0 * 1.5 }
+        let p = ArcPolicy(xSource: x, sigmaSource: [0.9, 0.7], means: means, logWeights: k > 1 ? lw : nil, rates: k > 1 ? rates : nil,
+                          batch: b, tokens: n, channels: c, components: k, dropped: [[false, true, false, false], [false, false, false, false]].map { Array($0.prefix(k)) })
+        return (p, x)
+    }
+
+    /// §10.4: the closed-form displacement equals a fine (10⁴-step midpoint) integration of v(σ);
+    /// K = 1 is a plain Euler step with μ_0.
+    func testClosedFormMatchesEulerIntegration() throws {
+        let (p, x) = randomPolicy(components: 4, seed: 1)
+        for b in 0..<2 {
+            let (sa, sb) = b == 0 ? (0.8, 0.3) : (0.7, 0.05)
+            var closed = x
+            p.advance(&closed, sample: b, from: sa, to: sb)
+            var euler = x.map(Double.init)
+            let steps = 10_000, h = (sa - sb) / Double(steps)
+            for i in 0..<steps {
+                let v = p.velocity(sample: b, at: sa - (Double(i) + 0.5) * h)
+                for e in 0..<v.count { euler[b * v.count + e] -= h * Double(v[e]) }
+            }
+            let row = p.tokens * p.channels
+            let err = (b * row..<(b + 1) * row).map { abs(Double(closed[$0]) - euler[$0]) }.max()!
+            let scale = (b * row..<(b + 1) * row).map { abs(euler[$0] - Double(x[$0])) }.max()!
+            XCTAssertLessThan(err, 1e-5 * max(scale, 1), "sample \(b): closed form vs Euler")
+        }
+        // Dropping component 1 of sample 0 changes its trajectory (weights renormalised).
+        XCTAssertEqual(p.weights[1 * 4], 0)
+        let (linear, x1) = randomPolicy(components: 1, seed: 2)
+        var y = x1
+        linear.advance(&y, sample: 1, from: 0.6, to: 0.2)
+        let v = linear.velocity(sample: 1, at: 0.5)
+        let row = linear.tokens * linear.channels
+        for e in 0..<row { XCTAssertEqual(y[row + e], x1[row + e] - 0.4 * v[e], accuracy: 1e-5) }
+    }
+
+    /// The loss graph's mean velocity ū over [σ_b, σ_a] equals the Swift policy's
+    /// (x_a − x_b)/(σ_a − σ_b) from the policy graph's heads at the same (x_src, σ_src).
+    func testLossGraphMeanVelocityMatchesPolicy() throws {
+        let dir = try temporaryFolder()
+        let c = Self.teacherConfig
+        let teacherWeights = TensorStore(TeacherWeights.random(c, seed: 4))
+        for k in [3, 1] {
+            var s = StudentConfig(teacher: c, components: k, rank: 4)
+            s.seed = 11
+            var tensors = try Student.initialAdapter(s, teacher: teacherWeights)
+            // Non-trivial head: random weights and rates, so the mixture matters.
+            var rng = SeededGenerator(seed: 12)
+            for key in ["proj_out_logweights.weight", "proj_out_loggamma.weight"] where tensors[key] != nil {
+                tensors[key] = Tensor(tensors[key]!.type, rng.normals(tensors[key]!.type.count).map { $0 * 0.3 })
+            }
+            try Student.writeAdapter(tensors, s, shift: 1, dtype: .f32, to: "\(dir)/k\(k)")
+            let adapter = try ArcFlowAdapter.load("\(dir)/k\(k)")
+            let teacherStore = TeacherGraphs.store(c, trained: teacherWeights)
+            let store = StudentWeights(teacher: teacherStore, adapter: adapter.store)
+            let weights: (String, TensorType) throws -> Tensor = { key, _ in try store.tensor(key) }
+            let (x, sigma, ids) = try inputs(c, seed: 13)
+            let heads = try Interpreter.run(try DistillGraphs.policy(s, teacher: teacherStore, adapter: adapter, batch: 2, weightsAsInputs: false),
+                                            inputs: ["x": x, "sigma": sigma, "input_ids": ids], weights: weights)
+            let policy = ArcPolicy(xSource: x.data, sigmaSource: sigma.data.map(Double.init), means: heads["means"]!.data,
+                                   logWeights: heads["logweights"]?.data, rates: heads["rates"]?.data,
+                                   batch: 2, tokens: c.imageTokens, channels: c.tokenChannels, components: k)
+            let sa: [Float] = [0.9, 0.6, 0.4, 0.2], sb: [Float] = [0.5, 0.55, 0.1, 0.0]
+            let row = c.imageTokens * c.tokenChannels
+            let graph = try DistillGraphs.loss(s, teacher: teacherStore, adapter: adapter, evaluations: 2, intervals: 2, meanVelocity: true)
+            let out = try Interpreter.run(graph, inputs: [
+                "x_src": x, "sigma_src": sigma, "input_ids": ids,
+                "sigma_a": Tensor(.f32([2, 2]), sa), "sigma_b": Tensor(.f32([2, 2]), sb),
+                "target": Tensor(.f32([2, 2, c.imageTokens, c.tokenChannels]), [Float](repeating: 0, count: 4 * row)),
+                "pair_weight": Tensor(.f32([2]), [0.25, 0.25]),
+            ], weights: weights)
+            let u = out["mean_velocity"]!.data
+            var worst: Float = 0, scale: Float = 0
+            for m in 0..<2 {
+                for i in 0..<2 {
+                    let (a, bb) = (Double(sa[m * 2 + i]), Double(sb[m * 2 + i]))
+                    var y = x.data
+                    policy.advance(&y, sample: m, from: a, to: bb)
+                    for e in 0..<row {
+                        let swift = (x.data[m * row + e] - y[m * row + e]) / Float(a - bb)
+                        worst = max(worst, abs(swift - u[(m * 2 + i) * row + e])); scale = max(scale, abs(swift))
+                    }
+                }
+            }
+            XCTAssertLessThan(worst, 2e-4 * max(scale, 1), "K=\(k): graph ū vs Swift closed form")
+            // Zero targets: the loss is 15·Σ_m w_m·mean(ū²).
+            let expected = (0..<2).map { m in 0.25 * u[(m * 2 * row)..<((m + 1) * 2 * row)].map { Double($0 * $0) }.reduce(0, +) / Double(2 * row) }.reduce(0, +) * 15
+            XCTAssertEqual(Double(out["loss"]!.data[0]), expected, accuracy: 1e-4 * expected)
+        }
+    }
+
+    /// One batch repeated (ρ ≈ 1 on a long decay): the student must fit it.
+    struct FixedStep: BatchProvider {
+        let inner: DistillRollout
+        func batch(step: Int) throws -> [String: [Float]] { try inner.batch(step: 0) }
+    }
+
+    func testDistillationLossFalls() throws {
+        let dir = try temporaryFolder()
+        var o = options(dir, teacher: try teacherFile(dir), iterations: 30)
+        o.recipe.decayIterations = 1_000_000
+        let run = try DistillRun.prepare(o)
+        let trainer = Trainer(session: run.trainer.session, batches: FixedStep(inner: run.rollout), config: run.trainer.config, directory: nil)
+        try trainer.run()
+        let losses = trainer.history.map(\.loss)
+        XCTAssertTrue(losses.allSatisfy(\.isFinite))
+        let first = losses.prefix(3).reduce(0, +) / 3, last = losses.suffix(3).reduce(0, +) / 3
+        XCTAssertLessThan(last, 0.7 * first, "loss \(first) → \(last)")
+    }
+
+    /// 4 iterations straight equal 2 iterations, a save, a fresh process-like prepare with resume,
+    /// and 2 more: every state tensor byte and every logged loss.
+    func testResumeIsBitExactAndExportLoads() throws {
+        let dir = try temporaryFolder()
+        let teacher = try teacherFile(dir)
+        let straight = try DistillRun.prepare(options("\(dir)/a", teacher: teacher, iterations: 4))
+        try straight.train()
+        var o = options("\(dir)/b", teacher: teacher, iterations: 2)
+        try DistillRun.prepare(o).train()
+        o.iterations = 4
+        o.resume = true
+        let resumed = try DistillRun.prepare(o)
+        XCTAssertEqual(resumed.trainer.session.stepCount, 2)
+        try resumed.train()
+        XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
+        for name in straight.trainer.session.step.stateNames {
+            XCTAssertEqual(try straight.trainer.session.bytes(name), try resumed.trainer.session.bytes(name), name)
+        }
+        XCTAssertTrue(straight.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+
+        // Export the EMA as an adapter and load it as the compile path does.
+        let s = try DistillExport.export(stateFile: "\(dir)/a/state.safetensors", teacher: Self.teacherConfig, to: "\(dir)/adapter")
+        let adapter = try ArcFlowAdapter.load("\(dir)/adapter")
+        XCTAssertEqual(adapter.components, 3)
+        XCTAssertEqual(Set(adapter.lora.keys), Set(Student.loraTargets(s.flux).map(\.module)))
+        XCTAssertEqual(adapter.dense, ArcFlowAdapter.denseKeys)
+        let file = try SafeTensorsFile(path: "\(dir)/adapter/diffusion_pytorch_model.safetensors")
+        XCTAssertEqual(file.metadata["policy_config"], "{\"type\": \"ArcFlow\"}")
+        XCTAssertTrue(file.tensors.values.allSatisfy { $0.type.dtype == .f16 })
+        for key in ["proj_out_loggamma.bias", "transformer_blocks.0.ff.net.2.lora_B.weight", "norm_out.linear.weight"] {
+            let ema = try straight.trainer.session.tensor(TrainNames.ema("adapter:" + key)).data
+            let got = Array(UnsafeRawBufferPointer(start: try adapter.store.raw(key), count: 2 * ema.count))
+            XCTAssertEqual(got, encodeFloats(ema, .f16), key)
+        }
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/adapter/config.json"))) as! [String: Any]
+        XCTAssertEqual(json["arcflow_prediction"] as? String, "x0")
+        XCTAssertEqual(json["arcflow_shift"] as? Double, 1)
+        // The adapter's config carries the teacher's sizes and the student's prediction (x0 means).
+        var expected = Self.teacherConfig.flux
+        expected.prediction = .x0
+        XCTAssertEqual(try FluxConfig(json: json, path: "config.json"), expected)
+    }
+
+    /// The linear baseline: one component, no γ layer; it trains, exports and loads.
+    func testLinearBaseline() throws {
+        let dir = try temporaryFolder()
+        let run = try DistillRun.prepare(options("\(dir)/run", teacher: try teacherFile(dir), components: 1, iterations: 2))
+        XCTAssertFalse(run.trainer.session.step.stateNames.contains { $0.contains("loggamma") || $0.contains("logweights") })
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite })
+        _ = try DistillExport.export(stateFile: "\(dir)/run/state.safetensors", teacher: Self.teacherConfig, to: "\(dir)/linear")
+        let adapter = try ArcFlowAdapter.load("\(dir)/linear")
+        XCTAssertEqual(adapter.components, 1)
+        XCTAssertFalse(adapter.store.names.contains { $0.hasPrefix("proj_out_loggamma") })
+        XCTAssertEqual(adapter.store.type(of: "proj_out_means.weight")?.shape, [Self.teacherConfig.tokenChannels, Self.teacherConfig.flux.width])
+    }
+
+    /// The interval split (§6.3) with shift 1 (σ = t): at ρ = 1 the student intervals vanish and the
+    /// teacher's tile the usable length L = S − ω from σ_src; at ρ = 0 every prediction interval is
+    /// the window ω. Schedules: ρ linear over D, Karras β copying during the warm-up.
+    func testRolloutIntervalsAndSchedules() throws {
+        let dir = try temporaryFolder()
+        var o = options(dir, teacher: try teacherFile(dir), iterations: 0)
+        o.recipe.decayIterations = 4
+        let run = try DistillRun.prepare(o)
+        let window = 3.0 / 128, nI = o.recipe.intervals
+        XCTAssertEqual(o.recipe.segments, [0.5, 0.5])
+        for (step, rho) in [(0, 1.0), (2, 0.5), (4, 0.0), (9, 0.0)] { XCTAssertEqual(o.recipe.teacherRatio(step: step), rho) }
+        let early = try run.rollout.batch(step: 0)
+        let (sa, sb) = (early["sigma_a"]!.map(Double.init), early["sigma_b"]!.map(Double.init))
+        XCTAssertEqual(early["sigma_src"]!, [1, 1, 0.5, 0.5])
+        XCTAssertEqual(early["pair_weight"]!, [0.25, 0.25, 0.25, 0.25])
+        for m in 0..<4 {
+            let src = m < 2 ? 1.0 : 0.5
+            XCTAssertEqual(sa[m * nI], src, accuracy: 1e-6)
+            for i in 0..<(nI - 1) { XCTAssertEqual(sa[m * nI + i + 1], sb[m * nI + i] + window, accuracy: 1e-6) }
+            XCTAssertEqual(sb[m * nI + nI - 1], src - 0.5, accuracy: 1e-6, "the teacher intervals sum to L = S − ω")
+        }
+        let late = try run.rollout.batch(step: 4)
+        for (a, b) in zip(late["sigma_a"]!, late["sigma_b"]!) { XCTAssertEqual(Double(a - b), window, accuracy: 1e-6) }
+        XCTAssertTrue(late["sigma_b"]!.allSatisfy { $0 >= 0 })
+
+        var config = TrainConfig(steps: 1, schedule: LRSchedule(lr: 1))
+        config.karrasEMAOffset = 100
+        XCTAssertEqual(config.emaBeta(step: 0), 0)
+        XCTAssertEqual(config.emaBeta(step: 99), 0)
+        XCTAssertEqual(config.emaBeta(step: 199), Foundation.pow(0.99, 8), accuracy: 1e-12)
+    }
+
+    /// The target graph: the teacher's guided velocity equals what one step of the teacher's own
+    /// CFG Euler sampler moves per unit σ, at the same state.
+    func testTeacherVelocityMatchesTeacherSampler() throws {
+        let c = Self.teacherConfig
+        let store = TeacherGraphs.store(c, trained: TensorStore(TeacherWeights.random(c, seed: 17)))
+        let (_, _, ids) = try inputs(c, seed: 3)
+        var rng = SeededGenerator(seed: 4)
+        let images = rng.normals(2 * 3 * 64 * 64)
+        let weights: (String, TensorType) throws -> Tensor = { key, _ in try store.tensor(key) }
+        let stepped = try Interpreter.run(try TeacherGraphs.sampler(c, weights: store, count: 2, steps: 1), inputs: [
+            "noise": Tensor(.f32([2, 3, 64, 64]), images), "input_ids": ids,
+            "sigmas": Tensor(.f32([2]), [0.75, 0.25]), "guidance_scale": Tensor(.f32([1]), [4]),
+        ], weights: weights)["images"]!.data
+        let x = Tokens.patchify(images, count: 2, patch: c.patch)
+        let v = try Interpreter.run(try DistillGraphs.teacherVelocity(c, teacher: store, batch: 2), inputs: [
+            "x": Tensor(.f32([2, c.imageTokens, c.tokenChannels]), x), "sigma": Tensor(.f32([2]), [0.75, 0.75]),
+            "input_ids": ids, "guidance_scale": Tensor(.f32([1]), [4]),
+        ], weights: weights)["velocity"]!.data
+        let moved = Tokens.patchify(stepped, count: 2, patch: c.patch)
+        let err = zip(zip(moved, x), v).map { abs(($0.0 - $0.1) / -0.5 - $1) }.max()!
+        XCTAssertLessThan(err, 1e-3 * max(v.map(abs).max()!, 1))
+    }
+
+    /// The Swift patchify is the graph's.
+    func testSwiftPatchifyMatchesGraph() throws {
+        let c = Self.teacherConfig
+        var rng = SeededGenerator(seed: 3)
+        let images = rng.normals(2 * 3 * 64 * 64)
+        let b = GraphBuilder(name: "p")
+        b.output("t", TeacherGraphs.patchify(b.input("x", .f32([2, 3, 64, 64])), c))
+        let graph = try Interpreter.run(try b.finish(), inputs: ["x": Tensor(.f32([2, 3, 64, 64]), images)]) { k, _ in throw ArcError("no weight \(k)") }["t"]!
+        XCTAssertEqual(Tokens.patchify(images, count: 2, patch: c.patch), graph.data)
+        XCTAssertEqual(Tokens.unpatchify(graph.data, count: 2, patch: c.patch), images)
+    }
+}

@@ -1,0 +1,70 @@
+// distill-default: ArcFlow π-ID distillation of the default model's teacher into a 2-NFE student
+// (LoRA + the ArcFlow head), or the linear baseline with --components 1; export as an adapter.
+
+import DefaultModel
+import Foundation
+import IR
+
+let distillDefaultSpec = CommandSpec(
+    name: "distill-default",
+    usage: "distill-default -o RUNDIR --teacher-weights EMA.safetensors [--components K] [--iterations N] [options]\n       distill-default -o RUNDIR --export-adapter DIR",
+    summary: "Distil the default teacher into a 2-step ArcFlow student (data-free π-ID); resumable; export the adapter.",
+    options: [
+        OptionSpec(names: ["-o", "--output"], value: "RUNDIR", help: "run folder (state, logs, evaluations, init-adapter/)"),
+        OptionSpec(names: ["--teacher-weights"], value: "PATH", help: "the teacher's flat f32 weights (teacher + text encoder), e.g. its run's ema.safetensors"),
+        OptionSpec(names: ["--components"], value: "K", help: "mixture components of the ArcFlow head (default 8; 1 = the linear baseline)"),
+        OptionSpec(names: ["--iterations"], value: "N", help: "total iterations (default 3000; a resumed run continues up to N)"),
+        OptionSpec(names: ["--batch"], value: "B", help: "prompts per iteration, compiled into the graphs (default 8)"),
+        OptionSpec(names: ["--lr"], value: "LR", help: "AdamW learning rate after warm-up (default 1e-4; the rates' layer ×0.1)"),
+        OptionSpec(names: ["--warmup"], value: "W", help: "linear warm-up iterations from 0.001·lr; also the Karras EMA's copy phase (default 100)"),
+        OptionSpec(names: ["--decay-iterations"], value: "D", help: "the teacher ratio falls from 1 to 0 over D iterations (default 600)"),
+        OptionSpec(names: ["--rank"], value: "R", help: "LoRA rank, alpha = rank (default 32)"),
+        OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 5)"),
+        OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
+        OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
+        OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N iterations (default 50)"),
+        OptionSpec(names: ["--seed"], value: "S", help: "seed of the head noise, LoRA init, prompts, noise and interval draws (default 0)"),
+        OptionSpec(names: ["--resume"], value: nil, help: "continue from RUNDIR/state.safetensors when it exists (bit-exact)"),
+        OptionSpec(names: ["--export-adapter"], value: "DIR", help: "only write the ArcFlow adapter (f16) of RUNDIR's EMA to DIR and exit"),
+        threadsOption,
+    ],
+    details: """
+    Each iteration rolls B prompts out from noise over 2 segments (teacher ratio ρ from 1 to 0 over D iterations,
+    component dropout 0.1, 4 random intervals per segment, window 3/128), queries the teacher's CFG velocity at each
+    sampled state, then takes one AdamW step (betas 0.9/0.95, no decay, clip 50) on 15·MSE between the student's
+    window-averaged mean velocity and those targets; Karras EMA. RUNDIR gets init-adapter/ (f32), state.safetensors,
+    train.csv, loss.png, and at each evaluation eval.csv (step, accuracy, teacher_accuracy, pixel_mae, …),
+    eval_<iteration>.png and eval_teacher.png. Progress lines go to stdout.
+    """)
+
+func distillDefaultCommand(_ argv: [String]) throws {
+    let spec = distillDefaultSpec
+    let args = try parseArguments(argv, spec, maxPositional: 0)
+    let dir = try args.required("--output", spec)
+    if let out = args.value("--export-adapter") {
+        let s = try DistillExport.export(stateFile: "\(dir)/state.safetensors", to: out)
+        print("wrote the ArcFlow adapter (K = \(s.components), rank \(s.rank), f16, EMA) to \(out)")
+        return
+    }
+    var o = DistillOptions(directory: dir, teacherWeights: try args.required("--teacher-weights", spec))
+    o.components = try args.int("--components", spec, default: o.components, min: 1)!
+    o.iterations = try args.int("--iterations", spec, default: o.iterations, min: 0)!
+    o.recipe.batch = try args.int("--batch", spec, default: o.recipe.batch, min: 1)!
+    o.lr = try args.double("--lr", spec, default: o.lr)!
+    o.warmup = try args.int("--warmup", spec, default: o.warmup, min: 0)!
+    o.recipe.decayIterations = try args.int("--decay-iterations", spec, default: o.recipe.decayIterations, min: 0)!
+    o.rank = try args.int("--rank", spec, default: o.rank, min: 1)!
+    o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
+    guard o.recipe.shift > 0 else { throw UsageError("--shift must be positive", spec) }
+    o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!
+    o.evalEvery = try args.int("--eval-every", spec, default: o.evalEvery, min: 0)!
+    o.evalCount = try args.int("--eval-prompts", spec, default: o.evalCount, min: 1)!
+    o.saveEvery = try args.int("--save-every", spec, default: o.saveEvery, min: 0)!
+    o.recipe.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
+    o.resume = args.has("--resume")
+    o.threads = try threadCount(args, spec)
+    let start = Date()
+    o.log = { line in print(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + line) }
+    try DistillRun.prepare(o).train()
+}
