@@ -178,18 +178,6 @@ public enum DefaultModelExport {
 }
 
 extension DefaultModelExport {
-    /// The modules a default-model student adapts with LoRA: every joint block's two MLPs and the
-    /// timestep embedder (the student absorbs CFG and takes bigger steps; its attention stays).
-    public static func loraModules(_ c: FluxConfig) -> [(module: String, out: Int, in: Int)] {
-        let d = c.width
-        var m: [(String, Int, Int)] = []
-        for i in 0..<c.numLayers {
-            for ff in ["ff", "ff_context"] { m += [("transformer_blocks.\(i).\(ff).net.0.proj", 4 * d, d), ("transformer_blocks.\(i).\(ff).net.2", d, 4 * d)] }
-        }
-        m += [("time_text_embed.timestep_embedder.linear_1", d, 256), ("time_text_embed.timestep_embedder.linear_2", d, d)]
-        return m
-    }
-
     /// An untrained student adapter in the ArcFlow format: LoRA A small random, B zero (the
     /// adapted layers start as the teacher's), `norm_out.linear` copied, every component's
     /// `proj_out_means` the teacher's `proj_out` (each mean starts at the teacher's x̂0), log-weights
@@ -204,7 +192,8 @@ extension DefaultModelExport {
         func add(_ name: String, _ shape: [Int], _ values: [Float]) {
             records.append(TensorRecord(name: name, dtype: .f16, shape: shape, payload: .floats(values)))
         }
-        for (m, out, inputs) in loraModules(c) {
+        // The distillation's targets (`Student.loraTargets`): one definition of what a student adapts.
+        for (m, out, inputs) in Student.loraTargets(c) {
             let bound = Float(1 / Double(inputs).squareRoot())
             add("\(m).lora_A.weight", [r, inputs], (0..<(r * inputs)).map { _ in (2 * rng.uniform() - 1) * bound })
             add("\(m).lora_B.weight", [out, r], [Float](repeating: 0, count: out * r))

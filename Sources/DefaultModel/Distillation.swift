@@ -346,7 +346,10 @@ public final class DistillEvaluator {
                                        shift: 1, guidance: r.guidance)
     }
 
-    /// The EMA student's images for the prompts, from the evaluator's noise.
+    /// The EMA student's images for the prompts, from the evaluator's noise: pixel-space N(0, 1)
+    /// images (`TeacherEvaluator.noiseChunks`), the same for the teacher and the student, not
+    /// `generate --seed`'s latent-space noise (same generator, other layout; PixelCodec maps one
+    /// onto the other: StudentParityTests.testNoiseConventions).
     public func studentImages() throws -> [Image8] {
         let rollout = run.rollout, b = rollout.recipe.batch, c = run.student.teacher
         let session = run.trainer.session

@@ -66,17 +66,14 @@ public final class TeacherEvaluator {
         self.noiseSeed = seed
     }
 
-    /// Images as bytes from the graph's [−1, 1] floats.
+    /// Images as bytes from the graph's [−1, 1] floats [count(+), 3, 64, 64], by the one
+    /// conversion `generate` uses (`VAEDecoderGraph.rgb8`, diffusers' postprocess), so that the
+    /// evaluation judges the bytes a user's PNG would hold.
     public static func images(_ t: [Float], count: Int) -> [Image8] {
-        let s = TeacherConfig.side, plane = s * s
+        let s = TeacherConfig.side, size = 3 * s * s
         return (0..<count).map { k in
-            var px = [UInt8](repeating: 0, count: plane * 3)
-            for i in 0..<plane {
-                for c in 0..<3 {
-                    px[i * 3 + c] = UInt8(max(0, min(255, ((t[(k * 3 + c) * plane + i] + 1) * 127.5).rounded())))
-                }
-            }
-            return Image8(width: s, height: s, channels: 3, pixels: px)
+            Image8(width: s, height: s, channels: 3,
+                   pixels: VAEDecoderGraph.rgb8(Tensor(.f32([1, 3, s, s]), Array(t[(k * size)..<((k + 1) * size)]))))
         }
     }
 
@@ -91,28 +88,36 @@ public final class TeacherEvaluator {
 
     /// Samples every prompt with `weights` (the trained tensors, e.g. the EMA) and judges them.
     public func evaluate(weights: WeightStore, threads: Int) throws -> (accuracy: Double, images: [Image8], verdicts: [Verdict]) {
+        var images: [Image8] = []
+        for (index, x) in try sample(weights: weights, threads: threads).enumerated() {
+            images += Self.images(x, count: min(chunk, prompts.count - index * chunk))
+        }
+        let verdicts = zip(images, prompts).map { ShapesWorld.judge($0, $1) }
+        return (Double(verdicts.filter(\.passed).count) / Double(max(prompts.count, 1)), images, verdicts)
+    }
+
+    /// The sampler's final images before 8-bit conversion, one [chunk, 3, 64, 64] array per chunk
+    /// of `noiseChunks` (padding rows sample the empty caption): what `evaluate` judges, and what
+    /// the compiled teacher (`generate --teacher`) must reproduce from the same noise.
+    public func sample(weights: WeightStore, threads: Int) throws -> [[Float]] {
         let store = TeacherGraphs.store(config, trained: weights)
         let graph = try TeacherGraphs.sampler(config, weights: store, count: chunk, steps: 1)
         let exe = try ModelCompiler.build(Module(graph), weights: store).load()
         exe.setThreads(threads)
         let s = TeacherConfig.side, l = config.text.tokens
-        let noise = noiseChunks()
-        var images: [Image8] = []
-        for (index, start) in stride(from: 0, to: prompts.count, by: chunk).enumerated() {
+        return try zip(stride(from: 0, to: prompts.count, by: chunk), noiseChunks()).map { start, noise in
             let ps = Array(prompts[start..<min(start + chunk, prompts.count)])
-            var ids = ps.flatMap { WorldVocabulary.encode($0).map(Float.init) }
-            ids += [Float](repeating: 0, count: (chunk - ps.count) * l).enumerated().map { $0.offset % l == 0 ? 1 : $0.offset % l == 1 ? 2 : 0 }
-            var x = Tensor(.f32([chunk, 3, s, s]), noise[index])
+            let ids = (ps.map { WorldVocabulary.encode($0) } + [[Int]](repeating: TeacherGraphs.emptyCaption, count: chunk - ps.count))
+                .flatMap { $0.map(Float.init) }
+            var x = Tensor(.f32([chunk, 3, s, s]), noise)
             for i in 0..<(sigmas.count - 1) {
                 let out = try exe.run(["noise": x, "input_ids": Tensor(.f32([chunk, l]), ids),
                                        "sigmas": Tensor(.f32([2]), [Float(sigmas[i]), Float(sigmas[i + 1])]),
                                        "guidance_scale": Tensor(.f32([1]), [Float(guidance)])])
                 x = out["images"]!
             }
-            images += Self.images(x.data, count: ps.count)
+            return x.data
         }
-        let verdicts = zip(images, prompts).map { ShapesWorld.judge($0, $1) }
-        return (Double(verdicts.filter(\.passed).count) / Double(max(prompts.count, 1)), images, verdicts)
     }
 }
 
