@@ -9,7 +9,7 @@ import IR
 public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-6"
+public let codegenVersion = "arcflow-codegen-7"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
@@ -48,11 +48,19 @@ public struct CProgram {
 }
 
 public enum CCodegen {
-    /// The C prelude every translation unit starts with (math, row kernels, attention), then
-    /// the autodiff kernels (attention backward, scatter_add).
-    public static var prelude: String {
-        String(decoding: PackageResources.prelude_h, as: UTF8.self) + "\n" + String(decoding: PackageResources.autodiff_h, as: UTF8.self)
-    }
+    /// The C prelude's kernel families in dependency order (each may use those before it):
+    /// file name → text. One file per family keeps each small enough to read and lets a kernel
+    /// test compile a family on its own.
+    public static let preludeFamilies: [(name: String, text: String)] = [
+        ("common.h", PackageResources.common_h), ("elementwise.h", PackageResources.elementwise_h),
+        ("conversions.h", PackageResources.conversions_h), ("norms.h", PackageResources.norms_h),
+        ("gemm.h", PackageResources.gemm_h), ("attention.h", PackageResources.attention_h),
+        ("autodiff.h", PackageResources.autodiff_h),
+    ].map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
+
+    /// The C prelude every translation unit starts with: every family, in order, as one text
+    /// (generated C stays one file per translation unit, readable and compilable on its own).
+    public static var prelude: String { preludeFamilies.map(\.text).joined(separator: "\n") }
 
     /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).

@@ -1,0 +1,100 @@
+// GEMM and convolution kernels (gemm.h and the GEMM calls the emitter writes) against the
+// interpreter.
+// Every op three or more shapes, including sizes that are not multiples of 8 or 16.
+
+import IR
+import Passes
+import Runtime
+import TestSupport
+import XCTest
+
+final class GemmKernelTests: KernelTestCase {
+    func testPreludeFamilyCompilesWithoutWarnings() throws {
+        try assertPreludeCompilesWithoutWarnings(through: "gemm.h")
+    }
+
+    func testMatmul() throws {
+        // (a shape, b shape, transpose a, transpose b): plain, transposed, batched, unbatched right
+        // operand, M = 1 (sgemv) both ways, odd sizes.
+        let cases: [([Int], [Int], Bool, Bool)] = [
+            ([7, 13], [13, 5], false, false),
+            ([13, 7], [13, 5], true, false),
+            ([7, 13], [5, 13], false, true),
+            ([13, 7], [5, 13], true, true),
+            ([3, 9, 17], [3, 17, 11], false, false),
+            ([2, 3, 9, 17], [11, 17], false, true),
+            ([1, 129], [67, 129], false, true),
+            ([1, 129], [129, 67], false, false),
+            ([4, 1, 33], [4, 33, 10], false, false),
+            ([200, 257], [257, 130], false, false),
+        ]
+        let b = GraphBuilder(name: "matmul")
+        for (k, c) in cases.enumerated() {
+            let x = b.input("a\(k)", .f32(c.0)), y = b.input("b\(k)", .f32(c.1))
+            b.output("y\(k)", b.matmul(x, y, transposeA: c.2, transposeB: c.3))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testMatmulWithEpilogue() throws {
+        let b = GraphBuilder(name: "gemm_epilogue")
+        for (k, (m, n, kk)) in [(7, 13, 5), (64, 96, 33), (129, 300, 67)].enumerated() {
+            let x = b.input("x\(k)", .f32([m, kk])), w = b.input("w\(k)", .f32([n, kk]))
+            let bias = b.input("b\(k)", .f32([n])), r = b.input("r\(k)", .f32([m, n]))
+            b.output("y\(k)", r + b.linear(x, weight: w, bias: bias).apply(.gelu) * 0.5)
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), passes: ["fuse-elementwise", "plan-memory"])
+    }
+
+    func testConv2d() throws {
+        // (N, C, H, W, O, KH, KW, stride, padding): 3×3 pad 1, 1×1 (direct GEMM), 3×3 stride 2
+        // with pad 0 and 1, 1×1 strided and padded (im2col path), asymmetric stride/padding,
+        // odd H×W, channels not multiples of 16, N = 2, and one with several im2col tiles.
+        // Dilated cases: the weight gradient of a strided convolution is a dilated convolution.
+        let cases: [(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: [Int], pad: [Int], dil: [Int])] = [
+            (1, 3, 13, 7, 5, 3, 3, [1, 1], [1, 1], [1, 1]), (2, 17, 9, 11, 10, 1, 1, [1, 1], [0, 0], [1, 1]),
+            (2, 5, 13, 7, 6, 3, 3, [2, 2], [0, 0], [1, 1]), (1, 6, 13, 7, 4, 3, 3, [2, 2], [1, 1], [1, 1]),
+            (1, 8, 9, 9, 4, 1, 1, [2, 2], [1, 1], [1, 1]), (2, 3, 10, 12, 7, 3, 5, [1, 2], [0, 2], [1, 1]),
+            (1, 64, 48, 48, 20, 3, 3, [1, 1], [1, 1], [1, 1]), (2, 4, 1, 1, 3, 3, 3, [1, 1], [1, 1], [1, 1]),
+            (1, 5, 15, 11, 3, 3, 3, [1, 1], [2, 1], [2, 3]), (2, 4, 13, 9, 6, 2, 3, [2, 1], [0, 1], [3, 2]),
+        ]
+        let b = GraphBuilder(name: "conv2d")
+        for (k, c) in cases.enumerated() {
+            let x = b.input("x\(k)", .f32([c.n, c.c, c.h, c.w])), w = b.input("w\(k)", .f32([c.o, c.c, c.kh, c.kw]))
+            b.output("y\(k)", b.append(.conv2d, [x, w], attributes: ["stride": .ints(c.stride), "padding": .ints(c.pad), "dilation": .ints(c.dil)]))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testConv2dWithEpilogueAndLiftedWeights() throws {
+        // conv → + bias → SiLU becomes one fusion headed by the convolution; a convolution of
+        // weights alone is lifted to the prologue and compiled there.
+        let b = GraphBuilder(name: "conv_epilogue")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 3)
+        for (k, (c, o, hw, kk)) in [(4, 6, 9, 3), (16, 24, 17, 1), (3, 5, 32, 3)].enumerated() {
+            let x = b.input("x\(k)", .f32([1, c, hw, hw + 2]))
+            let w = b.weight("w\(k)", .f32([o, c, kk, kk])), bias = b.weight("b\(k)", .f32([o]))
+            weights["w\(k)"] = Tensor(.f32([o, c, kk, kk]), rng.normals(o * c * kk * kk))
+            weights["b\(k)"] = Tensor(.f32([o]), rng.normals(o))
+            let y = b.conv2d(x, w, padding: kk / 2)
+            b.output("y\(k)", (y + b.broadcast(b.reshape(bias, [o, 1, 1]), to: y.shape)).apply(.silu))
+        }
+        let k0 = b.weight("k0", .f32([2, 3, 5, 5])), k1 = b.weight("k1", .f32([4, 3, 3, 3]))
+        weights["k0"] = Tensor(.f32([2, 3, 5, 5]), rng.normals(150))
+        weights["k1"] = Tensor(.f32([4, 3, 3, 3]), rng.normals(108))
+        b.output("lifted", b.conv2d(k0, k1, stride: 2, padding: 1))
+        let g = try b.finish()
+        let inputs = randomInputs(g)
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["fuse-elementwise", "plan-memory"])
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: Array(defaultPipelineNames))
+        var options = PipelineOptions()
+        options.passes = Array(defaultPipelineNames)
+        let (optimized, _) = try runPipeline(Module(g), options)
+        XCTAssertEqual(optimized.main.nodes.filter { $0.op == .fusion && $0.region!.nodes.contains { $0.op == .conv2d } }.count, 3)
+        XCTAssertEqual(optimized.prologue?.nodes.filter { $0.op == .conv2d }.count, 1)
+    }
+}
