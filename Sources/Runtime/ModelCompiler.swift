@@ -117,9 +117,19 @@ public enum ModelCompiler {
     }
 
     /// Writes the model folder: `model.so`, `weights.safetensors`, `manifest.json`, `model.ir`.
+    /// Writers of one folder take turns (flock on `.lock` in it); temporaries a killed writer
+    /// left are removed; the manifest is removed first and written last, so a folder caught
+    /// half-written is no model at all (loading says so) rather than new weights under an old
+    /// manifest.
     public static func write(_ compiled: CompiledProgram, to folder: String) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let lock = try FileLock("\(folder)/.lock")
+        defer { lock.unlock() }
+        TemporaryFiles.removeStale(in: folder)
+        if unlink("\(folder)/manifest.json") != 0 && errno != ENOENT {
+            throw ArcError("cannot replace \(folder)/manifest.json: \(String(cString: strerror(errno)))")
+        }
         let records = try compiled.program.weights.map { b -> TensorRecord in
             let p = try compiled.weights.raw(b.name)
             return TensorRecord(name: b.name, dtype: b.type.dtype, shape: b.shape,
@@ -194,8 +204,7 @@ public func installIRDump(_ options: inout PipelineOptions, directory dir: Strin
 
 /// Writes via a temporary file in the same directory and a rename: readers never see half a file.
 public func writeAtomically(_ data: Data, to path: String) throws {
-    let dir = (path as NSString).deletingLastPathComponent
-    let tmp = "\(dir.isEmpty ? "." : dir)/.\((path as NSString).lastPathComponent).tmp.\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
+    let tmp = TemporaryFiles.path(for: path)
     do {
         try data.write(to: URL(fileURLWithPath: tmp))
         guard rename(tmp, path) == 0 else { throw ArcError("cannot write \(path): \(String(cString: strerror(errno)))") }
