@@ -9,18 +9,21 @@ import IR
 public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-7"
+public let codegenVersion = "arcflow-codegen-8"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
     public var name: String
     public var dtype: String
     public var shape: [Int]
+    /// Set for a weight stored as GEMM panels (`dtype` and `shape` are then the panels').
+    public var packing: WeightPacking?
 
-    public init(name: String, type: TensorType) {
+    public init(name: String, type: TensorType, packing: WeightPacking? = nil) {
         self.name = name
         self.dtype = type.dtype.rawValue
         self.shape = type.shape
+        self.packing = packing
     }
 
     public var type: TensorType { TensorType(DType(rawValue: dtype) ?? .f32, shape) }
@@ -64,16 +67,25 @@ public enum CCodegen {
 
     /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).
-    public static func generate(_ graph: Graph, translationUnits: Int = 2) throws -> CProgram {
+    /// `weightStorage` names the storage type of a weight that may be packed into GEMM panels
+    /// (`packedWeights` decides which can), nil to keep it as the graph has it; the caller packs
+    /// them (the bindings say how).
+    public static func generate(_ graph: Graph, translationUnits: Int = 2,
+                                weightStorage: (String) -> DType? = { _ in nil }) throws -> CProgram {
         guard let arena = graph.attributes["arena_bytes"]?.intValue else {
             throw ArcError("codegen: graph @\(graph.name) has no memory plan (run plan-memory)")
         }
         let names = Printer.valueNames(graph)
         var inputIndex: [ValueID: Int] = [:], weightIndex: [ValueID: Int] = [:]
         var inputs: [Binding] = [], weights: [Binding] = []
+        let packed = packedWeights(graph, storage: weightStorage)
         for (i, n) in graph.nodes.enumerated() {
             if n.op == .input { inputIndex[i] = inputs.count; inputs.append(Binding(name: n.key!, type: n.type)) }
-            if n.op == .weight { weightIndex[i] = weights.count; weights.append(Binding(name: n.key!, type: n.type)) }
+            if n.op == .weight {
+                weightIndex[i] = weights.count
+                weights.append(packed[i].map { Binding(name: n.key!, type: $0.packing.physicalType($0.dtype), packing: $0.packing) }
+                               ?? Binding(name: n.key!, type: n.type))
+            }
         }
         func root(_ id: ValueID) -> ValueID { graph[id].op == .reshape ? root(graph[id].operands[0]) : id }
         func pointer(_ id: ValueID, const: Bool) -> String {
@@ -91,12 +103,15 @@ public enum CCodegen {
         var steps: [StepInfo] = []
         for (i, node) in graph.nodes.enumerated() {
             if node.op == .input || node.op == .weight || node.op == .reshape { continue }
-            let operandTypes = node.operands.map { graph[$0].type }
+            // A packed weight is passed as its panels (their C type); the GEMM is told how.
+            let operandTypes = node.operands.map { o in packed[o].map { $0.packing.physicalType($0.dtype) } ?? graph[o].type }
+            var packings: [Int: WeightPacking] = [:]
+            for (k, o) in node.operands.enumerated() { if let p = packed[o] { packings[k] = p.packing } }
             let outOffset = graph[root(i)].int("offset")
             let inPlace = node.operands.firstIndex { o in
                 inputIndex[root(o)] == nil && weightIndex[root(o)] == nil && graph[root(o)].int("offset") == outOffset
             }
-            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace)
+            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace, packed: packings)
             for k in kernels {
                 let name: String
                 if let existing = kernelNames[k.text] {

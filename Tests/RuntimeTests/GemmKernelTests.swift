@@ -7,6 +7,7 @@ import Passes
 import Runtime
 import TestSupport
 import XCTest
+import Codegen
 
 final class GemmKernelTests: KernelTestCase {
     func testPreludeFamilyCompilesWithoutWarnings() throws {
@@ -96,5 +97,81 @@ final class GemmKernelTests: KernelTestCase {
         let (optimized, _) = try runPipeline(Module(g), options)
         XCTAssertEqual(optimized.main.nodes.filter { $0.op == .fusion && $0.region!.nodes.contains { $0.op == .conv2d } }.count, 3)
         XCTAssertEqual(optimized.prologue?.nodes.filter { $0.op == .conv2d }.count, 1)
+    }
+
+    /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
+    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block; M = 1; A
+    /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
+    /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
+    /// operand, stay unpacked (OpenBLAS). The oracle is the interpreter on the weights rounded to
+    /// the storage type: the kernel's arithmetic is f32 on exactly those values.
+    func checkPackedGEMM(_ dtype: WeightsDType, march: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+        let storage: DType = dtype == .bf16 ? .bf16 : dtype == .f16 ? .f16 : .f32
+        let cases: [(a: [Int], n: Int, transposed: Bool)] = [
+            ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
+            ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
+        ]
+        let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 21)
+        func weight(_ name: String, _ shape: [Int]) -> Value {
+            weights[name] = Tensor(.f32(shape), rng.normals(shape.reduce(1, *)).map { roundToStorage($0, storage) })
+            return b.weight(name, .f32(shape))
+        }
+        for (i, c) in cases.enumerated() {
+            let k = c.a.last!
+            let w = weight("w\(i)", c.transposed ? [c.n, k] : [k, c.n])
+            b.output("y\(i)", b.matmul(b.input("x\(i)", .f32(c.a)), w, transposeB: c.transposed))
+        }
+        // A fusion headed by the GEMM; a weight shared by two GEMMs.
+        let x = b.input("xf", .f32([37, 45])), wf = weight("wf", [70, 45]), bias = weight("bf", [70])
+        let r = b.input("rf", .f32([37, 70]))
+        b.output("fused", r + b.linear(x, weight: wf, bias: bias).apply(.gelu))
+        b.output("shared", b.linear(b.input("xs", .f32([5, 45])), weight: wf, bias: nil))
+        // Fusions the GEMM finishes in its store: bias; bias + GELU; bias + SiLU (M = 33 > 14, N = 70).
+        let xe2 = b.input("xe2", .f32([33, 45]))
+        let wb = weight("wb", [70, 45])
+        b.output("bias", b.linear(xe2, weight: wb, bias: bias))
+        b.output("bias_gelu", b.linear(xe2, weight: weight("wg", [70, 45]), bias: bias).apply(.gelu))
+        b.output("bias_silu", b.linear(xe2, weight: weight("ws", [70, 45]), bias: bias).apply(.silu))
+        // Not packable: read element-wise too; the left operand.
+        let we = weight("we", [9, 20])
+        b.output("elementwise", b.linear(b.input("xe", .f32([4, 20])), weight: we, bias: nil) + b.slice(we, start: [0, 0], end: [4, 9]))
+        let wl = weight("wl", [6, 11])
+        b.output("left", b.matmul(wl, b.input("xl", .f32([11, 8]))))
+        let g = try b.finish()
+        var program: CProgram?
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), weights: weights, passes: ["fuse-elementwise", "plan-memory"],
+                                             configure: { $0.weightsDType = dtype; $0.march = march }, inspect: { program = $0.program },
+                                             file: file, line: line)
+        let packed = program!.weights.filter { $0.packing != nil }
+        XCTAssertEqual(packed.map(\.name).sorted(), (cases.indices.map { "w\($0)" } + ["wf", "wb", "wg", "ws"]).sorted(), file: file, line: line)
+        XCTAssertTrue(packed.allSatisfy { $0.dtype == storage.rawValue }, "\(packed)", file: file, line: line)
+        let calls = program!.sources.map { $0.text.components(separatedBy: "af_gemm_packed(in").count - 1 }.reduce(0, +)
+        XCTAssertEqual(calls, cases.count + 5, "one packed GEMM call per kernel", file: file, line: line)
+        // The three epilogues are in the GEMM's store: a bias operand with act 0, 1 (GELU), 2 (SiLU).
+        let text = program!.sources.map(\.text).joined()
+        for act in 0...2 {
+            XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, 45L, in[0-9]+, [0-2], in[0-9]+, \(act), out", options: .regularExpression),
+                            "act \(act)", file: file, line: line)
+        }
+    }
+
+    func testPackedWeightGEMM() throws {
+        for dtype in [WeightsDType.f32, .bf16, .f16] { try checkPackedGEMM(dtype) }
+    }
+
+    /// The AVX2 path (6 x 16 tiles), built for x86-64-v3 on any x86-64 machine.
+    func testPackedWeightGEMMOnAVX2() throws {
+        #if arch(x86_64)
+        for dtype in [WeightsDType.f32, .bf16, .f16] { try checkPackedGEMM(dtype, march: "x86-64-v3") }
+        #endif
+    }
+
+    /// The portable path (no vector intrinsics).
+    func testPackedWeightGEMMPortable() throws {
+        #if arch(x86_64)
+        try checkPackedGEMM(.bf16, march: "x86-64")
+        #endif
     }
 }

@@ -31,6 +31,7 @@ func randomInputs(_ graph: Graph, seed: UInt64 = 1, transform: (Float) -> Float 
 @discardableResult
 func assertCompiledMatchesInterpreter(_ module: Module, inputs: [String: Tensor], weights: [String: Tensor] = [:],
                                       passes: [String] = ["plan-memory"], tolerance: Double = 1e-5,
+                                      configure: (inout CompileOptions) -> Void = { _ in }, inspect: (CompiledProgram) -> Void = { _ in },
                                       file: StaticString = #filePath, line: UInt = #line) throws -> [String: Comparison] {
     assertRoundTrips(module, file: file, line: line)
     let expected = try Interpreter.run(module, inputs: inputs) { key, _ in
@@ -40,7 +41,9 @@ func assertCompiledMatchesInterpreter(_ module: Module, inputs: [String: Tensor]
     var options = CompileOptions()
     options.cacheRoot = testCacheRoot
     options.pipeline.passes = passes
+    configure(&options)
     let compiled = try ModelCompiler.build(module, weights: TensorStore(weights), options: options)
+    inspect(compiled)
     assertRoundTrips(compiled.module, file: file, line: line)
     let got = try compiled.load().run(inputs)
     var results: [String: Comparison] = [:]

@@ -79,6 +79,8 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (3.2 arc; the scheduler config's for euler)"),
+        OptionSpec(names: ["--weights-dtype"], value: "auto|f32|bf16|f16",
+                   help: "storage type of the GEMM weight panels (default auto: the checkpoint's; f32 keeps weights exact)"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -90,6 +92,11 @@ func compileCommand(_ argv: [String]) throws {
     let out = try args.required("--output", compileSpec)
     let start = monotonicSeconds()
     var options = try compileOptions(args, compileSpec, output: out)
+    let dtype = args.value("--weights-dtype") ?? "auto"
+    guard let weightsDType = WeightsDType(rawValue: dtype) else {
+        throw UsageError("--weights-dtype must be auto, f32, bf16 or f16, got '\(dtype)'", compileSpec)
+    }
+    options.weightsDType = weightsDType
     if let pipeline = args.value("--pipeline") {
         if !args.positional.isEmpty || args.has("--weights") || args.has("--transformer") {
             throw UsageError("--pipeline compiles a diffusers pipeline folder; give no IR FILE, --weights or --transformer with it", compileSpec)

@@ -1,4 +1,5 @@
-/* arcflow prelude, matrix products: convolution as im2col GEMMs, the machine's FMA ceiling (needs common.h). */
+/* arcflow prelude, matrix products: GEMM over packed weight panels, convolution as im2col GEMMs,
+ * the machine's FMA ceiling (needs common.h, elementwise.h, conversions.h). */
 #ifndef ARCFLOW_GEMM_H
 #define ARCFLOW_GEMM_H
 
@@ -126,6 +127,227 @@ static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict 
         }
     }
     free(buf);
+}
+
+/* ======================================================================================
+ * GEMM over packed weight panels
+ *
+ * C[M, N] = A[M, K] . B[K, N] (+ bias[N]) where B is a weight, packed once at compile time
+ * (Swift: packWeightPanels) into ceil(N / AF_GEMM_NR) panels.  Panel p holds columns
+ * p*NR .. p*NR + NR-1 of B for every k: element (k, j) at panel + k*NR + j, zero past N; the
+ * panels follow each other (panel p starts at p*K*NR).  Stored as f32, bf16 or f16 (dt 0, 1,
+ * 2): a 16-bit panel is widened to f32 in registers as it is loaded, so memory traffic halves
+ * and the arithmetic stays f32 (products and sums are exactly those of the f32 GEMM on the
+ * rounded weights).
+ *
+ * Register tile: AF__GMR rows x AF__GW columns of C held in AF__GMR * AF__GNV vector
+ * accumulators over a K block.  Per k: AF__GNV loads of B (the panel row, contiguous), then
+ * per row one broadcast of A and AF__GNV FMAs.  AVX-512: 14 x 32 (28 zmm accumulators + 2
+ * for B + 1 broadcast of 32; gcc 12 keeps them all in registers, only two of the 14 row
+ * offsets live on the stack); AVX2: 6 x 16 (12 ymm + 2 + 1 of 16), two tiles per panel.  A is read in place (rows
+ * lda apart), never packed: its AF__GMR rows stream through L1 along k.
+ * Blocking: K in blocks of AF_GEMM_KC = 256, so the B slice a tile reads (256 x 32 floats =
+ * 32 KB) stays in L1 while the tile walks down AF_GEMM_MB = 112 rows of A (112 KB per K
+ * block, in L2), and AF_GEMM_NG = 4 panels share that A block.  Threads take (row block,
+ * panel group) tiles; each C element is summed by one thread in one order, so results do
+ * not depend on the thread count.  C is written at the first K block and accumulated after;
+ * the bias and activation are applied with the last block, in the store.
+ * ==================================================================================== */
+
+#define AF_GEMM_NR 32
+#define AF_GEMM_KC 256L
+#define AF_GEMM_MB 112L
+#define AF_GEMM_NG 4L
+
+#if defined(__AVX512F__)
+typedef __m512 af__gv;
+#define AF__GVW 16
+#define AF__GMR 14
+#define af__gzero() _mm512_setzero_ps()
+#define af__gld(p) _mm512_loadu_ps(p)
+#define af__gst(p, v) _mm512_storeu_ps((p), (v))
+#define af__gadd(a, b) _mm512_add_ps((a), (b))
+#define af__gfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define af__gset1(x) _mm512_set1_ps(x)
+#define af__gld_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32( \
+    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
+#define af__gld_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+typedef __m256 af__gv;
+#define AF__GVW 8
+#define AF__GMR 6
+#define af__gzero() _mm256_setzero_ps()
+#define af__gld(p) _mm256_loadu_ps(p)
+#define af__gst(p, v) _mm256_storeu_ps((p), (v))
+#define af__gadd(a, b) _mm256_add_ps((a), (b))
+#define af__gfma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define af__gset1(x) _mm256_set1_ps(x)
+#define af__gld_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32( \
+    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
+#define af__gld_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#else
+/* portable: scalars, 4 rows x 8 columns (compilers vectorize the column loop where they can) */
+typedef float af__gv;
+#define AF__GVW 1
+#define AF__GMR 4
+#define af__gzero() 0.0f
+#define af__gld(p) (*(p))
+#define af__gst(p, v) (*(p) = (v))
+#define af__gadd(a, b) ((a) + (b))
+#define af__gfma(a, b, c) AF__FMA((a), (b), (c))
+#define af__gset1(x) (x)
+#define af__gld_bf16(p) af_bf16_to_f32(*(p))
+#define af__gld_f16(p) af_f16_to_f32(*(p))
+#endif
+
+#if AF__GVW == 1
+#define AF__GNV 8
+#else
+#define AF__GNV 2
+#endif
+#define AF__GW (AF__GNV * AF__GVW) /* columns of one register tile; divides AF_GEMM_NR */
+
+/* Epilogue activations applied in the store of the last K block (the fusions GEMMs head). */
+#define AF_GEMM_ACT_NONE 0
+#define AF_GEMM_ACT_GELU_TANH 1
+#define AF_GEMM_ACT_SILU 2
+
+/* The store of one tile: t (mr rows of AF__GW floats) into c (row stride ldc, ncols <= AF__GW
+ * valid columns).  first: C is written, else accumulated; last: the bias (nullable, at the
+ * tile's first column) is added and the activation applied while the rows are still in L1.
+ * Out of line: one copy serves every tile shape (inlined into each, the activations made the
+ * kernel ~100 KB per row count), and it runs once per tile against kc * mr * AF__GNV FMAs. */
+static void af__gemm_store(const float *restrict t, int mr, float *restrict c, long ldc, long ncols, int first,
+                           int last, const float *restrict bias, int act) {
+    for (int r = 0; r < mr; r++) {
+        const float *tr = t + r * AF__GW;
+        float *cr = c + r * ldc;
+        if (first) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] = tr[j];
+        } else {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] += tr[j];
+        }
+        if (!last) continue;
+        if (bias) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] += bias[j];
+        }
+        if (act == AF_GEMM_ACT_GELU_TANH) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] = af_gelu_tanh(cr[j]);
+        } else if (act == AF_GEMM_ACT_SILU) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] = af_silu(cr[j]);
+        }
+    }
+}
+
+/* One register tile: rows 0..mr-1 of C from a (mr rows, lda apart, kc columns) and the panel
+ * slice b (kc rows of AF_GEMM_NR elements of type dt, starting at this tile's first column),
+ * then af__gemm_store.  mr and dt are constants at every call site (af__gemm_rows), so the
+ * loops over rows and vectors unroll and the accumulators live in registers. */
+AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *restrict a, long lda,
+                              const void *restrict b, float *restrict c, long ldc, long ncols,
+                              int first, int last, const float *restrict bias, int act) {
+    af__gv acc[AF__GMR][AF__GNV];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gzero();
+    const float *bf = (const float *)b;
+    const uint16_t *bh = (const uint16_t *)b;
+    for (long k = 0; k < kc; k++) {
+        af__gv bv[AF__GNV];
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) {
+            const long o = k * AF_GEMM_NR + v * AF__GVW;
+            bv[v] = dt == 0 ? af__gld(bf + o) : dt == 1 ? af__gld_bf16(bh + o) : af__gld_f16(bh + o);
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++) {
+            const af__gv av = af__gset1(a[r * lda + k]);
+#pragma GCC unroll 8
+            for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gfma(av, bv[v], acc[r][v]);
+        }
+    }
+    float t[AF__GMR * AF__GW];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
+    af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
+}
+
+/* af__gemm_tile with mr and dt as constants: one instance per row count and storage type. */
+#define AF__GEMM_ROWS(NAME, DT)                                                                   \
+    static void NAME(int mr, long kc, const float *restrict a, long lda, const void *restrict b, \
+                     float *restrict c, long ldc, long ncols, int first, int last,                \
+                     const float *restrict bias, int act) {                                        \
+        switch (mr) {                                                                             \
+        AF__GEMM_CASES(DT)                                                                        \
+        default: break;                                                                           \
+        }                                                                                         \
+    }
+#define AF__GEMM_CASE(MR, DT) case MR: af__gemm_tile(MR, DT, kc, a, lda, b, c, ldc, ncols, first, last, bias, act); break;
+#if AF__GMR == 14
+#define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT) \
+    AF__GEMM_CASE(5, DT) AF__GEMM_CASE(6, DT) AF__GEMM_CASE(7, DT) AF__GEMM_CASE(8, DT) AF__GEMM_CASE(9, DT)    \
+    AF__GEMM_CASE(10, DT) AF__GEMM_CASE(11, DT) AF__GEMM_CASE(12, DT) AF__GEMM_CASE(13, DT) AF__GEMM_CASE(14, DT)
+#elif AF__GMR == 6
+#define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT) \
+    AF__GEMM_CASE(5, DT) AF__GEMM_CASE(6, DT)
+#else
+#define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT)
+#endif
+AF__GEMM_ROWS(af__gemm_rows_f32, 0)
+AF__GEMM_ROWS(af__gemm_rows_bf16, 1)
+AF__GEMM_ROWS(af__gemm_rows_f16, 2)
+
+/* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
+ * above with storage type dt (0 f32, 1 bf16, 2 f16); bias nullable; act an AF_GEMM_ACT_*.
+ * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels). */
+static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
+                                      const float *restrict bias, int act, float *restrict c, long ldc,
+                                      long M, long N, long K) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (long i = 0; i < M; i++)
+            for (long j = 0; j < N; j++) {
+                const float x = bias ? bias[j] : 0.0f;
+                c[i * ldc + j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
+            }
+        return;
+    }
+    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+    const long mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB, groups = (panels + AF_GEMM_NG - 1) / AF_GEMM_NG;
+    const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
+    void (*rows)(int, long, const float *restrict, long, const void *restrict, float *restrict, long, long, int, int,
+                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 1 ? af__gemm_rows_bf16 : af__gemm_rows_f16;
+    const int par = (double)M * (double)N * (double)K >= 1e6 && mblocks * groups > 1;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
+    for (long mb = 0; mb < mblocks; mb++)
+        for (long g = 0; g < groups; g++) {
+            const long i0 = mb * AF_GEMM_MB, i1 = M < i0 + AF_GEMM_MB ? M : i0 + AF_GEMM_MB;
+            const long p0 = g * AF_GEMM_NG, p1 = panels < p0 + AF_GEMM_NG ? panels : p0 + AF_GEMM_NG;
+            for (long k0 = 0; k0 < K; k0 += AF_GEMM_KC) {
+                const long kc = K - k0 < AF_GEMM_KC ? K - k0 : AF_GEMM_KC;
+                const int last = k0 + kc == K;
+                for (long p = p0; p < p1; p++) {
+                    const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
+                    for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
+                        const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
+                        const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * esize;
+                        const float *bias_t = bias ? bias + j0 : NULL;
+                        for (long i = i0; i < i1; i += AF__GMR) {
+                            const int mr = i1 - i < AF__GMR ? (int)(i1 - i) : AF__GMR;
+                            rows(mr, kc, a + i * lda + k0, lda, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
+                        }
+                    }
+                }
+            }
+        }
 }
 
 /* ------------------------------------------------------------------------------------------
