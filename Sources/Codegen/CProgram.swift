@@ -90,7 +90,8 @@ public enum CCodegen {
         func root(_ id: ValueID) -> ValueID { graph[id].op == .reshape ? root(graph[id].operands[0]) : id }
         func pointer(_ id: ValueID, const: Bool) -> String {
             let r = root(id)
-            let t = "\(const ? "const " : "")\(cType(graph[id].type.dtype)) *"
+            let dtype = packed[r]?.dtype ?? graph[id].type.dtype   // a packed weight is passed as its panels
+            let t = "\(const ? "const " : "")\(cType(dtype)) *"
             if let k = inputIndex[r] { return "(\(t))inputs[\(k)]" }
             if let k = weightIndex[r] { return "(\(t))weights[\(k)]" }
             guard let off = graph[r].int("offset") else { fatalError("value %\(names[r]) has no arena offset") }

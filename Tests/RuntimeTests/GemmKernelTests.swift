@@ -2,6 +2,7 @@
 // interpreter.
 // Every op three or more shapes, including sizes that are not multiples of 8 or 16.
 
+import Foundation
 import IR
 import Passes
 import Runtime
@@ -105,7 +106,8 @@ final class GemmKernelTests: KernelTestCase {
     /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
     /// operand, stay unpacked (OpenBLAS). The oracle is the interpreter on the weights rounded to
     /// the storage type: the kernel's arithmetic is f32 on exactly those values.
-    func checkPackedGEMM(_ dtype: WeightsDType, march: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+    @discardableResult
+    func checkPackedGEMM(_ dtype: WeightsDType, march: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> CProgram {
         let storage: DType = dtype == .bf16 ? .bf16 : dtype == .f16 ? .f16 : .f32
         let cases: [(a: [Int], n: Int, transposed: Bool)] = [
             ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
@@ -155,10 +157,23 @@ final class GemmKernelTests: KernelTestCase {
             XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, 45L, in[0-9]+, [0-2], in[0-9]+, \(act), out", options: .regularExpression),
                             "act \(act)", file: file, line: line)
         }
+        return program!
     }
 
     func testPackedWeightGEMM() throws {
-        for dtype in [WeightsDType.f32, .bf16, .f16] { try checkPackedGEMM(dtype) }
+        for dtype in [WeightsDType.f32, .bf16, .f16] {
+            let program = try checkPackedGEMM(dtype)
+            // The run function passes 16-bit panels with their own pointer type (a mismatch is
+            // only a warning in gcc 12, an error in gcc 14).
+            let toolchain = try Toolchain.detect()
+            let dir = try makeTemporaryDirectory("arcflow-packed-c")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            for source in program.sources {
+                try source.text.write(toFile: "\(dir)/\(source.name)", atomically: true, encoding: .utf8)
+                let r = try runProcess(toolchain.compiler, toolchain.compileFlags + ["-Werror=incompatible-pointer-types", "-fsyntax-only", "\(dir)/\(source.name)"])
+                XCTAssertEqual(r.status, 0, "\(source.name): \(r.error)")
+            }
+        }
     }
 
     /// The AVX2 path (6 x 16 tiles), built for x86-64-v3 on any x86-64 machine.
