@@ -13,7 +13,9 @@ let package = Package(
         .target(name: "IR", path: "Sources/IR"),
         .target(name: "Passes", dependencies: ["IR"], path: "Sources/Passes"),
         .target(name: "Codegen", dependencies: ["IR"], path: "Sources/Codegen",
-                resources: [.embedInCode("Prelude/prelude.h"), .embedInCode("Prelude/autodiff.h")]),
+                // The C prelude, one file per kernel family (CCodegen.preludeFamilies sets their order).
+                resources: ["common", "elementwise", "conversions", "norms", "gemm", "attention", "autodiff"]
+                    .map { .embedInCode("Prelude/\($0).h") }),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.
         .target(name: "Imaging", path: "Sources/Imaging"),
@@ -23,7 +25,7 @@ let package = Package(
         .target(name: "Tokenizers", dependencies: ["IR"], path: "Sources/Tokenizers"),
         .target(name: "ArcFlowGraphs", dependencies: ["IR", "Runtime"], path: "Sources/ArcFlowGraphs"),
         // Text-to-image at run time: tokenizers → compiled encoders → sampler → decoder → image.
-        .target(name: "Generation", dependencies: ["IR", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs", "ShapesWorld"], path: "Sources/Generation"),
+        .target(name: "Generation", dependencies: ["IR", "Codegen", "Runtime", "Tokenizers", "Imaging", "ArcFlowGraphs", "ShapesWorld"], path: "Sources/Generation"),
         // The training driver (resident state, batches, logs): not the compiler, so its own module.
         .target(name: "Training", dependencies: ["IR", "Passes", "Codegen", "Runtime", "Imaging"], path: "Sources/Training"),
         // The embedded default model: teacher configs, init, loss and CFG sampler graphs, its training run.

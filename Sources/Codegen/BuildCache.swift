@@ -7,6 +7,9 @@ import IR
 /// `lib.so.sha256`. The key hashes the C sources, the codegen version, the compiler identity and
 /// flags and the CPU features. Entries appear by directory rename, so a reader sees all or nothing;
 /// an entry whose library no longer matches its hash is deleted and rebuilt, never loaded.
+/// Concurrent compiles of one library build it once: the builder holds `<root>/.<key>.lock`
+/// (flock, released by the kernel even if the builder is killed) and the others wait, then hit.
+/// Build folders are `.<key>.tmp.<pid>.<random>`; one whose process is dead is removed by the next build.
 public struct BuildCache {
     public var root: String
     public var toolchain: Toolchain
@@ -52,9 +55,15 @@ public struct BuildCache {
         let lib = "\(dir)/lib.so"
         if let hit = cachedEntry(key: key) { return hit }
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let tmp = "\(root)/.tmp-\(key.prefix(16))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        // One builder per key across processes: the others wait on the lock, then find its entry.
+        let buildLock = try FileLock("\(root)/.\(key).lock") { log("waiting for another process building \(key.prefix(16))") }
+        defer { buildLock.unlock() }
+        if let hit = cachedEntry(key: key) { return hit }
+        for name in TemporaryFiles.removeStale(in: root) { log("removed \(name), left by a build that did not finish") }
+        let tmp = TemporaryFiles.path(for: dir)
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? fm.removeItem(atPath: tmp) }
+        log("building \(key.prefix(16)) (\(program.sources.count) translation units)")
 
         // Compile every translation unit in parallel, then link.
         var commands: [[String]] = []

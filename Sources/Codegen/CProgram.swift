@@ -9,18 +9,21 @@ import IR
 public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-6"
+public let codegenVersion = "arcflow-codegen-8"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
     public var name: String
     public var dtype: String
     public var shape: [Int]
+    /// Set for a weight stored as GEMM panels (`dtype` and `shape` are then the panels').
+    public var packing: WeightPacking?
 
-    public init(name: String, type: TensorType) {
+    public init(name: String, type: TensorType, packing: WeightPacking? = nil) {
         self.name = name
         self.dtype = type.dtype.rawValue
         self.shape = type.shape
+        self.packing = packing
     }
 
     public var type: TensorType { TensorType(DType(rawValue: dtype) ?? .f32, shape) }
@@ -48,29 +51,47 @@ public struct CProgram {
 }
 
 public enum CCodegen {
-    /// The C prelude every translation unit starts with (math, row kernels, attention), then
-    /// the autodiff kernels (attention backward, scatter_add).
-    public static var prelude: String {
-        String(decoding: PackageResources.prelude_h, as: UTF8.self) + "\n" + String(decoding: PackageResources.autodiff_h, as: UTF8.self)
-    }
+    /// The C prelude's kernel families in dependency order (each may use those before it):
+    /// file name → text. One file per family keeps each small enough to read and lets a kernel
+    /// test compile a family on its own.
+    public static let preludeFamilies: [(name: String, text: String)] = [
+        ("common.h", PackageResources.common_h), ("elementwise.h", PackageResources.elementwise_h),
+        ("conversions.h", PackageResources.conversions_h), ("norms.h", PackageResources.norms_h),
+        ("gemm.h", PackageResources.gemm_h), ("attention.h", PackageResources.attention_h),
+        ("autodiff.h", PackageResources.autodiff_h),
+    ].map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
+
+    /// The C prelude every translation unit starts with: every family, in order, as one text
+    /// (generated C stays one file per translation unit, readable and compilable on its own).
+    public static var prelude: String { preludeFamilies.map(\.text).joined(separator: "\n") }
 
     /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).
-    public static func generate(_ graph: Graph, translationUnits: Int = 2) throws -> CProgram {
+    /// `weightStorage` names the storage type of a weight that may be packed into GEMM panels
+    /// (`packedWeights` decides which can), nil to keep it as the graph has it; the caller packs
+    /// them (the bindings say how).
+    public static func generate(_ graph: Graph, translationUnits: Int = 2,
+                                weightStorage: (String) -> DType? = { _ in nil }) throws -> CProgram {
         guard let arena = graph.attributes["arena_bytes"]?.intValue else {
             throw ArcError("codegen: graph @\(graph.name) has no memory plan (run plan-memory)")
         }
         let names = Printer.valueNames(graph)
         var inputIndex: [ValueID: Int] = [:], weightIndex: [ValueID: Int] = [:]
         var inputs: [Binding] = [], weights: [Binding] = []
+        let packed = packedWeights(graph, storage: weightStorage)
         for (i, n) in graph.nodes.enumerated() {
             if n.op == .input { inputIndex[i] = inputs.count; inputs.append(Binding(name: n.key!, type: n.type)) }
-            if n.op == .weight { weightIndex[i] = weights.count; weights.append(Binding(name: n.key!, type: n.type)) }
+            if n.op == .weight {
+                weightIndex[i] = weights.count
+                weights.append(packed[i].map { Binding(name: n.key!, type: $0.packing.physicalType($0.dtype), packing: $0.packing) }
+                               ?? Binding(name: n.key!, type: n.type))
+            }
         }
         func root(_ id: ValueID) -> ValueID { graph[id].op == .reshape ? root(graph[id].operands[0]) : id }
         func pointer(_ id: ValueID, const: Bool) -> String {
             let r = root(id)
-            let t = "\(const ? "const " : "")\(cType(graph[id].type.dtype)) *"
+            let dtype = packed[r]?.dtype ?? graph[id].type.dtype   // a packed weight is passed as its panels
+            let t = "\(const ? "const " : "")\(cType(dtype)) *"
             if let k = inputIndex[r] { return "(\(t))inputs[\(k)]" }
             if let k = weightIndex[r] { return "(\(t))weights[\(k)]" }
             guard let off = graph[r].int("offset") else { fatalError("value %\(names[r]) has no arena offset") }
@@ -83,12 +104,15 @@ public enum CCodegen {
         var steps: [StepInfo] = []
         for (i, node) in graph.nodes.enumerated() {
             if node.op == .input || node.op == .weight || node.op == .reshape { continue }
-            let operandTypes = node.operands.map { graph[$0].type }
+            // A packed weight is passed as its panels (their C type); the GEMM is told how.
+            let operandTypes = node.operands.map { o in packed[o].map { $0.packing.physicalType($0.dtype) } ?? graph[o].type }
+            var packings: [Int: WeightPacking] = [:]
+            for (k, o) in node.operands.enumerated() { if let p = packed[o] { packings[k] = p.packing } }
             let outOffset = graph[root(i)].int("offset")
             let inPlace = node.operands.firstIndex { o in
                 inputIndex[root(o)] == nil && weightIndex[root(o)] == nil && graph[root(o)].int("offset") == outOffset
             }
-            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace)
+            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace, packed: packings)
             for k in kernels {
                 let name: String
                 if let existing = kernelNames[k.text] {

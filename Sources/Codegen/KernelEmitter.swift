@@ -88,15 +88,15 @@ enum KernelEmitter {
     /// The kernel(s) computing `node` from its operand types. A fusion headed by a GEMM yields
     /// two kernels (the GEMM, then the epilogue in place) so a GEMM-only baseline can skip the
     /// second. `inPlace` names the operand whose buffer the output shares (no `restrict` then).
-    static func kernels(for node: Node, operandTypes: [TensorType], inPlace: Int?) throws -> [Kernel] {
+    static func kernels(for node: Node, operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking] = [:]) throws -> [Kernel] {
         switch node.op {
         case .fusion:
-            return try fusion(node, operandTypes, inPlace: inPlace)
+            return try fusion(node, operandTypes, inPlace: inPlace, packed: packed)
         case _ where node.op.isElementwise || node.op == .broadcast:
             // An unfused element-wise op is a one-op fusion.
-            return try fusion(singleOpFusion(node, operandTypes), operandTypes, inPlace: inPlace)
+            return try fusion(singleOpFusion(node, operandTypes), operandTypes, inPlace: inPlace, packed: [:])
         case .matmul:
-            return [matmul(node, operandTypes)]
+            return [matmul(node, operandTypes, packing: packed[1])]
         case .conv2d:
             return [conv2d(node, operandTypes)]
         case .reduce_sum, .reduce_max, .reduce_mean:
@@ -208,7 +208,7 @@ enum KernelEmitter {
         return Node(op: .fusion, operands: node.operands, type: node.type, attributes: ["kernel": .string(node.op.rawValue)], region: region)
     }
 
-    private static func fusion(_ node: Node, _ operandTypes: [TensorType], inPlace: Int?) throws -> [Kernel] {
+    private static func fusion(_ node: Node, _ operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking]) throws -> [Kernel] {
         let region = node.region!
         let out = node.type
         let label = "\(node.attributes["kernel"]?.stringValue ?? "fused")_\(shapeLabel(out.shape))"
@@ -222,8 +222,13 @@ enum KernelEmitter {
             let a = region[mm.operands[0]].key.flatMap(Int.init)!, b = region[mm.operands[1]].key.flatMap(Int.init)!
             if mm.op == .conv2d {
                 kernels.append(conv2d(mm, operandTypes, xParam: a, wParam: b))
+            } else if let p = packed[b], out.dtype == .f32, let e = packedEpilogue(region, head: h, n: p.n) {
+                // The packed GEMM's store does the whole fusion: no loop after it.
+                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b, packing: p, epilogue: e)
+                gemm.label = "\(node.attributes["kernel"]?.stringValue ?? "matmul")_\(gemm.label)"
+                return [gemm]
             } else {
-                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b)
+                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b, packing: packed[b])
                 gemm.label = "matmul_\(gemm.label)"
                 kernels.append(gemm)
             }
@@ -278,16 +283,54 @@ enum KernelEmitter {
 
     // MARK: GEMM
 
+    /// The fusions a packed GEMM finishes in its store (`af_gemm_packed`): out = act(mm + bias)
+    /// with bias a region input of shape [N] broadcast over the rows, and act GELU (tanh form),
+    /// SiLU or none, nothing else. Returns the bias operand and the AF_GEMM_ACT_* code.
+    static func packedEpilogue(_ region: Graph, head h: ValueID, n: Int) -> (bias: Int?, act: Int)? {
+        guard region.outputs.count == 1 else { return nil }
+        var v = region.outputs[0].value
+        var act = 0, expected = 1
+        if region[v].op == .gelu || region[v].op == .silu {
+            act = region[v].op == .gelu ? 1 : 2
+            v = region[v].operands[0]
+            expected += 1
+        }
+        var bias: Int?
+        if region[v].op == .add {
+            let ops = region[v].operands
+            guard ops.count == 2, ops.contains(h), let other = ops.first(where: { $0 != h }), region[other].op == .broadcast,
+                  let src = region[other].operands.first, region[src].op == .input, region[src].type.shape == [n],
+                  region[src].type.dtype == .f32, let k = region[src].key.flatMap(Int.init) else { return nil }
+            bias = k
+            v = h
+            expected += 2
+        }
+        let computed = region.nodes.filter { $0.op != .input }.count
+        return v == h && computed == expected ? (bias, act) : nil
+    }
+
     /// `out = op(a)·op(b)` through OpenBLAS: one sgemm when the batch folds into M, a loop over
     /// the batch otherwise (parallel over the batch, BLAS single-threaded, when each GEMM is small),
     /// and sgemv when M = 1 (OpenBLAS 0.3.21's sgemm is several times slower there).
-    static func matmul(_ node: Node, _ operandTypes: [TensorType], aParam: Int = 0, bParam: Int = 1) -> Kernel {
+    static func matmul(_ node: Node, _ operandTypes: [TensorType], aParam: Int = 0, bParam: Int = 1,
+                       packing: WeightPacking? = nil, epilogue: (bias: Int?, act: Int) = (nil, 0)) -> Kernel {
         let ta = node.flag("transpose_a"), tb = node.flag("transpose_b")
         let aT = operandTypes[aParam], bT = operandTypes[bParam]
         let out = node.type
         let m = out.shape[out.rank - 2], n = out.shape[out.rank - 1]
         let k = ta ? aT.shape[aT.rank - 2] : aT.shape[aT.rank - 1]
         let batch = out.shape.dropLast(2).reduce(1, *)
+        if let p = packing {
+            // A weight packed into panels (packedWeights: B is rank 2 and A not transposed, so the
+            // batch folds into M): our own GEMM, whatever the storage type.
+            let dt = bT.dtype == .f32 ? 0 : bT.dtype == .bf16 ? 1 : 2
+            precondition(!ta && p.k == k && p.n == n, "packed GEMM operand does not match \(node.op.rawValue)")
+            let bias = epilogue.bias.map { "in\($0)" } ?? "NULL"
+            let call = "    af_gemm_packed(in\(aParam), \(k)L, in\(bParam), \(dt), \(bias), \(epilogue.act), out, \(n)L, \(batch * m)L, \(n)L, \(k)L);\n"
+            let params = operandTypes.enumerated().map { i, t in "const \(cType(t.dtype)) *restrict in\(i)" } + ["float *restrict out"]
+            return Kernel(text: function(params, call), label: "\(batch > 1 ? "\(batch)x" : "")\(m)x\(n)x\(k)_packed_\(bT.dtype.rawValue)",
+                          parameters: params, flops: 2.0 * Double(batch * m * n * k), isGEMM: true)
+        }
         let bBatched = bT.rank > 2
         let foldBatch = !bBatched && !ta
         let (gm, gbatch) = foldBatch ? (m * batch, 1) : (m, batch)

@@ -14,7 +14,9 @@ public struct Toolchain {
     /// Finds a compiler (`$ARCFLOW_CC`, else gcc, cc, clang in PATH) and OpenBLAS.
     /// gcc is preferred: its libgomp is the OpenMP runtime Debian's OpenMP OpenBLAS uses, so
     /// kernels and BLAS share one thread pool (clang uses LLVM's libomp from libomp-dev).
-    public static func detect(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Toolchain {
+    /// `march` replaces `native` (e.g. x86-64-v3 builds the AVX2 paths on an AVX-512 machine).
+    public static func detect(environment: [String: String] = ProcessInfo.processInfo.environment,
+                              march: String? = nil) throws -> Toolchain {
         let compiler: String
         if let cc = environment["ARCFLOW_CC"], !cc.isEmpty {
             guard let path = resolveExecutable(cc, environment) else {
@@ -34,7 +36,7 @@ public struct Toolchain {
         let identity = version.output.split(separator: "\n").first.map(String.init) ?? compiler
         let isClang = identity.lowercased().contains("clang")
         let blas = try openBLAS()
-        var compileFlags = ["-std=c11", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC",
+        var compileFlags = ["-std=c11", "-O3", "-march=\(march ?? "native")", "-fopenmp", "-fno-math-errno", "-fPIC",
                             "-Wno-unused-function", "-I", blas.include]
         var linkFlags = ["-shared", "-fopenmp", blas.library, "-Wl,-rpath,\(blas.directory)", "-lm"]
         if isClang, let omp = llvmOpenMP() {

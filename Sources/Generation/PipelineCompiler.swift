@@ -2,6 +2,7 @@
 // pipeline folder holding the four stage libraries, the tokenizer files and pipeline.json.
 
 import ArcFlowGraphs
+import Codegen
 import Foundation
 import IR
 import Runtime
@@ -53,6 +54,7 @@ public enum PipelineCompiler {
         }
         let fm = FileManager.default
         try fm.createDirectory(atPath: output, withIntermediateDirectories: true)
+        TemporaryFiles.removeStale(in: output)
         // A recompile into the same folder first invalidates it: no stale pipeline.json over new stages.
         try? fm.removeItem(atPath: "\(output)/\(PipelineManifest.fileName)")
 

@@ -40,6 +40,11 @@ public struct CompileOptions {
     /// Writes the generated C here (`main.c`, `kernels_N.c`, and `prologue/` when there is one).
     public var dumpC: String?
     public var cacheRoot: String = BuildCache.defaultRoot()
+    /// Storage type of the weights packed for our GEMM (`--weights-dtype`). f32 keeps the
+    /// weights' values exactly (the library default); 16-bit panels halve weight bytes.
+    public var weightsDType: WeightsDType = .f32
+    /// `-march` for the generated C instead of `native` (e.g. x86-64-v3 to build the AVX2 paths).
+    public var march: String?
     public var log: (String) -> Void = { _ in }
     public var model: [String: String] = [:]
     public init() {}
@@ -80,7 +85,7 @@ public enum ModelCompiler {
         // Codegen needs offsets; without plan-memory every value gets its own bytes.
         optimized.forEachGraph { g in if g.attributes["arena_bytes"] == nil { g = planArena(g, reuse: false) } }
 
-        let toolchain = try Toolchain.detect()
+        let toolchain = try Toolchain.detect(march: options.march)
         var cache = BuildCache(root: options.cacheRoot, toolchain: toolchain)
         cache.log = options.log
 
@@ -102,12 +107,62 @@ public enum ModelCompiler {
             store = LayeredStore(lifted, over: weights)
         }
 
-        let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount))
+        let storage = weightStorage(options.weightsDType, prologue: optimized.prologue, weights: weights)
+        let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount),
+                                            weightStorage: storage)
+        store = try packWeights(program.weights, from: store, log: options.log)
         try dumpC(program, options.dumpC)
         let entry = try cache.library(for: program)
         options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
         return CompiledProgram(module: optimized, program: program, library: entry, weights: store,
                                passTimings: timings, toolchain: toolchain, model: options.model)
+    }
+
+    /// The storage type of each packed weight: the one asked for, or with `auto` the checkpoint's.
+    /// A weight `@prologue` computes (LoRA fused in f32, a cast) takes the type of its largest
+    /// source: the base weight, not the low-rank factors. The prologue itself ran in f32, so the
+    /// fused weight is rounded once, as the reference loader's fuse then cast does.
+    static func weightStorage(_ choice: WeightsDType, prologue: Graph?, weights: WeightStore) -> (String) -> DType? {
+        switch choice {
+        case .f32: return { _ in .f32 }
+        case .bf16: return { _ in .bf16 }
+        case .f16: return { _ in .f16 }
+        case .auto:
+            return { name in
+                guard let p = prologue, let out = p.outputs.first(where: { $0.name == name }) else {
+                    return weights.type(of: name)?.dtype ?? .f32
+                }
+                var stack = [out.value], seen = Set<ValueID>()
+                var largest: TensorType?
+                while let v = stack.popLast() {
+                    guard seen.insert(v).inserted else { continue }
+                    let n = p[v]
+                    if n.op == .weight, n.type.count > largest?.count ?? -1 { largest = n.type }
+                    stack += n.operands
+                }
+                return largest?.dtype ?? .f32
+            }
+        }
+    }
+
+    /// Lays the weights the program reads as GEMM panels out as such (a weight-only transform, in
+    /// Swift, once per compile), over `store`.
+    static func packWeights(_ bindings: [Binding], from store: WeightStore, log: (String) -> Void) throws -> WeightStore {
+        let packed = TensorStore(label: "packed weights")
+        var count = 0, bytes = 0
+        for b in bindings {
+            guard let p = b.packing else { continue }
+            let source = try store.tensor(b.name)
+            guard source.shape == p.source else {
+                throw ArcError("weight '\(b.name)': expected \(p.source) to pack into GEMM panels, found \(source.shape)")
+            }
+            let panels = source.data.withUnsafeBufferPointer { packWeightPanels($0, p, dtype: b.type.dtype) }
+            panels.withUnsafeBytes { packed.set(b.name, type: b.type, bytes: $0.baseAddress, count: $0.count) }
+            count += 1
+            bytes += panels.count
+        }
+        if count > 0 { log("packed \(count) GEMM weights into panels (\(bytes) bytes)") }
+        return count > 0 ? LayeredStore(packed, over: store) : store
     }
 
     private static func dumpC(_ program: CProgram, _ dir: String?) throws {
@@ -117,9 +172,19 @@ public enum ModelCompiler {
     }
 
     /// Writes the model folder: `model.so`, `weights.safetensors`, `manifest.json`, `model.ir`.
+    /// Writers of one folder take turns (flock on `.lock` in it); temporaries a killed writer
+    /// left are removed; the manifest is removed first and written last, so a folder caught
+    /// half-written is no model at all (loading says so) rather than new weights under an old
+    /// manifest.
     public static func write(_ compiled: CompiledProgram, to folder: String) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let lock = try FileLock("\(folder)/.lock")
+        defer { lock.unlock() }
+        TemporaryFiles.removeStale(in: folder)
+        if unlink("\(folder)/manifest.json") != 0 && errno != ENOENT {
+            throw ArcError("cannot replace \(folder)/manifest.json: \(String(cString: strerror(errno)))")
+        }
         let records = try compiled.program.weights.map { b -> TensorRecord in
             let p = try compiled.weights.raw(b.name)
             return TensorRecord(name: b.name, dtype: b.type.dtype, shape: b.shape,
@@ -194,8 +259,7 @@ public func installIRDump(_ options: inout PipelineOptions, directory dir: Strin
 
 /// Writes via a temporary file in the same directory and a rename: readers never see half a file.
 public func writeAtomically(_ data: Data, to path: String) throws {
-    let dir = (path as NSString).deletingLastPathComponent
-    let tmp = "\(dir.isEmpty ? "." : dir)/.\((path as NSString).lastPathComponent).tmp.\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
+    let tmp = TemporaryFiles.path(for: path)
     do {
         try data.write(to: URL(fileURLWithPath: tmp))
         guard rename(tmp, path) == 0 else { throw ArcError("cannot write \(path): \(String(cString: strerror(errno)))") }
@@ -210,4 +274,23 @@ public func writeAtomically(_ data: Data, to path: String) throws {
 
 public func writeAtomically(_ text: String, to path: String) throws {
     try writeAtomically(Data(text.utf8), to: path)
+}
+
+/// B's panels (see `WeightPacking`) from the f32 weight `w`, row-major `packing.source`, rounded
+/// to `dtype` (to nearest even).
+public func packWeightPanels(_ w: UnsafeBufferPointer<Float>, _ packing: WeightPacking, dtype: DType) -> [UInt8] {
+    let (k, n, nr) = (packing.k, packing.n, packing.panel)
+    precondition(w.count == k * n, "packWeightPanels: \(w.count) values for \(packing.source)")
+    var panels = [Float](repeating: 0, count: packing.panels * k * nr)
+    panels.withUnsafeMutableBufferPointer { out in
+        for j in 0..<n {
+            let base = (j / nr) * k * nr + j % nr
+            if packing.transposed {
+                for kk in 0..<k { out[base + kk * nr] = w[j * k + kk] }
+            } else {
+                for kk in 0..<k { out[base + kk * nr] = w[kk * n + j] }
+            }
+        }
+    }
+    return encodeFloats(panels, dtype)
 }

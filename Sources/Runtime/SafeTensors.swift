@@ -1,5 +1,6 @@
 // safetensors checkpoints: a validating, memory-mapped reader and a deterministic, atomic writer.
 
+import Codegen
 import Foundation
 import IR
 #if canImport(Glibc)
@@ -375,8 +376,7 @@ public func writeSafeTensors(_ records: [TensorRecord], metadata: [String: Strin
     // Write to a unique temporary file next to the destination, then rename over it.
     let slash = path.lastIndex(of: "/")
     let dir = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-    let file = slash.map { String(path[path.index(after: $0)...]) } ?? path
-    let tmp = "\(dir == "/" ? "" : dir)/.\(file).tmp.\(getpid()).\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+    let tmp = TemporaryFiles.path(for: path)   // `.<file>.tmp.<pid>.<hex>`: a later compile removes it if we die
     var fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
     guard fd >= 0 else { throw ArcError("\(path): cannot create a temporary file in '\(dir)': \(errnoMessage())") }
     var committed = false

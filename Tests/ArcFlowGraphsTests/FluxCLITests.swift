@@ -62,6 +62,34 @@ final class FluxCLITests: XCTestCase {
         for key in ["nfe_ms_median", "nfe_ms_min", "nfe_ms_max", "gflop_per_nfe"] { XCTAssertNotNil(obj[key], key) }
     }
 
+    /// `--weights-dtype auto` on the bf16 checkpoint (f16 adapter, LoRA fused in f32 then rounded):
+    /// 16-bit GEMM panels, final latents within 5e-3 relative L2 of the f32 build; the compiled
+    /// weights file shrinks. `f32` packs f32 panels and stays at the reference's 1e-3.
+    func testWeightsDTypeAutoKeepsLatentsNearF32() throws {
+        var latents: [String: Tensor] = [:], bytes: [String: Int] = [:]
+        for dtype in ["f32", "auto"] {
+            let c = try compileA(["-o", dtype, "--weights-dtype", dtype])
+            XCTAssertEqual(c.status, 0, c.err)
+            let g = try arcflow(["generate", "--model", dtype, "--embeddings", "\(a)/case.safetensors", "--noise", "\(a)/case.safetensors",
+                                 "--output-latents", "\(dtype).safetensors"])
+            XCTAssertEqual(g.status, 0, g.err)
+            latents[dtype] = try SafeTensorsStore(path: "\(dir)/\(dtype).safetensors").tensor("latents")
+            bytes[dtype] = (try FileManager.default.attributesOfItem(atPath: "\(dir)/\(dtype)/weights.safetensors")[.size] as! NSNumber).intValue
+            let manifest = try LoadedModel.readManifest("\(dir)/\(dtype)")
+            let packed = manifest.weights.filter { $0.packing != nil }
+            XCTAssertFalse(packed.isEmpty)
+            // Packed weights: the bf16 base's type with auto (the adapter's dense f16 heads keep f16).
+            XCTAssertTrue(packed.allSatisfy { dtype == "f32" ? $0.dtype == "f32" : $0.dtype != "f32" }, "\(packed.map(\.dtype))")
+        }
+        let reference = try SafeTensorsStore(path: "\(a)/reference.safetensors").tensor("k16_arc2_x2")
+        let autoVsF32 = relativeL2(latents["auto"]!, latents["f32"]!)
+        print("weights-dtype auto vs f32: relative L2 \(autoVsF32); vs reference: auto \(relativeL2(latents["auto"]!, reference)), "
+              + "f32 \(relativeL2(latents["f32"]!, reference)); weights \(bytes["auto"]!) vs \(bytes["f32"]!) bytes")
+        XCTAssertLessThan(autoVsF32, 5e-3)
+        XCTAssertLessThan(relativeL2(latents["f32"]!, reference), 1e-3)
+        XCTAssertLessThan(bytes["auto"]!, bytes["f32"]!)
+    }
+
     func testAdapterForAnotherBase() throws {
         let r = try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", "\(bcfg)/adapter-k16",
                              "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "m"])

@@ -209,6 +209,11 @@ final class AutodiffTests: XCTestCase {
 
     /// For every case: the interpreter evaluating the gradient graph agrees with central finite
     /// differences (h = 3e-3, truncation error O(h²)) to a relative L2 error below 1e-3.
+    /// The autodiff kernels (Prelude/autodiff.h, on top of every other family) compile clean.
+    func testPreludeFamilyCompilesWithoutWarnings() throws {
+        try assertPreludeCompilesWithoutWarnings(through: "autodiff.h")
+    }
+
     func testEveryVJPMatchesFiniteDifferences() throws {
         var worst: (Double, String) = (0, "")
         var checked = 0

@@ -92,6 +92,30 @@ final class CLITests: XCTestCase {
 
     // MARK: Bad input
 
+    /// `--weights-dtype`: bf16 panels in the folder (half the f32 bytes for the packed weights,
+    /// which the manifest records), results near the f32 build; a bad value is a usage error.
+    func testWeightsDType() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
+        XCTAssertEqual(try arcflow(["random-inputs", mlpIR, "-o", "in.safetensors"]).status, 0)
+        for dtype in ["f32", "bf16"] {
+            let c = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", dtype, "--weights-dtype", dtype])
+            XCTAssertEqual(c.status, 0, c.err)
+            XCTAssertEqual(try arcflow(["run", "--model", dtype, "--inputs", "in.safetensors", "-o", "\(dtype).out.safetensors"]).status, 0)
+            let m = try LoadedModel.readManifest("\(dir)/\(dtype)")
+            let packed = m.weights.filter { $0.packing != nil }
+            XCTAssertEqual(packed.map(\.name).sorted(), ["fc1.weight", "fc2.weight"])
+            XCTAssertEqual(packed.first { $0.name == "fc1.weight" }?.shape, [8, 64, 32], "256 columns in 8 panels of 32, K = 64")
+            XCTAssertTrue(packed.allSatisfy { $0.dtype == dtype })
+        }
+        let f32 = try SafeTensorsStore(path: "\(dir)/f32.out.safetensors").tensor("y")
+        let bf16 = try SafeTensorsStore(path: "\(dir)/bf16.out.safetensors").tensor("y")
+        XCTAssertLessThan(relativeL2(bf16, f32), 1e-2)
+        XCTAssertGreaterThan(relativeL2(bf16, f32), 0, "bf16 panels round the weights")
+        let bad = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "x", "--weights-dtype", "int4"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.err.contains("--weights-dtype must be auto, f32, bf16 or f16, got 'int4'"), bad.err)
+    }
+
     func testUnparsableIR() throws {
         let f = try write("bad.ir", "graph @g {\n  %x = input \"x\" : f32[2,\n}\n")
         assertOneLineError(try arcflow(["dump-ir", f]), contains: "bad.ir:3:1: expected an integer, found '}'")

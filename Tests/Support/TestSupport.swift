@@ -12,14 +12,19 @@ public struct CommandResult {
     public init(status: Int32, out: String, err: String) { self.status = status; self.out = out; self.err = err }
 }
 
-/// Runs the arcflow binary built next to the test bundle, in `directory`, with extra environment.
-public func runArcflow(_ args: [String], in directory: String, environment extra: [String: String] = [:]) throws -> CommandResult {
+/// The arcflow binary built next to the test bundle.
+public func arcflowExecutable() -> URL {
     var dir = URL(fileURLWithPath: CommandLine.arguments[0])
     while !FileManager.default.isExecutableFile(atPath: dir.appendingPathComponent("arcflow").path) && dir.path != "/" {
         dir.deleteLastPathComponent()
     }
+    return dir.appendingPathComponent("arcflow")
+}
+
+/// Runs the arcflow binary built next to the test bundle, in `directory`, with extra environment.
+public func runArcflow(_ args: [String], in directory: String, environment extra: [String: String] = [:]) throws -> CommandResult {
     let p = Process()
-    p.executableURL = dir.appendingPathComponent("arcflow")
+    p.executableURL = arcflowExecutable()
     p.arguments = args
     p.currentDirectoryURL = URL(fileURLWithPath: directory)
     p.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }

@@ -12,8 +12,13 @@
  *   kb_attention_full        : non-streaming, per head S = QK^T materialized (Sq x Sk) with
  *                              multi-threaded sgemm, row softmax, O = PV with sgemm
  */
-#ifndef ARCFLOW_PRELUDE_H /* standalone compile (e.g. -I Sources/Codegen/Prelude) */
-#include "prelude.h"
+#ifndef ARCFLOW_ATTENTION_H /* standalone compile (-I Sources/Codegen/Prelude): the families in order */
+#include "common.h"
+#include "elementwise.h"
+#include "conversions.h"
+#include "norms.h"
+#include "gemm.h"
+#include "attention.h"
 #endif
 
 /* ---- elementwise maps: the loop shape the generator emits ---- */
@@ -84,7 +89,7 @@ void kb_attention(const float *q, const float *k, const float *v, float *o, long
 }
 void kb_attention_noscratch(const float *q, const float *k, const float *v, float *o, long B,
                             long Sq, long Sk, long H, long D, float scale) {
-    af__attn_noscratch(q, k, v, o, B, Sq, Sk, H, D, scale);
+    af__attn_noscratch(q, k, v, NULL, o, B, Sq, Sk, H, D, scale, 0);
 }
 
 const char *kb_blas_core(void) { return openblas_get_corename(); }

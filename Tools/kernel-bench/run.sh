@@ -1,6 +1,6 @@
 #!/bin/sh
 # kernel-bench: accuracy checks and benchmarks for the arcflow kernel prelude
-# (Sources/Codegen/Prelude/prelude.h).
+# (Sources/Codegen/Prelude/*.h, one file per kernel family).
 #
 #   Tools/kernel-bench/run.sh [--quick] [--acc-only] [--bench-only] [--only=math,conv,rows,attn]
 #
@@ -24,7 +24,9 @@ set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-PRELUDE="$ROOT/Sources/Codegen/Prelude/prelude.h"
+P="$ROOT/Sources/Codegen/Prelude"
+# The families in the generator's order (CCodegen.preludeFamilies).
+PRELUDE="$P/common.h $P/elementwise.h $P/conversions.h $P/norms.h $P/gemm.h $P/attention.h $P/autodiff.h"
 OB_INC=/usr/include/x86_64-linux-gnu/openblas-pthread
 OB_LIB=/usr/lib/x86_64-linux-gnu/openblas-openmp
 CLANG=${CLANG:-/opt/swift/usr/bin/clang}
@@ -41,8 +43,8 @@ fi
 ACC=1
 for a in "$@"; do [ "$a" = "--bench-only" ] && ACC=0; done
 
-cat "$PRELUDE" "$HERE/kernels.c" > "$B/a.c"
-cat "$PRELUDE" "$HERE/kernels2.c" > "$B/b.c"
+cat $PRELUDE "$HERE/kernels.c" > "$B/a.c"
+cat $PRELUDE "$HERE/kernels2.c" > "$B/b.c"
 
 # 1. the generator's build command (kernel library)
 build_lib() { # $1 = output, $2 = -march value

@@ -1,6 +1,6 @@
 /* ======================================================================================
  * Autodiff kernels: attention's backward and scatter_add (the transpose of gather).
- * Appended to prelude.h in every translation unit; uses its macros (AF__UNUSED).
+ * The last prelude family in every translation unit; uses common.h's macros (AF__UNUSED).
  * ====================================================================================== */
 
 /* Attention's backward works on tiles of AF__BWD_T queries x AF__BWD_T keys of one (b, h): the

@@ -1,0 +1,412 @@
+/* arcflow prelude, fused attention (needs common.h, elementwise.h). */
+#ifndef ARCFLOW_ATTENTION_H
+#define ARCFLOW_ATTENTION_H
+
+/* ======================================================================================
+ * Attention (flash-attention style, streaming softmax)
+ *
+ * Work unit: one (b, h, query tile of AF__QB = 64 queries).  Everything is computed
+ * transposed, "vector over queries":
+ *   QT[d][i] = q[i, d]                            packed once per query tile (D x 64)
+ *   ST[j][i] = sum_d K[j][d] * QT[d][i]           micro-kernel 1 (K read in place)
+ *   online softmax per query lane i               (no horizontal reductions at all)
+ *   OT[d][i] = alpha[i]*OT[d][i] + sum_j V[j][d] * PT[j][i]   micro-kernel 2 (V in place)
+ *   out[i, d] = OT[d][i] / l[i]                   transposed back once per query tile
+ * Both GEMMs have the same shape: broadcast one element of a row-major K/V row and FMA it
+ * into 64-query vectors, so K and V are used directly from the [B,S,H,D] layout (no
+ * packing, no transposes, any D works: D is only a loop length) and the 16-wide FMAs
+ * always run full.  Register tile: AF__RK (6) rows x 64 queries = 24 zmm accumulators on
+ * AVX-512 (+4 query vectors +1 broadcast = 29 of 32 registers), 6 x 16 = 12 ymm on AVX2.
+ * Measured alternatives (see Tools/kernel-bench): per-tile cblas_sgemm reaches ~0.8x
+ * sgemm speed, these micro-kernels ~1.4-1.6x (OpenBLAS runs AVX2 kernels on this CPU).
+ * Key tile AF__KT = 256: ST is 256 x 64 floats = 64 KB (L2), the online-softmax rescale
+ * happens once per 256 keys; 128 and 512 measured the same within noise.  Within a key
+ * tile, exp and the PV product run per chunk of AF__PVC = 64 keys so the chunk of P is
+ * still in L1, and each chunk's PV sum starts from zero in registers (better accuracy,
+ * see af__mk_pv).  Per-thread memory: (2*D + KT + 8) * 64 floats, independent of Sq/Sk.
+ * ==================================================================================== */
+
+#define AF__QB 64
+#define AF__KT 256
+#define AF__RK 6
+#define AF__PVC 64
+
+#if defined(__AVX512F__)
+typedef __m512 af__vec;
+#define AF__VW 16
+#define af__vld(p) _mm512_loadu_ps(p)
+#define af__vst(p, a) _mm512_storeu_ps((p), (a))
+#define af__vset1(x) _mm512_set1_ps(x)
+#define af__vfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define af__vmul(a, b) _mm512_mul_ps((a), (b))
+#define af__vadd(a, b) _mm512_add_ps((a), (b))
+#define af__vmax(a, b) _mm512_max_ps((a), (b))
+#define af__vzero() _mm512_setzero_ps()
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 af__vec;
+#define AF__VW 8
+#define af__vld(p) _mm256_loadu_ps(p)
+#define af__vst(p, a) _mm256_storeu_ps((p), (a))
+#define af__vset1(x) _mm256_set1_ps(x)
+#define af__vfma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define af__vmul(a, b) _mm256_mul_ps((a), (b))
+#define af__vadd(a, b) _mm256_add_ps((a), (b))
+#define af__vmax(a, b) _mm256_max_ps((a), (b))
+#define af__vzero() _mm256_setzero_ps()
+#elif defined(__GNUC__) || defined(__clang__)
+/* portable fallback: GNU vector extension, 4 floats (SSE2 on x86-64, NEON on aarch64) */
+typedef float af__vec __attribute__((vector_size(16)));
+#define AF__VW 4
+AF__INLINE af__vec af__vld_(const float *p) { af__vec v; memcpy(&v, p, sizeof v); return v; }
+AF__INLINE af__vec af__vmax_(af__vec a, af__vec b) {
+    for (int i = 0; i < 4; i++) a[i] = a[i] > b[i] ? a[i] : b[i];
+    return a;
+}
+#define af__vld(p) af__vld_(p)
+#define af__vst(p, a) do { af__vec t_ = (a); memcpy((p), &t_, sizeof t_); } while (0)
+#define af__vset1(x) (af__vec){(x), (x), (x), (x)}
+#define af__vfma(a, b, c) ((a) * (b) + (c))
+#define af__vmul(a, b) ((a) * (b))
+#define af__vadd(a, b) ((a) + (b))
+#define af__vmax(a, b) af__vmax_((a), (b))
+#define af__vzero() (af__vec){0.0f, 0.0f, 0.0f, 0.0f}
+#else
+typedef float af__vec; /* other compilers: "vectors" of one float */
+#define AF__VW 1
+#define af__vld(p) (*(p))
+#define af__vst(p, a) (*(p) = (a))
+#define af__vset1(x) (x)
+#define af__vfma(a, b, c) ((a) * (b) + (c))
+#define af__vmul(a, b) ((a) * (b))
+#define af__vadd(a, b) ((a) + (b))
+#define af__vmax(a, b) ((a) > (b) ? (a) : (b))
+#define af__vzero() 0.0f
+#endif
+
+/* query vectors per register tile: 4x16 on AVX-512 (32 zmm registers), 2x8 on AVX2 and
+ * 2x4 with vector extensions (16 registers: 12 accumulators + 2 loads + 1 broadcast),
+ * 8 scalars otherwise */
+#if AF__VW == 16
+#define AF__NV 4
+#elif AF__VW == 8 || AF__VW == 4
+#define AF__NV 2
+#else
+#define AF__NV 8
+#endif
+#define AF__CB (AF__NV * AF__VW) /* query columns per register tile; divides AF__QB */
+
+/* Micro-kernel 1: st[r][c] = sum_d a[r*lda + d] * b[d*AF__QB + c] for r < R (R <= AF__RK,
+ * a compile-time constant after inlining), c < AF__CB; mx[c] = max(mx[c], st[r][c]). */
+AF__INLINE void af__mk_qk(const float *restrict a, long lda, const float *restrict b, long D,
+                          float *restrict st, float *restrict mx, const int R) {
+    af__vec c[AF__RK][AF__NV];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < AF__NV; v++) c[r][v] = af__vzero();
+    for (long d = 0; d < D; d++) {
+        af__vec bv[AF__NV];
+        for (int v = 0; v < AF__NV; v++) bv[v] = af__vld(b + d * AF__QB + v * AF__VW);
+        for (int r = 0; r < R; r++) {
+            af__vec av = af__vset1(a[r * lda + d]);
+            for (int v = 0; v < AF__NV; v++) c[r][v] = af__vfma(av, bv[v], c[r][v]);
+        }
+    }
+    for (int v = 0; v < AF__NV; v++) {
+        af__vec m = af__vld(mx + v * AF__VW);
+        for (int r = 0; r < R; r++) {
+            af__vst(st + r * AF__QB + v * AF__VW, c[r][v]);
+            m = af__vmax(m, c[r][v]);
+        }
+        af__vst(mx + v * AF__VW, m);
+    }
+}
+
+/* Micro-kernel 2: ot[r][c] = (al ? al[c]*ot[r][c] : ot[r][c]) + sum_{j<kt} a[j*lda + r] * p[j*AF__QB + c]
+ * for r < R, c < AF__CB.  The sum over the kt (<= AF__PVC) keys of one chunk starts from
+ * zero in registers and is added to ot once: the running output is then a sum of chunk
+ * sums, whose rounding error grows with sqrt(chunk) + sqrt(Sk/chunk) instead of sqrt(Sk). */
+AF__INLINE void af__mk_pv(const float *restrict a, long lda, const float *restrict p, long kt,
+                          float *restrict ot, const float *restrict al, const int R) {
+    af__vec c[AF__RK][AF__NV];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < AF__NV; v++) c[r][v] = af__vzero();
+    for (long j = 0; j < kt; j++) {
+        af__vec pv[AF__NV];
+        for (int v = 0; v < AF__NV; v++) pv[v] = af__vld(p + j * AF__QB + v * AF__VW);
+        for (int r = 0; r < R; r++) {
+            af__vec av = af__vset1(a[j * lda + r]);
+            for (int v = 0; v < AF__NV; v++) c[r][v] = af__vfma(av, pv[v], c[r][v]);
+        }
+    }
+    if (al) {
+        for (int v = 0; v < AF__NV; v++) {
+            af__vec sc = af__vld(al + v * AF__VW);
+            for (int r = 0; r < R; r++)
+                af__vst(ot + r * AF__QB + v * AF__VW,
+                        af__vfma(sc, af__vld(ot + r * AF__QB + v * AF__VW), c[r][v]));
+        }
+    } else {
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < AF__NV; v++)
+                af__vst(ot + r * AF__QB + v * AF__VW,
+                        af__vadd(af__vld(ot + r * AF__QB + v * AF__VW), c[r][v]));
+    }
+}
+
+/* Instantiate the micro-kernels for every row count 1..AF__RK (remainders of kt and D). */
+static void af__qk_rows(const float *restrict a, long lda, const float *restrict b, long D,
+                        float *restrict st, float *restrict mx, long rows) {
+    long r = 0;
+    for (; r + AF__RK <= rows; r += AF__RK)
+        af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, AF__RK);
+    switch (rows - r) {
+    case 5: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 5); break;
+    case 4: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 4); break;
+    case 3: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 3); break;
+    case 2: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 2); break;
+    case 1: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 1); break;
+    default: break;
+    }
+}
+
+static void af__pv_rows(const float *restrict a, long lda, const float *restrict p, long kt,
+                        float *restrict ot, const float *restrict al, long D) {
+    long r = 0;
+    for (; r + AF__RK <= D; r += AF__RK)
+        af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, AF__RK);
+    switch (D - r) {
+    case 5: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 5); break;
+    case 4: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 4); break;
+    case 3: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 3); break;
+    case 2: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 2); break;
+    case 1: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 1); break;
+    default: break;
+    }
+}
+
+/* floats of scratch one thread needs for one query tile */
+AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 8) * AF__QB; }
+
+/* Additive bias and causal mask on one key tile of scores st[j][i] (keys j0 + j, j < kt;
+ * query lanes i, rq of them valid).  The scores become logits sc*s (+ b, in one rounding),
+ * so the caller then applies scale 1 (and a masked -inf never meets a zero scale); causal (qpos = index of the tile's first
+ * query, else -1) sets the logit of key j0 + j to -inf for lanes i < j0 + j - qpos.  Padding
+ * lanes read no bias (their zero scores stay 0).  mt is recomputed: the tile's max per lane.
+ * st is transposed against the bias: reading bias rows in order and writing st down its
+ * columns measured 1.3x faster than the opposite order with gathers (S = 1024, D = 64). */
+static void af__attn_adjust(float *restrict st, float *restrict mt, const float *restrict bias,
+                            long ldb, long j0, long kt, long rq, float sc, long qpos) {
+    for (long i = 0; i < AF__QB; i++) mt[i] = -INFINITY;
+    if (bias) /* bias rows read sequentially, written down the columns of the tile (in L2) */
+        for (long i = 0; i < rq; i++) {
+            const float *bi = bias + i * ldb + j0;
+            for (long j = 0; j < kt; j++) st[j * AF__QB + i] = AF__FMA(sc, st[j * AF__QB + i], bi[j]);
+        }
+    for (long j = 0; j < kt; j++) {
+        float *sr = st + j * AF__QB;
+        if (!bias) {
+#pragma omp simd
+            for (long i = 0; i < rq; i++) sr[i] *= sc;
+        }
+        if (qpos >= 0) {
+            long hidden = j0 + j - qpos; /* lanes that come before key j0 + j */
+            hidden = hidden < AF__QB ? hidden : AF__QB;
+            for (long i = 0; i < hidden; i++) sr[i] = -INFINITY;
+        }
+#pragma omp simd
+        for (long i = 0; i < AF__QB; i++) mt[i] = sr[i] > mt[i] ? sr[i] : mt[i];
+    }
+}
+
+/* One query tile: q, out point at query row 0 of the tile (head offset applied), k, v at
+ * key row 0 of the head; rows are ld = H*D floats apart.  rq <= AF__QB valid queries; the
+ * padding lanes compute on zero queries and are never stored.  The softmax denominator is a
+ * sum of Sk positive terms; summed sequentially in float its error would grow like sqrt(Sk)
+ * (1.5e-6 at Sk = 4608), so it is summed in float per key chunk (AF__PVC terms) and the
+ * chunk sums are accumulated in double.  bias (or NULL) points at the tile's first query row
+ * of this head's [Sq, Sk] bias; qpos >= 0 (the first query's index) asks for a causal mask,
+ * and key tiles after the tile's last query are then skipped. */
+static void af__attn_tile(const float *restrict q, const float *restrict k,
+                          const float *restrict v, float *restrict out, long ld, long D, long rq,
+                          long Sk, float scale, const float *restrict bias, long qpos,
+                          float *restrict buf) {
+    float *qt = buf;                   /* D x QB  transposed queries (sign of scale applied) */
+    float *ot = qt + D * AF__QB;       /* D x QB  unnormalized output, transposed */
+    float *st = ot + D * AF__QB;       /* KT x QB scores, then probabilities */
+    float *m = st + AF__KT * AF__QB;   /* running max of the scaled scores */
+    float *al = m + AF__QB;            /* rescale factor of the old state */
+    float *mt = al + AF__QB;           /* max of the current key tile (unscaled) */
+    double *l = (double *)(void *)(mt + 2 * AF__QB);   /* running sum (double) */
+    double *ls = l + AF__QB;                            /* sum of the current tile */
+    /* The scale is not applied to q (that would round every q element): scores stay
+     * unscaled, the max is tracked on them and the exp argument is one fused
+     * sc*s - sc*max.  The rounding of sc*max is a common shift of the whole row (it cancels
+     * in the normalization), so the argument carries a single rounding.  A negative scale
+     * is moved into q (exact) so that the max of the unscaled scores is the right one.
+     * The transpose runs in row order: q rows (ld apart, likely not cached) are read
+     * sequentially, the scattered stores go to the L1-resident tile buffer. */
+    const float sgn = scale < 0.0f ? -1.0f : 1.0f, sc = scale < 0.0f ? -scale : scale;
+    for (long i = 0; i < rq; i++) {
+        const float *qr = q + i * ld;
+        for (long d = 0; d < D; d++) qt[d * AF__QB + i] = qr[d] * sgn;
+    }
+    for (long d = 0; d < D; d++)
+        for (long i = rq; i < AF__QB; i++) qt[d * AF__QB + i] = 0.0f;
+    memset(ot, 0, sizeof(float) * (size_t)(D * AF__QB));
+    for (long i = 0; i < AF__QB; i++) { m[i] = -INFINITY; l[i] = 0.0; }
+    const long Sv = qpos >= 0 && qpos + rq < Sk ? qpos + rq : Sk; /* keys any query sees */
+
+    for (long j0 = 0; j0 < Sv; j0 += AF__KT) {
+        long kt = Sv - j0 < AF__KT ? Sv - j0 : AF__KT;
+        for (long i = 0; i < AF__QB; i++) { mt[i] = -INFINITY; ls[i] = 0.0; }
+        for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
+            af__qk_rows(k + j0 * ld, ld, qt + c0, D, st + c0, mt + c0, kt);
+        /* es: the scale still to apply to st (1 once adjusted into logits); only tiles with
+         * a bias or on the causal diagonal are adjusted, the plain path is unchanged */
+        float es = sc;
+        if (bias || (qpos >= 0 && j0 + kt - 1 > qpos)) {
+            af__attn_adjust(st, mt, bias, Sk, j0, kt, rq, sc, qpos);
+            es = 1.0f;
+        }
+        /* online softmax: new max, and the rescale factor for the old state.  A lane whose
+         * logits so far are all -inf (a mask in the bias) keeps a finite reference max of 0
+         * so that exp never sees -inf - -inf. */
+#pragma omp simd
+        for (long i = 0; i < AF__QB; i++) {
+            float ms = es * mt[i];
+            float mn = ms > m[i] ? ms : m[i];
+            mn = mn == -INFINITY ? 0.0f : mn;
+            al[i] = af_exp(m[i] - mn);
+            m[i] = mn;
+        }
+        /* per key chunk: p = exp(s - max) in place (chunk sum in float, added to the tile
+         * sum in double), then ot = al * ot + V^T P while the chunk of P is still in L1 */
+        for (long jc = 0; jc < kt; jc += AF__PVC) {
+            long nc = kt - jc < AF__PVC ? kt - jc : AF__PVC;
+            float cs[AF__QB];
+            for (long i = 0; i < AF__QB; i++) cs[i] = 0.0f;
+            for (long j = jc; j < jc + nc; j++) {
+                float *sr = st + j * AF__QB;
+#pragma omp simd
+                for (long i = 0; i < AF__QB; i++) {
+                    float p = af_exp(AF__FMA(es, sr[i], -m[i]));
+                    sr[i] = p;
+                    cs[i] += p;
+                }
+            }
+#pragma omp simd
+            for (long i = 0; i < AF__QB; i++) ls[i] += (double)cs[i];
+            for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
+                af__pv_rows(v + (j0 + jc) * ld, ld, st + jc * AF__QB + c0, nc, ot + c0,
+                            jc == 0 ? al + c0 : NULL, D);
+        }
+#pragma omp simd
+        for (long i = 0; i < AF__QB; i++) l[i] = l[i] * (double)al[i] + ls[i];
+    }
+    for (long i = 0; i < rq; i++) { /* row order again: sequential stores to out */
+        float inv = (float)(1.0 / l[i]);
+        float *orow = out + i * ld;
+        for (long d = 0; d < D; d++) orow[d] = ot[d * AF__QB + i] * inv;
+    }
+}
+
+/* Fallback when scratch memory cannot be allocated: per query, a max pass and then an
+ * accumulate pass straight into the output row.  O(1) extra memory, ~1.5x the work. */
+static void af__attn_noscratch(const float *restrict q, const float *restrict k,
+                               const float *restrict v, const float *restrict bias,
+                               float *restrict out, long B, long Sq, long Sk, long H, long D,
+                               float scale, int causal) {
+    long ld = H * D;
+    for (long b = 0; b < B; b++)
+        for (long h = 0; h < H; h++)
+            for (long i = 0; i < Sq; i++) {
+                const float *qr = q + (b * Sq + i) * ld + h * D;
+                const float *br = bias ? bias + (h * Sq + i) * Sk : NULL;
+                const long nk = causal && i + 1 < Sk ? i + 1 : Sk;
+                float *o = out + (b * Sq + i) * ld + h * D;
+                float mx = -INFINITY;
+                for (long j = 0; j < nk; j++) {
+                    const float *kr = k + (b * Sk + j) * ld + h * D;
+                    float s = 0.0f;
+                    for (long d = 0; d < D; d++) s = AF__FMA(qr[d], kr[d], s);
+                    s = br ? AF__FMA(s, scale, br[j]) : s * scale;
+                    mx = s > mx ? s : mx;
+                }
+                for (long d = 0; d < D; d++) o[d] = 0.0f;
+                float sum = 0.0f;
+                for (long j = 0; j < nk; j++) {
+                    const float *kr = k + (b * Sk + j) * ld + h * D;
+                    const float *vr = v + (b * Sk + j) * ld + h * D;
+                    float s = 0.0f;
+                    for (long d = 0; d < D; d++) s = AF__FMA(qr[d], kr[d], s);
+                    float p = af_exp((br ? AF__FMA(s, scale, br[j]) : s * scale) - mx);
+                    sum += p;
+                    for (long d = 0; d < D; d++) o[d] = AF__FMA(p, vr[d], o[d]);
+                }
+                for (long d = 0; d < D; d++) o[d] /= sum;
+            }
+}
+
+/* One work unit of af_attention_ex: query tile t of ntask in (b, h, tile) order. */
+AF__INLINE void af__attn_task(const float *restrict q, const float *restrict k,
+                              const float *restrict v, const float *restrict bias,
+                              float *restrict out, long t, long nqt, long Sq, long Sk, long H,
+                              long D, float scale, int causal, float *restrict tb) {
+    const long ld = H * D, bh = t / nqt, i0 = (t % nqt) * AF__QB;
+    const long b = bh / H, h = bh % H;
+    const long rq = Sq - i0 < AF__QB ? Sq - i0 : AF__QB;
+    af__attn_tile(q + (b * Sq + i0) * ld + h * D, k + b * Sk * ld + h * D, v + b * Sk * ld + h * D,
+                  out + (b * Sq + i0) * ld + h * D, ld, D, rq, Sk, scale,
+                  bias ? bias + (h * Sq + i0) * Sk : NULL, causal ? i0 : -1, tb);
+}
+
+/* out[b,i,h,:] = sum_j softmax_j(scale * <q[b,i,h,:], k[b,j,h,:]> + bias[h,i,j]) v[b,j,h,:]
+ * q, out: [B, Sq, H, D]; k, v: [B, Sk, H, D]; bias [H, Sq, Sk] or NULL (shared by the
+ * batch); causal: key j only for queries i >= j (then Sq = Sk).  Parallel over (b, h, query
+ * tile) with a static schedule in (b, h)-major order, so each thread works through whole
+ * heads and that head's K/V stay in its L2; causal tiles differ in cost (tile i sees i + 1
+ * key tiles), so they are dealt out dynamically, costliest first.  Uses
+ * omp_get_max_threads() threads. */
+static AF__UNUSED void af_attention_ex(const float *restrict q, const float *restrict k,
+                                       const float *restrict v, const float *restrict bias,
+                                       float *restrict out, long B, long Sq, long Sk, long H,
+                                       long D, float scale, int causal) {
+    if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
+    long nqt = (Sq + AF__QB - 1) / AF__QB;
+    long ntask = B * H * nqt;
+    long per = af__attn_scratch(D);
+    int nth = omp_get_max_threads();
+    if ((long)nth > ntask) nth = (int)ntask;
+    if (nth < 1) nth = 1;
+    double flops = 4.0 * (double)B * (double)H * (double)Sq * (double)Sk * (double)D;
+    if (flops < 2.0e6) nth = 1;
+    float *buf = (float *)aligned_alloc(64, sizeof(float) * (size_t)per * (size_t)nth);
+    if (!buf) {
+        af__attn_noscratch(q, k, v, bias, out, B, Sq, Sk, H, D, scale, causal);
+        return;
+    }
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *tb = buf + (size_t)omp_get_thread_num() * (size_t)per;
+        if (causal) {
+#pragma omp for schedule(dynamic, 1)
+            for (long u = 0; u < ntask; u++) { /* last query tile of every head first */
+                const long t = (u % (ntask / nqt)) * nqt + (nqt - 1 - u / (ntask / nqt));
+                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb);
+            }
+        } else {
+#pragma omp for schedule(static)
+            for (long t = 0; t < ntask; t++)
+                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb);
+        }
+    }
+    free(buf);
+}
+
+/* Plain attention: no bias, no mask. */
+static AF__UNUSED void af_attention(const float *restrict q, const float *restrict k,
+                                    const float *restrict v, float *restrict out, long B, long Sq,
+                                    long Sk, long H, long D, float scale) {
+    af_attention_ex(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0);
+}
+
+#endif /* ARCFLOW_ATTENTION_H */

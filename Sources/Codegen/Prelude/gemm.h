@@ -1,0 +1,408 @@
+/* arcflow prelude, matrix products: GEMM over packed weight panels, convolution as im2col GEMMs,
+ * the machine's FMA ceiling (needs common.h, elementwise.h, conversions.h). */
+#ifndef ARCFLOW_GEMM_H
+#define ARCFLOW_GEMM_H
+
+/* ======================================================================================
+ * Convolution (2-D cross-correlation, NCHW activations, OIHW weights, zero padding)
+ *
+ * out[n] (O x P, P = Ho*Wo) = W (O x K) . col (K x P), K = C*KH*KW, where col is the im2col
+ * matrix: col[(c*KH + dy)*KW + dx][y*Wo + x] = x[n, c, y*sh - ph + dy, x*sw - pw + dx].
+ * A 1x1 stride-1 unpadded convolution is that GEMM on x itself.  Otherwise col is never
+ * built whole (a VAE 3x3 conv at 512x512 with 512 channels would need 4.8 GB): the P columns
+ * are cut into tiles of at most AF__CONV_TILE_BYTES of col each; each thread fills a tile
+ * (a memcpy per output row for stride 1) and runs a single-threaded cblas_sgemm on it,
+ * writing its columns of out directly (ldc = P).  Filling costs one store per col element
+ * against 2*O flops of GEMM on it, and the tile is still in cache when the GEMM packs it.
+ * With fewer tiles than threads the tiles run in turn with OpenBLAS threaded instead.
+ * ==================================================================================== */
+
+#define AF__CONV_TILE_BYTES (1L << 21)
+
+/* Rows 0..K-1 of col for the np output pixels p0..p0+np-1 of one image (row length np); taps
+ * dh, dw apart (dilation: the weight gradient of a strided convolution is a dilated one). */
+static void af__im2col(const float *restrict x, float *restrict col, long C, long H, long W,
+                       long KH, long KW, long sh, long sw, long ph, long pw, long dh, long dw,
+                       long Wo, long p0, long np) {
+    for (long c = 0; c < C; c++)
+        for (long dy = 0; dy < KH; dy++)
+            for (long dx = 0; dx < KW; dx++) {
+                float *row = col + ((c * KH + dy) * KW + dx) * np;
+                const float *xc = x + c * H * W;
+                for (long p = 0; p < np;) {
+                    const long oy = (p0 + p) / Wo, ox = (p0 + p) % Wo;
+                    const long run = Wo - ox < np - p ? Wo - ox : np - p; /* rest of this output row */
+                    const long iy = oy * sh - ph + dy * dh, ix0 = ox * sw - pw + dx * dw;
+                    float *dst = row + p;
+                    p += run;
+                    if (iy < 0 || iy >= H) { memset(dst, 0, sizeof(float) * (size_t)run); continue; }
+                    const float *src = xc + iy * W;
+                    if (sw == 1) { /* valid t: 0 <= ix0 + t < W */
+                        long lo = ix0 < 0 ? -ix0 : 0, hi = W - ix0;
+                        lo = lo < run ? lo : run;
+                        hi = hi < run ? hi : run;
+                        hi = hi > lo ? hi : lo;
+                        memset(dst, 0, sizeof(float) * (size_t)lo);
+                        if (hi > lo) memcpy(dst + lo, src + ix0 + lo, sizeof(float) * (size_t)(hi - lo));
+                        memset(dst + hi, 0, sizeof(float) * (size_t)(run - hi));
+                    } else {
+                        for (long t = 0; t < run; t++) {
+                            const long ix = ix0 + t * sw;
+                            dst[t] = ix >= 0 && ix < W ? src[ix] : 0.0f;
+                        }
+                    }
+                }
+            }
+}
+
+/* Fallback when the tile buffers cannot be allocated: direct loops, O(1) memory. */
+static void af__conv2d_direct(const float *restrict x, const float *restrict w,
+                              float *restrict out, long N, long C, long H, long W, long O,
+                              long KH, long KW, long sh, long sw, long ph, long pw, long dh,
+                              long dw, long Ho, long Wo) {
+    for (long n = 0; n < N; n++)
+        for (long o = 0; o < O; o++)
+            for (long oy = 0; oy < Ho; oy++)
+                for (long ox = 0; ox < Wo; ox++) {
+                    float acc = 0.0f;
+                    for (long c = 0; c < C; c++)
+                        for (long dy = 0; dy < KH; dy++) {
+                            const long iy = oy * sh - ph + dy * dh;
+                            if (iy < 0 || iy >= H) continue;
+                            for (long dx = 0; dx < KW; dx++) {
+                                const long ix = ox * sw - pw + dx * dw;
+                                if (ix >= 0 && ix < W)
+                                    acc = AF__FMA(x[((n * C + c) * H + iy) * W + ix],
+                                                  w[((o * C + c) * KH + dy) * KW + dx], acc);
+                            }
+                        }
+                    out[((n * O + o) * Ho + oy) * Wo + ox] = acc;
+                }
+}
+
+/* out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C, KH, KW]), strides sh, sw, padding ph, pw,
+ * dilation dh, dw. */
+static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict w,
+                                 float *restrict out, long N, long C, long H, long W, long O,
+                                 long KH, long KW, long sh, long sw, long ph, long pw, long dh,
+                                 long dw) {
+    const long Ho = (H + 2 * ph - (KH - 1) * dh - 1) / sh + 1, Wo = (W + 2 * pw - (KW - 1) * dw - 1) / sw + 1;
+    const long P = Ho * Wo, K = C * KH * KW;
+    if (N <= 0 || O <= 0 || P <= 0) return;
+    if (K == 0) { memset(out, 0, sizeof(float) * (size_t)(N * O * P)); return; }
+    if (KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {
+        for (long n = 0; n < N; n++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)P, (int)C, 1.0f, w,
+                        (int)C, x + n * C * P, (int)P, 0.0f, out + n * O * P, (int)P);
+        return;
+    }
+    /* Tiles per image: as few as the tile size allows, then more until every thread gets the
+     * same number (at most doubling the count). */
+    const int maxth = omp_get_max_threads();
+    long cap = AF__CONV_TILE_BYTES / (long)sizeof(float) / K;
+    cap = cap < 16 ? 16 : cap;
+    const long tiles0 = (P + cap - 1) / cap;
+    long tiles = tiles0;
+    while (tiles < P && tiles < 2 * tiles0 + maxth && (N * tiles) % maxth != 0) tiles++;
+    if ((N * tiles) % maxth != 0) tiles = tiles0;
+    const long np = (P + tiles - 1) / tiles, ntask = N * tiles;
+    const int nth = ntask >= maxth ? maxth : 1;
+    const size_t per = ((size_t)(K * np) + 15) & ~(size_t)15; /* floats, 64-byte multiples */
+    float *buf = (float *)aligned_alloc(64, sizeof(float) * per * (size_t)nth);
+    if (!buf) {
+        af__conv2d_direct(x, w, out, N, C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, Ho, Wo);
+        return;
+    }
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        float *col = buf + (size_t)omp_get_thread_num() * per;
+#pragma omp for schedule(static)
+        for (long t = 0; t < ntask; t++) {
+            const long n = t / tiles, p0 = (t % tiles) * np;
+            const long cnt = P - p0 < np ? P - p0 : np;
+            if (cnt <= 0) continue;
+            af__im2col(x + n * C * H * W, col, C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, Wo, p0, cnt);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)cnt, (int)K, 1.0f,
+                        w, (int)K, col, (int)cnt, 0.0f, out + n * O * P + p0, (int)P);
+        }
+    }
+    free(buf);
+}
+
+/* ======================================================================================
+ * GEMM over packed weight panels
+ *
+ * C[M, N] = A[M, K] . B[K, N] (+ bias[N]) where B is a weight, packed once at compile time
+ * (Swift: packWeightPanels) into ceil(N / AF_GEMM_NR) panels.  Panel p holds columns
+ * p*NR .. p*NR + NR-1 of B for every k: element (k, j) at panel + k*NR + j, zero past N; the
+ * panels follow each other (panel p starts at p*K*NR).  Stored as f32, bf16 or f16 (dt 0, 1,
+ * 2): a 16-bit panel is widened to f32 in registers as it is loaded, so memory traffic halves
+ * and the arithmetic stays f32 (products and sums are exactly those of the f32 GEMM on the
+ * rounded weights).
+ *
+ * Register tile: AF__GMR rows x AF__GW columns of C held in AF__GMR * AF__GNV vector
+ * accumulators over a K block.  Per k: AF__GNV loads of B (the panel row, contiguous), then
+ * per row one broadcast of A and AF__GNV FMAs.  AVX-512: 14 x 32 (28 zmm accumulators + 2
+ * for B + 1 broadcast of 32; gcc 12 keeps them all in registers, only two of the 14 row
+ * offsets live on the stack); AVX2: 6 x 16 (12 ymm + 2 + 1 of 16), two tiles per panel.  A is read in place (rows
+ * lda apart), never packed: its AF__GMR rows stream through L1 along k.
+ * Blocking: K in blocks of AF_GEMM_KC = 256, so the B slice a tile reads (256 x 32 floats =
+ * 32 KB) stays in L1 while the tile walks down AF_GEMM_MB = 112 rows of A (112 KB per K
+ * block, in L2), and AF_GEMM_NG = 4 panels share that A block.  Threads take (row block,
+ * panel group) tiles; each C element is summed by one thread in one order, so results do
+ * not depend on the thread count.  C is written at the first K block and accumulated after;
+ * the bias and activation are applied with the last block, in the store.
+ * ==================================================================================== */
+
+#define AF_GEMM_NR 32
+#define AF_GEMM_KC 256L
+#define AF_GEMM_MB 112L
+#define AF_GEMM_NG 4L
+
+#if defined(__AVX512F__)
+typedef __m512 af__gv;
+#define AF__GVW 16
+#define AF__GMR 14
+#define af__gzero() _mm512_setzero_ps()
+#define af__gld(p) _mm512_loadu_ps(p)
+#define af__gst(p, v) _mm512_storeu_ps((p), (v))
+#define af__gadd(a, b) _mm512_add_ps((a), (b))
+#define af__gfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define af__gset1(x) _mm512_set1_ps(x)
+#define af__gld_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32( \
+    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
+#define af__gld_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+typedef __m256 af__gv;
+#define AF__GVW 8
+#define AF__GMR 6
+#define af__gzero() _mm256_setzero_ps()
+#define af__gld(p) _mm256_loadu_ps(p)
+#define af__gst(p, v) _mm256_storeu_ps((p), (v))
+#define af__gadd(a, b) _mm256_add_ps((a), (b))
+#define af__gfma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define af__gset1(x) _mm256_set1_ps(x)
+#define af__gld_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32( \
+    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
+#define af__gld_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#else
+/* portable: scalars, 4 rows x 8 columns (compilers vectorize the column loop where they can) */
+typedef float af__gv;
+#define AF__GVW 1
+#define AF__GMR 4
+#define af__gzero() 0.0f
+#define af__gld(p) (*(p))
+#define af__gst(p, v) (*(p) = (v))
+#define af__gadd(a, b) ((a) + (b))
+#define af__gfma(a, b, c) AF__FMA((a), (b), (c))
+#define af__gset1(x) (x)
+#define af__gld_bf16(p) af_bf16_to_f32(*(p))
+#define af__gld_f16(p) af_f16_to_f32(*(p))
+#endif
+
+#if AF__GVW == 1
+#define AF__GNV 8
+#else
+#define AF__GNV 2
+#endif
+#define AF__GW (AF__GNV * AF__GVW) /* columns of one register tile; divides AF_GEMM_NR */
+
+/* Epilogue activations applied in the store of the last K block (the fusions GEMMs head). */
+#define AF_GEMM_ACT_NONE 0
+#define AF_GEMM_ACT_GELU_TANH 1
+#define AF_GEMM_ACT_SILU 2
+
+/* The store of one tile: t (mr rows of AF__GW floats) into c (row stride ldc, ncols <= AF__GW
+ * valid columns).  first: C is written, else accumulated; last: the bias (nullable, at the
+ * tile's first column) is added and the activation applied while the rows are still in L1.
+ * Out of line: one copy serves every tile shape (inlined into each, the activations made the
+ * kernel ~100 KB per row count), and it runs once per tile against kc * mr * AF__GNV FMAs. */
+static void af__gemm_store(const float *restrict t, int mr, float *restrict c, long ldc, long ncols, int first,
+                           int last, const float *restrict bias, int act) {
+    for (int r = 0; r < mr; r++) {
+        const float *tr = t + r * AF__GW;
+        float *cr = c + r * ldc;
+        if (first) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] = tr[j];
+        } else {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] += tr[j];
+        }
+        if (!last) continue;
+        if (bias) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] += bias[j];
+        }
+        if (act == AF_GEMM_ACT_GELU_TANH) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] = af_gelu_tanh(cr[j]);
+        } else if (act == AF_GEMM_ACT_SILU) {
+#pragma omp simd
+            for (long j = 0; j < ncols; j++) cr[j] = af_silu(cr[j]);
+        }
+    }
+}
+
+/* One register tile: rows 0..mr-1 of C from a (mr rows, lda apart, kc columns) and the panel
+ * slice b (kc rows of AF_GEMM_NR elements of type dt, starting at this tile's first column),
+ * then af__gemm_store.  mr and dt are constants at every call site (af__gemm_rows), so the
+ * loops over rows and vectors unroll and the accumulators live in registers. */
+AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *restrict a, long lda,
+                              const void *restrict b, float *restrict c, long ldc, long ncols,
+                              int first, int last, const float *restrict bias, int act) {
+    af__gv acc[AF__GMR][AF__GNV];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gzero();
+    const float *bf = (const float *)b;
+    const uint16_t *bh = (const uint16_t *)b;
+    for (long k = 0; k < kc; k++) {
+        af__gv bv[AF__GNV];
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) {
+            const long o = k * AF_GEMM_NR + v * AF__GVW;
+            bv[v] = dt == 0 ? af__gld(bf + o) : dt == 1 ? af__gld_bf16(bh + o) : af__gld_f16(bh + o);
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++) {
+            const af__gv av = af__gset1(a[r * lda + k]);
+#pragma GCC unroll 8
+            for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gfma(av, bv[v], acc[r][v]);
+        }
+    }
+    float t[AF__GMR * AF__GW];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
+    af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
+}
+
+/* af__gemm_tile with mr and dt as constants: one instance per row count and storage type. */
+#define AF__GEMM_ROWS(NAME, DT)                                                                   \
+    static void NAME(int mr, long kc, const float *restrict a, long lda, const void *restrict b, \
+                     float *restrict c, long ldc, long ncols, int first, int last,                \
+                     const float *restrict bias, int act) {                                        \
+        switch (mr) {                                                                             \
+        AF__GEMM_CASES(DT)                                                                        \
+        default: break;                                                                           \
+        }                                                                                         \
+    }
+#define AF__GEMM_CASE(MR, DT) case MR: af__gemm_tile(MR, DT, kc, a, lda, b, c, ldc, ncols, first, last, bias, act); break;
+#if AF__GMR == 14
+#define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT) \
+    AF__GEMM_CASE(5, DT) AF__GEMM_CASE(6, DT) AF__GEMM_CASE(7, DT) AF__GEMM_CASE(8, DT) AF__GEMM_CASE(9, DT)    \
+    AF__GEMM_CASE(10, DT) AF__GEMM_CASE(11, DT) AF__GEMM_CASE(12, DT) AF__GEMM_CASE(13, DT) AF__GEMM_CASE(14, DT)
+#elif AF__GMR == 6
+#define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT) \
+    AF__GEMM_CASE(5, DT) AF__GEMM_CASE(6, DT)
+#else
+#define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT)
+#endif
+AF__GEMM_ROWS(af__gemm_rows_f32, 0)
+AF__GEMM_ROWS(af__gemm_rows_bf16, 1)
+AF__GEMM_ROWS(af__gemm_rows_f16, 2)
+
+/* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
+ * above with storage type dt (0 f32, 1 bf16, 2 f16); bias nullable; act an AF_GEMM_ACT_*.
+ * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels). */
+static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
+                                      const float *restrict bias, int act, float *restrict c, long ldc,
+                                      long M, long N, long K) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (long i = 0; i < M; i++)
+            for (long j = 0; j < N; j++) {
+                const float x = bias ? bias[j] : 0.0f;
+                c[i * ldc + j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
+            }
+        return;
+    }
+    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+    const long mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB, groups = (panels + AF_GEMM_NG - 1) / AF_GEMM_NG;
+    const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
+    void (*rows)(int, long, const float *restrict, long, const void *restrict, float *restrict, long, long, int, int,
+                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 1 ? af__gemm_rows_bf16 : af__gemm_rows_f16;
+    const int par = (double)M * (double)N * (double)K >= 1e6 && mblocks * groups > 1;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
+    for (long mb = 0; mb < mblocks; mb++)
+        for (long g = 0; g < groups; g++) {
+            const long i0 = mb * AF_GEMM_MB, i1 = M < i0 + AF_GEMM_MB ? M : i0 + AF_GEMM_MB;
+            const long p0 = g * AF_GEMM_NG, p1 = panels < p0 + AF_GEMM_NG ? panels : p0 + AF_GEMM_NG;
+            for (long k0 = 0; k0 < K; k0 += AF_GEMM_KC) {
+                const long kc = K - k0 < AF_GEMM_KC ? K - k0 : AF_GEMM_KC;
+                const int last = k0 + kc == K;
+                for (long p = p0; p < p1; p++) {
+                    const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
+                    for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
+                        const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
+                        const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * esize;
+                        const float *bias_t = bias ? bias + j0 : NULL;
+                        for (long i = i0; i < i1; i += AF__GMR) {
+                            const int mr = i1 - i < AF__GMR ? (int)(i1 - i) : AF__GMR;
+                            rows(mr, kc, a + i * lda + k0, lda, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
+                        }
+                    }
+                }
+            }
+        }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Machine ceiling
+ * ------------------------------------------------------------------------------------------ */
+
+/* The fp32 FMA peak of this machine in GFLOP/s over all OpenMP threads, measured: each thread
+ * runs 12 independent chains of vector FMAs (enough to cover FMA latency on two pipes), best
+ * of three ~20 ms runs.  Benchmarks report GFLOP/s against this, not against a data sheet. */
+AF__UNUSED static double af_fma_peak_gflops(void) {
+    const long iters = 1L << 19;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        int threads = 1;
+        float sink = 0.0f;
+        const double t0 = omp_get_wtime();
+        #pragma omp parallel reduction(+ : sink)
+        {
+            #pragma omp single
+            threads = omp_get_num_threads();
+#if defined(__AVX512F__)
+            const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+            __m512 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+            for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
+#elif defined(__AVX2__) && defined(__FMA__)
+            const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+            __m256 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1.0f + (float)j);
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
+            float lanes[8];
+            for (int j = 0; j < 12; j++) { _mm256_storeu_ps(lanes, a[j]); for (int l = 0; l < 8; l++) sink += lanes[l]; }
+#else
+            float a[12];
+            for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j;
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
+            for (int j = 0; j < 12; j++) sink += a[j];
+#endif
+        }
+        const double t = omp_get_wtime() - t0;
+#if defined(__AVX512F__)
+        const double lanes = 16.0;
+#elif defined(__AVX2__) && defined(__FMA__)
+        const double lanes = 8.0;
+#else
+        const double lanes = 1.0;
+#endif
+        const double gflops = (double)threads * (double)iters * 12.0 * lanes * 2.0 / t / 1e9;
+        if (gflops > best && sink == sink) best = gflops;
+    }
+    return best;
+}
+
+#endif /* ARCFLOW_GEMM_H */

@@ -1,0 +1,68 @@
+// Weights laid out for the GEMM kernels: which matmul weights are packed into panels, in which
+// storage type, and the packing itself (a weight-only transform, run once at compile time).
+
+import IR
+
+/// What `--weights-dtype` asks for: the packed weights' storage type.
+public enum WeightsDType: String, CaseIterable {
+    /// The checkpoint's own storage type (for a weight computed at compile time, e.g. LoRA fused
+    /// into a bf16 base, the type of its largest source).
+    case auto
+    case f32, bf16, f16
+}
+
+/// How a weight is stored for `af_gemm_packed` (gemm.h): the matmul's right operand B (K × N as
+/// the product uses it) cut into panels of `panel` columns, K rows each, zero past N, in the
+/// binding's dtype. The binding's shape is the physical one, [panels, K, panel].
+public struct WeightPacking: Equatable, Codable {
+    /// Columns per panel (AF_GEMM_NR).
+    public var panel: Int
+    /// The weight as the graph types it (f32): [N, K] when `transposed` (x·Wᵀ), else [K, N].
+    public var source: [Int]
+    public var transposed: Bool
+
+    public var k: Int { transposed ? source[1] : source[0] }
+    public var n: Int { transposed ? source[0] : source[1] }
+    public var panels: Int { (n + panel - 1) / panel }
+    public func physicalType(_ dtype: DType) -> TensorType { TensorType(dtype, [panels, k, panel]) }
+}
+
+/// Columns per packed panel; must equal AF_GEMM_NR in gemm.h.
+public let gemmPanelWidth = 32
+
+/// Which weights of `graph` are packed, and as what: those that every reader uses as the right
+/// operand of a matmul (itself or the GEMM head of a fusion) with A not transposed and one
+/// orientation, f32 and rank 2 in the graph, and for which `storage` names a type (nil: leave it).
+/// A weight also read otherwise (element-wise, reshaped, as an output) keeps its plain layout.
+func packedWeights(_ graph: Graph, storage: (String) -> DType?) -> [ValueID: (packing: WeightPacking, dtype: DType)] {
+    var transposedOf: [ValueID: Bool] = [:]
+    var unpackable = Set(graph.outputs.map(\.value))
+    for n in graph.nodes {
+        for (k, o) in n.operands.enumerated() where graph[o].op == .weight {
+            guard let t = gemmRightOperand(n, operand: k), transposedOf[o] ?? t == t else { unpackable.insert(o); continue }
+            transposedOf[o] = t
+        }
+    }
+    var result: [ValueID: (WeightPacking, DType)] = [:]
+    for (w, transposed) in transposedOf where !unpackable.contains(w) {
+        let node = graph[w]
+        guard node.type.dtype == .f32, node.type.rank == 2, node.type.count > 0, let dtype = storage(node.key!) else { continue }
+        result[w] = (WeightPacking(panel: gemmPanelWidth, source: node.type.shape, transposed: transposed), dtype)
+    }
+    return result
+}
+
+/// Whether operand `k` of `n` is a packable GEMM right operand: the `transpose_b` flag if so.
+private func gemmRightOperand(_ n: Node, operand k: Int) -> Bool? {
+    if n.op == .matmul {
+        guard k == 1, n.operands[0] != n.operands[1], !n.flag("transpose_a") else { return nil }
+        return n.flag("transpose_b")
+    }
+    guard n.op == .fusion, let region = n.region, n.operands.filter({ $0 == n.operands[k] }).count == 1,
+          let h = region.nodes.firstIndex(where: { $0.op == .matmul }) else { return nil }
+    let mm = region[h]
+    guard region[mm.operands[1]].key == String(k), region[mm.operands[0]].key != String(k), !mm.flag("transpose_a") else { return nil }
+    // The loop after the GEMM must not read the weight element by element.
+    let readElsewhere = region.nodes.enumerated().contains { i, m in i != h && m.operands.contains(mm.operands[1]) }
+    return readElsewhere ? nil : mm.flag("transpose_b")
+}

@@ -1,0 +1,50 @@
+// Attention kernels (attention.h) against the interpreter.
+// Every op three or more shapes, including sizes that are not multiples of 8 or 16.
+
+import IR
+import Passes
+import Runtime
+import TestSupport
+import XCTest
+
+final class AttentionKernelTests: KernelTestCase {
+    func testPreludeFamilyCompilesWithoutWarnings() throws {
+        try assertPreludeCompilesWithoutWarnings(through: "attention.h")
+    }
+
+    func testAttention() throws {
+        // Up to 1024 tokens with head sizes 32, 64, 128, plus odd sizes and Sq != Sk.
+        let cases: [(b: Int, sq: Int, sk: Int, h: Int, d: Int)] = [
+            (1, 1024, 1024, 2, 32), (1, 1024, 1024, 1, 64), (1, 1024, 1024, 1, 128),
+            (2, 77, 77, 3, 64), (1, 130, 33, 2, 40), (1, 1, 19, 2, 24), (1, 257, 257, 1, 128),
+        ]
+        let b = GraphBuilder(name: "attention")
+        for (k, c) in cases.enumerated() {
+            let q = b.input("q\(k)", .f32([c.b, c.sq, c.h, c.d]))
+            let kk = b.input("k\(k)", .f32([c.b, c.sk, c.h, c.d])), v = b.input("v\(k)", .f32([c.b, c.sk, c.h, c.d]))
+            b.output("y\(k)", b.attention(q, kk, v, scale: 1 / Double(c.d).squareRoot()))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testAttentionWithBiasAndCausalMask() throws {
+        // T5-style additive bias [H, Sq, Sk], CLIP-style causal mask, both; Sq = 1; up to 1024
+        // tokens with D = 64; Sq != Sk with a bias; sizes that are not multiples of the 64-query
+        // and 256-key tiles.
+        let cases: [(b: Int, sq: Int, sk: Int, h: Int, d: Int, bias: Bool, causal: Bool)] = [
+            (1, 77, 77, 3, 64, false, true), (2, 130, 130, 2, 40, true, true), (1, 1, 19, 2, 24, true, false),
+            (1, 1, 1, 2, 64, true, true), (1, 1024, 1024, 1, 64, true, true), (1, 1024, 1024, 2, 64, false, true),
+            (1, 300, 257, 2, 64, true, false), (1, 513, 513, 1, 32, false, true), (2, 64, 64, 1, 16, true, false),
+        ]
+        let b = GraphBuilder(name: "attention_masked")
+        for (k, c) in cases.enumerated() {
+            let q = b.input("q\(k)", .f32([c.b, c.sq, c.h, c.d]))
+            let kk = b.input("k\(k)", .f32([c.b, c.sk, c.h, c.d])), v = b.input("v\(k)", .f32([c.b, c.sk, c.h, c.d]))
+            let bias = c.bias ? b.input("bias\(k)", .f32([c.h, c.sq, c.sk])) : nil
+            b.output("y\(k)", b.attention(q, kk, v, scale: 1 / Double(c.d).squareRoot(), bias: bias, causal: c.causal))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+}

@@ -1,0 +1,192 @@
+// GEMM and convolution kernels (gemm.h and the GEMM calls the emitter writes) against the
+// interpreter.
+// Every op three or more shapes, including sizes that are not multiples of 8 or 16.
+
+import Foundation
+import IR
+import Passes
+import Runtime
+import TestSupport
+import XCTest
+import Codegen
+
+final class GemmKernelTests: KernelTestCase {
+    func testPreludeFamilyCompilesWithoutWarnings() throws {
+        try assertPreludeCompilesWithoutWarnings(through: "gemm.h")
+    }
+
+    func testMatmul() throws {
+        // (a shape, b shape, transpose a, transpose b): plain, transposed, batched, unbatched right
+        // operand, M = 1 (sgemv) both ways, odd sizes.
+        let cases: [([Int], [Int], Bool, Bool)] = [
+            ([7, 13], [13, 5], false, false),
+            ([13, 7], [13, 5], true, false),
+            ([7, 13], [5, 13], false, true),
+            ([13, 7], [5, 13], true, true),
+            ([3, 9, 17], [3, 17, 11], false, false),
+            ([2, 3, 9, 17], [11, 17], false, true),
+            ([1, 129], [67, 129], false, true),
+            ([1, 129], [129, 67], false, false),
+            ([4, 1, 33], [4, 33, 10], false, false),
+            ([200, 257], [257, 130], false, false),
+        ]
+        let b = GraphBuilder(name: "matmul")
+        for (k, c) in cases.enumerated() {
+            let x = b.input("a\(k)", .f32(c.0)), y = b.input("b\(k)", .f32(c.1))
+            b.output("y\(k)", b.matmul(x, y, transposeA: c.2, transposeB: c.3))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testMatmulWithEpilogue() throws {
+        let b = GraphBuilder(name: "gemm_epilogue")
+        for (k, (m, n, kk)) in [(7, 13, 5), (64, 96, 33), (129, 300, 67)].enumerated() {
+            let x = b.input("x\(k)", .f32([m, kk])), w = b.input("w\(k)", .f32([n, kk]))
+            let bias = b.input("b\(k)", .f32([n])), r = b.input("r\(k)", .f32([m, n]))
+            b.output("y\(k)", r + b.linear(x, weight: w, bias: bias).apply(.gelu) * 0.5)
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), passes: ["fuse-elementwise", "plan-memory"])
+    }
+
+    func testConv2d() throws {
+        // (N, C, H, W, O, KH, KW, stride, padding): 3×3 pad 1, 1×1 (direct GEMM), 3×3 stride 2
+        // with pad 0 and 1, 1×1 strided and padded (im2col path), asymmetric stride/padding,
+        // odd H×W, channels not multiples of 16, N = 2, and one with several im2col tiles.
+        // Dilated cases: the weight gradient of a strided convolution is a dilated convolution.
+        let cases: [(n: Int, c: Int, h: Int, w: Int, o: Int, kh: Int, kw: Int, stride: [Int], pad: [Int], dil: [Int])] = [
+            (1, 3, 13, 7, 5, 3, 3, [1, 1], [1, 1], [1, 1]), (2, 17, 9, 11, 10, 1, 1, [1, 1], [0, 0], [1, 1]),
+            (2, 5, 13, 7, 6, 3, 3, [2, 2], [0, 0], [1, 1]), (1, 6, 13, 7, 4, 3, 3, [2, 2], [1, 1], [1, 1]),
+            (1, 8, 9, 9, 4, 1, 1, [2, 2], [1, 1], [1, 1]), (2, 3, 10, 12, 7, 3, 5, [1, 2], [0, 2], [1, 1]),
+            (1, 64, 48, 48, 20, 3, 3, [1, 1], [1, 1], [1, 1]), (2, 4, 1, 1, 3, 3, 3, [1, 1], [1, 1], [1, 1]),
+            (1, 5, 15, 11, 3, 3, 3, [1, 1], [2, 1], [2, 3]), (2, 4, 13, 9, 6, 2, 3, [2, 1], [0, 1], [3, 2]),
+        ]
+        let b = GraphBuilder(name: "conv2d")
+        for (k, c) in cases.enumerated() {
+            let x = b.input("x\(k)", .f32([c.n, c.c, c.h, c.w])), w = b.input("w\(k)", .f32([c.o, c.c, c.kh, c.kw]))
+            b.output("y\(k)", b.append(.conv2d, [x, w], attributes: ["stride": .ints(c.stride), "padding": .ints(c.pad), "dilation": .ints(c.dil)]))
+        }
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+    }
+
+    func testConv2dWithEpilogueAndLiftedWeights() throws {
+        // conv → + bias → SiLU becomes one fusion headed by the convolution; a convolution of
+        // weights alone is lifted to the prologue and compiled there.
+        let b = GraphBuilder(name: "conv_epilogue")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 3)
+        for (k, (c, o, hw, kk)) in [(4, 6, 9, 3), (16, 24, 17, 1), (3, 5, 32, 3)].enumerated() {
+            let x = b.input("x\(k)", .f32([1, c, hw, hw + 2]))
+            let w = b.weight("w\(k)", .f32([o, c, kk, kk])), bias = b.weight("b\(k)", .f32([o]))
+            weights["w\(k)"] = Tensor(.f32([o, c, kk, kk]), rng.normals(o * c * kk * kk))
+            weights["b\(k)"] = Tensor(.f32([o]), rng.normals(o))
+            let y = b.conv2d(x, w, padding: kk / 2)
+            b.output("y\(k)", (y + b.broadcast(b.reshape(bias, [o, 1, 1]), to: y.shape)).apply(.silu))
+        }
+        let k0 = b.weight("k0", .f32([2, 3, 5, 5])), k1 = b.weight("k1", .f32([4, 3, 3, 3]))
+        weights["k0"] = Tensor(.f32([2, 3, 5, 5]), rng.normals(150))
+        weights["k1"] = Tensor(.f32([4, 3, 3, 3]), rng.normals(108))
+        b.output("lifted", b.conv2d(k0, k1, stride: 2, padding: 1))
+        let g = try b.finish()
+        let inputs = randomInputs(g)
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["fuse-elementwise", "plan-memory"])
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: Array(defaultPipelineNames))
+        var options = PipelineOptions()
+        options.passes = Array(defaultPipelineNames)
+        let (optimized, _) = try runPipeline(Module(g), options)
+        XCTAssertEqual(optimized.main.nodes.filter { $0.op == .fusion && $0.region!.nodes.contains { $0.op == .conv2d } }.count, 3)
+        XCTAssertEqual(optimized.prologue?.nodes.filter { $0.op == .conv2d }.count, 1)
+    }
+
+    /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
+    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block; M = 1; A
+    /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
+    /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
+    /// operand, stay unpacked (OpenBLAS). The oracle is the interpreter on the weights rounded to
+    /// the storage type: the kernel's arithmetic is f32 on exactly those values.
+    @discardableResult
+    func checkPackedGEMM(_ dtype: WeightsDType, march: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> CProgram {
+        let storage: DType = dtype == .bf16 ? .bf16 : dtype == .f16 ? .f16 : .f32
+        let cases: [(a: [Int], n: Int, transposed: Bool)] = [
+            ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
+            ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
+        ]
+        let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 21)
+        func weight(_ name: String, _ shape: [Int]) -> Value {
+            weights[name] = Tensor(.f32(shape), rng.normals(shape.reduce(1, *)).map { roundToStorage($0, storage) })
+            return b.weight(name, .f32(shape))
+        }
+        for (i, c) in cases.enumerated() {
+            let k = c.a.last!
+            let w = weight("w\(i)", c.transposed ? [c.n, k] : [k, c.n])
+            b.output("y\(i)", b.matmul(b.input("x\(i)", .f32(c.a)), w, transposeB: c.transposed))
+        }
+        // A fusion headed by the GEMM; a weight shared by two GEMMs.
+        let x = b.input("xf", .f32([37, 45])), wf = weight("wf", [70, 45]), bias = weight("bf", [70])
+        let r = b.input("rf", .f32([37, 70]))
+        b.output("fused", r + b.linear(x, weight: wf, bias: bias).apply(.gelu))
+        b.output("shared", b.linear(b.input("xs", .f32([5, 45])), weight: wf, bias: nil))
+        // Fusions the GEMM finishes in its store: bias; bias + GELU; bias + SiLU (M = 33 > 14, N = 70).
+        let xe2 = b.input("xe2", .f32([33, 45]))
+        let wb = weight("wb", [70, 45])
+        b.output("bias", b.linear(xe2, weight: wb, bias: bias))
+        b.output("bias_gelu", b.linear(xe2, weight: weight("wg", [70, 45]), bias: bias).apply(.gelu))
+        b.output("bias_silu", b.linear(xe2, weight: weight("ws", [70, 45]), bias: bias).apply(.silu))
+        // Not packable: read element-wise too; the left operand.
+        let we = weight("we", [9, 20])
+        b.output("elementwise", b.linear(b.input("xe", .f32([4, 20])), weight: we, bias: nil) + b.slice(we, start: [0, 0], end: [4, 9]))
+        let wl = weight("wl", [6, 11])
+        b.output("left", b.matmul(wl, b.input("xl", .f32([11, 8]))))
+        let g = try b.finish()
+        var program: CProgram?
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), weights: weights, passes: ["fuse-elementwise", "plan-memory"],
+                                             configure: { $0.weightsDType = dtype; $0.march = march }, inspect: { program = $0.program },
+                                             file: file, line: line)
+        let packed = program!.weights.filter { $0.packing != nil }
+        XCTAssertEqual(packed.map(\.name).sorted(), (cases.indices.map { "w\($0)" } + ["wf", "wb", "wg", "ws"]).sorted(), file: file, line: line)
+        XCTAssertTrue(packed.allSatisfy { $0.dtype == storage.rawValue }, "\(packed)", file: file, line: line)
+        let calls = program!.sources.map { $0.text.components(separatedBy: "af_gemm_packed(in").count - 1 }.reduce(0, +)
+        XCTAssertEqual(calls, cases.count + 5, "one packed GEMM call per kernel", file: file, line: line)
+        // The three epilogues are in the GEMM's store: a bias operand with act 0, 1 (GELU), 2 (SiLU).
+        let text = program!.sources.map(\.text).joined()
+        for act in 0...2 {
+            XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, 45L, in[0-9]+, [0-2], in[0-9]+, \(act), out", options: .regularExpression),
+                            "act \(act)", file: file, line: line)
+        }
+        return program!
+    }
+
+    func testPackedWeightGEMM() throws {
+        for dtype in [WeightsDType.f32, .bf16, .f16] {
+            let program = try checkPackedGEMM(dtype)
+            // The run function passes 16-bit panels with their own pointer type (a mismatch is
+            // only a warning in gcc 12, an error in gcc 14).
+            let toolchain = try Toolchain.detect()
+            let dir = try makeTemporaryDirectory("arcflow-packed-c")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            for source in program.sources {
+                try source.text.write(toFile: "\(dir)/\(source.name)", atomically: true, encoding: .utf8)
+                let r = try runProcess(toolchain.compiler, toolchain.compileFlags + ["-Werror=incompatible-pointer-types", "-fsyntax-only", "\(dir)/\(source.name)"])
+                XCTAssertEqual(r.status, 0, "\(source.name): \(r.error)")
+            }
+        }
+    }
+
+    /// The AVX2 path (6 x 16 tiles), built for x86-64-v3 on any x86-64 machine.
+    func testPackedWeightGEMMOnAVX2() throws {
+        #if arch(x86_64)
+        for dtype in [WeightsDType.f32, .bf16, .f16] { try checkPackedGEMM(dtype, march: "x86-64-v3") }
+        #endif
+    }
+
+    /// The portable path (no vector intrinsics).
+    func testPackedWeightGEMMPortable() throws {
+        #if arch(x86_64)
+        try checkPackedGEMM(.bf16, march: "x86-64")
+        #endif
+    }
+}

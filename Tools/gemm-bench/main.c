@@ -1,0 +1,68 @@
+/*
+ * gemm-bench: our packed GEMM (af_gemm_packed, Prelude/gemm.h) against OpenBLAS sgemm and the
+ * measured FMA peak, in the same run, on one thread (OMP_NUM_THREADS=1 and
+ * openblas_set_num_threads(1)).  Compiled with the prelude prepended, as the generator does.
+ * Prints GFLOP/s best of N runs for C = A . B^T (B a [N, K] weight, as `linear` uses it) and
+ * the ratios; checks that the two results agree (relative L2 < 1e-5) and exits 1 if not.
+ *
+ *   gemm-bench [RUNS]
+ */
+
+/* B^T ([N, K] row-major) as AF_GEMM_NR-column panels of dtype dt (0 f32, 1 bf16), like the
+ * compiler's packWeightPanels. */
+static void *bench_pack(const float *w, long N, long K, int dt) {
+    const long P = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+    const size_t es = dt == 0 ? 4 : 2;
+    char *out = calloc((size_t)(P * K * AF_GEMM_NR), es);
+    for (long j = 0; j < N; j++)
+        for (long k = 0; k < K; k++) {
+            const long at = (j / AF_GEMM_NR) * K * AF_GEMM_NR + k * AF_GEMM_NR + j % AF_GEMM_NR;
+            if (dt == 0) ((float *)out)[at] = w[j * K + k];
+            else ((uint16_t *)out)[at] = af_f32_to_bf16(w[j * K + k]);
+        }
+    return out;
+}
+
+static double bench_now(void) { return omp_get_wtime(); }
+
+int main(int argc, char **argv) {
+    const int runs = argc > 1 ? atoi(argv[1]) : 5;
+    omp_set_num_threads(1);
+    openblas_set_num_threads(1);
+    const double peak = af_fma_peak_gflops();
+    printf("threads 1, OpenBLAS core %s, measured FMA peak %.1f GFLOP/s\n", openblas_get_corename(), peak);
+    printf("%5s %5s %5s | %9s %9s %9s | %7s %7s %7s\n", "M", "N", "K", "own f32", "own bf16", "sgemm",
+           "f32/bl", "f32/pk", "bf16/pk");
+    const long shapes[][3] = {{1024, 1024, 1024}, {2048, 2048, 2048}, {256, 3072, 3072}, {1024, 3072, 768}, {64, 3072, 768}};
+    int status = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const long M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *a = malloc(sizeof(float) * (size_t)(M * K)), *w = malloc(sizeof(float) * (size_t)(N * K));
+        float *c0 = malloc(sizeof(float) * (size_t)(M * N)), *c1 = malloc(sizeof(float) * (size_t)(M * N));
+        uint32_t r = 12345;
+        for (long i = 0; i < M * K; i++) { r = r * 1664525u + 1013904223u; a[i] = (float)(r >> 8) / 16777216.0f - 0.5f; }
+        for (long i = 0; i < N * K; i++) { r = r * 1664525u + 1013904223u; w[i] = af_bf16_to_f32(af_f32_to_bf16((float)(r >> 8) / 16777216.0f - 0.5f)); }
+        void *pf = bench_pack(w, N, K, 0), *ph = bench_pack(w, N, K, 1);
+        double best[3] = {1e30, 1e30, 1e30};
+        for (int rep = 0; rep < runs; rep++) {
+            double t = bench_now();
+            af_gemm_packed(a, K, pf, 0, NULL, AF_GEMM_ACT_NONE, c1, N, M, N, K);
+            t = bench_now() - t; if (t < best[0]) best[0] = t;
+            t = bench_now();
+            af_gemm_packed(a, K, ph, 1, NULL, AF_GEMM_ACT_NONE, c1, N, M, N, K);
+            t = bench_now() - t; if (t < best[1]) best[1] = t;
+            t = bench_now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, w, (int)K, 0.0f, c0, (int)N);
+            t = bench_now() - t; if (t < best[2]) best[2] = t;
+        }
+        double num = 0, den = 0;
+        for (long i = 0; i < M * N; i++) { const double d = (double)c1[i] - c0[i]; num += d * d; den += (double)c0[i] * c0[i]; }
+        const double err = sqrt(num / den);
+        if (!(err < 1e-5)) { printf("MISMATCH: relative L2 %.3g\n", err); status = 1; }
+        const double fl = 2.0 * M * N * K / 1e9;
+        printf("%5ld %5ld %5ld | %9.1f %9.1f %9.1f | %7.2f %6.0f%% %6.0f%%\n", M, N, K, fl / best[0], fl / best[1], fl / best[2],
+               best[2] / best[0], 100 * fl / best[0] / peak, 100 * fl / best[1] / peak);
+        free(a); free(w); free(c0); free(c1); free(pf); free(ph);
+    }
+    return status;
+}
