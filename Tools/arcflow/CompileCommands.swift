@@ -168,14 +168,7 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
         o = FluxOptions(height: height, width: width)
     }
     o.cfgScale = try args.double("--true-cfg-scale", spec)
-    if let sampler = try samplerOption(args) {
-        o.sampler = sampler
-    } else if adapter == nil {
-        throw UsageError("the default --sampler arc needs --adapter; or give --sampler euler for the teacher", spec)
-    }
-    o.shift = try positiveShift(args)
-    o.steps = try args.int("--steps", spec, min: 1)
-    o.textTokens = try args.int("--text-tokens", spec, default: 512, min: 1)!
+    (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.guidance = try args.double("--guidance", spec)
     return try FluxModel.sampler(checkpoint, adapter: adapter, options: o)
 }
@@ -195,6 +188,17 @@ func samplerOption(_ args: ParsedArguments) throws -> Sampler? {
     guard let s = args.value("--sampler") else { return nil }
     guard let sampler = Sampler(rawValue: s) else { throw UsageError("--sampler must be arc or euler, got '\(s)'", compileSpec) }
     return sampler
+}
+
+/// The sampler flags that `compile --transformer` reads alike for FLUX and Qwen-Image; the
+/// default sampler, arc, needs an adapter (the ArcFlow head lives there).
+func transformerSamplerFlags(_ args: ParsedArguments, hasAdapter: Bool) throws -> (sampler: Sampler, shift: Double?, steps: Int?, textTokens: Int) {
+    let sampler = try samplerOption(args)
+    if sampler == nil && !hasAdapter {
+        throw UsageError("the default --sampler arc needs --adapter; or give --sampler euler for the teacher", compileSpec)
+    }
+    return (sampler ?? .arc, try positiveShift(args), try args.int("--steps", compileSpec, min: 1),
+            try args.int("--text-tokens", compileSpec, default: 512, min: 1)!)
 }
 
 func positiveShift(_ args: ParsedArguments) throws -> Double? {

@@ -27,14 +27,7 @@ func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> Tr
     let adapter = try args.value("--adapter").map { try QwenImageCheckpoint.adapter($0) }
     let (height, width) = try imageSize(args)
     var o = QwenImageOptions(height: height, width: width)
-    if let sampler = try samplerOption(args) {
-        o.sampler = sampler
-    } else if adapter == nil {
-        throw UsageError("the default --sampler arc needs --adapter; or give --sampler euler for the teacher", spec)
-    }
-    o.shift = try positiveShift(args)
-    o.steps = try args.int("--steps", spec, min: 1)
-    o.textTokens = try args.int("--text-tokens", spec, default: 512, min: 1)!
+    (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.trueCFGScale = try args.double("--true-cfg-scale", spec)
     return try QwenImageModel.sampler(checkpoint, adapter: adapter, options: o)
 }
