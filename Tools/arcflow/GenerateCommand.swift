@@ -256,12 +256,20 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     } else {
         inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
-    stderrLine("arcflow: \(m.model["sampler"] ?? "") sampler, \(nfe) transformer evaluation\(nfe == 1 ? "" : "s")…")
+    try runSampler(model, inputs, nfe: nfe, label: "", metadata: [:], to: outPath)
+}
+
+/// Runs a compiled sampler alone (FLUX or Qwen-Image) and writes its `latents`: one progress
+/// line before (`label` names the family, `note` adds e.g. true CFG), one timing line after.
+func runSampler(_ model: LoadedModel, _ inputs: [String: Tensor], nfe: Int, label: String, note: String = "",
+                metadata: [String: String], to path: String) throws {
+    let sampler = model.manifest.model["sampler"] ?? ""
+    stderrLine("arcflow: \(label)\(sampler) sampler, \(nfe) transformer evaluation\(nfe == 1 ? "" : "s")\(note)…")
     let start = monotonicSeconds()
     let out = try model.executable.run(inputs)
     let seconds = monotonicSeconds() - start
     let latents = out["latents"]!
     try writeSafeTensors([TensorRecord(name: "latents", dtype: .f32, shape: latents.shape, payload: .floats(latents.data))],
-                         metadata: ["sampler": m.model["sampler"] ?? "", "nfe": String(nfe)], to: outPath)
-    print(String(format: "generated %@ in %.3f s (%.3f s per NFE) → %@", "\(latents.type)", seconds, seconds / Double(nfe), outPath))
+                         metadata: ["sampler": sampler, "nfe": String(nfe)].merging(metadata) { $1 }, to: path)
+    print(String(format: "generated %@ in %.3f s (%.3f s per NFE) → %@", "\(latents.type)", seconds, seconds / Double(nfe), path))
 }

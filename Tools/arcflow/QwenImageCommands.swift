@@ -74,14 +74,7 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
         inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
     let cfg = m.model["true_cfg_scale"].map { ", true CFG \($0) (prompt and negative prompt batched)" } ?? ""
-    stderrLine("arcflow: Qwen-Image \(m.model["sampler"] ?? "") sampler, \(nfe) transformer evaluation\(nfe == 1 ? "" : "s")\(cfg)…")
-    let start = monotonicSeconds()
-    let out = try model.executable.run(inputs)
-    let seconds = monotonicSeconds() - start
-    let latents = out["latents"]!
-    try writeSafeTensors([TensorRecord(name: "latents", dtype: .f32, shape: latents.shape, payload: .floats(latents.data))],
-                         metadata: ["sampler": m.model["sampler"] ?? "", "nfe": String(nfe), "family": m.model["family"] ?? ""], to: output)
-    print(String(format: "generated %@ in %.3f s (%.3f s per NFE) → %@", "\(latents.type)", seconds, seconds / Double(nfe), output))
+    try runSampler(model, inputs, nfe: nfe, label: "Qwen-Image ", note: cfg, metadata: ["family": m.model["family"] ?? ""], to: output)
 }
 
 func isQwenImageSampler(_ model: LoadedModel) -> Bool { model.manifest.model["family"] == TransformerFamily.qwenImage.rawValue }
