@@ -2,12 +2,12 @@
 # Reproduces the embedded default model from scratch: trains the teacher (hours of CPU), then
 # distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/). Never run by CI. Resumable: run it again after an interruption.
 #
-#   bash Tools/train-default.sh            # run folder models/shapes-run, 40000 steps
+#   bash Tools/train-default.sh            # run folder models/shapes-run, 30000 steps (the last third annealed)
 #   STEPS=60000 RUN=/tmp/run bash Tools/train-default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-models/shapes-run}
-STEPS=${STEPS:-40000}
+STEPS=${STEPS:-30000}
 # One thread: on cores shared with other jobs, every OpenMP barrier of a 2-thread step waits for a
 # descheduled thread (measured 10× slower per step); use THREADS=2 on an idle machine.
 THREADS=${THREADS:-1}

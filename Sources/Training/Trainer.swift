@@ -71,7 +71,8 @@ public final class SafeTensorsBatches: BatchProvider {
 
 /// Learning rate per step: linear warm-up from `warmupStartFactor`·lr to lr over `warmupSteps`
 /// steps, then constant (ArcFlow's schedule) or, with `cosine`, a half cosine down to
-/// `minFactor`·lr at `totalSteps`.
+/// `minFactor`·lr at `totalSteps`, starting at `decayStart` (a constant phase first: a long run
+/// can hold its rate and anneal at the end, where a sampler's quality rises most).
 public struct LRSchedule: Codable, Equatable {
     public var lr: Double
     public var warmupSteps = 0
@@ -79,9 +80,11 @@ public struct LRSchedule: Codable, Equatable {
     public var cosine = false
     public var minFactor = 0.0
     public var totalSteps = 0
-    public init(lr: Double, warmupSteps: Int = 0, warmupStartFactor: Double = 0, cosine: Bool = false, minFactor: Double = 0, totalSteps: Int = 0) {
+    public var decayStart = 0
+    public init(lr: Double, warmupSteps: Int = 0, warmupStartFactor: Double = 0, cosine: Bool = false, minFactor: Double = 0,
+                totalSteps: Int = 0, decayStart: Int = 0) {
         self.lr = lr; self.warmupSteps = warmupSteps; self.warmupStartFactor = warmupStartFactor
-        self.cosine = cosine; self.minFactor = minFactor; self.totalSteps = totalSteps
+        self.cosine = cosine; self.minFactor = minFactor; self.totalSteps = totalSteps; self.decayStart = decayStart
     }
 
     /// The rate of 0-based step `step`.
@@ -89,8 +92,9 @@ public struct LRSchedule: Codable, Equatable {
         if step < warmupSteps {
             return lr * (warmupStartFactor + (1 - warmupStartFactor) * Double(step) / Double(warmupSteps))
         }
-        guard cosine, totalSteps > warmupSteps else { return lr }
-        let x = min(1, Double(step - warmupSteps) / Double(totalSteps - warmupSteps))
+        let start = max(warmupSteps, decayStart)
+        guard cosine, totalSteps > start, step > start else { return lr }
+        let x = min(1, Double(step - start) / Double(totalSteps - start))
         return lr * (minFactor + (1 - minFactor) * 0.5 * (1 + cos(Double.pi * x)))
     }
 }

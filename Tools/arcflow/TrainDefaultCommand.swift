@@ -13,11 +13,12 @@ let trainDefaultSpec = CommandSpec(
     summary: "Train the default model's teacher (FLUX MMDiT, pixel space) on rendered shapes; resumable.",
     options: [
         OptionSpec(names: ["-o", "--output"], value: "OUTDIR", help: "run folder (state, logs, EMA weights, evaluations)"),
-        OptionSpec(names: ["--steps"], value: "N", help: "total optimizer steps (default 40000; a resumed run continues up to N)"),
+        OptionSpec(names: ["--steps"], value: "N", help: "total optimizer steps (default 30000; a resumed run continues up to N)"),
         OptionSpec(names: ["--batch"], value: "B", help: "samples per step, compiled into the graph (default 32)"),
         OptionSpec(names: ["--resume"], value: nil, help: "continue from OUTDIR/state.safetensors when it exists"),
         OptionSpec(names: ["--lr"], value: "LR", help: "AdamW learning rate after warm-up (default 4e-4)"),
         OptionSpec(names: ["--warmup"], value: "W", help: "linear warm-up steps (default 500)"),
+        OptionSpec(names: ["--decay-start"], value: "STEP", help: "hold the rate up to STEP, then a half cosine to 5% at --steps (default: the last third)"),
         OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N steps (default 250)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "export the EMA and judge samples every N steps (default 1000; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
@@ -66,6 +67,7 @@ func trainDefaultCommand(_ argv: [String]) throws {
     o.resume = args.has("--resume")
     o.lr = try args.double("--lr", spec, default: o.lr)!
     o.warmup = try args.int("--warmup", spec, default: o.warmup, min: 0)!
+    o.decayStart = try args.int("--decay-start", spec, min: 0)
     o.saveEvery = try args.int("--save-every", spec, default: o.saveEvery, min: 0)!
     o.evalEvery = try args.int("--eval-every", spec, default: o.evalEvery, min: 0)!
     o.evalCount = try args.int("--eval-prompts", spec, default: o.evalCount, min: 1)!
