@@ -237,7 +237,7 @@ public enum TeacherRun {
         if let h = FileHandle(forWritingAtPath: evalPath) {
             h.seekToEndOfFile(); h.write(row.data(using: .utf8)!); h.closeFile()
         } else {
-            try row.write(toFile: evalPath, atomically: true, encoding: .utf8)
+            try writeAtomically(row, to: evalPath)
         }
         log(String(format: "eval at step %d: one-object accuracy %.3f (%d prompts, CFG %.1f, 28 Euler steps) in %.0f s",
                    step, acc, evaluator.prompts.count, evaluator.guidance, monotonicSeconds() - t0))
