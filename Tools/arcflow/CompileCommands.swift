@@ -138,10 +138,10 @@ func compileCommand(_ argv: [String]) throws {
         store = try SafeTensorsStore(path: try args.required("--weights", compileSpec))
     }
     let compiled = try ModelCompiler.build(module, weights: store, options: options)
+    try ModelCompiler.write(compiled, to: out)   // weights computed and written one at a time
     let loadStart = monotonicSeconds()
-    _ = try compiled.load()
+    _ = try LoadedModel.load(out)                 // what `generate` will do: checks the folder
     let loaded = monotonicSeconds()
-    try ModelCompiler.write(compiled, to: out)
     if args.has("--time-passes") { printPassTimings(compiled.passTimings) }
     let p = compiled.program
     let kernels = Set(p.steps.map(\.kernel)).count
