@@ -87,6 +87,7 @@ public enum ModelCompiler {
         }
 
         var pipeline = options.pipeline
+        if options.weightsDType == .int8 { pipeline.context.options["quantize-weights.dtype"] = "int8" }
         if let dir = options.dumpIR { try installIRDump(&pipeline, directory: dir, input: module) }
         var (optimized, timings) = try runPipeline(module, pipeline)
         // Codegen needs offsets; without plan-memory every value gets its own bytes.
@@ -118,7 +119,7 @@ public enum ModelCompiler {
         case .f32: return { _ in .f32 }
         case .bf16: return { _ in .bf16 }
         case .f16: return { _ in .f16 }
-        case .auto:
+        case .auto, .int8:   // int8: the weights quantize-weights marked; the others as auto
             return { name in
                 guard let p = prologue, let out = p.outputs.first(where: { $0.name == name }) else {
                     return weights.type(of: name)?.dtype ?? .f32
@@ -172,7 +173,7 @@ public enum ModelCompiler {
             arenaBytes: compiled.program.arenaBytes, steps: compiled.program.steps, flops: compiled.program.flops,
             gemmFlops: compiled.program.gemmFlops, compiler: compiled.toolchain.identity,
             commands: compiled.library.commands.map { $0.joined(separator: " ") },
-            irSHA256: SHA256.hash(irText), weightsSHA256: try sha256(ofFile: "\(folder)/weights.safetensors"),
+            irSHA256: SHA256.hash(irText), weightsSHA256: weights.sha256!,
             librarySHA256: libData.withUnsafeBytes { SHA256.hash($0) }, model: compiled.model)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -273,9 +274,35 @@ public func packWeightPanels(_ w: UnsafePointer<Float>, _ packing: WeightPacking
             }
         }
     }
+    if dtype == .i8 { return packInt8Panels(w, packing, into: out) }
     switch dtype {
+    case .i8: break
     case .f32: pack(out.assumingMemoryBound(to: Float.self), zero: 0) { $0 }
     case .bf16: pack(out.assumingMemoryBound(to: UInt16.self), zero: 0) { bf16Bits($0) }
     case .f16: pack(out.assumingMemoryBound(to: UInt16.self), zero: 0) { f16Bits($0) }
+    }
+}
+
+/// int8 panels (gemm_int8.h) of the f32 weight `w`: per panel, the scales of each group of
+/// `packing.group` along K for its 32 columns, then the codes, K rows of 32 (zero past N). Codes
+/// and scales are `int8Scale`/`int8Code`'s, the interpreter's (`int8Dequantized`).
+func packInt8Panels(_ w: UnsafePointer<Float>, _ packing: WeightPacking, into out: UnsafeMutableRawPointer) {
+    let (k, n, nr) = (packing.k, packing.n, packing.panel)
+    let group = packing.group!
+    let panelBytes = int8PanelBytes(k: k, group: group, panel: nr), scaleBytes = (k + group - 1) / group * nr * 4
+    memset(out, 0, packing.panels * panelBytes)
+    for j in 0..<n {
+        let panel = out + (j / nr) * panelBytes
+        let scales = panel.assumingMemoryBound(to: Float.self), codes = (panel + scaleBytes).assumingMemoryBound(to: Int8.self)
+        let column = j % nr
+        func value(_ kk: Int) -> Float { packing.transposed ? w[j * k + kk] : w[kk * n + j] }
+        for start in stride(from: 0, to: k, by: group) {
+            let end = min(k, start + group)
+            var maxAbs: Float = 0
+            for kk in start..<end { maxAbs = max(maxAbs, abs(value(kk))) }
+            let scale = int8Scale(maxAbs: maxAbs)
+            scales[(start / group) * nr + column] = scale
+            for kk in start..<end { codes[kk * nr + column] = int8Code(value(kk), scale: scale) }
+        }
     }
 }

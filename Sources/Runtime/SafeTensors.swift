@@ -131,6 +131,7 @@ private func dtype(fromTag tag: String) -> DType? {
     case "F32": return .f32
     case "F16": return .f16
     case "BF16": return .bf16
+    case "I8": return .i8
     default: return nil
     }
 }
@@ -140,6 +141,7 @@ private func tag(of dtype: DType) -> String {
     case .f32: return "F32"
     case .f16: return "F16"
     case .bf16: return "BF16"
+    case .i8: return "I8"
     }
 }
 
@@ -290,6 +292,8 @@ private func convertToF32(_ src: UnsafeRawPointer, _ dtype: DType, _ n: Int, _ d
             let h = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
             dst[i] = Float(bitPattern: UInt32(h) << 16)
         }
+    case .i8:
+        for i in 0..<n { dst[i] = Float(src.load(fromByteOffset: i, as: Int8.self)) }
     case .f16:
         for i in 0..<n {
             dst[i] = fastFloatFromF16(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
@@ -378,6 +382,7 @@ public func writeSafeTensors(_ records: [TensorRecord], metadata: [String: Strin
                     case .f32: for i in 0..<n { scratch.storeBytes(of: p[i].bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self) }
                     case .bf16: for i in 0..<n { scratch.storeBytes(of: bf16Bits(p[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
                     case .f16: for i in 0..<n { scratch.storeBytes(of: f16Bits(p[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+                    case .i8: for i in 0..<n { scratch.storeBytes(of: Int8(roundToStorage(p[i], .i8)), toByteOffset: i, as: Int8.self) }
                     }
                     try writer.append(UnsafeRawBufferPointer(start: scratch, count: n * r.dtype.byteSize), partial: true)
                     start += n
@@ -402,6 +407,11 @@ public final class SafeTensorsWriter {
     private let sizes: [(name: String, bytes: Int)]
     /// Index of the tensor being written and the bytes of it written so far.
     private var current = 0, written = 0
+    /// SHA-256 of every byte written, so that the caller need not read the file back (mapping a
+    /// model's weights to hash them would make them resident again).
+    private var hasher = SHA256()
+    /// Hex SHA-256 of the file, once committed.
+    public private(set) var sha256: String?
 
     public init(path: String, tensors: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String] = [:]) throws {
         self.path = path
@@ -478,6 +488,7 @@ public final class SafeTensorsWriter {
         guard closed == 0 else { throw ArcError("\(path): close failed: \(errnoMessage())") }
         guard rename(tmp, path) == 0 else { throw ArcError("\(path): cannot replace file: \(errnoMessage())") }
         committed = true
+        sha256 = SHA256.hex(hasher.finalize())
         // Persist the rename itself; failure here cannot un-write the file, so it is not an error.
         let dirfd = open(dir, O_RDONLY | O_CLOEXEC)
         if dirfd >= 0 { _ = fsync(dirfd); close(dirfd) }
@@ -485,6 +496,7 @@ public final class SafeTensorsWriter {
 
     private func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
         guard let p = buffer.baseAddress else { return }
+        hasher.update(buffer)
         var done = 0
         while done < buffer.count {
             let w = write(fd, p + done, buffer.count - done)

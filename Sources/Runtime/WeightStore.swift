@@ -50,6 +50,9 @@ public func decodeFloats(_ p: UnsafeRawPointer, _ type: TensorType) -> [Float] {
     case .f16:
         let h = p.assumingMemoryBound(to: UInt16.self)
         return (0..<n).map { floatFromF16(h[$0]) }
+    case .i8:
+        let b = p.assumingMemoryBound(to: Int8.self)
+        return (0..<n).map { Float(b[$0]) }
     }
 }
 
@@ -61,6 +64,8 @@ public func encodeFloats(_ values: [Float], _ dtype: DType) -> [UInt8] {
     case .bf16, .f16:
         let bits = values.map { dtype == .bf16 ? bf16Bits($0) : f16Bits($0) }
         return bits.withUnsafeBytes { Array($0) }
+    case .i8:
+        return values.map { UInt8(bitPattern: Int8(roundToStorage($0, .i8))) }
     }
 }
 

@@ -108,6 +108,7 @@ final class WeightStreamingTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/two.safetensors"))
         try encodeFloats([5, 6], .f32).withUnsafeBytes { try w.append($0) }
         try w.commit()
+        XCTAssertEqual(w.sha256, try sha256(ofFile: "\(dir)/one.safetensors"))
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/one.safetensors")),
                        try Data(contentsOf: URL(fileURLWithPath: "\(dir)/two.safetensors")))
 
