@@ -48,7 +48,6 @@ static double rel_l2(const float *x, const float *ref, long n) {
 
 int main(int argc, char **argv) {
     const int runs = argc > 1 ? atoi(argv[1]) : 5;
-    openblas_set_num_threads(1);
     printf("threads %d, measured FMA peak %.1f GFLOP/s\n", omp_get_max_threads(), af_fma_peak_gflops());
     printf("%5s %6s %6s | %8s %8s %8s %8s | %6s %6s %6s | %9s %9s %9s\n", "M", "N", "K", "f32", "bf16", "i8/32", "i8/chan",
            "bf16x", "i8/32x", "i8/chx", "err bf16", "err i8/32", "err i8/ch");
