@@ -14,7 +14,7 @@ let package = Package(
         .target(name: "Passes", dependencies: ["IR"], path: "Sources/Passes"),
         .target(name: "Codegen", dependencies: ["IR"], path: "Sources/Codegen",
                 // The C prelude, one file per kernel family (CCodegen.preludeFamilies sets their order).
-                resources: ["common", "elementwise", "conversions", "norms", "gemm", "attention", "autodiff"]
+                resources: ["common", "elementwise", "conversions", "norms", "gemm", "gemm_int8", "attention", "autodiff"]
                     .map { .embedInCode("Prelude/\($0).h") }),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.

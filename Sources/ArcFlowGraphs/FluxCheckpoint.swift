@@ -252,6 +252,7 @@ final class PrefixStrippedStore: WeightStore {
         guard let k = map[name] else { throw ArcError("\(label): no tensor named '\(name)'") }
         return try base.raw(k)
     }
+    func evict(_ name: String) { map[name].map(base.evict) }
 }
 
 extension String {

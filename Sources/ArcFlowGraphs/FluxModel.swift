@@ -316,4 +316,5 @@ final class FluxWeights: WeightStore {
         guard let (s, k) = route(name) else { throw ArcError("no adapter loaded for '\(name)'") }
         return try s.raw(k)
     }
+    func evict(_ name: String) { route(name).map { $0.0.evict($0.1) } }
 }

@@ -57,7 +57,8 @@ public enum CCodegen {
     public static let preludeFamilies: [(name: String, text: String)] = [
         ("common.h", PackageResources.common_h), ("elementwise.h", PackageResources.elementwise_h),
         ("conversions.h", PackageResources.conversions_h), ("norms.h", PackageResources.norms_h),
-        ("gemm.h", PackageResources.gemm_h), ("attention.h", PackageResources.attention_h),
+        ("gemm.h", PackageResources.gemm_h), ("gemm_int8.h", PackageResources.gemm_int8_h),
+        ("attention.h", PackageResources.attention_h),
         ("autodiff.h", PackageResources.autodiff_h),
     ].map { ($0.0, String(decoding: $0.1, as: UTF8.self)) }
 

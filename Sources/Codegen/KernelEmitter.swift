@@ -15,7 +15,7 @@ struct Kernel {
 }
 
 /// C element type of a dtype in memory.
-func cType(_ d: DType) -> String { d == .f32 ? "float" : "uint16_t" }
+func cType(_ d: DType) -> String { d == .f32 ? "float" : d == .i8 ? "int8_t" : "uint16_t" }
 
 func shapeLabel(_ shape: [Int]) -> String { shape.isEmpty ? "scalar" : shape.map(String.init).joined(separator: "x") }
 
@@ -34,6 +34,7 @@ func cLoad(_ ptr: String, _ idx: String, _ d: DType) -> String {
     case .f32: return "\(ptr)[\(idx)]"
     case .bf16: return "af_bf16_to_f32(\(ptr)[\(idx)])"
     case .f16: return "af_f16_to_f32(\(ptr)[\(idx)])"
+    case .i8: return "(float)\(ptr)[\(idx)]"
     }
 }
 
@@ -42,6 +43,7 @@ func cStore(_ value: String, _ d: DType) -> String {
     case .f32: return value
     case .bf16: return "af_f32_to_bf16(\(value))"
     case .f16: return "af_f32_to_f16(\(value))"
+    case .i8: return "(int8_t)fmaxf(-128.0f, fminf(127.0f, roundf(\(value))))"
     }
 }
 
@@ -69,6 +71,7 @@ func cElementwise(_ op: OpCode, _ a: [String], resultDType: DType) -> String {
         case .f32: return a[0]
         case .bf16: return "af_bf16_to_f32(af_f32_to_bf16(\(a[0])))"
         case .f16: return "af_f16_to_f32(af_f32_to_f16(\(a[0])))"
+        case .i8: return "fmaxf(-128.0f, fminf(127.0f, roundf(\(a[0]))))"
         }
     case .add: return "\(a[0]) + \(a[1])"
     case .sub: return "\(a[0]) - \(a[1])"
@@ -326,7 +329,10 @@ enum KernelEmitter {
             let dt = bT.dtype == .f32 ? 0 : bT.dtype == .bf16 ? 1 : 2
             precondition(!ta && p.k == k && p.n == n, "packed GEMM operand does not match \(node.op.rawValue)")
             let bias = epilogue.bias.map { "in\($0)" } ?? "NULL"
-            let call = "    af_gemm_packed(in\(aParam), \(k)L, in\(bParam), \(dt), \(bias), \(epilogue.act), out, \(n)L, \(batch * m)L, \(n)L, \(k)L);\n"
+            var call = "    af_gemm_packed(in\(aParam), \(k)L, in\(bParam), \(dt), \(bias), \(epilogue.act), out, \(n)L, \(batch * m)L, \(n)L, \(k)L);\n"
+            if let g = p.group {   // int8 panels (gemm_int8.h), groups of g along K
+                call = "    af_gemm_packed_int8(in\(aParam), \(k)L, in\(bParam), \(g)L, \(bias), \(epilogue.act), out, \(n)L, \(batch * m)L, \(n)L, \(k)L);\n"
+            }
             let params = operandTypes.enumerated().map { i, t in "const \(cType(t.dtype)) *restrict in\(i)" } + ["float *restrict out"]
             return Kernel(text: function(params, call), label: "\(batch > 1 ? "\(batch)x" : "")\(m)x\(n)x\(k)_packed_\(bT.dtype.rawValue)",
                           parameters: params, flops: 2.0 * Double(batch * m * n * k), isGEMM: true)

@@ -9,6 +9,8 @@ public enum WeightsDType: String, CaseIterable {
     /// into a bf16 base, the type of its largest source).
     case auto
     case f32, bf16, f16
+    /// Symmetric int8 GEMM weights (the quantize-weights pass; gemm_int8.h); others as `auto`.
+    case int8
 }
 
 /// How a weight is stored for `af_gemm_packed` (gemm.h): the matmul's right operand B (K × N as
@@ -20,11 +22,16 @@ public struct WeightPacking: Equatable, Codable {
     /// The weight as the graph types it (f32): [N, K] when `transposed` (x·Wᵀ), else [K, N].
     public var source: [Int]
     public var transposed: Bool
+    /// Set for int8 panels (quantize-weights): elements of K per scale (K: per output channel).
+    public var group: Int?
 
     public var k: Int { transposed ? source[1] : source[0] }
     public var n: Int { transposed ? source[0] : source[1] }
     public var panels: Int { (n + panel - 1) / panel }
-    public func physicalType(_ dtype: DType) -> TensorType { TensorType(dtype, [panels, k, panel]) }
+    public func physicalType(_ dtype: DType) -> TensorType {
+        guard dtype == .i8, let g = group else { return TensorType(dtype, [panels, k, panel]) }
+        return TensorType(.i8, [panels, int8PanelBytes(k: k, group: g, panel: panel)])
+    }
 }
 
 /// Columns per packed panel; must equal AF_GEMM_NR in gemm.h.
@@ -47,7 +54,13 @@ func packedWeights(_ graph: Graph, storage: (String) -> DType?) -> [ValueID: (pa
     for (w, transposed) in transposedOf where !unpackable.contains(w) {
         let node = graph[w]
         guard node.type.dtype == .f32, node.type.rank == 2, node.type.count > 0, let dtype = storage(node.key!) else { continue }
-        result[w] = (WeightPacking(panel: gemmPanelWidth, source: node.type.shape, transposed: transposed), dtype)
+        var packing = WeightPacking(panel: gemmPanelWidth, source: node.type.shape, transposed: transposed)
+        if case .string("int8")? = node.attributes["quantize"], node.int("quant_axis") == (transposed ? 1 : 0) {
+            packing.group = node.int("quant_group")   // quantize-weights: int8 panels
+            result[w] = (packing, .i8)
+            continue
+        }
+        result[w] = (packing, dtype)
     }
     return result
 }
@@ -65,4 +78,10 @@ private func gemmRightOperand(_ n: Node, operand k: Int) -> Bool? {
     // The loop after the GEMM must not read the weight element by element.
     let readElsewhere = region.nodes.enumerated().contains { i, m in i != h && m.operands.contains(mm.operands[1]) }
     return readElsewhere ? nil : mm.flag("transpose_b")
+}
+
+/// Bytes of one int8 panel (af_i8_panel_bytes in gemm_int8.h): ceil(K / group) rows of `panel`
+/// f32 scales, then K rows of `panel` int8 codes padded to 64 bytes.
+public func int8PanelBytes(k: Int, group: Int, panel: Int) -> Int {
+    (k + group - 1) / group * panel * 4 + (k * panel + 63) / 64 * 64
 }

@@ -58,5 +58,6 @@
     case .f32: return x
     case .bf16: return floatFromBF16(bf16Bits(x))
     case .f16: return floatFromF16(f16Bits(x))
+    case .i8: return max(-128, min(127, x.rounded()))
     }
 }

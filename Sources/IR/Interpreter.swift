@@ -44,7 +44,12 @@ public enum Interpreter {
             case .weight:
                 let t = try weights(node.key!, node.type)
                 guard t.type == node.type else { throw ArcError("weight '\(node.key!)' is \(t.type), expected \(node.type)") }
-                v = t
+                // quantize-weights: the weight stands for its int8 codes times their scales.
+                if case .string("int8")? = node.attributes["quantize"], let axis = node.int("quant_axis"), let group = node.int("quant_group") {
+                    v = int8Dequantized(t, axis: axis, group: group)
+                } else {
+                    v = t
+                }
             default:
                 v = try evaluate(node, node.operands.map { values[$0]! })
             }

@@ -4,8 +4,11 @@
 /// (checkpoints, weights) and are converted with an explicit `convert` op.
 public enum DType: String, CaseIterable, Hashable, Sendable {
     case f32, f16, bf16
+    /// Storage only: int8 weight panels (codes and their f32 scales, see gemm_int8.h), never a
+    /// value the graph computes with.
+    case i8
 
-    public var byteSize: Int { self == .f32 ? 4 : 2 }
+    public var byteSize: Int { self == .f32 ? 4 : self == .i8 ? 1 : 2 }
 }
 
 /// A static tensor type. Shapes are fully known at compile time; a scalar has shape [].

@@ -5,7 +5,7 @@ import IR
 /// Every pass, by name. `--passes`, `--disable-pass` and `--print-after` take these names.
 public let allPasses: [Pass] = [
     foldConstants, fuseLoRA, foldArcIntegral, commonSubexpressionElimination, liftWeights,
-    deadCodeElimination, fuseElementwise, planMemory,
+    deadCodeElimination, quantizeWeights, fuseElementwise, planMemory,
     autodiff,   // not in the default pipeline: `arcflow grad` puts it first
 ]
 
@@ -19,6 +19,7 @@ public let defaultPipeline: [String] = [
     "cse",               // merge duplicates before lifting so shared weight transforms run once
     "lift-weights",      // weight-only math moves to @prologue (run once at compile time, in f32)
     "dce",               // drop what lifting and folding left unused (and weights nobody reads)
+    "quantize-weights",  // only with --weights-dtype int8: @main's weights are final; matmuls not yet fused
     "fuse-elementwise",  // after all rewrites: fusion groups are final, one kernel per group
     "plan-memory",       // last: offsets depend on the final kernel list
 ]

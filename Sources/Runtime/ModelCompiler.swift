@@ -45,32 +45,39 @@ public struct CompileOptions {
     public var weightsDType: WeightsDType = .f32
     /// `-march` for the generated C instead of `native` (e.g. x86-64-v3 to build the AVX2 paths).
     public var march: String?
+    /// A `@prologue` whose outputs (f32) fit in this many bytes runs whole, once; a larger one
+    /// runs one output at a time while the weights are written (see `WeightProducer`), so that
+    /// compiling a large checkpoint does not hold a second, f32 copy of it.
+    public var wholePrologueBytes = 256 << 20
     public var log: (String) -> Void = { _ in }
     public var model: [String: String] = [:]
     public init() {}
 }
 
 /// A compiled program in memory: the optimized module, its C, the verified library and the
-/// weights `@main` reads (prologue outputs layered over the stored weights).
+/// producer of the weights `@main` reads (computed and packed one at a time when written).
 public struct CompiledProgram {
     public var module: Module
     public var program: CProgram
     public var library: BuildCache.Entry
-    public var weights: WeightStore
+    public var producer: WeightProducer
     public var passTimings: [PassTiming]
     public var toolchain: Toolchain
     public var model: [String: String]
 
-    /// Loads the library and binds the weights, ready to run.
+    /// Every weight `@main` reads, in memory (computed on first use).
+    public var weights: WeightStore { get throws { try producer.materialize() } }
+
+    /// Loads the library and binds the weights (all in memory), ready to run.
     public func load() throws -> Executable {
         try Executable(library: try NativeLibrary(path: library.path), inputs: program.inputs, outputs: program.outputs,
-                       weights: program.weights, store: weights)
+                       weights: program.weights, store: try weights)
     }
 }
 
 public enum ModelCompiler {
-    /// Checks weights, runs the pipeline (dumping as asked), evaluates the prologue, generates C
-    /// and builds (or finds in the cache) the library.
+    /// Checks weights, runs the pipeline (dumping as asked), generates C and builds (or finds in
+    /// the cache) the library. The weights are computed later, one at a time, as they are needed.
     public static func build(_ module: Module, weights: WeightStore, options: CompileOptions = CompileOptions()) throws -> CompiledProgram {
         try Verifier.verify(module)
         for g in module.graphs {
@@ -80,6 +87,7 @@ public enum ModelCompiler {
         }
 
         var pipeline = options.pipeline
+        if options.weightsDType == .int8 { pipeline.context.options["quantize-weights.dtype"] = "int8" }
         if let dir = options.dumpIR { try installIRDump(&pipeline, directory: dir, input: module) }
         var (optimized, timings) = try runPipeline(module, pipeline)
         // Codegen needs offsets; without plan-memory every value gets its own bytes.
@@ -89,32 +97,16 @@ public enum ModelCompiler {
         var cache = BuildCache(root: options.cacheRoot, toolchain: toolchain)
         cache.log = options.log
 
-        var store: WeightStore = weights
-        if let prologue = optimized.prologue {
-            options.log("evaluating @prologue (\(prologue.outputs.count) weights) at compile time")
-            let program = try CCodegen.generate(prologue)
-            try dumpC(program, options.dumpC.map { "\($0)/prologue" })
-            let entry = try cache.library(for: program)
-            let exe = try Executable(library: try NativeLibrary(path: entry.path), inputs: [], outputs: program.outputs,
-                                     weights: program.weights, store: weights)
-            let lifted = TensorStore(label: "prologue outputs")
-            let buffers = exe.allocateOutputs()
-            defer { buffers.forEach { $0.deallocate() } }
-            try exe.runRaw(inputs: [], outputs: buffers)
-            for (k, b) in program.outputs.enumerated() {
-                lifted.set(b.name, type: b.type, bytes: buffers[k], count: b.type.byteCount)
-            }
-            store = LayeredStore(lifted, over: weights)
-        }
-
         let storage = weightStorage(options.weightsDType, prologue: optimized.prologue, weights: weights)
         let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount),
                                             weightStorage: storage)
-        store = try packWeights(program.weights, from: store, log: options.log)
         try dumpC(program, options.dumpC)
         let entry = try cache.library(for: program)
         options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
-        return CompiledProgram(module: optimized, program: program, library: entry, weights: store,
+        let producer = try WeightProducer(bindings: program.weights, source: weights, prologue: optimized.prologue,
+                                          wholePrologueBytes: options.wholePrologueBytes, cache: cache,
+                                          dumpC: options.dumpC, log: options.log)
+        return CompiledProgram(module: optimized, program: program, library: entry, producer: producer,
                                passTimings: timings, toolchain: toolchain, model: options.model)
     }
 
@@ -127,7 +119,7 @@ public enum ModelCompiler {
         case .f32: return { _ in .f32 }
         case .bf16: return { _ in .bf16 }
         case .f16: return { _ in .f16 }
-        case .auto:
+        case .auto, .int8:   // int8: the weights quantize-weights marked; the others as auto
             return { name in
                 guard let p = prologue, let out = p.outputs.first(where: { $0.name == name }) else {
                     return weights.type(of: name)?.dtype ?? .f32
@@ -145,33 +137,14 @@ public enum ModelCompiler {
         }
     }
 
-    /// Lays the weights the program reads as GEMM panels out as such (a weight-only transform, in
-    /// Swift, once per compile), over `store`.
-    static func packWeights(_ bindings: [Binding], from store: WeightStore, log: (String) -> Void) throws -> WeightStore {
-        let packed = TensorStore(label: "packed weights")
-        var count = 0, bytes = 0
-        for b in bindings {
-            guard let p = b.packing else { continue }
-            let source = try store.tensor(b.name)
-            guard source.shape == p.source else {
-                throw ArcError("weight '\(b.name)': expected \(p.source) to pack into GEMM panels, found \(source.shape)")
-            }
-            let panels = source.data.withUnsafeBufferPointer { packWeightPanels($0, p, dtype: b.type.dtype) }
-            panels.withUnsafeBytes { packed.set(b.name, type: b.type, bytes: $0.baseAddress, count: $0.count) }
-            count += 1
-            bytes += panels.count
-        }
-        if count > 0 { log("packed \(count) GEMM weights into panels (\(bytes) bytes)") }
-        return count > 0 ? LayeredStore(packed, over: store) : store
-    }
-
-    private static func dumpC(_ program: CProgram, _ dir: String?) throws {
+    static func dumpC(_ program: CProgram, _ dir: String?) throws {
         guard let dir else { return }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for s in program.sources { try writeAtomically(s.text, to: "\(dir)/\(s.name)") }
     }
 
     /// Writes the model folder: `model.so`, `weights.safetensors`, `manifest.json`, `model.ir`.
+    /// The weights are streamed into their file one tensor at a time (`WeightProducer`).
     /// Writers of one folder take turns (flock on `.lock` in it); temporaries a killed writer
     /// left are removed; the manifest is removed first and written last, so a folder caught
     /// half-written is no model at all (loading says so) rather than new weights under an old
@@ -185,12 +158,11 @@ public enum ModelCompiler {
         if unlink("\(folder)/manifest.json") != 0 && errno != ENOENT {
             throw ArcError("cannot replace \(folder)/manifest.json: \(String(cString: strerror(errno)))")
         }
-        let records = try compiled.program.weights.map { b -> TensorRecord in
-            let p = try compiled.weights.raw(b.name)
-            return TensorRecord(name: b.name, dtype: b.type.dtype, shape: b.shape,
-                                payload: .raw(Array(UnsafeRawBufferPointer(start: p, count: b.type.byteCount))))
-        }
-        try writeSafeTensors(records, metadata: ["format": "arcflow-weights"], to: "\(folder)/weights.safetensors")
+        let weights = try SafeTensorsWriter(path: "\(folder)/weights.safetensors",
+                                            tensors: compiled.program.weights.map { ($0.name, $0.type.dtype, $0.shape) },
+                                            metadata: ["format": "arcflow-weights"])
+        try compiled.producer.forEach { _, bytes in try weights.append(bytes) }
+        try weights.commit()
         let libData = try Data(contentsOf: URL(fileURLWithPath: compiled.library.path))
         try writeAtomically(libData, to: "\(folder)/model.so")
         let irText = Printer.print(compiled.module)
@@ -201,7 +173,7 @@ public enum ModelCompiler {
             arenaBytes: compiled.program.arenaBytes, steps: compiled.program.steps, flops: compiled.program.flops,
             gemmFlops: compiled.program.gemmFlops, compiler: compiled.toolchain.identity,
             commands: compiled.library.commands.map { $0.joined(separator: " ") },
-            irSHA256: SHA256.hash(irText), weightsSHA256: try sha256(ofFile: "\(folder)/weights.safetensors"),
+            irSHA256: SHA256.hash(irText), weightsSHA256: weights.sha256!,
             librarySHA256: libData.withUnsafeBytes { SHA256.hash($0) }, model: compiled.model)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -279,18 +251,58 @@ public func writeAtomically(_ text: String, to path: String) throws {
 /// B's panels (see `WeightPacking`) from the f32 weight `w`, row-major `packing.source`, rounded
 /// to `dtype` (to nearest even).
 public func packWeightPanels(_ w: UnsafeBufferPointer<Float>, _ packing: WeightPacking, dtype: DType) -> [UInt8] {
-    let (k, n, nr) = (packing.k, packing.n, packing.panel)
-    precondition(w.count == k * n, "packWeightPanels: \(w.count) values for \(packing.source)")
-    var panels = [Float](repeating: 0, count: packing.panels * k * nr)
-    panels.withUnsafeMutableBufferPointer { out in
+    precondition(w.count == packing.k * packing.n, "packWeightPanels: \(w.count) values for \(packing.source)")
+    let bytes = packing.physicalType(dtype).byteCount
+    return [UInt8](unsafeUninitializedCapacity: bytes) { out, count in
+        packWeightPanels(w.baseAddress!, packing, dtype: dtype, into: UnsafeMutableRawPointer(out.baseAddress!))
+        count = bytes
+    }
+}
+
+/// The same, written straight into `out` (`packing.physicalType(dtype).byteCount` bytes): no
+/// intermediate copy, since a compile packs weights of hundreds of MB one after another.
+public func packWeightPanels(_ w: UnsafePointer<Float>, _ packing: WeightPacking, dtype: DType, into out: UnsafeMutableRawPointer) {
+    func pack<T>(_ out: UnsafeMutablePointer<T>, zero: T, _ convert: (Float) -> T) {
+        let (k, n, nr) = (packing.k, packing.n, packing.panel)
+        out.initialize(repeating: zero, count: packing.panels * k * nr)
         for j in 0..<n {
             let base = (j / nr) * k * nr + j % nr
             if packing.transposed {
-                for kk in 0..<k { out[base + kk * nr] = w[j * k + kk] }
+                for kk in 0..<k { out[base + kk * nr] = convert(w[j * k + kk]) }
             } else {
-                for kk in 0..<k { out[base + kk * nr] = w[kk * n + j] }
+                for kk in 0..<k { out[base + kk * nr] = convert(w[kk * n + j]) }
             }
         }
     }
-    return encodeFloats(panels, dtype)
+    if dtype == .i8 { return packInt8Panels(w, packing, into: out) }
+    switch dtype {
+    case .i8: break
+    case .f32: pack(out.assumingMemoryBound(to: Float.self), zero: 0) { $0 }
+    case .bf16: pack(out.assumingMemoryBound(to: UInt16.self), zero: 0) { bf16Bits($0) }
+    case .f16: pack(out.assumingMemoryBound(to: UInt16.self), zero: 0) { f16Bits($0) }
+    }
+}
+
+/// int8 panels (gemm_int8.h) of the f32 weight `w`: per panel, the scales of each group of
+/// `packing.group` along K for its 32 columns, then the codes, K rows of 32 (zero past N). Codes
+/// and scales are `int8Scale`/`int8Code`'s, the interpreter's (`int8Dequantized`).
+func packInt8Panels(_ w: UnsafePointer<Float>, _ packing: WeightPacking, into out: UnsafeMutableRawPointer) {
+    let (k, n, nr) = (packing.k, packing.n, packing.panel)
+    let group = packing.group!
+    let panelBytes = int8PanelBytes(k: k, group: group, panel: nr), scaleBytes = (k + group - 1) / group * nr * 4
+    memset(out, 0, packing.panels * panelBytes)
+    for j in 0..<n {
+        let panel = out + (j / nr) * panelBytes
+        let scales = panel.assumingMemoryBound(to: Float.self), codes = (panel + scaleBytes).assumingMemoryBound(to: Int8.self)
+        let column = j % nr
+        func value(_ kk: Int) -> Float { packing.transposed ? w[j * k + kk] : w[kk * n + j] }
+        for start in stride(from: 0, to: k, by: group) {
+            let end = min(k, start + group)
+            var maxAbs: Float = 0
+            for kk in start..<end { maxAbs = max(maxAbs, abs(value(kk))) }
+            let scale = int8Scale(maxAbs: maxAbs)
+            scales[(start / group) * nr + column] = scale
+            for kk in start..<end { codes[kk * nr + column] = int8Code(value(kk), scale: scale) }
+        }
+    }
 }

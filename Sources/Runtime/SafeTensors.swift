@@ -95,6 +95,18 @@ public final class SafeTensorsFile {
         }
     }
 
+    /// Hands the pages holding the tensor back to the kernel (`MADV_DONTNEED`): they leave this
+    /// process's resident set and are read again from the file on the next touch. The mapping is
+    /// private and read-only, so nothing is lost; pages shared with neighbouring tensors go too
+    /// and simply come back if those are read.
+    public func evict(_ name: String) {
+        guard let info = tensors[name], info.byteCount > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = info.offset / page * page
+        let end = min(mappedSize, (info.offset + info.byteCount + page - 1) / page * page)
+        _ = madvise(base + start, end - start, MADV_DONTNEED)
+    }
+
     /// Converts the tensor to f32 straight into caller-owned memory (e.g. a compiled model's
     /// weight arena), avoiding the intermediate array of `floats`. `dst` must have room for
     /// `info(name).elementCount` floats.
@@ -119,6 +131,7 @@ private func dtype(fromTag tag: String) -> DType? {
     case "F32": return .f32
     case "F16": return .f16
     case "BF16": return .bf16
+    case "I8": return .i8
     default: return nil
     }
 }
@@ -128,6 +141,7 @@ private func tag(of dtype: DType) -> String {
     case .f32: return "F32"
     case .f16: return "F16"
     case .bf16: return "BF16"
+    case .i8: return "I8"
     }
 }
 
@@ -278,6 +292,8 @@ private func convertToF32(_ src: UnsafeRawPointer, _ dtype: DType, _ n: Int, _ d
             let h = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
             dst[i] = Float(bitPattern: UInt32(h) << 16)
         }
+    case .i8:
+        for i in 0..<n { dst[i] = Float(src.load(fromByteOffset: i, as: Int8.self)) }
     case .f16:
         for i in 0..<n {
             dst[i] = fastFloatFromF16(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
@@ -337,76 +353,25 @@ public struct TensorRecord {
 /// checkpoint behind.
 public func writeSafeTensors(_ records: [TensorRecord], metadata: [String: String] = [:], to path: String) throws {
     // Validate everything before touching the file system.
-    var seen = Set<String>()
-    var entries: [(name: String, json: String)] = []
-    var offset = 0
     for r in records {
-        guard r.name != "__metadata__" else { throw ArcError("\(path): '__metadata__' cannot be used as a tensor name") }
-        guard seen.insert(r.name).inserted else { throw ArcError("\(path): duplicate tensor name '\(r.name)'") }
-        if let d = r.shape.first(where: { $0 < 0 }) {
-            throw ArcError("\(path): tensor '\(r.name)' has negative dimension \(d) in shape \(shapeText(r.shape))")
-        }
-        let count = r.shape.reduce(1, *)
+        let count = r.shape.allSatisfy { $0 >= 0 } ? r.shape.reduce(1, *) : 0
         let type = TensorType(r.dtype, r.shape)
         switch r.payload {
-        case .floats(let v) where v.count != count:
+        case .floats(let v) where r.shape.allSatisfy({ $0 >= 0 }) && v.count != count:
             throw ArcError("\(path): tensor '\(r.name)' has \(v.count) floats but \(type) needs \(count)")
-        case .raw(let b) where b.count != type.byteCount:
+        case .raw(let b) where r.shape.allSatisfy({ $0 >= 0 }) && b.count != type.byteCount:
             throw ArcError("\(path): tensor '\(r.name)' has \(b.count) bytes but \(type) needs \(type.byteCount)")
         default: break
         }
-        let end = offset + type.byteCount
-        entries.append((r.name, "{\"data_offsets\":[\(offset),\(end)],\"dtype\":\"\(tag(of: r.dtype))\",\"shape\":\(shapeText(r.shape))}"))
-        offset = end
     }
-
-    var header = "{"
-    var parts: [String] = []
-    if !metadata.isEmpty {
-        let pairs = metadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
-        parts.append("\"__metadata__\":{" + pairs.map { jsonQuoted($0.key) + ":" + jsonQuoted($0.value) }.joined(separator: ",") + "}")
-    }
-    for e in entries.sorted(by: { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }) {
-        parts.append(jsonQuoted(e.name) + ":" + e.json)
-    }
-    header += parts.joined(separator: ",") + "}"
-    var headerBytes = Array(header.utf8)
-    headerBytes += [UInt8](repeating: 0x20, count: (8 - headerBytes.count % 8) % 8)
-
-    // Write to a unique temporary file next to the destination, then rename over it.
-    let slash = path.lastIndex(of: "/")
-    let dir = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
-    let tmp = TemporaryFiles.path(for: path)   // `.<file>.tmp.<pid>.<hex>`: a later compile removes it if we die
-    var fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
-    guard fd >= 0 else { throw ArcError("\(path): cannot create a temporary file in '\(dir)': \(errnoMessage())") }
-    var committed = false
-    defer {
-        if fd >= 0 { close(fd) }
-        if !committed { unlink(tmp) }
-    }
-
-    func writeAll(_ p: UnsafeRawPointer, _ n: Int) throws {
-        var done = 0
-        while done < n {
-            let w = write(fd, p + done, n - done)
-            if w < 0 {
-                if errno == EINTR { continue }
-                throw ArcError("\(path): write failed: \(errnoMessage())")
-            }
-            done += w
-        }
-    }
-
-    var prefix = UInt64(headerBytes.count).littleEndian
-    try withUnsafeBytes(of: &prefix) { try writeAll($0.baseAddress!, 8) }
-    try headerBytes.withUnsafeBytes { try writeAll($0.baseAddress!, $0.count) }
+    let writer = try SafeTensorsWriter(path: path, tensors: records.map { ($0.name, $0.dtype, $0.shape) }, metadata: metadata)
     let chunk = 1 << 20
     let scratch = UnsafeMutableRawPointer.allocate(byteCount: chunk * 4, alignment: 16)
     defer { scratch.deallocate() }
     for r in records {
         switch r.payload {
         case .raw(let bytes):
-            try bytes.withUnsafeBytes { if $0.count > 0 { try writeAll($0.baseAddress!, $0.count) } }
+            try bytes.withUnsafeBytes { try writer.append($0) }
         case .floats(let values):
             try values.withUnsafeBufferPointer { src in
                 var start = 0
@@ -417,22 +382,131 @@ public func writeSafeTensors(_ records: [TensorRecord], metadata: [String: Strin
                     case .f32: for i in 0..<n { scratch.storeBytes(of: p[i].bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self) }
                     case .bf16: for i in 0..<n { scratch.storeBytes(of: bf16Bits(p[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
                     case .f16: for i in 0..<n { scratch.storeBytes(of: f16Bits(p[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+                    case .i8: for i in 0..<n { scratch.storeBytes(of: Int8(roundToStorage(p[i], .i8)), toByteOffset: i, as: Int8.self) }
                     }
-                    try writeAll(scratch, n * r.dtype.byteSize)
+                    try writer.append(UnsafeRawBufferPointer(start: scratch, count: n * r.dtype.byteSize), partial: true)
                     start += n
                 }
             }
         }
     }
-    guard fsync(fd) == 0 else { throw ArcError("\(path): fsync failed: \(errnoMessage())") }
-    let closed = close(fd)
-    fd = -1
-    guard closed == 0 else { throw ArcError("\(path): close failed: \(errnoMessage())") }
-    guard rename(tmp, path) == 0 else { throw ArcError("\(path): cannot replace file: \(errnoMessage())") }
-    committed = true
-    // Persist the rename itself; failure here cannot un-write the file, so it is not an error.
-    let dirfd = open(dir, O_RDONLY | O_CLOEXEC)
-    if dirfd >= 0 { _ = fsync(dirfd); close(dirfd) }
+    try writer.commit()
+}
+
+/// A safetensors file written one tensor at a time, so that a model's weights never need to
+/// be in memory together (a compile streams them: computed, packed, appended, dropped). The
+/// header is written first from the names, dtypes and shapes given up front; tensors are then
+/// appended in that order. Same bytes as `writeSafeTensors`, and just as atomic: a temporary
+/// file renamed over `path` by `commit`, removed if the writer is dropped before.
+public final class SafeTensorsWriter {
+    public let path: String
+    private let tmp: String
+    private let dir: String
+    private var fd: Int32
+    private var committed = false
+    private let sizes: [(name: String, bytes: Int)]
+    /// Index of the tensor being written and the bytes of it written so far.
+    private var current = 0, written = 0
+    /// SHA-256 of every byte written, so that the caller need not read the file back (mapping a
+    /// model's weights to hash them would make them resident again).
+    private var hasher = SHA256()
+    /// Hex SHA-256 of the file, once committed.
+    public private(set) var sha256: String?
+
+    public init(path: String, tensors: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String] = [:]) throws {
+        self.path = path
+        var seen = Set<String>()
+        var entries: [(name: String, json: String)] = []
+        var offset = 0
+        var sizes: [(String, Int)] = []
+        for (name, dtype, shape) in tensors {
+            guard name != "__metadata__" else { throw ArcError("\(path): '__metadata__' cannot be used as a tensor name") }
+            guard seen.insert(name).inserted else { throw ArcError("\(path): duplicate tensor name '\(name)'") }
+            if let d = shape.first(where: { $0 < 0 }) {
+                throw ArcError("\(path): tensor '\(name)' has negative dimension \(d) in shape \(shapeText(shape))")
+            }
+            let bytes = TensorType(dtype, shape).byteCount
+            entries.append((name, "{\"data_offsets\":[\(offset),\(offset + bytes)],\"dtype\":\"\(tag(of: dtype))\",\"shape\":\(shapeText(shape))}"))
+            sizes.append((name, bytes))
+            offset += bytes
+        }
+        self.sizes = sizes
+
+        var parts: [String] = []
+        if !metadata.isEmpty {
+            let pairs = metadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+            parts.append("\"__metadata__\":{" + pairs.map { jsonQuoted($0.key) + ":" + jsonQuoted($0.value) }.joined(separator: ",") + "}")
+        }
+        for e in entries.sorted(by: { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }) {
+            parts.append(jsonQuoted(e.name) + ":" + e.json)
+        }
+        var headerBytes = Array(("{" + parts.joined(separator: ",") + "}").utf8)
+        headerBytes += [UInt8](repeating: 0x20, count: (8 - headerBytes.count % 8) % 8)
+
+        // A unique temporary file next to the destination, renamed over it by `commit`.
+        let slash = path.lastIndex(of: "/")
+        dir = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
+        tmp = TemporaryFiles.path(for: path)   // `.<file>.tmp.<pid>.<hex>`: a later compile removes it if we die
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
+        guard fd >= 0 else { throw ArcError("\(path): cannot create a temporary file in '\(dir)': \(errnoMessage())") }
+        var prefix = UInt64(headerBytes.count).littleEndian
+        try withUnsafeBytes(of: &prefix) { try writeAll($0) }
+        try headerBytes.withUnsafeBytes { try writeAll($0) }
+        advance()
+    }
+
+    deinit {
+        if fd >= 0 { close(fd) }
+        if !committed { unlink(tmp) }
+    }
+
+    /// Appends the bytes of the next tensor (all of them; with `partial`, a piece, the rest to
+    /// follow). Zero-byte tensors need no append (nothing happens for an empty buffer).
+    public func append(_ bytes: UnsafeRawBufferPointer, partial: Bool = false) throws {
+        if bytes.isEmpty { return }
+        guard current < sizes.count else { throw ArcError("\(path): more tensors appended than the \(sizes.count) declared") }
+        let (name, size) = sizes[current]
+        guard written + bytes.count <= size, partial || written + bytes.count == size else {
+            throw ArcError("\(path): tensor '\(name)' got \(written + bytes.count) bytes, its type needs \(size)")
+        }
+        try writeAll(bytes)
+        written += bytes.count
+        if written == size { current += 1; written = 0; advance() }
+    }
+
+    /// Skips zero-byte tensors, which get no append.
+    private func advance() { while current < sizes.count && sizes[current].bytes == 0 { current += 1 } }
+
+    /// fsyncs, then renames the file into place; every declared tensor must have been appended.
+    public func commit() throws {
+        guard current == sizes.count else {
+            throw ArcError("\(path): only \(current) of \(sizes.count) tensors written (next: '\(sizes[current].name)')")
+        }
+        guard fsync(fd) == 0 else { throw ArcError("\(path): fsync failed: \(errnoMessage())") }
+        let closed = close(fd)
+        fd = -1
+        guard closed == 0 else { throw ArcError("\(path): close failed: \(errnoMessage())") }
+        guard rename(tmp, path) == 0 else { throw ArcError("\(path): cannot replace file: \(errnoMessage())") }
+        committed = true
+        sha256 = SHA256.hex(hasher.finalize())
+        // Persist the rename itself; failure here cannot un-write the file, so it is not an error.
+        let dirfd = open(dir, O_RDONLY | O_CLOEXEC)
+        if dirfd >= 0 { _ = fsync(dirfd); close(dirfd) }
+    }
+
+    private func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+        guard let p = buffer.baseAddress else { return }
+        hasher.update(buffer)
+        var done = 0
+        while done < buffer.count {
+            let w = write(fd, p + done, buffer.count - done)
+            if w < 0 {
+                if errno == EINTR { continue }
+                throw ArcError("\(path): write failed: \(errnoMessage())")
+            }
+            done += w
+        }
+    }
 }
 
 /// JSON string literal; non-ASCII is written as UTF-8, control characters as \u escapes.

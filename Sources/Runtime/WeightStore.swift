@@ -11,9 +11,15 @@ public protocol WeightStore: AnyObject {
     var names: [String] { get }
     /// For messages: "W.safetensors".
     var label: String { get }
+    /// Says `name` will not be read for a while: a store that maps a file may hand its pages
+    /// back to the kernel (they are read again from the file if it is). Pointers stay valid.
+    func evict(_ name: String)
 }
 
 extension WeightStore {
+    /// Most stores hold their tensors in memory: nothing to hand back.
+    public func evict(_ name: String) {}
+
     /// A weight as a host tensor (values as f32).
     public func tensor(_ name: String) throws -> Tensor {
         guard let t = type(of: name) else { throw ArcError("\(label): no tensor named '\(name)'") }
@@ -44,6 +50,9 @@ public func decodeFloats(_ p: UnsafeRawPointer, _ type: TensorType) -> [Float] {
     case .f16:
         let h = p.assumingMemoryBound(to: UInt16.self)
         return (0..<n).map { floatFromF16(h[$0]) }
+    case .i8:
+        let b = p.assumingMemoryBound(to: Int8.self)
+        return (0..<n).map { Float(b[$0]) }
     }
 }
 
@@ -55,6 +64,8 @@ public func encodeFloats(_ values: [Float], _ dtype: DType) -> [UInt8] {
     case .bf16, .f16:
         let bits = values.map { dtype == .bf16 ? bf16Bits($0) : f16Bits($0) }
         return bits.withUnsafeBytes { Array($0) }
+    case .i8:
+        return values.map { UInt8(bitPattern: Int8(roundToStorage($0, .i8))) }
     }
 }
 
@@ -92,6 +103,13 @@ public final class SafeTensorsStore: WeightStore {
         memcpy(p!, base, info.byteCount)
         aligned[name] = p!
         return UnsafeRawPointer(p!)
+    }
+
+    /// Drops the tensor's mapped pages from this process (the checkpoint stays in the page
+    /// cache): a compile streaming a checkpoint through does not keep it resident.
+    public func evict(_ name: String) {
+        guard let (file, _) = index[name], aligned[name] == nil else { return }
+        file.evict(name)
     }
 }
 
@@ -140,4 +158,5 @@ public final class LayeredStore: WeightStore {
     public func raw(_ name: String) throws -> UnsafeRawPointer {
         primary.type(of: name) != nil ? try primary.raw(name) : try fallback.raw(name)
     }
+    public func evict(_ name: String) { primary.type(of: name) != nil ? primary.evict(name) : fallback.evict(name) }
 }

@@ -113,7 +113,7 @@ final class CLITests: XCTestCase {
         XCTAssertGreaterThan(relativeL2(bf16, f32), 0, "bf16 panels round the weights")
         let bad = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "x", "--weights-dtype", "int4"])
         XCTAssertEqual(bad.status, 2)
-        XCTAssertTrue(bad.err.contains("--weights-dtype must be auto, f32, bf16 or f16, got 'int4'"), bad.err)
+        XCTAssertTrue(bad.err.contains("--weights-dtype must be auto, f32, bf16, f16 or int8, got 'int4'"), bad.err)
     }
 
     func testUnparsableIR() throws {

@@ -84,8 +84,8 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
         OptionSpec(names: ["--latent-size"], value: "HxW", help: "--transformer: the latent grid directly (pixel-space models such as the embedded default), instead of --height/--width ÷ 8"),
         OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does"),
-        OptionSpec(names: ["--weights-dtype"], value: "auto|f32|bf16|f16",
-                   help: "storage type of the GEMM weight panels (default auto: the checkpoint's; f32 keeps weights exact)"),
+        OptionSpec(names: ["--weights-dtype"], value: "auto|f32|bf16|f16|int8",
+                   help: "storage type of the GEMM weight panels (default auto: the checkpoint's; f32 keeps weights exact; int8: symmetric, quantize-weights, --pass-option quantize-weights.group=32|channel)"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -99,7 +99,7 @@ func compileCommand(_ argv: [String]) throws {
     var options = try compileOptions(args, compileSpec, output: out)
     let dtype = args.value("--weights-dtype") ?? "auto"
     guard let weightsDType = WeightsDType(rawValue: dtype) else {
-        throw UsageError("--weights-dtype must be auto, f32, bf16 or f16, got '\(dtype)'", compileSpec)
+        throw UsageError("--weights-dtype must be auto, f32, bf16, f16 or int8, got '\(dtype)'", compileSpec)
     }
     options.weightsDType = weightsDType
     if let pipeline = args.value("--pipeline") {
@@ -138,10 +138,10 @@ func compileCommand(_ argv: [String]) throws {
         store = try SafeTensorsStore(path: try args.required("--weights", compileSpec))
     }
     let compiled = try ModelCompiler.build(module, weights: store, options: options)
+    try ModelCompiler.write(compiled, to: out)   // weights computed and written one at a time
     let loadStart = monotonicSeconds()
-    _ = try compiled.load()
+    _ = try LoadedModel.load(out)                 // what `generate` will do: checks the folder
     let loaded = monotonicSeconds()
-    try ModelCompiler.write(compiled, to: out)
     if args.has("--time-passes") { printPassTimings(compiled.passTimings) }
     let p = compiled.program
     let kernels = Set(p.steps.map(\.kernel)).count
