@@ -9,7 +9,7 @@ import IR
 public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-8"
+public let codegenVersion = "arcflow-codegen-9"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
@@ -89,19 +89,20 @@ public enum CCodegen {
             }
         }
         func root(_ id: ValueID) -> ValueID { graph[id].op == .reshape ? root(graph[id].operands[0]) : id }
-        func pointer(_ id: ValueID, const: Bool) -> String {
+        /// Where a kernel argument lives, as a row of the step table's argument array: an arena
+        /// offset, or an index into the weight or input pointer arrays.
+        func location(_ id: ValueID) -> String {
             let r = root(id)
-            let dtype = packed[r]?.dtype ?? graph[id].type.dtype   // a packed weight is passed as its panels
-            let t = "\(const ? "const " : "")\(cType(dtype)) *"
-            if let k = inputIndex[r] { return "(\(t))inputs[\(k)]" }
-            if let k = weightIndex[r] { return "(\(t))weights[\(k)]" }
+            if let k = inputIndex[r] { return "{AF_INPUT, \(k)}" }
+            if let k = weightIndex[r] { return "{AF_WEIGHT, \(k)}" }
             guard let off = graph[r].int("offset") else { fatalError("value %\(names[r]) has no arena offset") }
-            return "(\(t))(A + \(off))"
+            return "{AF_ARENA, \(off)}"
         }
 
         var kernelNames: [String: String] = [:]     // kernel text → function name
         var kernelOrder: [(name: String, text: String, params: [String])] = []
-        var calls: [String] = []
+        var stepRows: [String] = []   // {trampoline, is_gemm, first argument row, argument count}
+        var argumentRows: [String] = []
         var steps: [StepInfo] = []
         for (i, node) in graph.nodes.enumerated() {
             if node.op == .input || node.op == .weight || node.op == .reshape { continue }
@@ -123,8 +124,8 @@ public enum CCodegen {
                     kernelNames[k.text] = name
                     kernelOrder.append((name, k.text.replacingOccurrences(of: "KERNEL_NAME", with: name), k.parameters))
                 }
-                let args = node.operands.map { pointer($0, const: true) } + [pointer(i, const: false)]
-                calls.append("    STEP(\(steps.count), \(k.isGEMM ? 1 : 0), \(name)(\(args.joined(separator: ", "))));")
+                stepRows.append("{t_\(name), \(k.isGEMM ? 1 : 0), \(argumentRows.count), \(node.operands.count + 1)}")
+                argumentRows += (node.operands + [i]).map(location)
                 steps.append(StepInfo(name: "%\(names[i])", kernel: name, flops: k.flops, isGEMM: k.isGEMM))
             }
         }
@@ -134,7 +135,7 @@ public enum CCodegen {
         for (k, o) in graph.outputs.enumerated() {
             let t = graph[o.value].type
             outputs.append(Binding(name: o.name, type: t))
-            copies.append("    memcpy(outputs[\(k)], \(pointer(o.value, const: true)), \(t.byteCount));")
+            copies.append("    { static const af_arg at = \(location(o.value)); memcpy(outputs[\(k)], af_pointer(at, A, weights, inputs), \(t.byteCount)); }")
         }
 
         // Kernels go to translation units balanced by size, compiled in parallel.
@@ -147,25 +148,18 @@ public enum CCodegen {
             unitTexts[u] += "\n__attribute__((visibility(\"hidden\")))\n" + k.text
             unitSizes[u] += k.text.count
         }
+        // Each kernel gets a trampoline of one shape, so that the run function is a loop over a
+        // table of steps rather than one call statement per step: a 28-step sampler has thousands
+        // of steps, and gcc took minutes over their unrolled calls (4 min for a 6,561-call teacher)
+        // where a table is data it reads in a blink.
         let declarations = kernelOrder.map { k in
-            "__attribute__((visibility(\"hidden\"))) void \(k.name)(\(k.params.joined(separator: ", ")));"
+            let args = k.params.indices.map { "p[\($0)]" }.joined(separator: ", ")
+            return "__attribute__((visibility(\"hidden\"))) void \(k.name)(\(k.params.joined(separator: ", ")));\n"
+                + "static void t_\(k.name)(void *const *p) { \(k.name)(\(args)); }"
         }.joined(separator: "\n")
         let stepNames = steps.map { quoteC("\($0.name) \($0.kernel)") }.joined(separator: ",\n    ")
+        let maxArguments = kernelOrder.map(\.params.count).max() ?? 0
 
-        // The calls are cut into functions of at most `callsPerPart`: gcc's time on one function
-        // grows faster than linearly with its size (a 3,000-call train step took 39 minutes as
-        // one function), and a call sequence gains nothing from being optimized as a whole.
-        let callsPerPart = 128
-        let parts = stride(from: 0, to: max(calls.count, 1), by: callsPerPart).enumerated().map { k, start in
-            """
-            __attribute__((noinline)) static void af_run_part_\(k)(char *A, const void *const *weights, const void *const *inputs,
-                                                                   double *times, int gemm_only) {
-                double t0 = 0;
-                (void)A; (void)weights; (void)inputs; (void)t0; (void)times; (void)gemm_only;
-            \(calls[start..<min(start + callsPerPart, calls.count)].joined(separator: "\n"))
-            }
-            """
-        }
         let main = header + """
         \(declarations)
 
@@ -200,19 +194,39 @@ public enum CCodegen {
             af_progress_context = context;
         }
 
-        #define STEP(i, is_gemm, call) do { if (!gemm_only || (is_gemm)) { \\
-                if (times) t0 = omp_get_wtime(); call; if (times) times[i] += omp_get_wtime() - t0; } \
-                if (af_progress) af_progress(af_progress_context, i); } while (0)
-        \(parts.joined(separator: "\n"))
-        #undef STEP
+        enum { AF_ARENA, AF_WEIGHT, AF_INPUT };
+        typedef struct { int kind; long long at; } af_arg;
+        typedef struct { void (*call)(void *const *); int is_gemm; int first_arg; int nargs; } af_step;
+
+        static const af_arg af_args[] = {
+            \(argumentRows.isEmpty ? "{AF_ARENA, 0}" : argumentRows.joined(separator: ",\n    "))
+        };
+        static const af_step af_steps[] = {
+            \(stepRows.isEmpty ? "{0, 0, 0, 0}" : stepRows.joined(separator: ",\n    "))
+        };
+
+        static void *af_pointer(af_arg a, char *A, const void *const *weights, const void *const *inputs) {
+            return a.kind == AF_ARENA ? (void *)(A + a.at) : a.kind == AF_WEIGHT ? (void *)weights[a.at] : (void *)inputs[a.at];
+        }
 
         /// Runs the graph. `times` (nullable) accumulates seconds per step; with `gemm_only` set
         /// only the GEMMs run, on the same operands: the baseline of `arcflow bench`.
         int arcflow_run(void *workspace, const void *const *weights, const void *const *inputs,
                         void *const *outputs, double *times, int gemm_only) {
             char *A = (char *)workspace;
-            (void)A; (void)weights; (void)inputs; (void)times; (void)gemm_only;
-        \((0..<parts.count).map { "    af_run_part_\($0)(A, weights, inputs, times, gemm_only);" }.joined(separator: "\n"))
+            void *p[\(max(maxArguments, 1))];
+            (void)A; (void)weights; (void)inputs; (void)times; (void)gemm_only; (void)p;
+            for (int i = 0; i < \(steps.count); i++) {
+                const af_step *s = &af_steps[i];
+                if (!gemm_only || s->is_gemm) {
+                    const af_arg *a = &af_args[s->first_arg];
+                    for (int k = 0; k < s->nargs; k++) p[k] = af_pointer(a[k], A, weights, inputs);
+                    double t0 = times ? omp_get_wtime() : 0;
+                    s->call(p);
+                    if (times) times[i] += omp_get_wtime() - t0;
+                }
+                if (af_progress) af_progress(af_progress_context, i);
+            }
         \(copies.joined(separator: "\n"))
             return 0;
         }
