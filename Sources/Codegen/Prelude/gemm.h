@@ -213,18 +213,23 @@ typedef float af__gv;
 #endif
 #define AF__GW (AF__GNV * AF__GVW) /* columns of one register tile; divides AF_GEMM_NR */
 
-/* Block sizes (overridable with -D for tuning: Tools/gemm-bench's CFLAGS_EXTRA). */
+/* Block sizes (overridable with -D for tuning: Tools/gemm-bench's CFLAGS_EXTRA).  kc = 256 for
+ * both storage types: a 32-column slice is 32 KB in f32, 16 KB in 16 bits (measured on Zen 4,
+ * 32 KB L1: 128 and 384 were no better for f32).  AF_GEMM_PFB: rows of B prefetched ahead. */
 #ifndef AF_GEMM_KC
-#define AF_GEMM_KC 128L /* f32 panels: a kc x 32 slice is 16 KB */
+#define AF_GEMM_KC 256L
 #endif
 #ifndef AF_GEMM_KC16
-#define AF_GEMM_KC16 256L /* bf16 / f16 panels: 16 KB too */
+#define AF_GEMM_KC16 256L
 #endif
 #ifndef AF_GEMM_MB
 #define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR) /* rows of A per packed block, whole row tiles */
 #endif
 #ifndef AF_GEMM_NGMAX
 #define AF_GEMM_NGMAX 32L
+#endif
+#ifndef AF_GEMM_PFB
+#define AF_GEMM_PFB 8
 #endif
 #define AF__GKCMAX (AF_GEMM_KC > AF_GEMM_KC16 ? AF_GEMM_KC : AF_GEMM_KC16)
 
@@ -236,14 +241,17 @@ typedef float af__gv;
 /* The store of one tile: t (mr rows of AF__GW floats) into c (row stride ldc, ncols <= AF__GW
  * valid columns).  first: C is written, else accumulated; last: the bias (nullable, at the
  * tile's first column) is added and the activation applied while the rows are still in L1.
+ * Whole tiles store from registers themselves and call this (t NULL) for the activation.
  * Out of line: one copy serves every tile shape (inlined into each, the activations made the
  * kernel ~100 KB per row count), and it runs once per tile against kc * mr * AF__GNV FMAs. */
 static void af__gemm_store(const float *restrict t, int mr, float *restrict c, long ldc, long ncols, int first,
                            int last, const float *restrict bias, int act) {
     for (int r = 0; r < mr; r++) {
-        const float *tr = t + r * AF__GW;
+        const float *tr = t ? t + r * AF__GW : NULL;
         float *cr = c + r * ldc;
-        if (first) {
+        if (!tr) {
+            /* t NULL: C already holds the sums (+ bias); only the activation is left. */
+        } else if (first) {
 #pragma omp simd
             for (long j = 0; j < ncols; j++) cr[j] = tr[j];
         } else {
@@ -263,6 +271,35 @@ static void af__gemm_store(const float *restrict t, int mr, float *restrict c, l
             for (long j = 0; j < ncols; j++) cr[j] = af_silu(cr[j]);
         }
     }
+}
+
+/* The accumulators of one register tile (mr rows) into C: a whole tile straight from the
+ * registers (+ bias, then the activation over the rows in place), a column tail through
+ * af__gemm_store. */
+AF__INLINE void af__gemm_put(const int mr, af__gv acc[AF__GMR][AF__GNV], float *restrict c, long ldc, long ncols,
+                             int first, int last, const float *restrict bias, int act) {
+    if (ncols == AF__GW) {
+        /* A whole tile: straight from the registers into C (+ bias), the activation after. */
+        af__gv bias_v[AF__GNV];
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) bias_v[v] = last && bias ? af__gld(bias + v * AF__GVW) : af__gzero();
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < AF__GNV; v++) {
+                float *cp = c + r * ldc + v * AF__GVW;
+                af__gv x = first ? acc[r][v] : af__gadd(af__gld(cp), acc[r][v]);
+                af__gst(cp, last && bias ? af__gadd(x, bias_v[v]) : x);
+            }
+        if (last && act != AF_GEMM_ACT_NONE) af__gemm_store(NULL, mr, c, ldc, AF__GW, 0, 1, NULL, act);
+        return;
+    }
+    float t[AF__GMR * AF__GW];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
+    af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
 }
 
 /* One register tile: rows 0..mr-1 of C from the packed A micro-panel a (element (k, r) at
@@ -288,6 +325,10 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
             bv[v] = dt == 0 ? af__gld(bf + o) : dt == 1 ? af__gld_bf16(bh + o) : af__gld_f16(bh + o);
         }
         const float *ak = a + k * AF__GMR;
+#if AF_GEMM_PFB > 0 && AF__GVW > 1
+        _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_NR * (dt == 0 ? 4 : 2), _MM_HINT_T0);
+        if (dt == 0) _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_NR * 4 + 64, _MM_HINT_T0);
+#endif
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++) {
             const af__gv av = af__gset1(ak[r]);
@@ -295,12 +336,7 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
             for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gfma(av, bv[v], acc[r][v]);
         }
     }
-    float t[AF__GMR * AF__GW];
-#pragma GCC unroll 16
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
-    af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
+    af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
 }
 
 /* af__gemm_tile with mr and dt as constants: one instance per row count and storage type. */
@@ -328,22 +364,106 @@ AF__GEMM_ROWS(af__gemm_rows_f32, 0)
 AF__GEMM_ROWS(af__gemm_rows_bf16, 1)
 AF__GEMM_ROWS(af__gemm_rows_f16, 2)
 
+/* bf16 compute (dt 3, `--compute bf16`): bf16 panels times A rounded to bf16, products summed
+ * in f32 by vdpbf16ps (AVX-512 BF16), two k per instruction, so twice the FMA rate.  A is packed
+ * as bf16 pairs: element (q, r) of a micro-panel, at q*AF__GMR + r, is the 32-bit pair
+ * (a[r][2q], a[r][2q+1]) (an odd kc ends with (a[r][kc-1], 0)).  The panel rows 2q and 2q+1
+ * are interleaved in registers (vpunpckl/hwd): within each 128-bit lane that yields columns
+ * 0-3 and 4-7 of the lane's 8 in the two accumulators, so the accumulators hold the columns
+ * in the order {0-3, 8-11, 16-19, 24-27} and {4-7, 12-15, ...}, put back in order once per tile.
+ * vdpbf16ps rounds to nearest even and treats denormals as zero.  Without AVX-512 BF16 (a
+ * -march build for another CPU) dt 3 runs the bf16-panel kernel on A rounded to bf16 (the same
+ * products, summed one k at a time). */
+#if defined(__AVX512BF16__) && AF__GMR == 14
+#define AF__GEMM_DPBF16 1
+AF__INLINE void af__gemm_tile_dp(const int mr, long kc, const float *restrict a, const void *restrict b,
+                                 float *restrict c, long ldc, long ncols, int first, int last,
+                                 const float *restrict bias, int act) {
+    __m512 acc[AF__GMR][AF__GNV];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const uint32_t *ap = (const uint32_t *)(const void *)a;
+    const uint16_t *bh = (const uint16_t *)b;
+    const long kp = (kc + 1) / 2;
+    for (long q = 0; q < kp; q++) {
+        const __m512i r0 = _mm512_loadu_si512((const void *)(bh + 2 * q * AF_GEMM_NR));
+        /* an odd kc's last pair: row kc-1 with zeros (row kc is past this K block, maybe past K) */
+        const __m512i r1 = 2 * q + 1 < kc ? _mm512_loadu_si512((const void *)(bh + (2 * q + 1) * AF_GEMM_NR)) : _mm512_setzero_si512();
+#if AF_GEMM_PFB > 0
+        _mm_prefetch((const char *)(bh + (2 * q + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bh + (2 * q + 1 + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
+#endif
+        const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(r0, r1), hi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+        const uint32_t *aq = ap + q * AF__GMR;
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)aq[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, lo);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, hi);
+        }
+    }
+    const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++) {
+        const __m512 x = acc[r][0], y = acc[r][1];
+        acc[r][0] = _mm512_permutex2var_ps(x, i0, y);
+        acc[r][1] = _mm512_permutex2var_ps(x, i1, y);
+    }
+    af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
+}
+#define AF__GEMM_DP_CASE(MR) case MR: af__gemm_tile_dp(MR, kc, a, b, c, ldc, ncols, first, last, bias, act); break;
+static void af__gemm_rows_dpbf16(int mr, long kc, const float *restrict a, const void *restrict b, float *restrict c,
+                                 long ldc, long ncols, int first, int last, const float *restrict bias, int act) {
+    switch (mr) {
+    AF__GEMM_DP_CASE(1) AF__GEMM_DP_CASE(2) AF__GEMM_DP_CASE(3) AF__GEMM_DP_CASE(4) AF__GEMM_DP_CASE(5)
+    AF__GEMM_DP_CASE(6) AF__GEMM_DP_CASE(7) AF__GEMM_DP_CASE(8) AF__GEMM_DP_CASE(9) AF__GEMM_DP_CASE(10)
+    AF__GEMM_DP_CASE(11) AF__GEMM_DP_CASE(12) AF__GEMM_DP_CASE(13) AF__GEMM_DP_CASE(14)
+    default: break;
+    }
+}
+#else
+#define AF__GEMM_DPBF16 0
+#endif
+
 /* Rows 0..rows-1, columns 0..kc-1 of a (row stride lda) as micro-panels of AF__GMR rows: row
  * tile t at dst + t*AF__GMR*kc, element (k, r) at k*AF__GMR + r.  In a tail tile the rows past
- * `rows` are left unwritten: the kernel for mr rows never reads them. */
-static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long kc, float *restrict dst) {
+ * `rows` are left unwritten: the kernel for mr rows never reads them.  round: each value
+ * rounded to bf16 (dt 3 without AVX-512 BF16). */
+static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long kc, int round, float *restrict dst) {
     for (long i = 0; i < rows; i += AF__GMR) {
         const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
         float *d = dst + i * kc;
         for (long r = 0; r < mr; r++) {
             const float *s = a + (i + r) * lda;
-            for (long k = 0; k < kc; k++) d[k * AF__GMR + r] = s[k];
+            if (round)
+                for (long k = 0; k < kc; k++) d[k * AF__GMR + r] = af_bf16_to_f32(af_f32_to_bf16(s[k]));
+            else
+                for (long k = 0; k < kc; k++) d[k * AF__GMR + r] = s[k];
+        }
+    }
+}
+
+/* The same as bf16 pairs for af__gemm_tile_dp: row tile t at dst + t*AF__GMR*kp (kp = ceil(kc/2)
+ * 32-bit pairs per row), pair (q, r) at q*AF__GMR + r. */
+static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, long rows, long kc, uint32_t *restrict dst) {
+    const long kp = (kc + 1) / 2;
+    for (long i = 0; i < rows; i += AF__GMR) {
+        const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
+        uint32_t *d = dst + i * kp;
+        for (long r = 0; r < mr; r++) {
+            const float *s = a + (i + r) * lda;
+            for (long q = 0; q < kp; q++) {
+                const uint32_t hi = 2 * q + 1 < kc ? af_f32_to_bf16(s[2 * q + 1]) : 0u;
+                d[q * AF__GMR + r] = (uint32_t)af_f32_to_bf16(s[2 * q]) | hi << 16;
+            }
         }
     }
 }
 
 /* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
- * above with storage type dt (0 f32, 1 bf16, 2 f16); bias nullable; act an AF_GEMM_ACT_*.
+ * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
+ * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
  * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
  * Scratch: one MB x kc block of A per thread (112 KB), from the heap; where that fails, a
  * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile). */
@@ -360,10 +480,14 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
         return;
     }
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB;
-    const long KC = dt == 0 ? AF_GEMM_KC : AF_GEMM_KC16;
+    const long KC = dt == 0 ? AF_GEMM_KC : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
     const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
+    const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
     void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
-                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 1 ? af__gemm_rows_bf16 : af__gemm_rows_f16;
+                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
+#if AF__GEMM_DPBF16
+    if (pairs) rows = af__gemm_rows_dpbf16;
+#endif
     const int nth = omp_get_max_threads();
     const int big = (double)M * (double)N * (double)K >= 1e6 && nth > 1;
     /* Panel groups: about 4 tiles per thread, as few groups as that allows (each group packs
@@ -388,9 +512,11 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
                 for (long k0 = 0; k0 < K; k0 += KC) {
                     const long kc = K - k0 < KC ? K - k0 : KC;
                     const int last = k0 + kc == K;
+                    const long at = pairs ? (kc + 1) / 2 : kc; /* 4-byte units per packed row */
                     for (long s0 = i0; s0 < i1; s0 += mstep) {
                         const long s1 = i1 < s0 + mstep ? i1 : s0 + mstep;
-                        af__gemm_pack_a(a + s0 * lda + k0, lda, s1 - s0, kc, abuf);
+                        if (pairs) af__gemm_pack_a_pairs(a + s0 * lda + k0, lda, s1 - s0, kc, (uint32_t *)(void *)abuf);
+                        else af__gemm_pack_a(a + s0 * lda + k0, lda, s1 - s0, kc, round, abuf);
                         for (long p = p0; p < p1; p++) {
                             const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
                             for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
@@ -399,7 +525,7 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
                                 const float *bias_t = bias ? bias + j0 : NULL;
                                 for (long i = s0; i < s1; i += AF__GMR) {
                                     const int mr = s1 - i < AF__GMR ? (int)(s1 - i) : AF__GMR;
-                                    rows(mr, kc, abuf + (i - s0) * kc, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
+                                    rows(mr, kc, abuf + (i - s0) * at, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
                                 }
                             }
                         }
