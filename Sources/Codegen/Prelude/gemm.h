@@ -500,7 +500,7 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
     const int par = big && mblocks * groups > 1;
 #pragma omp parallel if (par)
     {
-        float *heap = (float *)aligned_alloc(64, sizeof(float) * (size_t)(AF_GEMM_MB * AF__GKCMAX));
+        float *heap = (float *)aligned_alloc(64, (sizeof(float) * (size_t)(AF_GEMM_MB * AF__GKCMAX) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
         float *abuf = heap ? heap : local;
         const long mstep = heap ? AF_GEMM_MB : AF__GMR;
