@@ -9,7 +9,7 @@ import IR
 public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-9"
+public let codegenVersion = "arcflow-codegen-10"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
@@ -70,9 +70,9 @@ public enum CCodegen {
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).
     /// `weightStorage` names the storage type of a weight that may be packed into GEMM panels
     /// (`packedWeights` decides which can), nil to keep it as the graph has it; the caller packs
-    /// them (the bindings say how).
+    /// them (the bindings say how). `compute` is `--compute` for the GEMMs over bf16 panels.
     public static func generate(_ graph: Graph, translationUnits: Int = 2,
-                                weightStorage: (String) -> DType? = { _ in nil }) throws -> CProgram {
+                                weightStorage: (String) -> DType? = { _ in nil }, compute: GEMMCompute = .f32) throws -> CProgram {
         guard let arena = graph.attributes["arena_bytes"]?.intValue else {
             throw ArcError("codegen: graph @\(graph.name) has no memory plan (run plan-memory)")
         }
@@ -114,7 +114,7 @@ public enum CCodegen {
             let inPlace = node.operands.firstIndex { o in
                 inputIndex[root(o)] == nil && weightIndex[root(o)] == nil && graph[root(o)].int("offset") == outOffset
             }
-            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace, packed: packings)
+            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace, packed: packings, compute: compute)
             for k in kernels {
                 let name: String
                 if let existing = kernelNames[k.text] {

@@ -91,15 +91,17 @@ enum KernelEmitter {
     /// The kernel(s) computing `node` from its operand types. A fusion headed by a GEMM yields
     /// two kernels (the GEMM, then the epilogue in place) so a GEMM-only baseline can skip the
     /// second. `inPlace` names the operand whose buffer the output shares (no `restrict` then).
-    static func kernels(for node: Node, operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking] = [:]) throws -> [Kernel] {
+    /// `compute` applies to GEMMs over bf16 panels (`--compute`).
+    static func kernels(for node: Node, operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking] = [:],
+                        compute: GEMMCompute = .f32) throws -> [Kernel] {
         switch node.op {
         case .fusion:
-            return try fusion(node, operandTypes, inPlace: inPlace, packed: packed)
+            return try fusion(node, operandTypes, inPlace: inPlace, packed: packed, compute: compute)
         case _ where node.op.isElementwise || node.op == .broadcast:
             // An unfused element-wise op is a one-op fusion.
             return try fusion(singleOpFusion(node, operandTypes), operandTypes, inPlace: inPlace, packed: [:])
         case .matmul:
-            return [matmul(node, operandTypes, packing: packed[1])]
+            return [matmul(node, operandTypes, packing: packed[1], compute: compute)]
         case .conv2d:
             return [conv2d(node, operandTypes)]
         case .reduce_sum, .reduce_max, .reduce_mean:
@@ -211,7 +213,8 @@ enum KernelEmitter {
         return Node(op: .fusion, operands: node.operands, type: node.type, attributes: ["kernel": .string(node.op.rawValue)], region: region)
     }
 
-    private static func fusion(_ node: Node, _ operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking]) throws -> [Kernel] {
+    private static func fusion(_ node: Node, _ operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking],
+                               compute: GEMMCompute = .f32) throws -> [Kernel] {
         let region = node.region!
         let out = node.type
         let label = "\(node.attributes["kernel"]?.stringValue ?? "fused")_\(shapeLabel(out.shape))"
@@ -227,11 +230,11 @@ enum KernelEmitter {
                 kernels.append(conv2d(mm, operandTypes, xParam: a, wParam: b))
             } else if let p = packed[b], out.dtype == .f32, let e = packedEpilogue(region, head: h, n: p.n) {
                 // The packed GEMM's store does the whole fusion: no loop after it.
-                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b, packing: p, epilogue: e)
+                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b, packing: p, epilogue: e, compute: compute)
                 gemm.label = "\(node.attributes["kernel"]?.stringValue ?? "matmul")_\(gemm.label)"
                 return [gemm]
             } else {
-                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b, packing: packed[b])
+                var gemm = matmul(mm, operandTypes, aParam: a, bParam: b, packing: packed[b], compute: compute)
                 gemm.label = "matmul_\(gemm.label)"
                 kernels.append(gemm)
             }
@@ -316,7 +319,7 @@ enum KernelEmitter {
     /// the batch otherwise (parallel over the batch, BLAS single-threaded, when each GEMM is small),
     /// and sgemv when M = 1 (OpenBLAS 0.3.21's sgemm is several times slower there).
     static func matmul(_ node: Node, _ operandTypes: [TensorType], aParam: Int = 0, bParam: Int = 1,
-                       packing: WeightPacking? = nil, epilogue: (bias: Int?, act: Int) = (nil, 0)) -> Kernel {
+                       packing: WeightPacking? = nil, epilogue: (bias: Int?, act: Int) = (nil, 0), compute: GEMMCompute = .f32) -> Kernel {
         let ta = node.flag("transpose_a"), tb = node.flag("transpose_b")
         let aT = operandTypes[aParam], bT = operandTypes[bParam]
         let out = node.type
@@ -325,8 +328,9 @@ enum KernelEmitter {
         let batch = out.shape.dropLast(2).reduce(1, *)
         if let p = packing {
             // A weight packed into panels (packedWeights: B is rank 2 and A not transposed, so the
-            // batch folds into M): our own GEMM, whatever the storage type.
-            let dt = bT.dtype == .f32 ? 0 : bT.dtype == .bf16 ? 1 : 2
+            // batch folds into M): our own GEMM, whatever the storage type. bf16 panels with
+            // `--compute bf16`: dt 3, A rounded to bf16 and vdpbf16ps (gemm.h, af__gemm_tile_dp).
+            let dt = bT.dtype == .f32 ? 0 : bT.dtype == .bf16 ? (compute == .bf16 ? 3 : 1) : 2
             precondition(!ta && p.k == k && p.n == n, "packed GEMM operand does not match \(node.op.rawValue)")
             let bias = epilogue.bias.map { "in\($0)" } ?? "NULL"
             var call = "    af_gemm_packed(in\(aParam), \(k)L, in\(bParam), \(dt), \(bias), \(epilogue.act), out, \(n)L, \(batch * m)L, \(n)L, \(k)L);\n"

@@ -13,6 +13,14 @@ public enum WeightsDType: String, CaseIterable {
     case int8
 }
 
+/// What `--compute` asks of the GEMMs over packed panels: f32 arithmetic (exact products of the
+/// stored weights), or `bf16`, the fast mode: bf16 panels times activations rounded to bf16,
+/// products summed in f32 by AVX-512 BF16's vdpbf16ps (twice the f32 FMA rate), for CPUs with
+/// avx512_bf16. It changes the generated C, so the library cache keys it.
+public enum GEMMCompute: String, CaseIterable {
+    case f32, bf16
+}
+
 /// How a weight is stored for `af_gemm_packed` (gemm.h): the matmul's right operand B (K × N as
 /// the product uses it) cut into panels of `panel` columns, K rows each, zero past N, in the
 /// binding's dtype. The binding's shape is the physical one, [panels, K, panel].

@@ -43,6 +43,9 @@ public struct CompileOptions {
     /// Storage type of the weights packed for our GEMM (`--weights-dtype`). f32 keeps the
     /// weights' values exactly (the library default); 16-bit panels halve weight bytes.
     public var weightsDType: WeightsDType = .f32
+    /// `--compute`: bf16 runs the GEMMs over packed weights with bf16 products (vdpbf16ps, f32
+    /// sums); their panels are then bf16 whatever the checkpoint (`weightsDType` auto or bf16).
+    public var compute: GEMMCompute = .f32
     /// `-march` for the generated C instead of `native` (e.g. x86-64-v3 to build the AVX2 paths).
     public var march: String?
     /// A `@prologue` whose outputs (f32) fit in this many bytes runs whole, once; a larger one
@@ -79,6 +82,7 @@ public enum ModelCompiler {
     /// Checks weights, runs the pipeline (dumping as asked), generates C and builds (or finds in
     /// the cache) the library. The weights are computed later, one at a time, as they are needed.
     public static func build(_ module: Module, weights: WeightStore, options: CompileOptions = CompileOptions()) throws -> CompiledProgram {
+        try checkCompute(options)
         try Verifier.verify(module)
         for g in module.graphs {
             for n in g.nodes where n.op == .weight && !(module.prologue.map { p in p.outputs.contains { $0.name == n.key! } } ?? false) {
@@ -97,9 +101,10 @@ public enum ModelCompiler {
         var cache = BuildCache(root: options.cacheRoot, toolchain: toolchain)
         cache.log = options.log
 
-        let storage = weightStorage(options.weightsDType, prologue: optimized.prologue, weights: weights)
+        let storage: (String) -> DType? = options.compute == .bf16 ? { _ in .bf16 }
+            : weightStorage(options.weightsDType, prologue: optimized.prologue, weights: weights)
         let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount),
-                                            weightStorage: storage)
+                                            weightStorage: storage, compute: options.compute)
         try dumpC(program, options.dumpC)
         let entry = try cache.library(for: program)
         options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
@@ -108,6 +113,31 @@ public enum ModelCompiler {
                                           dumpC: options.dumpC, log: options.log)
         return CompiledProgram(module: optimized, program: program, library: entry, producer: producer,
                                passTimings: timings, toolchain: toolchain, model: options.model)
+    }
+
+    /// `--compute bf16` needs bf16 panels and, for this machine's library (no `march`), a CPU with
+    /// AVX-512 BF16; a `march` build for another CPU gets the emulation (A rounded to bf16, f32
+    /// FMAs: the same products), which is what lets tests cover it anywhere.
+    static func checkCompute(_ options: CompileOptions) throws {
+        guard options.compute == .bf16 else { return }
+        guard options.weightsDType == .auto || options.weightsDType == .bf16 else {
+            throw ArcError("--compute bf16 multiplies bf16 weight panels: use --weights-dtype auto or bf16, not \(options.weightsDType.rawValue)")
+        }
+        #if arch(x86_64)
+        if options.march == nil, !cpuHasAVX512BF16() {
+            throw ArcError("--compute bf16 needs a CPU with AVX-512 BF16 (avx512_bf16 in /proc/cpuinfo), which this one lacks: use --compute f32")
+        }
+        #else
+        throw ArcError("--compute bf16 needs an x86-64 CPU with AVX-512 BF16: use --compute f32")
+        #endif
+    }
+
+    /// Whether /proc/cpuinfo lists avx512_bf16 among this CPU's flags.
+    public static func cpuHasAVX512BF16() -> Bool {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
+        return info.split(separator: "\n").contains { line in
+            line.hasPrefix("flags") && line.split(whereSeparator: { $0 == " " || $0 == "\t" }).contains("avx512_bf16")
+        }
     }
 
     /// The storage type of each packed weight: the one asked for, or with `auto` the checkpoint's.

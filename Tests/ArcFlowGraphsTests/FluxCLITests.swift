@@ -90,6 +90,37 @@ final class FluxCLITests: XCTestCase {
         XCTAssertLessThan(bytes["auto"]!, bytes["f32"]!)
     }
 
+    /// `--compute bf16` (fast mode: bf16 panels × activations rounded to bf16, f32 sums) on the
+    /// bf16 checkpoint: final latents within 1e-2 relative L2 of the f32 build; the generated C
+    /// calls the bf16-compute GEMM (dt 3). A bad value and f32 panels are usage errors.
+    func testComputeBF16KeepsLatentsNearF32() throws {
+        let bad = try compileA(["-o", "x", "--compute", "f16"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.err.contains("--compute must be f32 or bf16, got 'f16'"), bad.err)
+        assertOneLineError(try compileA(["-o", "x", "--compute", "bf16", "--weights-dtype", "f32"]),
+                           contains: "--compute bf16 multiplies bf16 weight panels: use --weights-dtype auto or bf16, not f32")
+        guard FileManager.default.fileExists(atPath: "/proc/cpuinfo"),
+              try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8).contains(" avx512_bf16") else {
+            throw XCTSkip("this CPU lacks avx512_bf16 (compile --compute bf16 refuses it)")
+        }
+        var latents: [String: Tensor] = [:]
+        for (name, flags) in [("f32", ["--weights-dtype", "f32"]), ("bf16c", ["--compute", "bf16", "--dump-c"])] {
+            let c = try compileA(["-o", name] + flags)
+            XCTAssertEqual(c.status, 0, c.err)
+            let g = try arcflow(["generate", "--model", name, "--embeddings", "\(a)/case.safetensors", "--noise", "\(a)/case.safetensors",
+                                 "--output-latents", "\(name).safetensors"])
+            XCTAssertEqual(g.status, 0, g.err)
+            latents[name] = try SafeTensorsStore(path: "\(dir)/\(name).safetensors").tensor("latents")
+        }
+        let kernels = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/bf16c/c").filter { $0.hasSuffix(".c") }
+        let text = try kernels.map { try String(contentsOfFile: "\(dir)/bf16c/c/\($0)", encoding: .utf8) }.joined()
+        XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, [0-9]+L, in[0-9]+, 3,", options: .regularExpression))
+        let reference = try SafeTensorsStore(path: "\(a)/reference.safetensors").tensor("k16_arc2_x2")
+        let vsF32 = relativeL2(latents["bf16c"]!, latents["f32"]!)
+        print("compute bf16 vs f32 build: relative L2 \(vsF32); vs reference \(relativeL2(latents["bf16c"]!, reference))")
+        XCTAssertLessThan(vsF32, 1e-2)
+    }
+
     func testAdapterForAnotherBase() throws {
         let r = try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", "\(bcfg)/adapter-k16",
                              "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "m"])

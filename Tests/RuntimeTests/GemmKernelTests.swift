@@ -105,10 +105,14 @@ final class GemmKernelTests: KernelTestCase {
     /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
     /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
     /// operand, stay unpacked (OpenBLAS). The oracle is the interpreter on the weights rounded to
-    /// the storage type: the kernel's arithmetic is f32 on exactly those values.
+    /// the storage type: the kernel's arithmetic is f32 on exactly those values. With `compute`
+    /// bf16 the inputs are bf16 values too (the GEMM rounds A to bf16, which then changes nothing),
+    /// so only the order of the f32 sums differs from the oracle; K = 257, 65, 7 and 1 give odd
+    /// last K blocks (an unpaired k).
     @discardableResult
-    func checkPackedGEMM(_ dtype: WeightsDType, march: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> CProgram {
-        let storage: DType = dtype == .bf16 ? .bf16 : dtype == .f16 ? .f16 : .f32
+    func checkPackedGEMM(_ dtype: WeightsDType, compute: GEMMCompute = .f32, march: String? = nil,
+                         file: StaticString = #filePath, line: UInt = #line) throws -> CProgram {
+        let storage: DType = dtype == .bf16 || compute == .bf16 ? .bf16 : dtype == .f16 ? .f16 : .f32
         let cases: [(a: [Int], n: Int, transposed: Bool)] = [
             ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
             ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
@@ -143,9 +147,10 @@ final class GemmKernelTests: KernelTestCase {
         b.output("left", b.matmul(wl, b.input("xl", .f32([11, 8]))))
         let g = try b.finish()
         var program: CProgram?
-        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), weights: weights, passes: ["fuse-elementwise", "plan-memory"],
-                                             configure: { $0.weightsDType = dtype; $0.march = march }, inspect: { program = $0.program },
-                                             file: file, line: line)
+        let inputs = randomInputs(g, transform: { compute == .bf16 ? roundToStorage($0, .bf16) : $0 })
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["fuse-elementwise", "plan-memory"],
+                                             configure: { $0.weightsDType = dtype; $0.compute = compute; $0.march = march },
+                                             inspect: { program = $0.program }, file: file, line: line)
         let packed = program!.weights.filter { $0.packing != nil }
         XCTAssertEqual(packed.map(\.name).sorted(), (cases.indices.map { "w\($0)" } + ["wf", "wb", "wg", "ws"]).sorted(), file: file, line: line)
         XCTAssertTrue(packed.allSatisfy { $0.dtype == storage.rawValue }, "\(packed)", file: file, line: line)
@@ -153,8 +158,9 @@ final class GemmKernelTests: KernelTestCase {
         XCTAssertEqual(calls, cases.count + 5, "one packed GEMM call per kernel", file: file, line: line)
         // The three epilogues are in the GEMM's store: a bias operand with act 0, 1 (GELU), 2 (SiLU).
         let text = program!.sources.map(\.text).joined()
+        let dt = compute == .bf16 ? "3" : "[0-2]"   // dt 3: bf16 panels with bf16 compute
         for act in 0...2 {
-            XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, 45L, in[0-9]+, [0-2], in[0-9]+, \(act), out", options: .regularExpression),
+            XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, 45L, in[0-9]+, \(dt), in[0-9]+, \(act), out", options: .regularExpression),
                             "act \(act)", file: file, line: line)
         }
         return program!
@@ -181,6 +187,35 @@ final class GemmKernelTests: KernelTestCase {
         #if arch(x86_64)
         for dtype in [WeightsDType.f32, .bf16, .f16] { try checkPackedGEMM(dtype, march: "x86-64-v3") }
         #endif
+    }
+
+    /// `--compute bf16`: vdpbf16ps on this CPU (skipped without AVX-512 BF16, where compiling for
+    /// it is an error, checked below), the emulation (A rounded, f32 FMAs) in the AVX2 build.
+    func testPackedWeightGEMMComputeBF16() throws {
+        #if arch(x86_64)
+        try checkPackedGEMM(.auto, compute: .bf16, march: "x86-64-v3")
+        try checkPackedGEMM(.bf16, compute: .bf16, march: "x86-64")
+        guard ModelCompiler.cpuHasAVX512BF16() else { throw XCTSkip("this CPU lacks avx512_bf16") }
+        let program = try checkPackedGEMM(.auto, compute: .bf16)
+        XCTAssertTrue(program.sources.contains { $0.text.contains("af__gemm_tile_dp") })
+        #endif
+    }
+
+    /// `--compute bf16` with f32 or f16 panels is refused, naming the flags.
+    func testComputeBF16NeedsBF16Panels() throws {
+        let b = GraphBuilder(name: "compute_bf16_f32")
+        b.output("y", b.linear(b.input("x", .f32([3, 4])), weight: b.weight("w", .f32([5, 4])), bias: nil))
+        let g = try b.finish()
+        for dtype in [WeightsDType.f32, .f16] {
+            var options = CompileOptions()
+            options.cacheRoot = testCacheRoot
+            options.weightsDType = dtype
+            options.compute = .bf16
+            XCTAssertThrowsError(try ModelCompiler.build(Module(g), weights: TensorStore(["w": Tensor(.f32([5, 4]), Array(repeating: 0.5, count: 20))]),
+                                                         options: options)) { error in
+                XCTAssertTrue("\(error)".contains("--compute bf16") && "\(error)".contains("--weights-dtype auto or bf16, not \(dtype.rawValue)"), "\(error)")
+            }
+        }
     }
 
     /// The portable path (no vector intrinsics).

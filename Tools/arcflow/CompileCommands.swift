@@ -86,6 +86,8 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does"),
         OptionSpec(names: ["--weights-dtype"], value: "auto|f32|bf16|f16|int8",
                    help: "storage type of the GEMM weight panels (default auto: the checkpoint's; f32 keeps weights exact; int8: symmetric, quantize-weights, --pass-option quantize-weights.group=32|channel)"),
+        OptionSpec(names: ["--compute"], value: "f32|bf16",
+                   help: "GEMM arithmetic over the weight panels (default f32); bf16: fast mode, bf16 panels × activations rounded to bf16, f32 sums (vdpbf16ps; needs a CPU with AVX-512 BF16)"),
         OptionSpec(names: ["--dump-c"], value: nil, help: "also write the generated C to DIR/c/"),
         OptionSpec(names: ["--cache-dir"], value: "DIR", help: "library cache (default $ARCFLOW_CACHE_DIR or ~/.cache/arcflow)"),
         OptionSpec(names: ["-v", "--verbose"], value: nil, help: "say what happens (cache hits, prologue, timings)"),
@@ -102,6 +104,11 @@ func compileCommand(_ argv: [String]) throws {
         throw UsageError("--weights-dtype must be auto, f32, bf16, f16 or int8, got '\(dtype)'", compileSpec)
     }
     options.weightsDType = weightsDType
+    let compute = args.value("--compute") ?? "f32"
+    guard let gemmCompute = GEMMCompute(rawValue: compute) else {
+        throw UsageError("--compute must be f32 or bf16, got '\(compute)'", compileSpec)
+    }
+    options.compute = gemmCompute
     if let pipeline = args.value("--pipeline") {
         if !args.positional.isEmpty || args.has("--weights") || args.has("--transformer") || args.has("--latent-size") || args.has("--true-cfg-scale") {
             throw UsageError("--pipeline compiles a diffusers pipeline folder; give no IR FILE, --weights, --transformer, --latent-size or --true-cfg-scale with it", compileSpec)

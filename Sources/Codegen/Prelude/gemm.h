@@ -143,21 +143,27 @@ static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict 
  * Register tile: AF__GMR rows x AF__GW columns of C held in AF__GMR * AF__GNV vector
  * accumulators over a K block.  Per k: AF__GNV loads of B (the panel row, contiguous), then
  * per row one broadcast of A and AF__GNV FMAs.  AVX-512: 14 x 32 (28 zmm accumulators + 2
- * for B + 1 broadcast of 32; gcc 12 keeps them all in registers, only two of the 14 row
- * offsets live on the stack); AVX2: 6 x 16 (12 ymm + 2 + 1 of 16), two tiles per panel.  A is read in place (rows
- * lda apart), never packed: its AF__GMR rows stream through L1 along k.
- * Blocking: K in blocks of AF_GEMM_KC = 256, so the B slice a tile reads (256 x 32 floats =
- * 32 KB) stays in L1 while the tile walks down AF_GEMM_MB = 112 rows of A (112 KB per K
- * block, in L2), and AF_GEMM_NG = 4 panels share that A block.  Threads take (row block,
- * panel group) tiles; each C element is summed by one thread in one order, so results do
- * not depend on the thread count.  C is written at the first K block and accumulated after;
- * the bias and activation are applied with the last block, in the store.
+ * for B + 1 broadcast); AVX2: 6 x 16 (12 ymm + 2 + 1), two tiles per panel.
+ *
+ * Blocking (BLIS-style; the weight panels already are B's micro-panels, so only A is packed):
+ *  - K in blocks of kc (AF_GEMM_KC f32, AF_GEMM_KC16 for 16-bit panels): the slice of one
+ *    panel a register tile reads (kc x 32 elements, 16 KB) is contiguous in the precomputed
+ *    panel and stays in L1 while the tile walks down a row block.
+ *  - Rows in blocks of AF_GEMM_MB: each thread copies its MB x kc block of A into micro-panels
+ *    of AF__GMR rows (element (k, r) at k*AF__GMR + r), so the kernel reads A contiguously
+ *    from L2 (MB x kc floats = 112 KB) instead of AF__GMR rows lda apart: with lda a multiple
+ *    of 1024 floats those rows alias in the same L1 sets, which had capped the unpacked kernel
+ *    at a third of the FMA peak on the big square GEMMs.
+ *  - Panels in groups: one packed A block serves every panel of the group (at most
+ *    AF_GEMM_NGMAX panels, so the group's C block stays in L2), which amortizes the packing.
+ * Threads take (row block, panel group) tiles; there are about 4 per thread where M allows
+ * (fewer, larger groups when M has many row blocks).  Each C element is summed by one thread
+ * in one order (k ascending, K blocks in turn), so results do not depend on the thread count.
+ * C is written at the first K block and accumulated after; the bias and activation are applied
+ * with the last block, in the store.
  * ==================================================================================== */
 
 #define AF_GEMM_NR 32
-#define AF_GEMM_KC 256L
-#define AF_GEMM_MB 112L
-#define AF_GEMM_NG 4L
 
 #if defined(__AVX512F__)
 typedef __m512 af__gv;
@@ -207,6 +213,26 @@ typedef float af__gv;
 #endif
 #define AF__GW (AF__GNV * AF__GVW) /* columns of one register tile; divides AF_GEMM_NR */
 
+/* Block sizes (overridable with -D for tuning: Tools/gemm-bench's CFLAGS_EXTRA).  kc = 256 for
+ * both storage types: a 32-column slice is 32 KB in f32, 16 KB in 16 bits (measured on Zen 4,
+ * 32 KB L1: 128 and 384 were no better for f32).  AF_GEMM_PFB: rows of B prefetched ahead. */
+#ifndef AF_GEMM_KC
+#define AF_GEMM_KC 256L
+#endif
+#ifndef AF_GEMM_KC16
+#define AF_GEMM_KC16 256L
+#endif
+#ifndef AF_GEMM_MB
+#define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR) /* rows of A per packed block, whole row tiles */
+#endif
+#ifndef AF_GEMM_NGMAX
+#define AF_GEMM_NGMAX 32L
+#endif
+#ifndef AF_GEMM_PFB
+#define AF_GEMM_PFB 8
+#endif
+#define AF__GKCMAX (AF_GEMM_KC > AF_GEMM_KC16 ? AF_GEMM_KC : AF_GEMM_KC16)
+
 /* Epilogue activations applied in the store of the last K block (the fusions GEMMs head). */
 #define AF_GEMM_ACT_NONE 0
 #define AF_GEMM_ACT_GELU_TANH 1
@@ -215,14 +241,17 @@ typedef float af__gv;
 /* The store of one tile: t (mr rows of AF__GW floats) into c (row stride ldc, ncols <= AF__GW
  * valid columns).  first: C is written, else accumulated; last: the bias (nullable, at the
  * tile's first column) is added and the activation applied while the rows are still in L1.
+ * Whole tiles store from registers themselves and call this (t NULL) for the activation.
  * Out of line: one copy serves every tile shape (inlined into each, the activations made the
  * kernel ~100 KB per row count), and it runs once per tile against kc * mr * AF__GNV FMAs. */
 static void af__gemm_store(const float *restrict t, int mr, float *restrict c, long ldc, long ncols, int first,
                            int last, const float *restrict bias, int act) {
     for (int r = 0; r < mr; r++) {
-        const float *tr = t + r * AF__GW;
+        const float *tr = t ? t + r * AF__GW : NULL;
         float *cr = c + r * ldc;
-        if (first) {
+        if (!tr) {
+            /* t NULL: C already holds the sums (+ bias); only the activation is left. */
+        } else if (first) {
 #pragma omp simd
             for (long j = 0; j < ncols; j++) cr[j] = tr[j];
         } else {
@@ -244,11 +273,41 @@ static void af__gemm_store(const float *restrict t, int mr, float *restrict c, l
     }
 }
 
-/* One register tile: rows 0..mr-1 of C from a (mr rows, lda apart, kc columns) and the panel
- * slice b (kc rows of AF_GEMM_NR elements of type dt, starting at this tile's first column),
- * then af__gemm_store.  mr and dt are constants at every call site (af__gemm_rows), so the
- * loops over rows and vectors unroll and the accumulators live in registers. */
-AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *restrict a, long lda,
+/* The accumulators of one register tile (mr rows) into C: a whole tile straight from the
+ * registers (+ bias, then the activation over the rows in place), a column tail through
+ * af__gemm_store. */
+AF__INLINE void af__gemm_put(const int mr, af__gv acc[AF__GMR][AF__GNV], float *restrict c, long ldc, long ncols,
+                             int first, int last, const float *restrict bias, int act) {
+    if (ncols == AF__GW) {
+        /* A whole tile: straight from the registers into C (+ bias), the activation after. */
+        af__gv bias_v[AF__GNV];
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) bias_v[v] = last && bias ? af__gld(bias + v * AF__GVW) : af__gzero();
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < AF__GNV; v++) {
+                float *cp = c + r * ldc + v * AF__GVW;
+                af__gv x = first ? acc[r][v] : af__gadd(af__gld(cp), acc[r][v]);
+                af__gst(cp, last && bias ? af__gadd(x, bias_v[v]) : x);
+            }
+        if (last && act != AF_GEMM_ACT_NONE) af__gemm_store(NULL, mr, c, ldc, AF__GW, 0, 1, NULL, act);
+        return;
+    }
+    float t[AF__GMR * AF__GW];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
+    af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
+}
+
+/* One register tile: rows 0..mr-1 of C from the packed A micro-panel a (element (k, r) at
+ * k*AF__GMR + r, kc columns) and the panel slice b (kc rows of AF_GEMM_NR elements of type dt,
+ * starting at this tile's first column), then af__gemm_store.  mr and dt are constants at
+ * every call site (af__gemm_rows), so the loops over rows and vectors unroll and the
+ * accumulators live in registers. */
+AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *restrict a,
                               const void *restrict b, float *restrict c, long ldc, long ncols,
                               int first, int last, const float *restrict bias, int act) {
     af__gv acc[AF__GMR][AF__GNV];
@@ -265,24 +324,24 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
             const long o = k * AF_GEMM_NR + v * AF__GVW;
             bv[v] = dt == 0 ? af__gld(bf + o) : dt == 1 ? af__gld_bf16(bh + o) : af__gld_f16(bh + o);
         }
+        const float *ak = a + k * AF__GMR;
+#if AF_GEMM_PFB > 0 && AF__GVW > 1
+        _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_NR * (dt == 0 ? 4 : 2), _MM_HINT_T0);
+        if (dt == 0) _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_NR * 4 + 64, _MM_HINT_T0);
+#endif
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++) {
-            const af__gv av = af__gset1(a[r * lda + k]);
+            const af__gv av = af__gset1(ak[r]);
 #pragma GCC unroll 8
             for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gfma(av, bv[v], acc[r][v]);
         }
     }
-    float t[AF__GMR * AF__GW];
-#pragma GCC unroll 16
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
-    af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
+    af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
 }
 
 /* af__gemm_tile with mr and dt as constants: one instance per row count and storage type. */
 #define AF__GEMM_ROWS(NAME, DT)                                                                   \
-    static void NAME(int mr, long kc, const float *restrict a, long lda, const void *restrict b, \
+    static void NAME(int mr, long kc, const float *restrict a, const void *restrict b,           \
                      float *restrict c, long ldc, long ncols, int first, int last,                \
                      const float *restrict bias, int act) {                                        \
         switch (mr) {                                                                             \
@@ -290,7 +349,7 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
         default: break;                                                                           \
         }                                                                                         \
     }
-#define AF__GEMM_CASE(MR, DT) case MR: af__gemm_tile(MR, DT, kc, a, lda, b, c, ldc, ncols, first, last, bias, act); break;
+#define AF__GEMM_CASE(MR, DT) case MR: af__gemm_tile(MR, DT, kc, a, b, c, ldc, ncols, first, last, bias, act); break;
 #if AF__GMR == 14
 #define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT) \
     AF__GEMM_CASE(5, DT) AF__GEMM_CASE(6, DT) AF__GEMM_CASE(7, DT) AF__GEMM_CASE(8, DT) AF__GEMM_CASE(9, DT)    \
@@ -305,9 +364,109 @@ AF__GEMM_ROWS(af__gemm_rows_f32, 0)
 AF__GEMM_ROWS(af__gemm_rows_bf16, 1)
 AF__GEMM_ROWS(af__gemm_rows_f16, 2)
 
+/* bf16 compute (dt 3, `--compute bf16`): bf16 panels times A rounded to bf16, products summed
+ * in f32 by vdpbf16ps (AVX-512 BF16), two k per instruction, so twice the FMA rate.  A is packed
+ * as bf16 pairs: element (q, r) of a micro-panel, at q*AF__GMR + r, is the 32-bit pair
+ * (a[r][2q], a[r][2q+1]) (an odd kc ends with (a[r][kc-1], 0)).  The panel rows 2q and 2q+1
+ * are interleaved in registers (vpunpckl/hwd): within each 128-bit lane that yields columns
+ * 0-3 and 4-7 of the lane's 8 in the two accumulators, so the accumulators hold the columns
+ * in the order {0-3, 8-11, 16-19, 24-27} and {4-7, 12-15, ...}, put back in order once per tile.
+ * vdpbf16ps rounds to nearest even and treats denormals as zero.  Without AVX-512 BF16 (a
+ * -march build for another CPU) dt 3 runs the bf16-panel kernel on A rounded to bf16 (the same
+ * products, summed one k at a time). */
+#if defined(__AVX512BF16__) && AF__GMR == 14
+#define AF__GEMM_DPBF16 1
+AF__INLINE void af__gemm_tile_dp(const int mr, long kc, const float *restrict a, const void *restrict b,
+                                 float *restrict c, long ldc, long ncols, int first, int last,
+                                 const float *restrict bias, int act) {
+    __m512 acc[AF__GMR][AF__GNV];
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const uint32_t *ap = (const uint32_t *)(const void *)a;
+    const uint16_t *bh = (const uint16_t *)b;
+    const long kp = (kc + 1) / 2;
+    for (long q = 0; q < kp; q++) {
+        const __m512i r0 = _mm512_loadu_si512((const void *)(bh + 2 * q * AF_GEMM_NR));
+        /* an odd kc's last pair: row kc-1 with zeros (row kc is past this K block, maybe past K) */
+        const __m512i r1 = 2 * q + 1 < kc ? _mm512_loadu_si512((const void *)(bh + (2 * q + 1) * AF_GEMM_NR)) : _mm512_setzero_si512();
+#if AF_GEMM_PFB > 0
+        _mm_prefetch((const char *)(bh + (2 * q + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bh + (2 * q + 1 + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
+#endif
+        const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(r0, r1), hi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+        const uint32_t *aq = ap + q * AF__GMR;
+#pragma GCC unroll 16
+        for (int r = 0; r < mr; r++) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)aq[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, lo);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, hi);
+        }
+    }
+    const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 16
+    for (int r = 0; r < mr; r++) {
+        const __m512 x = acc[r][0], y = acc[r][1];
+        acc[r][0] = _mm512_permutex2var_ps(x, i0, y);
+        acc[r][1] = _mm512_permutex2var_ps(x, i1, y);
+    }
+    af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
+}
+#define AF__GEMM_DP_CASE(MR) case MR: af__gemm_tile_dp(MR, kc, a, b, c, ldc, ncols, first, last, bias, act); break;
+static void af__gemm_rows_dpbf16(int mr, long kc, const float *restrict a, const void *restrict b, float *restrict c,
+                                 long ldc, long ncols, int first, int last, const float *restrict bias, int act) {
+    switch (mr) {
+    AF__GEMM_DP_CASE(1) AF__GEMM_DP_CASE(2) AF__GEMM_DP_CASE(3) AF__GEMM_DP_CASE(4) AF__GEMM_DP_CASE(5)
+    AF__GEMM_DP_CASE(6) AF__GEMM_DP_CASE(7) AF__GEMM_DP_CASE(8) AF__GEMM_DP_CASE(9) AF__GEMM_DP_CASE(10)
+    AF__GEMM_DP_CASE(11) AF__GEMM_DP_CASE(12) AF__GEMM_DP_CASE(13) AF__GEMM_DP_CASE(14)
+    default: break;
+    }
+}
+#else
+#define AF__GEMM_DPBF16 0
+#endif
+
+/* Rows 0..rows-1, columns 0..kc-1 of a (row stride lda) as micro-panels of AF__GMR rows: row
+ * tile t at dst + t*AF__GMR*kc, element (k, r) at k*AF__GMR + r.  In a tail tile the rows past
+ * `rows` are left unwritten: the kernel for mr rows never reads them.  round: each value
+ * rounded to bf16 (dt 3 without AVX-512 BF16). */
+static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long kc, int round, float *restrict dst) {
+    for (long i = 0; i < rows; i += AF__GMR) {
+        const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
+        float *d = dst + i * kc;
+        for (long r = 0; r < mr; r++) {
+            const float *s = a + (i + r) * lda;
+            if (round)
+                for (long k = 0; k < kc; k++) d[k * AF__GMR + r] = af_bf16_to_f32(af_f32_to_bf16(s[k]));
+            else
+                for (long k = 0; k < kc; k++) d[k * AF__GMR + r] = s[k];
+        }
+    }
+}
+
+/* The same as bf16 pairs for af__gemm_tile_dp: row tile t at dst + t*AF__GMR*kp (kp = ceil(kc/2)
+ * 32-bit pairs per row), pair (q, r) at q*AF__GMR + r. */
+static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, long rows, long kc, uint32_t *restrict dst) {
+    const long kp = (kc + 1) / 2;
+    for (long i = 0; i < rows; i += AF__GMR) {
+        const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
+        uint32_t *d = dst + i * kp;
+        for (long r = 0; r < mr; r++) {
+            const float *s = a + (i + r) * lda;
+            for (long q = 0; q < kp; q++) {
+                const uint32_t hi = 2 * q + 1 < kc ? af_f32_to_bf16(s[2 * q + 1]) : 0u;
+                d[q * AF__GMR + r] = (uint32_t)af_f32_to_bf16(s[2 * q]) | hi << 16;
+            }
+        }
+    }
+}
+
 /* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
- * above with storage type dt (0 f32, 1 bf16, 2 f16); bias nullable; act an AF_GEMM_ACT_*.
- * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels). */
+ * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
+ * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
+ * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
+ * Scratch: one MB x kc block of A per thread (112 KB), from the heap; where that fails, a
+ * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile). */
 static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
                                       const float *restrict bias, int act, float *restrict c, long ldc,
                                       long M, long N, long K) {
@@ -320,39 +479,72 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
             }
         return;
     }
-    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
-    const long mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB, groups = (panels + AF_GEMM_NG - 1) / AF_GEMM_NG;
+    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB;
+    const long KC = dt == 0 ? AF_GEMM_KC : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
     const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
-    void (*rows)(int, long, const float *restrict, long, const void *restrict, float *restrict, long, long, int, int,
-                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 1 ? af__gemm_rows_bf16 : af__gemm_rows_f16;
-    const int par = (double)M * (double)N * (double)K >= 1e6 && mblocks * groups > 1;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
-    for (long mb = 0; mb < mblocks; mb++)
-        for (long g = 0; g < groups; g++) {
-            const long i0 = mb * AF_GEMM_MB, i1 = M < i0 + AF_GEMM_MB ? M : i0 + AF_GEMM_MB;
-            const long p0 = g * AF_GEMM_NG, p1 = panels < p0 + AF_GEMM_NG ? panels : p0 + AF_GEMM_NG;
-            for (long k0 = 0; k0 < K; k0 += AF_GEMM_KC) {
-                const long kc = K - k0 < AF_GEMM_KC ? K - k0 : AF_GEMM_KC;
-                const int last = k0 + kc == K;
-                for (long p = p0; p < p1; p++) {
-                    const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
-                    for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
-                        const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
-                        const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * esize;
-                        const float *bias_t = bias ? bias + j0 : NULL;
-                        for (long i = i0; i < i1; i += AF__GMR) {
-                            const int mr = i1 - i < AF__GMR ? (int)(i1 - i) : AF__GMR;
-                            rows(mr, kc, a + i * lda + k0, lda, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
+    const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
+    void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
+                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
+#if AF__GEMM_DPBF16
+    if (pairs) rows = af__gemm_rows_dpbf16;
+#endif
+    const int nth = omp_get_max_threads();
+    const int big = (double)M * (double)N * (double)K >= 1e6 && nth > 1;
+    /* Panel groups: about 4 tiles per thread, as few groups as that allows (each group packs
+     * its A blocks once), none wider than AF_GEMM_NGMAX panels. */
+    long groups = big ? (4L * nth + mblocks - 1) / mblocks : 1;
+    if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
+    if (groups > panels) groups = panels;
+    const long ng = (panels + groups - 1) / groups;
+    groups = (panels + ng - 1) / ng;
+    const int par = big && mblocks * groups > 1;
+#pragma omp parallel if (par)
+    {
+        float *heap = (float *)aligned_alloc(64, (sizeof(float) * (size_t)(AF_GEMM_MB * AF__GKCMAX) + 63) & ~(size_t)63);
+        float local[AF__GMR * AF__GKCMAX];
+        float *abuf = heap ? heap : local;
+        const long mstep = heap ? AF_GEMM_MB : AF__GMR;
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (long mb = 0; mb < mblocks; mb++)
+            for (long g = 0; g < groups; g++) {
+                const long i0 = mb * AF_GEMM_MB, i1 = M < i0 + AF_GEMM_MB ? M : i0 + AF_GEMM_MB;
+                const long p0 = g * ng, p1 = panels < p0 + ng ? panels : p0 + ng;
+                for (long k0 = 0; k0 < K; k0 += KC) {
+                    const long kc = K - k0 < KC ? K - k0 : KC;
+                    const int last = k0 + kc == K;
+                    const long at = pairs ? (kc + 1) / 2 : kc; /* 4-byte units per packed row */
+                    for (long s0 = i0; s0 < i1; s0 += mstep) {
+                        const long s1 = i1 < s0 + mstep ? i1 : s0 + mstep;
+                        if (pairs) af__gemm_pack_a_pairs(a + s0 * lda + k0, lda, s1 - s0, kc, (uint32_t *)(void *)abuf);
+                        else af__gemm_pack_a(a + s0 * lda + k0, lda, s1 - s0, kc, round, abuf);
+                        for (long p = p0; p < p1; p++) {
+                            const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
+                            for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
+                                const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
+                                const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * esize;
+                                const float *bias_t = bias ? bias + j0 : NULL;
+                                for (long i = s0; i < s1; i += AF__GMR) {
+                                    const int mr = s1 - i < AF__GMR ? (int)(s1 - i) : AF__GMR;
+                                    rows(mr, kc, abuf + (i - s0) * at, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
+        free(heap);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------
  * Machine ceiling
  * ------------------------------------------------------------------------------------------ */
+
+/* The clock af_fma_peak_gflops reads (seconds): wall time, or Tools/gemm-bench's process CPU
+ * time on a machine shared with other work (-DAF_PEAK_CLOCK=...). */
+#ifndef AF_PEAK_CLOCK
+#define AF_PEAK_CLOCK omp_get_wtime
+#endif
 
 /* The fp32 FMA peak of this machine in GFLOP/s over all OpenMP threads, measured: each thread
  * runs 12 independent chains of vector FMAs (enough to cover FMA latency on two pipes), best
@@ -363,7 +555,7 @@ AF__UNUSED static double af_fma_peak_gflops(void) {
     for (int rep = 0; rep < 3; rep++) {
         int threads = 1;
         float sink = 0.0f;
-        const double t0 = omp_get_wtime();
+        const double t0 = AF_PEAK_CLOCK();
         #pragma omp parallel reduction(+ : sink)
         {
             #pragma omp single
@@ -391,7 +583,7 @@ AF__UNUSED static double af_fma_peak_gflops(void) {
             for (int j = 0; j < 12; j++) sink += a[j];
 #endif
         }
-        const double t = omp_get_wtime() - t0;
+        const double t = AF_PEAK_CLOCK() - t0;
 #if defined(__AVX512F__)
         const double lanes = 16.0;
 #elif defined(__AVX2__) && defined(__FMA__)
