@@ -36,7 +36,7 @@ public struct Toolchain {
         let identity = version.output.split(separator: "\n").first.map(String.init) ?? compiler
         let isClang = identity.lowercased().contains("clang")
         let blas = try openBLAS()
-        var compileFlags = ["-std=c11", "-O3", "-march=\(march ?? "native")", "-fopenmp", "-fno-math-errno", "-fPIC",
+        var compileFlags = ["-std=c11", try optimizationLevel(environment), "-march=\(march ?? "native")", "-fopenmp", "-fno-math-errno", "-fPIC",
                             "-Wno-unused-function", "-I", blas.include]
         var linkFlags = ["-shared", "-fopenmp", blas.library, "-Wl,-rpath,\(blas.directory)", "-lm"]
         if isClang, let omp = llvmOpenMP() {
@@ -44,6 +44,17 @@ public struct Toolchain {
             linkFlags += ["-L", omp.lib, "-Wl,-rpath,\(omp.lib)"]
         }
         return Toolchain(compiler: compiler, identity: identity, compileFlags: compileFlags, linkFlags: linkFlags)
+    }
+
+    /// The optimization level: `$ARCFLOW_CC_OPT` (-O0, -O1, -O2, -O3 or -Os), else -O3. It is a
+    /// compile flag, so part of the cache key. The test command sets -O1: gcc -O3 on the generated
+    /// kernels was most of the suite's time, and the kernel tests set -O3 back for themselves.
+    static func optimizationLevel(_ environment: [String: String]) throws -> String {
+        guard let level = environment["ARCFLOW_CC_OPT"], !level.isEmpty else { return "-O3" }
+        guard ["-O0", "-O1", "-O2", "-O3", "-Os"].contains(level) else {
+            throw ArcError("ARCFLOW_CC_OPT must be -O0, -O1, -O2, -O3 or -Os, got '\(level)'")
+        }
+        return level
     }
 
     /// The OpenMP or serial OpenBLAS, by explicit path: the default pthread build oversubscribes

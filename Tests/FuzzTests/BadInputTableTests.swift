@@ -78,10 +78,12 @@ final class BadInputTableTests: XCTestCase {
         return p
     }
 
-    /// A compiled FLUX sampler (fixture cfg-a, 48×80, 7 text tokens), for the embedding rows.
+    /// A compiled FLUX sampler (fixture cfg-a, 48×80, 7 text tokens), for the embedding rows. Its
+    /// library comes from the tests' shared cache (FluxCLITests builds the same one): these rows
+    /// are about `generate`'s checks, not the build.
     func fluxSampler() throws {
         let r = try arcflow(["compile", "--transformer", "\(Self.fixtures)/cfg-a/transformer", "--adapter", "\(Self.fixtures)/cfg-a/adapter-k4",
-                             "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "flux"])
+                             "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "flux"], env: ["ARCFLOW_CACHE_DIR": testCacheRoot])
         XCTAssertEqual(r.status, 0, r.err)
     }
 

@@ -116,6 +116,22 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(bad.err.contains("--weights-dtype must be auto, f32, bf16, f16 or int8, got 'int4'"), bad.err)
     }
 
+    /// `ARCFLOW_CC_OPT` sets the optimization level of the generated C (the manifest's compile
+    /// commands show it); each level is a cache entry of its own; a bad value is a one-line error.
+    func testOptimizationLevel() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
+        for (level, folder) in [("-O2", "o2"), ("-O3", "o3")] {
+            let c = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", folder], env: ["ARCFLOW_CC_OPT": level])
+            XCTAssertEqual(c.status, 0, c.err)
+            XCTAssertTrue(c.out.contains("library built"), "\(level) is not the other level's cache entry: \(c.out)")
+            let compiles = try LoadedModel.readManifest("\(dir)/\(folder)").commands.filter { $0.contains(" -c ") }
+            XCTAssertFalse(compiles.isEmpty)
+            XCTAssertTrue(compiles.allSatisfy { $0.contains(" \(level) ") }, "\(compiles)")
+        }
+        assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"], env: ["ARCFLOW_CC_OPT": "-O9"]),
+                           contains: "ARCFLOW_CC_OPT must be -O0, -O1, -O2, -O3 or -Os, got '-O9'")
+    }
+
     func testUnparsableIR() throws {
         let f = try write("bad.ir", "graph @g {\n  %x = input \"x\" : f32[2,\n}\n")
         assertOneLineError(try arcflow(["dump-ir", f]), contains: "bad.ir:3:1: expected an integer, found '}'")

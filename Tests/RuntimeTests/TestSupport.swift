@@ -65,7 +65,23 @@ let defaultPipelineNames = defaultPipeline
 
 /// Base of the per-family kernel tests: one graph per op with one subgraph per shape, compiled
 /// and compared with the interpreter.
+/// These are the tests of the generated C itself, so they build it as users get it: at -O3 even
+/// when the test command sets `ARCFLOW_CC_OPT=-O1` for the model suites (strict aliasing,
+/// vectorization and -Wmaybe-uninitialized differ between levels). Their graphs are small.
 class KernelTestCase: XCTestCase {
+    private var savedOptimization: String?
+
+    override func setUp() {
+        super.setUp()
+        savedOptimization = ProcessInfo.processInfo.environment["ARCFLOW_CC_OPT"]
+        setenv("ARCFLOW_CC_OPT", "-O3", 1)
+    }
+
+    override func tearDown() {
+        if let s = savedOptimization { setenv("ARCFLOW_CC_OPT", s, 1) } else { unsetenv("ARCFLOW_CC_OPT") }
+        super.tearDown()
+    }
+
     /// Shapes used for element-wise ops: odd sizes, a scalar-ish one, a big one (parallel path).
     let shapes: [[Int]] = [[7], [3, 5, 13], [2, 129, 67]]
 
