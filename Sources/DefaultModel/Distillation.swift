@@ -29,7 +29,8 @@ public struct DistillRecipe: Equatable {
     /// is FLUX's shift at 4096 tokens, and shifting toward high noise is what large token counts
     /// need (more tokens ⇒ more redundancy ⇒ noise must be larger to destroy the image), not 64.
     public var shift = 1.0
-    public var guidance = 5.0
+    /// The guided teacher's scale: the shipped teacher's (`DefaultTeacherSampling.guidance`).
+    public var guidance = DefaultTeacherSampling.guidance
     /// D: the teacher ratio falls linearly from 1 to 0 over D iterations (reference: 2000 of 10 000).
     public var decayIterations = 600
     public var dropout = 0.1

@@ -68,3 +68,12 @@ public struct TextEncoderConfig: Equatable {
         self.intermediate = intermediate; self.tokens = tokens
     }
 }
+
+/// How the shipped teacher samples by default: 28 Euler steps with classifier-free guidance 3.
+/// Chosen by the judge on the final (30k-step) EMA, one-object accuracy over 192 prompts:
+/// CFG 2.5 → 0.823, 3 → 0.812, 3.5 → 0.797, 4 → 0.792 (64 prompts: 3 → 0.812, 5 → 0.766,
+/// 7 → 0.672). Strong guidance oversaturates this small model into extra copies of the object;
+/// 3 rather than 2.5 keeps some margin for two-object prompts, where guidance matters more.
+public enum DefaultTeacherSampling {
+    public static let guidance = 3.0
+}

@@ -20,7 +20,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--decay-iterations"], value: "D", help: "the teacher ratio falls from 1 to 0 over D iterations (default 600)"),
         OptionSpec(names: ["--rank"], value: "R", help: "LoRA rank, alpha = rank (default 32)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
-        OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 5)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 3, the shipped teacher's)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
         OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N iterations (default 50)"),

@@ -22,7 +22,7 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N steps (default 250)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "export the EMA and judge samples every N steps (default 1000; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
-        OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5, the run's history); with --export-teacher: the shipped teacher's (default 3)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
         OptionSpec(names: ["--export-teacher"], value: "DIR", help: "only write OUTDIR/ema.safetensors as a default-model folder DIR (transformer/, text_encoder/, model.json; f16) and exit"),
@@ -49,7 +49,7 @@ func trainDefaultCommand(_ argv: [String]) throws {
         let steps = ema.files.first?.metadata["trained_steps"] ?? "?"
         let c = TeacherConfig.standard()
         try DefaultModelExport.write(tensors, config: c, trainedSteps: steps,
-                                     teacher: .init(steps: 28, guidance: try args.double("--guidance", spec, default: 5)!,
+                                     teacher: .init(steps: 28, guidance: try args.double("--guidance", spec, default: DefaultTeacherSampling.guidance)!,
                                                     shift: try args.double("--shift", spec, default: 1)!), to: dir)
         print("wrote the default model (teacher EMA after \(steps) steps, \(tensors.count) tensors, f16) to \(dir): "
               + "transformer/, text_encoder/, model.json; adapters go in \(dir)/arcflow and \(dir)/linear")
