@@ -147,7 +147,9 @@ func compileCommand(_ argv: [String]) throws {
     let compiled = try ModelCompiler.build(module, weights: store, options: options)
     try ModelCompiler.write(compiled, to: out)   // weights computed and written one at a time
     let loadStart = monotonicSeconds()
-    _ = try LoadedModel.load(out)                 // what `generate` will do: checks the folder
+    // What `generate` will do: checks the folder. Under the folder's lock, because a concurrent
+    // compile to the same folder rewrites it under that lock (manifest removed first).
+    do { let lock = try FileLock("\(out)/.lock"); defer { lock.unlock() }; _ = try LoadedModel.load(out) }
     let loaded = monotonicSeconds()
     if args.has("--time-passes") { printPassTimings(compiled.passTimings) }
     let p = compiled.program

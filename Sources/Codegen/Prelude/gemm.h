@@ -461,6 +461,15 @@ static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, 
     }
 }
 
+/* C = act(bias) (0 without one): a GEMM over an empty K, for every packed GEMM. */
+static AF__UNUSED void af_gemm_empty_k(const float *restrict bias, int act, float *restrict c, long ldc, long M, long N) {
+    for (long i = 0; i < M; i++)
+        for (long j = 0; j < N; j++) {
+            const float x = bias ? bias[j] : 0.0f;
+            c[i * ldc + j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
+        }
+}
+
 /* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
  * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
  * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
@@ -471,14 +480,7 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
                                       const float *restrict bias, int act, float *restrict c, long ldc,
                                       long M, long N, long K) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        for (long i = 0; i < M; i++)
-            for (long j = 0; j < N; j++) {
-                const float x = bias ? bias[j] : 0.0f;
-                c[i * ldc + j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
-            }
-        return;
-    }
+    if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB;
     const long KC = dt == 0 ? AF_GEMM_KC : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
     const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);

@@ -158,14 +158,7 @@ static AF__UNUSED void af_gemm_packed_int8(const float *restrict a, long lda, co
                                            const float *restrict bias, int act, float *restrict c, long ldc,
                                            long M, long N, long K) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        for (long i = 0; i < M; i++)
-            for (long j = 0; j < N; j++) {
-                const float x = bias ? bias[j] : 0.0f;
-                c[i * ldc + j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
-            }
-        return;
-    }
+    if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
     const long panels = (N + AF_I8_NR - 1) / AF_I8_NR, stride = af_i8_panel_bytes(K, g);
     const long scales = (K + g - 1) / g * AF_I8_NR * (long)sizeof(float);
     const long mblocks = (M + AF_I8_MB - 1) / AF_I8_MB, groups = (panels + AF_I8_NG - 1) / AF_I8_NG;
