@@ -26,7 +26,8 @@ nice -n 5 .build/release/arcflow train-default -o "$RUN" --steps "$STEPS" --resu
 tail -n 3 "$RUN/eval.csv"
 
 # Distillation (ArcFlow K = 8, then the linear K = 1 baseline on the same recipe and budget), from
-# the f32 EMA of the teacher's run; each resumable in its own folder, then exported as adapters.
+# the shipped f16 teacher in models/shapes (the students are run on exactly those weights); each
+# resumable in its own folder, then exported as adapters.
 DISTILL_ITERS=${DISTILL_ITERS:-3000}
 for K in 8 1; do
   NAME=$([ "$K" = 1 ] && echo linear || echo arcflow)
@@ -35,7 +36,7 @@ for K in 8 1; do
   echo "== distillation ($NAME, K = $K): $DISTILL_ITERS iterations in $DRUN (log: $DRUN/train.log; eval: $DRUN/eval.csv)"
   touch "$DRUN/train.log"
   tail -n 0 -f "$DRUN/train.log" & DTAIL=$!
-  nice -n 5 .build/release/arcflow distill-default -o "$DRUN" --teacher-weights "$RUN/ema.safetensors" \
+  nice -n 5 .build/release/arcflow distill-default -o "$DRUN" --teacher-weights models/shapes \
     --components "$K" --iterations "$DISTILL_ITERS" --resume --threads "$THREADS" >> "$DRUN/train.log" 2>&1
   kill $DTAIL 2>/dev/null || true
   .build/release/arcflow distill-default -o "$DRUN" --export-adapter "models/shapes/$NAME"

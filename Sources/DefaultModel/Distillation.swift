@@ -255,7 +255,7 @@ public struct DistillRun {
         guard s.components >= 1 else { throw ArcError("--components must be at least 1, got \(s.components)") }
         guard r.batch >= 1, r.intervals >= 1, r.nfe >= 1 else { throw ArcError("--batch must be at least 1") }
         guard r.shift > 0 else { throw ArcError("--shift must be positive, got \(r.shift)") }
-        let teacherFile = try SafeTensorsStore(path: o.teacherWeights)
+        let teacherFile = try openTeacherWeights(o.teacherWeights)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
         let initDir = "\(dir)/init-adapter"
@@ -300,6 +300,23 @@ public struct DistillRun {
             o.log("resumed at iteration \(session.stepCount)")
         }
         return DistillRun(trainer: trainer, rollout: rollout, student: s, teacherFile: teacherFile, options: o)
+    }
+
+    /// The teacher as f32 tensors: a flat safetensors file (a teacher run's `ema.safetensors`) or
+    /// a default-model folder, whose f16 transformer and text encoder are widened exactly; the
+    /// folder lets a student be distilled from the teacher that is shipped, not its f32 parent.
+    public static func openTeacherWeights(_ path: String) throws -> WeightStore {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ArcError("--teacher-weights \(path): no such file or folder")
+        }
+        guard isDirectory.boolValue else { return try SafeTensorsStore(path: path) }
+        let folder = try DefaultModelFolder.load(path)
+        let file = try SafeTensorsStore(path: "\(folder.transformerDirectory)/diffusion_pytorch_model.safetensors")
+        let store = TensorStore(label: "\(path) (widened to f32)")
+        for name in file.names { let t = try file.tensor(name); store.set(name, Tensor(.f32(t.shape), t.data)) }
+        for name in folder.textWeights.names { store.set(name, try folder.textWeights.tensor(name)) }
+        return store
     }
 
     /// Trains up to `options.iterations` with progress lines and periodic evaluations.

@@ -285,6 +285,23 @@ final class DistillTests: XCTestCase {
         XCTAssertEqual(adapter.store.type(of: "proj_out_means.weight")?.shape, [Self.teacherConfig.tokenChannels, Self.teacherConfig.flux.width])
     }
 
+    /// `--teacher-weights` on a default-model folder: every teacher and text-encoder tensor, as f32,
+    /// equal to the exported f16 values (the shipped teacher, widened exactly); a missing path says so.
+    func testTeacherWeightsFromDefaultModelFolder() throws {
+        let dir = try temporaryFolder()
+        let tensors = TeacherWeights.random(Self.teacherConfig, seed: 5)
+        try DefaultModelExport.write(tensors, config: Self.teacherConfig, trainedSteps: "0", to: "\(dir)/model")
+        let store = try DistillRun.openTeacherWeights("\(dir)/model")
+        XCTAssertEqual(Set(store.names), Set(tensors.keys))
+        for (name, t) in tensors {
+            XCTAssertEqual(store.type(of: name), .f32(t.type.shape), name)
+            XCTAssertEqual(try store.tensor(name).data, t.data.map { roundToStorage($0, .f16) }, name)
+        }
+        XCTAssertThrowsError(try DistillRun.openTeacherWeights("\(dir)/absent")) { error in
+            XCTAssertTrue("\(error)".contains("no such file or folder"), "\(error)")
+        }
+    }
+
     /// The interval split (§6.3) with shift 1 (σ = t): at ρ = 1 the student intervals vanish and the
     /// teacher's tile the usable length L = S − ω from σ_src; at ρ = 0 every prediction interval is
     /// the window ω. Schedules: ρ linear over D, Karras β copying during the warm-up.

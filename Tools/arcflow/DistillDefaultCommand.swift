@@ -7,11 +7,11 @@ import IR
 
 let distillDefaultSpec = CommandSpec(
     name: "distill-default",
-    usage: "distill-default -o RUNDIR --teacher-weights EMA.safetensors [--components K] [--iterations N] [options]\n       distill-default -o RUNDIR --export-adapter DIR",
+    usage: "distill-default -o RUNDIR --teacher-weights MODELDIR|EMA.safetensors [--components K] [--iterations N] [options]\n       distill-default -o RUNDIR --export-adapter DIR",
     summary: "Distil the default teacher into a 2-step ArcFlow student (data-free π-ID); resumable; export the adapter.",
     options: [
         OptionSpec(names: ["-o", "--output"], value: "RUNDIR", help: "run folder (state, logs, evaluations, init-adapter/)"),
-        OptionSpec(names: ["--teacher-weights"], value: "PATH", help: "the teacher's flat f32 weights (teacher + text encoder), e.g. its run's ema.safetensors"),
+        OptionSpec(names: ["--teacher-weights"], value: "PATH", help: "the teacher: a default-model folder (e.g. models/shapes; f16, widened) or flat f32 weights (teacher + text encoder, e.g. a run's ema.safetensors)"),
         OptionSpec(names: ["--components"], value: "K", help: "mixture components of the ArcFlow head (default 8; 1 = the linear baseline)"),
         OptionSpec(names: ["--iterations"], value: "N", help: "total iterations (default 3000; a resumed run continues up to N)"),
         OptionSpec(names: ["--batch"], value: "B", help: "prompts per iteration, compiled into the graphs (default 8)"),
