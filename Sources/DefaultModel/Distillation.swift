@@ -221,6 +221,10 @@ public struct DistillOptions {
     public var iterations = 3000
     /// AdamW after warm-up (constant); the rates' lr is ×0.1. 1e-4 is the reference's.
     public var lr = 1e-4
+    /// With a value: the rate is held to this iteration, then anneals by a half cosine to 5% at
+    /// `iterations` (as the teacher's run does); nil keeps the reference's constant rate. A run
+    /// extended past its budget with a later decay start resumes exactly (the rate so far is equal).
+    public var decayStart: Int?
     public var warmup = 100
     /// Global-norm clip (the reference's 50; the norm is reported unclipped).
     public var maxGradNorm = 50.0
@@ -287,13 +291,16 @@ public struct DistillRun {
                      s.components, s.rank, trained, r.batch, r.nfe, r.intervals, monotonicSeconds() - t0))
 
         let rollout = DistillRollout(student: s, recipe: r, policy: policy, teacher: teacher) { try session.buffer($0) }
-        var config = TrainConfig(steps: o.iterations, schedule: LRSchedule(lr: o.lr, warmupSteps: o.warmup, warmupStartFactor: 0.001),
+        let schedule = LRSchedule(lr: o.lr, warmupSteps: o.warmup, warmupStartFactor: 0.001, cosine: o.decayStart != nil,
+                                  minFactor: 0.05, totalSteps: o.iterations, decayStart: o.decayStart ?? 0)
+        var config = TrainConfig(steps: o.iterations, schedule: schedule,
                                  saveEvery: o.saveEvery, seed: r.seed, threads: o.threads, progress: false)
         config.karrasEMAOffset = o.warmup
         let trainer = Trainer(session: session, batches: rollout, config: config, directory: dir)
         trainer.metadata = ["model": "shapes-arcflow-student", "components": String(s.components), "rank": String(s.rank),
                             "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
+                            "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights]
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             try trainer.resume(from: trainer.statePath!)

@@ -16,6 +16,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--iterations"], value: "N", help: "total iterations (default 3000; a resumed run continues up to N)"),
         OptionSpec(names: ["--batch"], value: "B", help: "prompts per iteration, compiled into the graphs (default 8)"),
         OptionSpec(names: ["--lr"], value: "LR", help: "AdamW learning rate after warm-up (default 1e-4; the rates' layer ×0.1)"),
+        OptionSpec(names: ["--decay-start"], value: "ITER", help: "hold the rate to ITER, then a half cosine to 5% at --iterations (default: constant, the reference's)"),
         OptionSpec(names: ["--warmup"], value: "W", help: "linear warm-up iterations from 0.001·lr; also the Karras EMA's copy phase (default 100)"),
         OptionSpec(names: ["--decay-iterations"], value: "D", help: "the teacher ratio falls from 1 to 0 over D iterations (default 600)"),
         OptionSpec(names: ["--rank"], value: "R", help: "LoRA rank, alpha = rank (default 32)"),
@@ -53,6 +54,7 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.recipe.batch = try args.int("--batch", spec, default: o.recipe.batch, min: 1)!
     o.lr = try args.double("--lr", spec, default: o.lr)!
     o.warmup = try args.int("--warmup", spec, default: o.warmup, min: 0)!
+    o.decayStart = try args.int("--decay-start", spec, min: 0)
     o.recipe.decayIterations = try args.int("--decay-iterations", spec, default: o.recipe.decayIterations, min: 0)!
     o.rank = try args.int("--rank", spec, default: o.rank, min: 1)!
     o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
