@@ -92,22 +92,63 @@ public enum DefaultReport {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// Ground of the grid and colour of its labels.
+    public static let gridGround: UInt8 = 48
+    public static let labelColour: (r: UInt8, g: UInt8, b: UInt8) = (224, 224, 224)
+
     /// Rows = prompts, columns = images (nil: absent), each scaled ×`scale` (nearest), `gap`
     /// pixels apart on a dark grey ground.
-    public static func grid(_ rows: [[Image8?]], scale: Int = 2, gap: Int = 4) -> Image8 {
+    ///
+    /// `columnLabels` (e.g. "teacher 28", "ArcFlow 2") add a header band with each label centred
+    /// over its column, wrapped at spaces to the column's width (3 lines at most); `rowLabels` (the
+    /// prompts) add a left band, as wide as the longest label up to `maxRowLabelWidth` (default: a
+    /// cell, at least 16 characters), each label wrapped to it, centred on its row's height and cut
+    /// with ".." when it has more lines than the row holds. Text is `BitmapFont` ×`textScale`
+    /// (default max(1, scale / 2)), light on the ground. A band exists only when one of its labels
+    /// has text, so with no labels (the default) the layout is the unlabelled one, byte for byte.
+    /// Missing labels are blank; extra ones are ignored.
+    public static func grid(_ rows: [[Image8?]], scale: Int = 2, gap: Int = 4, columnLabels: [String] = [], rowLabels: [String] = [],
+                            textScale: Int? = nil, maxRowLabelWidth: Int? = nil) -> Image8 {
         let cols = rows.map(\.count).max() ?? 0
         let cell = ShapesWorld.side * scale
-        let w = gap + cols * (cell + gap), h = gap + rows.count * (cell + gap)
-        var out = Image8(width: max(w, 1), height: max(h, 1), channels: 3, pixels: [UInt8](repeating: 48, count: max(w, 1) * max(h, 1) * 3))
+        let ts = max(textScale ?? scale / 2, 1)
+        func visible(_ s: String) -> Bool { !s.allSatisfy { $0 == " " } }
+        let headerLines = columnLabels.prefix(cols).map { BitmapFont.wrap($0, maxWidth: cell, scale: ts, maxLines: 3) }
+        let headerRows = headerLines.map(\.count).max() ?? 0
+        let bandText = rowLabels.prefix(rows.count).contains(where: visible)
+            ? min(rowLabels.prefix(rows.count).map { BitmapFont.width(of: $0, scale: ts) }.max()!,
+                  maxRowLabelWidth ?? max(cell, BitmapFont.width(of: String(repeating: "x", count: 16), scale: ts)))
+            : 0
+        let rowLineCount = max(1, (cell + BitmapFont.lineHeight * ts - BitmapFont.height(lines: 1, scale: ts)) / (BitmapFont.lineHeight * ts))
+        let rowLines = rowLabels.prefix(rows.count).map { BitmapFont.wrap($0, maxWidth: bandText, scale: ts, maxLines: rowLineCount) }
+        // The bands: text, then the grid's own gap before the images.
+        let top = headerRows > 0 ? gap + BitmapFont.height(lines: headerRows, scale: ts) + ts : 0
+        let left = bandText > 0 ? gap + bandText : 0
+        let w = left + gap + cols * (cell + gap), h = top + gap + rows.count * (cell + gap)
+        var out = Image8(width: max(w, 1), height: max(h, 1), channels: 3, pixels: [UInt8](repeating: gridGround, count: max(w, 1) * max(h, 1) * 3))
         for (r, row) in rows.enumerated() {
             for (c, image) in row.enumerated() {
                 guard let image else { continue }
-                let ox = gap + c * (cell + gap), oy = gap + r * (cell + gap)
+                let ox = left + gap + c * (cell + gap), oy = top + gap + r * (cell + gap)
                 for y in 0..<min(cell, image.height * scale) {
                     for x in 0..<min(cell, image.width * scale) {
                         for ch in 0..<3 { out[ox + x, oy + y, ch] = image[x / scale, y / scale, image.channels == 3 ? ch : 0] }
                     }
                 }
+            }
+        }
+        for (c, lines) in headerLines.enumerated() {
+            // Bottom-aligned, so one-line labels sit next to the images when others take two.
+            let y0 = gap + BitmapFont.lineHeight * ts * (headerRows - lines.count)
+            for (i, line) in lines.enumerated() {
+                let x = left + gap + c * (cell + gap) + (cell - BitmapFont.width(of: line, scale: ts)) / 2
+                out.drawText(line, x: x, y: y0 + i * BitmapFont.lineHeight * ts, color: labelColour, scale: ts)
+            }
+        }
+        for (r, lines) in rowLines.enumerated() {
+            let y0 = top + gap + r * (cell + gap) + (cell - BitmapFont.height(lines: lines.count, scale: ts)) / 2
+            for (i, line) in lines.enumerated() {
+                out.drawText(line, x: gap, y: y0 + i * BitmapFont.lineHeight * ts, color: labelColour, scale: ts)
             }
         }
         return out

@@ -82,9 +82,11 @@ final class DefaultGenerateTests: XCTestCase {
         XCTAssertEqual(g.status, 0, g.err)
         let ihdr = pngChunks(try bytes("\(work)/grid.png")).first { $0.type == "IHDR" }!.body
         func be(_ i: Int) -> Int { ihdr[i..<(i + 4)].reduce(0) { $0 << 8 | Int($1) } }
-        // 3 columns (teacher, ArcFlow, linear) and 2 rows of 64×64 images at ×2 with 4 px gaps.
-        XCTAssertEqual(be(0), 4 + 3 * (128 + 4))
-        XCTAssertEqual(be(4), 4 + 2 * (128 + 4))
+        // 3 columns (teacher, ArcFlow, linear) and 2 rows of 64×64 images at ×2 with 4 px gaps, after
+        // the labels: a left band as wide as a cell (the long prompt wraps to it) and a header of one
+        // line (9 px, 1 px under it).
+        XCTAssertEqual(be(0), (4 + 128) + 4 + 3 * (128 + 4))
+        XCTAssertEqual(be(4), (4 + 9 + 1) + 4 + 2 * (128 + 4))
     }
 
     /// report-default on the tiny folder: a table row per model, every category, report.md written.
@@ -99,6 +101,7 @@ final class DefaultGenerateTests: XCTestCase {
             XCTFail("'\(needle)' not in:\n\(table)")
         }
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(work)/rep/teacher.png"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(work)/rep/grid.png"))
     }
 
     func testGrammarErrorAndMissingFolder() throws {

@@ -94,7 +94,8 @@ func generateGrid(_ args: ParsedArguments, file: String, threads: Int) throws {
     }
     let rows = prompts.indices.map { r in columns.map { Optional($0[r]) } }
     let text = "columns: " + variants.map(\.0).joined(separator: " | ") + "\nrows: " + prompts.joined(separator: "; ") + "\nSeed: \(seed) + row, Generator: arcflow"
-    try writeAtomically(PNG.encode(DefaultReport.grid(rows, scale: 2, gap: 4), text: [("parameters", text)]), to: output)
+    let grid = DefaultReport.grid(rows, scale: 2, gap: 4, columnLabels: variants.map(\.0), rowLabels: prompts)
+    try writeAtomically(PNG.encode(grid, text: [("parameters", text)]), to: output)
     print("wrote \(output) (\(prompts.count) prompts × \(variants.map(\.0).joined(separator: " | ")))")
 }
 
@@ -111,8 +112,9 @@ let reportDefaultSpec = CommandSpec(
     ],
     details: """
     Renders the fixed prompt set with the teacher (model.json's steps and guidance), the ArcFlow student and the
-    linear student (those present), judges every image, and writes DIR/report.md (a markdown table) and
-    DIR/<model>.png contact sheets. Tools/report-default.sh splices the table into the README.
+    linear student (those present), judges every image, and writes DIR/report.md (a markdown table),
+    DIR/<model>.png contact sheets and DIR/grid.png (rows = prompts, columns = models, both labelled).
+    Tools/report-default.sh splices the table into the README.
     """)
 
 func reportDefaultCommand(_ argv: [String]) throws {
@@ -127,13 +129,16 @@ func reportDefaultCommand(_ argv: [String]) throws {
     let t = folder.info.teacher
     var pipelines: [(name: String, nfe: String, pipeline: CompiledPipeline)] = [
         ("teacher (Euler, CFG \(t.guidance))", "\(t.steps) × 2 (CFG batch)", try loadDefault(folder, .teacher(steps: t.steps, guidance: t.guidance), threads: threads))]
-    for (name, v) in [("ArcFlow student", DefaultVariant.arcflow), ("linear student", .linear)] {
+    // The grid's column labels: what each model is, and its steps.
+    var labels = ["teacher \(t.steps) (CFG \(t.guidance))"]
+    for (name, short, v) in [("ArcFlow student", "ArcFlow 2", DefaultVariant.arcflow), ("linear student", "linear 2", .linear)] {
         guard let dir = folder.adapterDirectory(v.adapterName!) else {
             stderrLine("arcflow: note: no '\(v.adapterName!)' adapter in \(folder.directory); the report leaves the \(name) out")
             continue
         }
         let k = try ArcFlowAdapter.load(dir).components
         pipelines.append(("\(name) (K = \(k))", "2", try loadDefault(folder, v, threads: threads)))
+        labels.append("\(short) (K = \(k))")
     }
     let prompts = DefaultReport.prompts(perCategory: n)
     stderrLine("arcflow: \(prompts.count) prompts × \(pipelines.count) models")
@@ -142,6 +147,12 @@ func reportDefaultCommand(_ argv: [String]) throws {
         let file = name.split(separator: " ").first!.lowercased() + ".png"
         try writeAtomically(PNG.encode(ShapesWorld.contactSheet(c.images)), to: "\(out)/\(file)")
     }
+    // Every prompt next to every model's image, labelled, for reading the table's failures.
+    let rows = prompts.indices.map { r in columns.map { Optional($0.images[r]) } }
+    let grid = DefaultReport.grid(rows, scale: 2, gap: 4, columnLabels: labels,
+                                  rowLabels: prompts.map { "\($0.category): \($0.prompt)" })
+    try writeAtomically(PNG.encode(grid, text: [("parameters", "columns: " + labels.joined(separator: " | ") + "\nSeed: \(seed) + row, Generator: arcflow")]),
+                        to: "\(out)/grid.png")
     let table = DefaultReport.markdown(columns, prompts: prompts, seed: seed, threads: threads)
     try writeAtomically(table, to: "\(out)/report.md")
     print(table, terminator: "")
