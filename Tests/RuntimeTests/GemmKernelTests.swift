@@ -101,7 +101,8 @@ final class GemmKernelTests: KernelTestCase {
     }
 
     /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
-    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block; M = 1; A
+    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block; row blocks
+    /// sharing the row tiles and panel groups chosen for the thread count; M = 1; A
     /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
     /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
     /// operand, stay unpacked (OpenBLAS). The oracle is the interpreter on the weights rounded to
@@ -116,6 +117,9 @@ final class GemmKernelTests: KernelTestCase {
         let cases: [(a: [Int], n: Int, transposed: Bool)] = [
             ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
             ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
+            // 18 row tiles over 3 row blocks (6 each, the last one short) × 24 panels in 4 groups
+            // (the count that splits 12 tiles evenly over 2 threads).
+            ([250, 40], 768, true),
         ]
         let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")
         var weights: [String: Tensor] = [:]

@@ -10,7 +10,7 @@ import TestSupport
 import XCTest
 
 final class Int8GemmKernelTests: XCTestCase {
-    /// Odd M, N and K (tails of the 12- or 4-row tile, the 32-column panel, the 256-deep K block
+    /// Odd M, N and K (tails of the 14- or 6-row tile, the 32-column panel, the 256-deep K block
     /// and the last group of 32); M = 1; A batched; both orientations; a weight shared by two
     /// GEMMs; bias, bias + GELU, bias + SiLU in the store. A weight also read element-wise and
     /// a left operand are not quantized (OpenBLAS on exact f32).
@@ -70,7 +70,7 @@ final class Int8GemmKernelTests: XCTestCase {
 
     func testInt8GEMMPerChannel() throws { try checkInt8GEMM(group: "channel") }
 
-    /// The AVX2 (4 x 16 tiles) and portable paths.
+    /// The AVX2 (6 x 16 tiles) and portable paths.
     func testInt8GEMMOnAVX2AndPortable() throws {
         #if arch(x86_64)
         try checkInt8GEMM(group: "32", march: "x86-64-v3")

@@ -470,15 +470,17 @@ static AF__UNUSED void af_gemm_empty_k(const float *restrict bias, int act, floa
         }
 }
 
-/* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
- * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
- * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
- * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
- * Scratch: one MB x kc block of A per thread (112 KB), from the heap; where that fails, a
- * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile). */
-static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
-                                      const float *restrict bias, int act, float *restrict c, long ldc,
-                                      long M, long N, long K) {
+/* A K block of one panel as f32 rows of AF_GEMM_NR floats (what an f32 panel holds there),
+ * from weights stored otherwise: gemm_int8.h's dequantization. */
+typedef void (*af__gemm_panel_fn)(const void *restrict b, long p, long K, long g, long k0, long kc, float *restrict out);
+
+/* af_gemm_packed, or with `unpack` non-null: B is in unpack's format (groups of qgroup along K), and
+ * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
+ * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
+ * conversion per weight per row block). */
+static void af__gemm_packed_blocks(const float *restrict a, long lda, const void *restrict b, int dt,
+                                   const float *restrict bias, int act, float *restrict c, long ldc,
+                                   long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB;
@@ -492,11 +494,20 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
 #endif
     const int nth = omp_get_max_threads();
     const int big = (double)M * (double)N * (double)K >= 1e6 && nth > 1;
+    /* Row blocks share the row tiles evenly (M = 256 is 7 + 6 + 6 tiles of 14, not 112 + 112 + 32
+     * rows), so no block is a short straggler. */
+    const long rtiles = (M + AF__GMR - 1) / AF__GMR;
     /* Panel groups: about 4 tiles per thread, as few groups as that allows (each group packs
-     * its A blocks once), none wider than AF_GEMM_NGMAX panels. */
+     * its A blocks once), none wider than AF_GEMM_NGMAX panels; then, up to twice that many,
+     * the first count whose tiles split evenly over the threads (M = 320, N = 768 on 2
+     * threads: 12 tiles, not 9, where one thread would do 5 while the other waits after 4). */
     long groups = big ? (4L * nth + mblocks - 1) / mblocks : 1;
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
     if (groups > panels) groups = panels;
+    for (long g = groups; big && g <= 2 * groups && g <= panels; g++) {
+        const long gg = (panels + (panels + g - 1) / g - 1) / ((panels + g - 1) / g);
+        if (mblocks * gg % nth == 0) { groups = gg; break; }
+    }
     const long ng = (panels + groups - 1) / groups;
     groups = (panels + ng - 1) / ng;
     const int par = big && mblocks * groups > 1;
@@ -504,12 +515,14 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
     {
         float *heap = (float *)aligned_alloc(64, (sizeof(float) * (size_t)(AF_GEMM_MB * AF__GKCMAX) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
+        float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
         float *abuf = heap ? heap : local;
         const long mstep = heap ? AF_GEMM_MB : AF__GMR;
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (long mb = 0; mb < mblocks; mb++)
             for (long g = 0; g < groups; g++) {
-                const long i0 = mb * AF_GEMM_MB, i1 = M < i0 + AF_GEMM_MB ? M : i0 + AF_GEMM_MB;
+                const long i0 = mb * rtiles / mblocks * AF__GMR, i1e = (mb + 1) * rtiles / mblocks * AF__GMR;
+                const long i1 = M < i1e ? M : i1e;
                 const long p0 = g * ng, p1 = panels < p0 + ng ? panels : p0 + ng;
                 for (long k0 = 0; k0 < K; k0 += KC) {
                     const long kc = K - k0 < KC ? K - k0 : KC;
@@ -521,6 +534,7 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
                         else af__gemm_pack_a(a + s0 * lda + k0, lda, s1 - s0, kc, round, abuf);
                         for (long p = p0; p < p1; p++) {
                             const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
+                            if (unpack) { unpack(b, p, K, qgroup, k0, kc, unpacked); panel = (const char *)unpacked; }
                             for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
                                 const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
                                 const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * esize;
@@ -536,6 +550,18 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
             }
         free(heap);
     }
+}
+
+/* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
+ * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
+ * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
+ * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
+ * Scratch: one MB x kc block of A per thread (112 KB), from the heap; where that fails, a
+ * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile). */
+static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
+                                      const float *restrict bias, int act, float *restrict c, long ldc,
+                                      long M, long N, long K) {
+    af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------
