@@ -82,10 +82,10 @@ public struct DefaultModelFolder {
             throw ArcError("\(dir): text encoder width \(text.width) differs from the transformer's joint_attention_dim \(f.jointAttentionDim) / pooled_projection_dim \(f.pooledProjectionDim)")
         }
         let file = try SafeTensorsStore(path: "\(dir)/text_encoder/model.safetensors")
-        var tensors: [String: Tensor] = [:]
-        for name in file.names { let t = try file.tensor(name); tensors[name] = Tensor(.f32(t.shape), t.data) }
+        let textWeights = TensorStore(label: file.label)
+        try textWeights.addWidened(file)
         return DefaultModelFolder(directory: dir, info: info, transformer: transformer, text: text,
-                                  textWeights: TensorStore(tensors, label: file.label), codec: codec)
+                                  textWeights: textWeights, codec: codec)
     }
 
     /// Where the CLI looks: `--default-model DIR`, else `$ARCFLOW_DEFAULT_MODEL`, else

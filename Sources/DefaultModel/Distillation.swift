@@ -321,8 +321,8 @@ public struct DistillRun {
         let folder = try DefaultModelFolder.load(path)
         let file = try SafeTensorsStore(path: "\(folder.transformerDirectory)/diffusion_pytorch_model.safetensors")
         let store = TensorStore(label: "\(path) (widened to f32)")
-        for name in file.names { let t = try file.tensor(name); store.set(name, Tensor(.f32(t.shape), t.data)) }
-        for name in folder.textWeights.names { store.set(name, try folder.textWeights.tensor(name)) }
+        try store.addWidened(file)
+        try store.addWidened(folder.textWeights)
         return store
     }
 

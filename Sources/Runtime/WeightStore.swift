@@ -125,6 +125,12 @@ public final class TensorStore: WeightStore {
 
     deinit { for v in storage.values { free(v.bytes) } }
 
+    /// Adds every tensor of `source` as f32 (16-bit values widen exactly): for graphs that read
+    /// f32 weights from an f16 or bf16 file.
+    public func addWidened(_ source: WeightStore) throws {
+        for name in source.names { let t = try source.tensor(name); set(name, Tensor(.f32(t.shape), t.data)) }
+    }
+
     public func set(_ name: String, _ t: Tensor) {
         let bytes = encodeFloats(t.data, t.type.dtype)
         bytes.withUnsafeBytes { set(name, type: t.type, bytes: $0.baseAddress, count: $0.count) }

@@ -505,8 +505,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
     if (groups > panels) groups = panels;
     for (long g = groups; big && g <= 2 * groups && g <= panels; g++) {
-        const long gg = (panels + (panels + g - 1) / g - 1) / ((panels + g - 1) / g);
-        if (mblocks * gg % nth == 0) { groups = gg; break; }
+        const long width = (panels + g - 1) / g, count = (panels + width - 1) / width; /* g groups, as formed below */
+        if (mblocks * count % nth == 0) { groups = count; break; }
     }
     const long ng = (panels + groups - 1) / groups;
     groups = (panels + ng - 1) / ng;
