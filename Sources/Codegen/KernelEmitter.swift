@@ -91,7 +91,7 @@ enum KernelEmitter {
     /// The kernel(s) computing `node` from its operand types. A fusion headed by a GEMM yields
     /// two kernels (the GEMM, then the epilogue in place) so a GEMM-only baseline can skip the
     /// second. `inPlace` names the operand whose buffer the output shares (no `restrict` then).
-    /// `compute` applies to GEMMs over bf16 panels (`--compute`).
+    /// `compute` applies to GEMMs over bf16 panels and to plain attention (`--compute`).
     static func kernels(for node: Node, operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking] = [:],
                         compute: GEMMCompute = .f32) throws -> [Kernel] {
         switch node.op {
@@ -154,10 +154,12 @@ enum KernelEmitter {
             let (b, sq, h, d) = (node.type.shape[0], node.type.shape[1], node.type.shape[2], node.type.shape[3])
             let sk = operandTypes[1].shape[1]
             let scale = cFloat(Float(node.float("scale")!)), causal = node.flag("causal")
-            let call = operandTypes.count == 3 && !causal
-                ? "af_attention(in0, in1, in2, out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, \(scale));"
+            // Plain attention under `--compute bf16` multiplies bf16 pairs too (attention.h).
+            let plain = operandTypes.count == 3 && !causal, bf16 = plain && compute == .bf16
+            let call = plain
+                ? "af_attention\(bf16 ? "_bf16" : "")(in0, in1, in2, out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, \(scale));"
                 : "af_attention_ex(in0, in1, in2, \(operandTypes.count > 3 ? "in3" : "NULL"), out, \(b)L, \(sq)L, \(sk)L, \(h)L, \(d)L, \(scale), \(causal ? 1 : 0));"
-            let label = "attention\(operandTypes.count > 3 ? "_bias" : "")\(causal ? "_causal" : "")_\(b)x\(sq)x\(sk)x\(h)x\(d)"
+            let label = "attention\(bf16 ? "_bf16" : "")\(operandTypes.count > 3 ? "_bias" : "")\(causal ? "_causal" : "")_\(b)x\(sq)x\(sk)x\(h)x\(d)"
             var k = simpleCall(label: label, node: node, operandTypes, call: call)
             // A causal query i sees i + 1 keys: sq·(sq + 1)/2 query-key pairs instead of sq·sk.
             k.flops = 4.0 * Double(b * h * d) * (causal ? Double(sq * (sq + 1)) / 2 : Double(sq * sk))

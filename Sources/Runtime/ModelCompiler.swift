@@ -117,7 +117,7 @@ public enum ModelCompiler {
 
     /// `--compute bf16` needs bf16 panels and, for this machine's library (no `march`), a CPU with
     /// AVX-512 BF16; a `march` build for another CPU gets the emulation (A rounded to bf16, f32
-    /// FMAs: the same products), which is what lets tests cover it anywhere.
+    /// FMAs: the same products; attention stays f32 there), which is what lets tests cover it anywhere.
     static func checkCompute(_ options: CompileOptions) throws {
         guard options.compute == .bf16 else { return }
         guard options.weightsDType == .auto || options.weightsDType == .bf16 else {

@@ -92,7 +92,7 @@ final class FluxCLITests: XCTestCase {
 
     /// `--compute bf16` (fast mode: bf16 panels × activations rounded to bf16, f32 sums) on the
     /// bf16 checkpoint: final latents within 1e-2 relative L2 of the f32 build; the generated C
-    /// calls the bf16-compute GEMM (dt 3). A bad value and f32 panels are usage errors.
+    /// calls the bf16-compute GEMM (dt 3) and the bf16 attention. A bad value and f32 panels are usage errors.
     func testComputeBF16KeepsLatentsNearF32() throws {
         let bad = try compileA(["-o", "x", "--compute", "f16"])
         XCTAssertEqual(bad.status, 2)
@@ -115,6 +115,7 @@ final class FluxCLITests: XCTestCase {
         let kernels = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/bf16c/c").filter { $0.hasSuffix(".c") }
         let text = try kernels.map { try String(contentsOfFile: "\(dir)/bf16c/c/\($0)", encoding: .utf8) }.joined()
         XCTAssertNotNil(text.range(of: "af_gemm_packed\\(in[0-9]+, [0-9]+L, in[0-9]+, 3,", options: .regularExpression))
+        XCTAssertTrue(text.contains("af_attention_bf16(in"), "plain attention multiplies bf16 pairs too")
         let reference = try SafeTensorsStore(path: "\(a)/reference.safetensors").tensor("k16_arc2_x2")
         let vsF32 = relativeL2(latents["bf16c"]!, latents["f32"]!)
         print("compute bf16 vs f32 build: relative L2 \(vsF32); vs reference \(relativeL2(latents["bf16c"]!, reference))")

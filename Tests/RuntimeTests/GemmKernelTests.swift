@@ -101,7 +101,7 @@ final class GemmKernelTests: KernelTestCase {
     }
 
     /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
-    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block; row blocks
+    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block (512 with bf16 compute); row blocks
     /// sharing the row tiles and panel groups chosen for the thread count; M = 1; A
     /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
     /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
@@ -120,6 +120,8 @@ final class GemmKernelTests: KernelTestCase {
             // 18 row tiles over 3 row blocks (6 each, the last one short) × 24 panels in 4 groups
             // (the count that splits 12 tiles evenly over 2 threads).
             ([250, 40], 768, true),
+            // Three K blocks of bf16 compute (512, 512, then an odd 7) and five of f32 and 16-bit.
+            ([20, 1031], 40, true),
         ]
         let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")
         var weights: [String: Tensor] = [:]

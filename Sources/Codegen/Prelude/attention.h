@@ -23,7 +23,14 @@
  * happens once per 256 keys; 128 and 512 measured the same within noise.  Within a key
  * tile, exp and the PV product run per chunk of AF__PVC = 64 keys so the chunk of P is
  * still in L1, and each chunk's PV sum starts from zero in registers (better accuracy,
- * see af__mk_pv).  Per-thread memory: (2*D + KT + 8) * 64 floats, independent of Sq/Sk.
+ * see af__mk_pv).  Per-thread memory: (2*D + KT + 8 + PVC/2) * 64 floats, independent of Sq/Sk.
+ *
+ * bf16 compute (af_attention_bf16, `--compute bf16`): both products take bf16 pairs and sum in
+ * f32 with vdpbf16ps, two terms per instruction.  K and V are converted once per call: K as
+ * pairs along d ([B, Sk, H, ceil(D/2)] words), V as pairs of consecutive keys ([B, ceil(Sk/2),
+ * H, D]); the query tile as pairs along d, each chunk of P as pairs of consecutive keys.  So the
+ * micro-kernels are the f32 ones with a 32-bit pair broadcast where a float was, and every
+ * index stays in 4-byte units.  Scores, the softmax, its sums and the output stay f32.
  * ==================================================================================== */
 
 #define AF__QB 64
@@ -95,13 +102,34 @@ typedef float af__vec; /* other compilers: "vectors" of one float */
 #endif
 #define AF__CB (AF__NV * AF__VW) /* query columns per register tile; divides AF__QB */
 
+#if defined(__AVX512BF16__) && AF__VW == 16
+#define AF__ATTN_DP 1 /* bf16 pair products available (af_attention_bf16) */
+#else
+#define AF__ATTN_DP 0
+#endif
+
 /* Micro-kernel 1: st[r][c] = sum_d a[r*lda + d] * b[d*AF__QB + c] for r < R (R <= AF__RK,
- * a compile-time constant after inlining), c < AF__CB; mx[c] = max(mx[c], st[r][c]). */
+ * a compile-time constant after inlining), c < AF__CB; mx[c] = max(mx[c], st[r][c]).
+ * dp: a and b hold bf16 pairs, d runs over pairs (see the header). */
 AF__INLINE void af__mk_qk(const float *restrict a, long lda, const float *restrict b, long D,
-                          float *restrict st, float *restrict mx, const int R) {
+                          float *restrict st, float *restrict mx, const int R, const int dp) {
     af__vec c[AF__RK][AF__NV];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < AF__NV; v++) c[r][v] = af__vzero();
+#if AF__ATTN_DP
+    if (dp)
+        for (long d = 0; d < D; d++) {
+            __m512bh bv[AF__NV];
+            for (int v = 0; v < AF__NV; v++) bv[v] = (__m512bh)_mm512_loadu_si512((const void *)(b + d * AF__QB + v * AF__VW));
+            for (int r = 0; r < R; r++) {
+                const __m512bh av = (__m512bh)_mm512_set1_epi32((int)((const uint32_t *)(const void *)a)[r * lda + d]);
+                for (int v = 0; v < AF__NV; v++) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, bv[v]);
+            }
+        }
+    else
+#else
+    (void)dp;
+#endif
     for (long d = 0; d < D; d++) {
         af__vec bv[AF__NV];
         for (int v = 0; v < AF__NV; v++) bv[v] = af__vld(b + d * AF__QB + v * AF__VW);
@@ -123,12 +151,27 @@ AF__INLINE void af__mk_qk(const float *restrict a, long lda, const float *restri
 /* Micro-kernel 2: ot[r][c] = (al ? al[c]*ot[r][c] : ot[r][c]) + sum_{j<kt} a[j*lda + r] * p[j*AF__QB + c]
  * for r < R, c < AF__CB.  The sum over the kt (<= AF__PVC) keys of one chunk starts from
  * zero in registers and is added to ot once: the running output is then a sum of chunk
- * sums, whose rounding error grows with sqrt(chunk) + sqrt(Sk/chunk) instead of sqrt(Sk). */
+ * sums, whose rounding error grows with sqrt(chunk) + sqrt(Sk/chunk) instead of sqrt(Sk).
+ * dp: a and p hold bf16 pairs of consecutive keys, j runs over pairs. */
 AF__INLINE void af__mk_pv(const float *restrict a, long lda, const float *restrict p, long kt,
-                          float *restrict ot, const float *restrict al, const int R) {
+                          float *restrict ot, const float *restrict al, const int R, const int dp) {
     af__vec c[AF__RK][AF__NV];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < AF__NV; v++) c[r][v] = af__vzero();
+#if AF__ATTN_DP
+    if (dp)
+        for (long j = 0; j < kt; j++) {
+            __m512bh pv[AF__NV];
+            for (int v = 0; v < AF__NV; v++) pv[v] = (__m512bh)_mm512_loadu_si512((const void *)(p + j * AF__QB + v * AF__VW));
+            for (int r = 0; r < R; r++) {
+                const __m512bh av = (__m512bh)_mm512_set1_epi32((int)((const uint32_t *)(const void *)a)[j * lda + r]);
+                for (int v = 0; v < AF__NV; v++) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, pv[v]);
+            }
+        }
+    else
+#else
+    (void)dp;
+#endif
     for (long j = 0; j < kt; j++) {
         af__vec pv[AF__NV];
         for (int v = 0; v < AF__NV; v++) pv[v] = af__vld(p + j * AF__QB + v * AF__VW);
@@ -154,37 +197,37 @@ AF__INLINE void af__mk_pv(const float *restrict a, long lda, const float *restri
 
 /* Instantiate the micro-kernels for every row count 1..AF__RK (remainders of kt and D). */
 static void af__qk_rows(const float *restrict a, long lda, const float *restrict b, long D,
-                        float *restrict st, float *restrict mx, long rows) {
+                        float *restrict st, float *restrict mx, long rows, int dp) {
     long r = 0;
     for (; r + AF__RK <= rows; r += AF__RK)
-        af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, AF__RK);
+        af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, AF__RK, dp);
     switch (rows - r) {
-    case 5: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 5); break;
-    case 4: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 4); break;
-    case 3: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 3); break;
-    case 2: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 2); break;
-    case 1: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 1); break;
+    case 5: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 5, dp); break;
+    case 4: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 4, dp); break;
+    case 3: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 3, dp); break;
+    case 2: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 2, dp); break;
+    case 1: af__mk_qk(a + r * lda, lda, b, D, st + r * AF__QB, mx, 1, dp); break;
     default: break;
     }
 }
 
 static void af__pv_rows(const float *restrict a, long lda, const float *restrict p, long kt,
-                        float *restrict ot, const float *restrict al, long D) {
+                        float *restrict ot, const float *restrict al, long D, int dp) {
     long r = 0;
     for (; r + AF__RK <= D; r += AF__RK)
-        af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, AF__RK);
+        af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, AF__RK, dp);
     switch (D - r) {
-    case 5: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 5); break;
-    case 4: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 4); break;
-    case 3: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 3); break;
-    case 2: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 2); break;
-    case 1: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 1); break;
+    case 5: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 5, dp); break;
+    case 4: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 4, dp); break;
+    case 3: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 3, dp); break;
+    case 2: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 2, dp); break;
+    case 1: af__mk_pv(a + r, lda, p, kt, ot + r * AF__QB, al, 1, dp); break;
     default: break;
     }
 }
 
 /* floats of scratch one thread needs for one query tile */
-AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 8) * AF__QB; }
+AF__INLINE long af__attn_scratch(long D) { return (2 * D + AF__KT + 8 + AF__PVC / 2) * AF__QB; }
 
 /* Additive bias and causal mask on one key tile of scores st[j][i] (keys j0 + j, j < kt;
  * query lanes i, rq of them valid).  The scores become logits sc*s (+ b, in one rounding),
@@ -228,7 +271,7 @@ static void af__attn_adjust(float *restrict st, float *restrict mt, const float 
 static void af__attn_tile(const float *restrict q, const float *restrict k,
                           const float *restrict v, float *restrict out, long ld, long D, long rq,
                           long Sk, float scale, const float *restrict bias, long qpos,
-                          float *restrict buf) {
+                          float *restrict buf, int dp) {
     float *qt = buf;                   /* D x QB  transposed queries (sign of scale applied) */
     float *ot = qt + D * AF__QB;       /* D x QB  unnormalized output, transposed */
     float *st = ot + D * AF__QB;       /* KT x QB scores, then probabilities */
@@ -237,6 +280,9 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
     float *mt = al + AF__QB;           /* max of the current key tile (unscaled) */
     double *l = (double *)(void *)(mt + 2 * AF__QB);   /* running sum (double) */
     double *ls = l + AF__QB;                            /* sum of the current tile */
+    float *pt = (float *)(void *)(ls + AF__QB);         /* dp: PVC/2 x QB bf16 pairs of P */
+    const long Dq = dp ? (D + 1) / 2 : D;               /* rows of qt: d, or pairs of d */
+    const long kld = dp ? ld / D * Dq : ld;             /* K row stride (dp: in the pair copy) */
     /* The scale is not applied to q (that would round every q element): scores stay
      * unscaled, the max is tracked on them and the exp argument is one fused
      * sc*s - sc*max.  The rounding of sc*max is a common shift of the whole row (it cancels
@@ -247,9 +293,15 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
     const float sgn = scale < 0.0f ? -1.0f : 1.0f, sc = scale < 0.0f ? -scale : scale;
     for (long i = 0; i < rq; i++) {
         const float *qr = q + i * ld;
-        for (long d = 0; d < D; d++) qt[d * AF__QB + i] = qr[d] * sgn;
+        if (dp)
+            for (long d = 0; d < Dq; d++) {
+                const uint32_t hi = 2 * d + 1 < D ? af_f32_to_bf16(qr[2 * d + 1] * sgn) : 0u;
+                ((uint32_t *)(void *)qt)[d * AF__QB + i] = (uint32_t)af_f32_to_bf16(qr[2 * d] * sgn) | hi << 16;
+            }
+        else
+            for (long d = 0; d < D; d++) qt[d * AF__QB + i] = qr[d] * sgn;
     }
-    for (long d = 0; d < D; d++)
+    for (long d = 0; d < Dq; d++)
         for (long i = rq; i < AF__QB; i++) qt[d * AF__QB + i] = 0.0f;
     memset(ot, 0, sizeof(float) * (size_t)(D * AF__QB));
     for (long i = 0; i < AF__QB; i++) { m[i] = -INFINITY; l[i] = 0.0; }
@@ -259,7 +311,7 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
         long kt = Sv - j0 < AF__KT ? Sv - j0 : AF__KT;
         for (long i = 0; i < AF__QB; i++) { mt[i] = -INFINITY; ls[i] = 0.0; }
         for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
-            af__qk_rows(k + j0 * ld, ld, qt + c0, D, st + c0, mt + c0, kt);
+            af__qk_rows(k + j0 * kld, kld, qt + c0, Dq, st + c0, mt + c0, kt, dp);
         /* es: the scale still to apply to st (1 once adjusted into logits); only tiles with
          * a bias or on the causal diagonal are adjusted, the plain path is unchanged */
         float es = sc;
@@ -283,6 +335,18 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
         for (long jc = 0; jc < kt; jc += AF__PVC) {
             long nc = kt - jc < AF__PVC ? kt - jc : AF__PVC;
             float cs[AF__QB];
+#if AF__VW == 16
+            for (long i = 0; i < AF__QB; i += AF__VW) { /* the same, with the 16-lane exp */
+                const __m512 mi = _mm512_loadu_ps(m + i), esv = _mm512_set1_ps(es);
+                __m512 csv = _mm512_setzero_ps();
+                for (long j = jc; j < jc + nc; j++) {
+                    const __m512 p = af__exp16(_mm512_fmsub_ps(esv, _mm512_loadu_ps(st + j * AF__QB + i), mi));
+                    _mm512_storeu_ps(st + j * AF__QB + i, p);
+                    csv = _mm512_add_ps(csv, p);
+                }
+                _mm512_storeu_ps(cs + i, csv);
+            }
+#else
             for (long i = 0; i < AF__QB; i++) cs[i] = 0.0f;
             for (long j = jc; j < jc + nc; j++) {
                 float *sr = st + j * AF__QB;
@@ -293,11 +357,18 @@ static void af__attn_tile(const float *restrict q, const float *restrict k,
                     cs[i] += p;
                 }
             }
+#endif
 #pragma omp simd
             for (long i = 0; i < AF__QB; i++) ls[i] += (double)cs[i];
+            if (dp) /* keys jc + 2q and jc + 2q + 1 of the chunk as pair row q (j0 + jc is even) */
+                for (long q2 = 0; 2 * q2 < nc; q2++)
+                    af_f32_to_bf16_zip(st + (jc + 2 * q2) * AF__QB, 2 * q2 + 1 < nc ? st + (jc + 2 * q2 + 1) * AF__QB : NULL,
+                                       AF__QB, (uint32_t *)(void *)(pt + q2 * AF__QB));
             for (long c0 = 0; c0 < AF__QB; c0 += AF__CB)
-                af__pv_rows(v + (j0 + jc) * ld, ld, st + jc * AF__QB + c0, nc, ot + c0,
-                            jc == 0 ? al + c0 : NULL, D);
+                if (dp)
+                    af__pv_rows(v + (j0 + jc) / 2 * ld, ld, pt + c0, (nc + 1) / 2, ot + c0, jc == 0 ? al + c0 : NULL, D, 1);
+                else
+                    af__pv_rows(v + (j0 + jc) * ld, ld, st + jc * AF__QB + c0, nc, ot + c0, jc == 0 ? al + c0 : NULL, D, 0);
         }
 #pragma omp simd
         for (long i = 0; i < AF__QB; i++) l[i] = l[i] * (double)al[i] + ls[i];
@@ -346,17 +417,21 @@ static void af__attn_noscratch(const float *restrict q, const float *restrict k,
             }
 }
 
-/* One work unit of af_attention_ex: query tile t of ntask in (b, h, tile) order. */
+/* One work unit of af__attention: query tile t of ntask in (b, h, tile) order.  kb, vb: the
+ * bf16 pair copies of K and V for dp (see the header), else NULL. */
 AF__INLINE void af__attn_task(const float *restrict q, const float *restrict k,
                               const float *restrict v, const float *restrict bias,
                               float *restrict out, long t, long nqt, long Sq, long Sk, long H,
-                              long D, float scale, int causal, float *restrict tb) {
+                              long D, float scale, int causal, float *restrict tb,
+                              const uint32_t *restrict kb, const uint32_t *restrict vb) {
     const long ld = H * D, bh = t / nqt, i0 = (t % nqt) * AF__QB;
     const long b = bh / H, h = bh % H;
     const long rq = Sq - i0 < AF__QB ? Sq - i0 : AF__QB;
-    af__attn_tile(q + (b * Sq + i0) * ld + h * D, k + b * Sk * ld + h * D, v + b * Sk * ld + h * D,
-                  out + (b * Sq + i0) * ld + h * D, ld, D, rq, Sk, scale,
-                  bias ? bias + (h * Sq + i0) * Sk : NULL, causal ? i0 : -1, tb);
+    const int dp = kb != NULL;
+    const float *kh = dp ? (const float *)(const void *)(kb + (b * Sk * H + h) * ((D + 1) / 2)) : k + b * Sk * ld + h * D;
+    const float *vh = dp ? (const float *)(const void *)(vb + b * ((Sk + 1) / 2) * ld + h * D) : v + b * Sk * ld + h * D;
+    af__attn_tile(q + (b * Sq + i0) * ld + h * D, kh, vh, out + (b * Sq + i0) * ld + h * D, ld, D, rq, Sk, scale,
+                  bias ? bias + (h * Sq + i0) * Sk : NULL, causal ? i0 : -1, tb, dp);
 }
 
 /* out[b,i,h,:] = sum_j softmax_j(scale * <q[b,i,h,:], k[b,j,h,:]> + bias[h,i,j]) v[b,j,h,:]
@@ -364,12 +439,12 @@ AF__INLINE void af__attn_task(const float *restrict q, const float *restrict k,
  * batch); causal: key j only for queries i >= j (then Sq = Sk).  Parallel over (b, h, query
  * tile) with a static schedule in (b, h)-major order, so each thread works through whole
  * heads and that head's K/V stay in its L2; causal tiles differ in cost (tile i sees i + 1
- * key tiles), so they are dealt out dynamically, costliest first.  Uses
+ * key tiles), so they are dealt out dynamically, costliest first.  dp: bf16 products (see
+ * the header; only where AF__ATTN_DP, and f32 if the pair copies cannot be allocated).  Uses
  * omp_get_max_threads() threads. */
-static AF__UNUSED void af_attention_ex(const float *restrict q, const float *restrict k,
-                                       const float *restrict v, const float *restrict bias,
-                                       float *restrict out, long B, long Sq, long Sk, long H,
-                                       long D, float scale, int causal) {
+static void af__attention(const float *restrict q, const float *restrict k, const float *restrict v,
+                          const float *restrict bias, float *restrict out, long B, long Sq, long Sk,
+                          long H, long D, float scale, int causal, int dp) {
     if (B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 || D <= 0) return;
     long nqt = (Sq + AF__QB - 1) / AF__QB;
     long ntask = B * H * nqt;
@@ -384,22 +459,53 @@ static AF__UNUSED void af_attention_ex(const float *restrict q, const float *res
         af__attn_noscratch(q, k, v, bias, out, B, Sq, Sk, H, D, scale, causal);
         return;
     }
+    const long Dq = (D + 1) / 2, Sp = (Sk + 1) / 2;
+    uint32_t *kb = dp ? (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(B * Sk * H * Dq)) : NULL;
+    uint32_t *vb = kb ? (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(B * Sp * H * D)) : NULL;
+    if (!vb) { free(kb); kb = NULL; }
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         float *tb = buf + (size_t)omp_get_thread_num() * (size_t)per;
+        if (vb) {
+#pragma omp for schedule(static)
+            for (long row = 0; row < B * Sp; row++) { /* keys 2jp and 2jp + 1 of batch b */
+                const long b = row / Sp, jp = row % Sp, j = 2 * jp, ld = H * D;
+                const float *k0 = k + (b * Sk + j) * ld, *v0 = v + (b * Sk + j) * ld;
+                for (long u = 0; u < 2 && j + u < Sk; u++)
+                    for (long h = 0; h < H; h++)
+                        af_f32_to_bf16_pairs(k0 + u * ld + h * D, D, kb + ((b * Sk + j + u) * H + h) * Dq);
+                af_f32_to_bf16_zip(v0, j + 1 < Sk ? v0 + ld : NULL, ld, vb + row * ld);
+            }
+        }
         if (causal) {
 #pragma omp for schedule(dynamic, 1)
             for (long u = 0; u < ntask; u++) { /* last query tile of every head first */
                 const long t = (u % (ntask / nqt)) * nqt + (nqt - 1 - u / (ntask / nqt));
-                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb);
+                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb, vb ? kb : NULL, vb);
             }
         } else {
 #pragma omp for schedule(static)
             for (long t = 0; t < ntask; t++)
-                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb);
+                af__attn_task(q, k, v, bias, out, t, nqt, Sq, Sk, H, D, scale, causal, tb, vb ? kb : NULL, vb);
         }
     }
+    free(kb);
+    free(vb);
     free(buf);
+}
+
+static AF__UNUSED void af_attention_ex(const float *restrict q, const float *restrict k,
+                                       const float *restrict v, const float *restrict bias,
+                                       float *restrict out, long B, long Sq, long Sk, long H,
+                                       long D, float scale, int causal) {
+    af__attention(q, k, v, bias, out, B, Sq, Sk, H, D, scale, causal, 0);
+}
+
+/* Plain attention with bf16 products (`--compute bf16`; f32 where the CPU has no AVX-512 BF16). */
+static AF__UNUSED void af_attention_bf16(const float *restrict q, const float *restrict k,
+                                         const float *restrict v, float *restrict out, long B, long Sq,
+                                         long Sk, long H, long D, float scale) {
+    af__attention(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0, AF__ATTN_DP);
 }
 
 /* Plain attention: no bias, no mask. */

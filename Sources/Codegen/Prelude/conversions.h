@@ -17,6 +17,38 @@ AF__INLINE uint16_t af_f32_to_bf16(float f) {
     return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? qnan : rounded);
 }
 
+/* dst[q] = the bf16 pair (s[2q], s[2q+1]) as one 32-bit word (low half first; 0 past n), for
+ * q < ceil(n/2): the operand layout of vdpbf16ps, which is just the bf16 values in order.
+ * With AVX-512 BF16, 32 values per vcvtne2ps2bf16: rounding to nearest even as
+ * af_f32_to_bf16, but denormals flush to zero (vdpbf16ps reads them as zero anyway). */
+AF__INLINE void af_f32_to_bf16_pairs(const float *restrict s, long n, uint32_t *restrict dst) {
+    long q = 0;
+#if defined(__AVX512BF16__)
+    for (; 2 * q + 32 <= n; q += 16)
+        _mm512_storeu_si512((void *)(dst + q), (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 2 * q + 16), _mm512_loadu_ps(s + 2 * q)));
+#endif
+    for (; 2 * q < n; q++) {
+        const uint32_t hi = 2 * q + 1 < n ? af_f32_to_bf16(s[2 * q + 1]) : 0u;
+        dst[q] = (uint32_t)af_f32_to_bf16(s[2 * q]) | hi << 16;
+    }
+}
+
+/* dst[e] = the bf16 pair (x[e], y[e]) (y NULL: 0) for e < n: two rows interleaved, the layout
+ * of a vdpbf16ps operand whose pairs run across rows. */
+AF__INLINE void af_f32_to_bf16_zip(const float *restrict x, const float *restrict y, long n, uint32_t *restrict dst) {
+    long e = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    /* word e of the result takes 16-bit element e (x's) and 16 + e (y's) of [x0..x15 | y0..y15] */
+    const __m512i zip = _mm512_setr_epi32(0x100000, 0x110001, 0x120002, 0x130003, 0x140004, 0x150005, 0x160006, 0x170007,
+                                          0x180008, 0x190009, 0x1A000A, 0x1B000B, 0x1C000C, 0x1D000D, 0x1E000E, 0x1F000F);
+    for (; e + 16 <= n; e += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + e), yv = y ? _mm512_loadu_ps(y + e) : _mm512_setzero_ps();
+        _mm512_storeu_si512((void *)(dst + e), _mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh(yv, xv)));
+    }
+#endif
+    for (; e < n; e++) dst[e] = (uint32_t)af_f32_to_bf16(x[e]) | (y ? (uint32_t)af_f32_to_bf16(y[e]) : 0u) << 16;
+}
+
 /* binary16 -> f32: normals/inf/NaN by rebiasing the exponent (+112, or +224 for the
  * all-ones exponent).  Subnormals/zero: the same bits with the exponent field raised to
  * 2^-14 read as 2^-14 + m*2^-24, so subtracting 2^-14 is exact.  The two candidates are

@@ -222,6 +222,12 @@ typedef float af__gv;
 #ifndef AF_GEMM_KC16
 #define AF_GEMM_KC16 256L
 #endif
+/* kc of bf16 compute (vdpbf16ps: two k per instruction): KCDP = 2 x 256 keeps the per-tile cost
+ * of the C round trip and the column permute per k what it is for f32, and the panel slice
+ * (KCDP x 32 bf16 = 32 KB) and the packed A block (MB x KCDP/2 pairs) the size of f32's. */
+#ifndef AF_GEMM_KCDP
+#define AF_GEMM_KCDP 512L
+#endif
 #ifndef AF_GEMM_MB
 #define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR) /* rows of A per packed block, whole row tiles */
 #endif
@@ -231,7 +237,8 @@ typedef float af__gv;
 #ifndef AF_GEMM_PFB
 #define AF_GEMM_PFB 8
 #endif
-#define AF__GKCMAX (AF_GEMM_KC > AF_GEMM_KC16 ? AF_GEMM_KC : AF_GEMM_KC16)
+#define AF__GKCMAX0 (AF_GEMM_KC > AF_GEMM_KC16 ? AF_GEMM_KC : AF_GEMM_KC16)
+#define AF__GKCMAX (AF__GKCMAX0 > (AF_GEMM_KCDP + 1) / 2 ? AF__GKCMAX0 : (AF_GEMM_KCDP + 1) / 2) /* floats per packed A row */
 
 /* Epilogue activations applied in the store of the last K block (the fusions GEMMs head). */
 #define AF_GEMM_ACT_NONE 0
@@ -445,18 +452,19 @@ static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long k
 }
 
 /* The same as bf16 pairs for af__gemm_tile_dp: row tile t at dst + t*AF__GMR*kp (kp = ceil(kc/2)
- * 32-bit pairs per row), pair (q, r) at q*AF__GMR + r. */
+ * 32-bit pairs per row), pair (q, r) at q*AF__GMR + r.  Each row is converted into a scratch
+ * row by the vector af_f32_to_bf16_pairs, then spread to the micro-panel: the packing is
+ * repeated for every panel group, and one scalar rounding per element had made it a quarter
+ * of the time of GEMMs with N = 768. */
 static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, long rows, long kc, uint32_t *restrict dst) {
     const long kp = (kc + 1) / 2;
+    uint32_t row[AF__GKCMAX] __attribute__((aligned(64)));
     for (long i = 0; i < rows; i += AF__GMR) {
         const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
         uint32_t *d = dst + i * kp;
         for (long r = 0; r < mr; r++) {
-            const float *s = a + (i + r) * lda;
-            for (long q = 0; q < kp; q++) {
-                const uint32_t hi = 2 * q + 1 < kc ? af_f32_to_bf16(s[2 * q + 1]) : 0u;
-                d[q * AF__GMR + r] = (uint32_t)af_f32_to_bf16(s[2 * q]) | hi << 16;
-            }
+            af_f32_to_bf16_pairs(a + (i + r) * lda, kc, row);
+            for (long q = 0; q < kp; q++) d[q * AF__GMR + r] = row[q];
         }
     }
 }
@@ -484,9 +492,9 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + AF_GEMM_MB - 1) / AF_GEMM_MB;
-    const long KC = dt == 0 ? AF_GEMM_KC : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
     const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
+    const long KC = dt == 0 ? AF_GEMM_KC : pairs ? AF_GEMM_KCDP : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
     void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
                  const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
 #if AF__GEMM_DPBF16
