@@ -146,8 +146,9 @@ static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict 
  * for B + 1 broadcast); AVX2: 6 x 16 (12 ymm + 2 + 1), two tiles per panel.
  *
  * Blocking (BLIS-style; the weight panels already are B's micro-panels, so only A is packed):
- *  - K in blocks of kc (AF_GEMM_KC f32, AF_GEMM_KC16 for 16-bit panels): the slice of one
- *    panel a register tile reads (kc x 32 elements, 16 KB) is contiguous in the precomputed
+ *  - K in blocks of kc (AF_GEMM_KC f32, AF_GEMM_KC16 for 16-bit panels, AF_GEMM_KCDP for bf16
+ *    compute): the slice of one panel a register tile reads (kc x 32 elements, 16-32 KB) is
+ *    contiguous in the precomputed
  *    panel and stays in L1 while the tile walks down a row block.
  *  - Rows in blocks of AF_GEMM_MB: each thread copies its MB x kc block of A into micro-panels
  *    of AF__GMR rows (element (k, r) at k*AF__GMR + r), so the kernel reads A contiguously
