@@ -5,8 +5,12 @@ import IR
 /// TVM's LiftTransformParams: anything computed from weights and constants alone (LoRA fusion,
 /// casts from bf16, transposes) is moved to a `@prologue` graph. The compiler runs the prologue
 /// once on the stored weights, in f32, and `@main` reads its outputs as ordinary weights.
-/// Broadcasts are never lifted: they would materialise large tensors that a fused kernel
-/// reads for free.
+/// A broadcast is never a lifted output: it would materialise a large tensor that a fused kernel
+/// reads for free. Like a reshape it is copied instead: into the prologue when lifted math reads
+/// it (a bias added to a weight-only product), and kept in `@main` over a lifted operand. So a
+/// sampler whose timesteps are constants computes every timestep-only value once, at compile
+/// time: Qwen-Image's timestep MLP and each block's modulation GEMMs (M = 1, bound by streaming
+/// their weights) leave the NFE, and their weights the compiled folder.
 public let liftWeights = Pass(name: "lift-weights",
                               summary: "move weight-only subgraphs to @prologue (evaluated at compile time)") { module, _ in
     var main = module.main
@@ -27,13 +31,14 @@ func liftWeightComputation(_ main: inout Graph, into prologue: inout Graph) -> B
         switch n.op {
         case .weight: weightOnly[i] = true; hasWeight[i] = true
         case .constant: weightOnly[i] = true
-        case .input, .broadcast, .fusion: break
+        case .input, .fusion: break
         default:
             weightOnly[i] = n.operands.allSatisfy { weightOnly[$0] }
             hasWeight[i] = n.operands.contains { hasWeight[$0] }
         }
     }
-    let liftable = main.nodes.indices.map { weightOnly[$0] && hasWeight[$0] && !main[$0].op.isSource && main[$0].op != .reshape }
+    let liftable = main.nodes.indices.map { weightOnly[$0] && hasWeight[$0] && !main[$0].op.isSource
+        && main[$0].op != .reshape && main[$0].op != .broadcast }
     // Boundary: liftable values used by something that stays, or by an output.
     let users = main.users()
     let outputs = Set(main.outputs.map(\.value))
