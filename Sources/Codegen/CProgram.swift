@@ -9,7 +9,7 @@ import IR
 public let abiVersion = 3
 
 /// Version of the code generator; part of every cache key.
-public let codegenVersion = "arcflow-codegen-10"
+public let codegenVersion = "arcflow-codegen-11"
 
 /// A tensor crossing the ABI: graph inputs, weights and outputs, in pointer-array order.
 public struct Binding: Equatable, Codable {
@@ -114,7 +114,19 @@ public enum CCodegen {
             let inPlace = node.operands.firstIndex { o in
                 inputIndex[root(o)] == nil && weightIndex[root(o)] == nil && graph[root(o)].int("offset") == outOffset
             }
-            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace, packed: packings, compute: compute)
+            // Views (plan-memory): a slice that already lies at its place in its operand, and concat
+            // operands their producers already wrote into their slot, need no copy.
+            func arenaOffset(_ id: ValueID) -> Int? {
+                inputIndex[root(id)] == nil && weightIndex[root(id)] == nil ? graph[root(id)].int("offset") : nil
+            }
+            if let start = graph.contiguousSliceStart(i), let from = arenaOffset(node.operands[0]), from + start == outOffset { continue }
+            var written = Set<Int>()
+            if let starts = graph.contiguousConcatStarts(i), let out = outOffset {
+                written = Set(node.operands.indices.filter { arenaOffset(node.operands[$0]) == out + starts[$0] })
+                if written.count == node.operands.count { continue }
+            }
+            let kernels = try KernelEmitter.kernels(for: node, operandTypes: operandTypes, inPlace: inPlace, packed: packings,
+                                                    compute: compute, written: written)
             for k in kernels {
                 let name: String
                 if let existing = kernelNames[k.text] {

@@ -93,7 +93,7 @@ enum KernelEmitter {
     /// second. `inPlace` names the operand whose buffer the output shares (no `restrict` then).
     /// `compute` applies to GEMMs over bf16 panels and to plain attention (`--compute`).
     static func kernels(for node: Node, operandTypes: [TensorType], inPlace: Int?, packed: [Int: WeightPacking] = [:],
-                        compute: GEMMCompute = .f32) throws -> [Kernel] {
+                        compute: GEMMCompute = .f32, written: Set<Int> = []) throws -> [Kernel] {
         switch node.op {
         case .fusion:
             return try fusion(node, operandTypes, inPlace: inPlace, packed: packed, compute: compute)
@@ -147,7 +147,7 @@ enum KernelEmitter {
             return [copy(label: "slice_\(shapeLabel(node.type.shape))", node: node, operandTypes,
                          access: Access(offset: offset, strides: src))]
         case .concat:
-            return [concat(node, operandTypes)]
+            return [concat(node, operandTypes, written: written)]
         case .rope:
             return [rope(node, operandTypes)]
         case .attention:
@@ -402,8 +402,9 @@ enum KernelEmitter {
         return Kernel(text: function(params, loop), label: label, parameters: params)
     }
 
-    /// Each operand is a block of rows of the output viewed as [outer, total·inner].
-    private static func concat(_ node: Node, _ operandTypes: [TensorType]) -> Kernel {
+    /// Each operand is a block of rows of the output viewed as [outer, total·inner]. Operands in
+    /// `written` are already in place (their producers wrote them there: plan-memory's views).
+    private static func concat(_ node: Node, _ operandTypes: [TensorType], written: Set<Int>) -> Kernel {
         let axis = node.int("axis")!
         let out = node.type
         let outer = out.shape[..<axis].reduce(1, *), inner = out.shape[(axis + 1)...].reduce(1, *)
@@ -414,7 +415,7 @@ enum KernelEmitter {
         var offset = 0
         for (k, t) in operandTypes.enumerated() {
             let chunk = t.shape[axis] * inner
-            if chunk > 0 {
+            if chunk > 0 && !written.contains(k) {
                 body += "        memcpy(out + o * \(row)L + \(offset)L, in\(k) + o * \(chunk)L, \(elem) * \(chunk)L);\n"
             }
             offset += chunk

@@ -12,40 +12,65 @@ public let planMemory = Pass(name: "plan-memory",
 
 /// Gives every value that needs storage an `offset` attribute and the graph an `arena_bytes`
 /// attribute. Inputs and weights live outside the arena; a reshape shares its operand's bytes.
+/// With `reuse`, values also live inside others (views, `Graph.contiguousSliceStart`/
+/// `contiguousConcatStarts`): a contiguous slice at its offset in the operand, and the operands of a
+/// contiguous concat at their offsets in it, so neither is copied (codegen sees the offsets agree).
 /// With `reuse` off every value gets its own bytes (the fallback when the pass is disabled).
 public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
     let n = graph.nodes.count
-    // Buffer of each value: itself, or the buffer it aliases (reshape) or overwrites (in place).
-    var buffer = Array(0..<n)
-    func find(_ i: Int) -> Int {
-        var i = i
-        while buffer[i] != i { i = buffer[i] }
-        return i
+    // Buffer of each value: itself, or the one it lives in at byte `within` of it (a reshape or a
+    // slice of its operand, an operand of the concat it is written into, an element-wise fusion
+    // overwriting its donor). Chains end at a root, which the arena places.
+    var parent = Array(0..<n), within = [Int](repeating: 0, count: n)
+    func find(_ i: Int) -> (root: Int, at: Int) {
+        var i = i, at = 0
+        while parent[i] != i { at += within[i]; i = parent[i] }
+        return (i, at)
     }
-    let external: (Int) -> Bool = { graph[find($0)].op == .input || graph[find($0)].op == .weight }
+    let external: (Int) -> Bool = { graph[find($0).root].op == .input || graph[find($0).root].op == .weight }
     var lastUse = Array(0..<n)
     for (i, node) in graph.nodes.enumerated() { for o in node.operands { lastUse[o] = max(lastUse[o], i) } }
     for o in graph.outputs { lastUse[o.value] = n }
 
     var first = Array(0..<n), last = lastUse
+    var extent = graph.nodes.map(\.type.byteCount)   // bytes of a root's buffer, its members included
+    func place(_ i: Int, in j: Int, at delta: Int) {
+        let (root, at) = find(j)
+        parent[i] = root
+        within[i] = at + delta
+    }
     for (i, node) in graph.nodes.enumerated() {
         if node.op == .reshape {
-            buffer[i] = find(node.operands[0])
-        } else if reuse, let donor = inPlaceDonor(graph, i, lastUse: lastUse, groupLast: { last[find($0)] }), !external(donor) {
-            buffer[i] = find(donor)
+            place(i, in: node.operands[0], at: 0)
+        } else if reuse, let start = graph.contiguousSliceStart(i), start % arenaAlignment == 0, !external(node.operands[0]) {
+            place(i, in: node.operands[0], at: start)
+        } else if reuse, let donor = inPlaceDonor(graph, i, lastUse: lastUse, groupLast: { last[find($0).root] }), !external(donor) {
+            place(i, in: donor, at: 0)
+        } else if reuse, let starts = graph.contiguousConcatStarts(i) {
+            // An operand moves into the concat when its whole buffer is exactly that operand
+            // (not a view of something larger) and no other operand shares it.
+            var moved = Set<Int>()
+            for (o, start) in zip(node.operands, starts) {
+                let (root, at) = find(o)
+                guard !external(o), at == 0, extent[root] == graph[o].type.byteCount, start % arenaAlignment == 0,
+                      !moved.contains(root), root != i else { continue }
+                moved.insert(root)
+                parent[root] = i
+                within[root] = start
+                first[i] = min(first[i], first[root])
+                last[i] = max(last[i], last[root])
+            }
         }
-        let root = find(i)
+        let (root, at) = find(i)
         first[root] = min(first[root], first[i])
         last[root] = max(last[root], lastUse[i])
+        extent[root] = max(extent[root], at + node.type.byteCount)
     }
 
     // Greedy by size (largest first), lowest offset that overlaps no live-at-the-same-time buffer.
     let inArena: (Int) -> Bool = { graph[$0].op != .input && graph[$0].op != .weight && !external($0) }
-    let roots = (0..<n).filter { find($0) == $0 && inArena($0) }
-    var size = [Int](repeating: 0, count: n)
-    for i in 0..<n where inArena(i) {
-        size[find(i)] = max(size[find(i)], graph[i].type.byteCount)
-    }
+    let roots = (0..<n).filter { find($0).root == $0 && inArena($0) }
+    let size = extent
     var placed: [(offset: Int, end: Int, first: Int, last: Int)] = []
     var offset = [Int](repeating: -1, count: n)
     var arena = 0
@@ -69,7 +94,8 @@ public func planArena(_ graph: Graph, reuse: Bool) -> Graph {
 
     var g = graph
     for i in 0..<n where inArena(i) {
-        g.nodes[i].attributes["offset"] = .int(offset[find(i)])
+        let (root, at) = find(i)
+        g.nodes[i].attributes["offset"] = .int(offset[root] + at)
     }
     g.attributes["arena_bytes"] = .int(arena)
     return g

@@ -83,6 +83,29 @@ final class ElementwiseKernelTests: KernelTestCase {
         try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), tolerance: 0)
     }
 
+    /// plan-memory's views: producers write straight into their concat and contiguous slices are
+    /// read in place, so neither emits a copy; an input operand, an operand already placed in
+    /// another concat, a duplicate and a strided slice are still copied.
+    func testViews() throws {
+        let b = GraphBuilder(name: "views")
+        let x = b.input("x", .f32([1, 16, 16])), y = b.input("y", .f32([1, 8, 16]))
+        let a = x.apply(.tanh)
+        let joint = b.concat([a, y.apply(.exp)], axis: 1)          // both written in place
+        let copied = b.concat([y, a, a], axis: 1)                   // input, placed elsewhere, duplicate
+        let sum = joint + b.slice(copied, axis: 1, 0..<24)          // a view of `copied`
+        b.output("tail", b.slice(sum, axis: 1, 16..<24).apply(.neg))
+        b.output("row", b.slice(sum, axis: 1, 1..<2))               // a view that is a graph output
+        b.output("column", b.slice(sum, axis: 2, 1..<2))            // strided: copied
+        b.output("nested", b.concat([b.concat([x.apply(.sigmoid), y.apply(.tanh)], axis: 1), x.apply(.neg)], axis: 1))
+        let g = try b.finish()
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), tolerance: 1e-6, inspect: { c in
+            let kernels = c.program.steps.map(\.kernel)
+            XCTAssertEqual(kernels.filter { $0.contains("_concat_") }.count, 1, "only `copied` copies: \(kernels)")
+            XCTAssertEqual(kernels.filter { $0.contains("_slice_") }.count, 1, "only `column` copies: \(kernels)")
+        })
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), passes: ["fuse-elementwise", "plan-memory"], tolerance: 1e-6)
+    }
+
     func testConstants() throws {
         let b = GraphBuilder(name: "constants")
         let x = b.input("x", .f32([3, 4]))
