@@ -235,6 +235,11 @@ typedef float af__gv;
 #ifndef AF_GEMM_NGMAX
 #define AF_GEMM_NGMAX 32L
 #endif
+/* Tiles per thread the panel groups aim at (more absorb a stalled thread at the end of a GEMM,
+ * fewer pack each A block fewer times). */
+#ifndef AF_GEMM_TPT
+#define AF_GEMM_TPT 4L
+#endif
 #ifndef AF_GEMM_PFB
 #define AF_GEMM_PFB 8
 #endif
@@ -510,7 +515,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
      * its A blocks once), none wider than AF_GEMM_NGMAX panels; then, up to twice that many,
      * the first count whose tiles split evenly over the threads (M = 320, N = 768 on 2
      * threads: 12 tiles, not 9, where one thread would do 5 while the other waits after 4). */
-    long groups = big ? (4L * nth + mblocks - 1) / mblocks : 1;
+    long groups = big ? (AF_GEMM_TPT * nth + mblocks - 1) / mblocks : 1;
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
     if (groups > panels) groups = panels;
     for (long g = groups; big && g <= 2 * groups && g <= panels; g++) {
