@@ -3,12 +3,12 @@
 # prompt set, paired error to the teacher, seconds per image) and splices the table into the
 # README between the default-report markers. Never run by CI.
 #
-#   bash Tools/report-default.sh                 # 64 prompts per category, seed 0, out/report
+#   bash Tools/report-default.sh                 # 192 prompts per category, seed 0, out/report
 #   PROMPTS=32 THREADS=1 bash Tools/report-default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/report}
-PROMPTS=${PROMPTS:-64}
+PROMPTS=${PROMPTS:-192}
 SEED=${SEED:-0}
 THREADS=${THREADS:-$(nproc)}
 swift build -c release --product arcflow
