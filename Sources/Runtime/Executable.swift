@@ -13,9 +13,13 @@ public final class Executable {
     private let store: WeightStore
     private let weightPointers: [UnsafeRawPointer?]
     private let arena: UnsafeMutableRawPointer
+    private let ownsArena: Bool
 
-    /// Binds every weight by name, checking dtype and shape.
-    public init(library: NativeLibrary, inputs: [Binding], outputs: [Binding], weights: [Binding], store: WeightStore) throws {
+    /// Binds every weight by name, checking dtype and shape. `workspace` (64-byte aligned, at least
+    /// the library's workspace size, the caller's to free) is used as the arena instead of a new
+    /// one: runs one after another can share one (WeightProducer's prologue cones).
+    public init(library: NativeLibrary, inputs: [Binding], outputs: [Binding], weights: [Binding], store: WeightStore,
+                workspace: UnsafeMutableRawPointer? = nil) throws {
         self.library = library
         self.inputs = inputs
         self.outputs = outputs
@@ -25,6 +29,11 @@ public final class Executable {
             try store.validate(w.name, w.type)
             return try store.raw(w.name)
         }
+        ownsArena = workspace == nil
+        if let workspace {
+            arena = workspace
+            return
+        }
         var p: UnsafeMutableRawPointer?
         guard posix_memalign(&p, 64, max(library.workspaceSize, 64)) == 0, let arena = p else {
             throw ArcError("cannot allocate a \(library.workspaceSize)-byte arena")
@@ -32,7 +41,7 @@ public final class Executable {
         self.arena = arena
     }
 
-    deinit { free(arena) }
+    deinit { if ownsArena { free(arena) } }
 
     public func setThreads(_ n: Int) { library.setThreads(n) }
 

@@ -77,6 +77,45 @@ final class WeightStreamingTests: XCTestCase {
         XCTAssertEqual(outputs[1], outputs[3])
     }
 
+    /// A product of weights that several lifted outputs slice (Qwen-Image's modulation: one GEMM,
+    /// six chunks): streamed, it is computed once and read by the slices' cones, so the cones do
+    /// exactly the whole prologue's arithmetic, and write the same weights.
+    func testSharedPrologueIntermediatesAreComputedOnce() throws {
+        let dir = try makeTemporaryDirectory("arcflow-streaming-shared")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let b = GraphBuilder(name: "shared")
+        var rng = SeededGenerator(seed: 9)
+        let w = TensorRecord(name: "mod", dtype: .bf16, shape: [24, 16], payload: .floats(rng.normals(24 * 16)))
+        let path = "\(dir)/checkpoint.safetensors"
+        try writeSafeTensors([w], to: path)
+        let x = b.input("x", .f32([2, 8]))
+        let t = b.constant(0.25, shape: [1, 16])
+        let m = b.matmul(t, b.convert(b.weight("mod", TensorType(.bf16, [24, 16])), to: .f32), transposeB: true).apply(.silu)
+        let chunks = (0..<3).map { b.slice(m, start: [0, 8 * $0], end: [1, 8 * $0 + 8]).broadcast(to: [2, 8]) }
+        b.output("y", x * chunks[0] + chunks[1] + chunks[2])
+        let module = Module(try b.finish())
+        var flops: [String] = [], weights: [Data] = []
+        for whole in [Int.max, 0] {
+            var options = CompileOptions()
+            options.cacheRoot = testCacheRoot
+            options.wholePrologueBytes = whole
+            var log: [String] = []
+            options.log = { log.append($0) }
+            let compiled = try ModelCompiler.build(module, weights: try SafeTensorsStore(path: path), options: options)
+            XCTAssertEqual(compiled.module.prologue?.outputs.count, 3, "the three slices are lifted")
+            try ModelCompiler.write(compiled, to: "\(dir)/\(whole)")
+            weights.append(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(whole)/weights.safetensors")))
+            let line = log.first { $0.hasPrefix(whole == 0 ? "prologue: " : "evaluating @prologue") } ?? "\(log)"
+            if whole == 0 { XCTAssertTrue(line.contains("4 cones run") && line.contains("(1 shared"), line) }
+            // The FLOP count is the word before "FLOP".
+            let words = line.split(separator: " ").map(String.init)
+            let at = words.firstIndex { $0.hasPrefix("FLOP") } ?? 0
+            flops.append(at > 0 ? words[at - 1] : line)
+        }
+        XCTAssertEqual(flops[0], flops[1], "streamed cones recompute nothing")
+        XCTAssertEqual(weights[0], weights[1])
+    }
+
     /// Dropped pages come back from the file: values read after `evict` are unchanged.
     func testEvictedTensorsReadBackUnchanged() throws {
         let dir = try makeTemporaryDirectory("arcflow-evict")
