@@ -190,7 +190,7 @@ public final class WeightProducer {
             defer { value.deallocate(); read.forEach(source.evict) }
             computed.set(intermediateName(i), type: t, bytes: value, count: t.byteCount)
         }
-        let cone = prologueCone(prologue, root: root, leaves: leaves, leafName: intermediateName)
+        let cone = prologueCone(prologue, root: root, leaves: leaves)
         let program = try CCodegen.generate(cone)
         let entry = try cache.library(for: program)
         let library = try libraries[entry.path] ?? NativeLibrary(path: entry.path)
@@ -240,11 +240,11 @@ func coneLeaves(_ prologue: Graph, root: ValueID, leaves: Set<ValueID>) -> [Valu
 }
 
 /// The nodes `root` depends on, as a graph of its own with one output, planned afresh; the nodes
-/// of `leaves` it reaches are not computed but read as weights named `leafName`. Value names and
+/// of `leaves` it reaches are not computed but read as weights named by `intermediateName`. Value names and
 /// source lines are dropped and the names fixed, so the C of two cones that differ only in which
 /// weights they read is the same text, and one cached library serves both (a FLUX model has
 /// hundreds of weights but a handful of shapes).
-func prologueCone(_ prologue: Graph, root: ValueID, leaves: Set<ValueID> = [], leafName: (ValueID) -> String = intermediateName) -> Graph {
+func prologueCone(_ prologue: Graph, root: ValueID, leaves: Set<ValueID>) -> Graph {
     var needed = [Bool](repeating: false, count: prologue.nodes.count)
     var stack = [root]
     while let i = stack.popLast() {
@@ -264,7 +264,7 @@ func prologueCone(_ prologue: Graph, root: ValueID, leaves: Set<ValueID> = [], l
     }
     var r = GraphRewriter(from: Graph(name: "prologue_cone", nodes: prologue.nodes))
     for i in prologue.nodes.indices where needed[i] {
-        r.copy(leaves.contains(i) ? Node(op: .weight, type: prologue[i].type, key: leafName(i)) : anonymous(prologue[i]), as: i)
+        r.copy(leaves.contains(i) ? Node(op: .weight, type: prologue[i].type, key: intermediateName(i)) : anonymous(prologue[i]), as: i)
     }
     return planArena(r.finish(outputs: [GraphOutput(name: "value", value: root)]), reuse: true)
 }
