@@ -439,6 +439,40 @@ static void af__gemm_rows_dpbf16(int mr, long kc, const float *restrict a, const
 #define AF__GEMM_DPBF16 0
 #endif
 
+#if AF__GMR == 14
+/* 16 columns of a whole row tile (14 rows, stride lda) into its micro-panel d: a 16 x 16
+ * register transpose (rows 14 and 15 zero) whose 16 columns are stored 14 floats each, masked.
+ * Every panel group packs its A blocks again, so with few row blocks (M = 64 text rows, 3-12
+ * groups) the element-wise copy (a load and a scattered store per float) had cost 5-11% of the
+ * GEMM; this is about 0.3 shuffles per float (Tools/gemm-bench; the values are the same). */
+AF__INLINE void af__gemm_pack_a16(const float *restrict a, long lda, float *restrict d) {
+    __m512 r[16], t[16], u[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = i < AF__GMR ? _mm512_loadu_ps(a + i * lda) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]); /* per 128-bit lane: r_i[0] r_i+1[0] r_i[1] r_i+1[1] */
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) { /* u[i + m]: per lane, rows i..i+3 of the lane's column m */
+        u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) { /* lanes j of u[m], u[4+m], u[8+m], u[12+m] make column 4j + m */
+        const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd);
+        const __m512 w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+        _mm512_mask_storeu_ps(d + (m + 0) * AF__GMR, 0x3fff, _mm512_shuffle_f32x4(v0, w0, 0x88));
+        _mm512_mask_storeu_ps(d + (m + 8) * AF__GMR, 0x3fff, _mm512_shuffle_f32x4(v0, w0, 0xdd));
+        _mm512_mask_storeu_ps(d + (m + 4) * AF__GMR, 0x3fff, _mm512_shuffle_f32x4(v1, w1, 0x88));
+        _mm512_mask_storeu_ps(d + (m + 12) * AF__GMR, 0x3fff, _mm512_shuffle_f32x4(v1, w1, 0xdd));
+    }
+}
+#endif
+
 /* Rows 0..rows-1, columns 0..kc-1 of a (row stride lda) as micro-panels of AF__GMR rows: row
  * tile t at dst + t*AF__GMR*kc, element (k, r) at k*AF__GMR + r.  In a tail tile the rows past
  * `rows` are left unwritten: the kernel for mr rows never reads them.  round: each value
@@ -447,6 +481,15 @@ static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long k
     for (long i = 0; i < rows; i += AF__GMR) {
         const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
         float *d = dst + i * kc;
+#if AF__GMR == 14
+        if (mr == AF__GMR && !round) {
+            long k = 0;
+            for (; k + 16 <= kc; k += 16) af__gemm_pack_a16(a + i * lda + k, lda, d + k * AF__GMR);
+            for (long r = 0; r < mr; r++)
+                for (long kk = k; kk < kc; kk++) d[kk * AF__GMR + r] = a[(i + r) * lda + kk];
+            continue;
+        }
+#endif
         for (long r = 0; r < mr; r++) {
             const float *s = a + (i + r) * lda;
             if (round)
