@@ -101,7 +101,9 @@ enum KernelEmitter {
             // An unfused element-wise op is a one-op fusion.
             return try fusion(singleOpFusion(node, operandTypes), operandTypes, inPlace: inPlace, packed: [:])
         case .matmul:
-            return [matmul(node, operandTypes, packing: packed[1], compute: compute)]
+            var gemm = matmul(node, operandTypes, packing: packed[1], compute: compute)
+            gemm.label = "matmul_\(gemm.label)"   // as a fusion's GEMM is labelled: profiles name the op
+            return [gemm]
         case .conv2d:
             return [conv2d(node, operandTypes)]
         case .reduce_sum, .reduce_max, .reduce_mean:

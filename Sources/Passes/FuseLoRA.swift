@@ -19,11 +19,7 @@ public let fuseLoRA = Pass(name: "fuse-lora",
 func fuseLoRAAdapters(_ graph: Graph) -> (Graph, Int) {
     let users = graph.users()
     let outputs = Set(graph.outputs.map(\.value))
-    // Weight-only: computed from weights and constants alone.
-    var weightOnly = [Bool](repeating: false, count: graph.nodes.count)
-    for (i, n) in graph.nodes.enumerated() {
-        weightOnly[i] = n.op == .weight || n.op == .constant || (!n.op.isSource && n.operands.allSatisfy { weightOnly[$0] })
-    }
+    let weightOnly = graph.weightOnlyValues()
     func isMatmulTB(_ id: ValueID) -> Bool { graph[id].op == .matmul && graph[id].flag("transpose_b") && !graph[id].flag("transpose_a") }
     func singleUse(_ id: ValueID) -> Bool { users[id].count == 1 && !outputs.contains(id) }
 

@@ -35,6 +35,18 @@ extension Module {
     }
 }
 
+extension Graph {
+    /// Per value: computed from weights and constants alone (so a pass may rewrite it into more
+    /// weight math, which lift-weights then runs once at compile time).
+    func weightOnlyValues() -> [Bool] {
+        var weightOnly = [Bool](repeating: false, count: nodes.count)
+        for (i, n) in nodes.enumerated() {
+            weightOnly[i] = n.op == .weight || n.op == .constant || (!n.op.isSource && n.operands.allSatisfy { weightOnly[$0] })
+        }
+        return weightOnly
+    }
+}
+
 /// Rebuilds a graph node by node: passes copy what they keep, replace what they rewrite,
 /// and get operand ids remapped for free.
 public struct GraphRewriter {

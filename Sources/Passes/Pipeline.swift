@@ -4,7 +4,7 @@ import IR
 
 /// Every pass, by name. `--passes`, `--disable-pass` and `--print-after` take these names.
 public let allPasses: [Pass] = [
-    foldConstants, fuseLoRA, foldArcIntegral, commonSubexpressionElimination, liftWeights,
+    foldConstants, fuseLoRA, foldArcIntegral, splitConcatMatmul, commonSubexpressionElimination, liftWeights,
     deadCodeElimination, quantizeWeights, fuseElementwise, planMemory,
     autodiff,   // not in the default pipeline: `arcflow grad` puts it first
 ]
@@ -16,6 +16,7 @@ public let defaultPipeline: [String] = [
     "fold-constants",    // first: makes the graph smaller; LoRA scales and the σ schedule become single constants
     "fuse-lora",         // before lifting: the fused weight W + s·B·A is weight-only math, lifted next
     "fold-arc-integral", // needs Δ as one constant (fold-constants); before fusion claims its element-wise ops
+    "split-concat-matmul", // after fuse-lora (which matches the unsplit linear); before lifting, which cuts W's slices
     "cse",               // merge duplicates before lifting so shared weight transforms run once
     "lift-weights",      // weight-only math moves to @prologue (run once at compile time, in f32)
     "dce",               // drop what lifting and folding left unused (and weights nobody reads)
