@@ -439,12 +439,13 @@ static void af__gemm_rows_dpbf16(int mr, long kc, const float *restrict a, const
 #define AF__GEMM_DPBF16 0
 #endif
 
-#if AF__GMR == 14
+#if AF__GMR == 14 && AF__GVW == 16
 /* 16 columns of a whole row tile (14 rows, stride lda) into its micro-panel d: a 16 x 16
  * register transpose (rows 14 and 15 zero) whose 16 columns are stored 14 floats each, masked.
  * Every panel group packs its A blocks again, so with few row blocks (M = 64 text rows, 3-12
  * groups) the element-wise copy (a load and a scattered store per float) had cost 5-11% of the
- * GEMM; this is about 0.3 shuffles per float (Tools/gemm-bench; the values are the same). */
+ * GEMM; this is about 0.3 shuffles per float (Tools/gemm-bench/ab.sh; the values are the same;
+ * the AVX2 variant below gained 2-8% there with MARCH=x86-64-v3). */
 AF__INLINE void af__gemm_pack_a16(const float *restrict a, long lda, float *restrict d) {
     __m512 r[16], t[16], u[16];
 #pragma GCC unroll 16
@@ -471,6 +472,37 @@ AF__INLINE void af__gemm_pack_a16(const float *restrict a, long lda, float *rest
         _mm512_mask_storeu_ps(d + (m + 12) * AF__GMR, 0x3fff, _mm512_shuffle_f32x4(v1, w1, 0xdd));
     }
 }
+#define AF__GPACKW 16
+#define af__gemm_pack_block af__gemm_pack_a16
+#elif AF__GMR == 6 && AF__GVW == 8
+/* The AVX2 tile (6 rows): the same with 8 columns, an 8 x 8 transpose (rows 6 and 7 zero). */
+AF__INLINE void af__gemm_pack_a8(const float *restrict a, long lda, float *restrict d) {
+    __m256 r[8], t[8], u[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) r[i] = i < AF__GMR ? _mm256_loadu_ps(a + i * lda) : _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]); /* per 128-bit lane: r_i[0] r_i+1[0] r_i[1] r_i+1[1] */
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) { /* u[i + m]: rows i..i+3 of column m (low lane) and m + 4 (high) */
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) { /* columns m and m + 4, 6 floats each: 4 + 2 (vmaskmovps stores are slow on AMD) */
+        const __m256 lo = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20), hi = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);
+        _mm_storeu_ps(d + m * AF__GMR, _mm256_castps256_ps128(lo));
+        _mm_storel_pi((__m64 *)(void *)(d + m * AF__GMR + 4), _mm256_extractf128_ps(lo, 1));
+        _mm_storeu_ps(d + (m + 4) * AF__GMR, _mm256_castps256_ps128(hi));
+        _mm_storel_pi((__m64 *)(void *)(d + (m + 4) * AF__GMR + 4), _mm256_extractf128_ps(hi, 1));
+    }
+}
+#define AF__GPACKW 8
+#define af__gemm_pack_block af__gemm_pack_a8
 #endif
 
 /* Rows 0..rows-1, columns 0..kc-1 of a (row stride lda) as micro-panels of AF__GMR rows: row
@@ -481,10 +513,10 @@ static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long k
     for (long i = 0; i < rows; i += AF__GMR) {
         const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
         float *d = dst + i * kc;
-#if AF__GMR == 14
+#ifdef AF__GPACKW
         if (mr == AF__GMR && !round) {
             long k = 0;
-            for (; k + 16 <= kc; k += 16) af__gemm_pack_a16(a + i * lda + k, lda, d + k * AF__GMR);
+            for (; k + AF__GPACKW <= kc; k += AF__GPACKW) af__gemm_pack_block(a + i * lda + k, lda, d + k * AF__GMR);
             for (long r = 0; r < mr; r++)
                 for (long kk = k; kk < kc; kk++) d[kk * AF__GMR + r] = a[(i + r) * lda + kk];
             continue;
