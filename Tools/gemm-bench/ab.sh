@@ -4,7 +4,7 @@
 # A is Prelude/gemm.h at git revision ${BASE:-HEAD}, B the working tree's; FLAGS_A / FLAGS_B add
 # compiler flags to one side (e.g. FLAGS_B=-DAF_GEMM_TPT=2 with no edit: a blocking constant).
 # Defaults: 2 threads, 60 repetitions, 16 weight copies (panels streamed from memory, as in a
-# model), the width-768 model shapes: 64 text rows and 256 / 1024 image rows.
+# model), the width-768 model shapes: 64 text rows and 256 / 1024 image rows. DT=3: bf16 compute.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -15,7 +15,7 @@ THREADS=${1:-2}; REPS=${2:-60}; NC=${3:-16}
 [ $# -ge 3 ] && shift 3 || set --
 [ $# -gt 0 ] || set -- 64 768 768 64 3072 768 64 768 3072 256 768 768 256 3072 768 256 768 3072 1024 768 768 1024 3072 768
 git -C "$ROOT" show "${BASE:-HEAD}:Sources/Codegen/Prelude/gemm.h" > "$B/gemm_a.h"
-WRAP='void VNAME(const float *a, long lda, const void *b, float *c, long ldc, long M, long N, long K) { af_gemm_packed(a, lda, b, 0, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K); }'
+WRAP='void VNAME(const float *a, long lda, const void *b, int dt, float *c, long ldc, long M, long N, long K) { af_gemm_packed(a, lda, b, dt, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K); }'
 for side in a b; do
     G=$P/gemm.h; [ $side = a ] && G=$B/gemm_a.h
     { cat "$P/common.h" "$P/elementwise.h" "$P/conversions.h" "$P/norms.h" "$G"; echo "$WRAP"; } > "$B/v$side.c"

@@ -543,6 +543,20 @@ static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, 
     for (long i = 0; i < rows; i += AF__GMR) {
         const long mr = rows - i < AF__GMR ? rows - i : AF__GMR;
         uint32_t *d = dst + i * kp;
+#ifdef AF__GPACKW
+        if (mr == AF__GMR) {
+            /* A whole row tile: its rows as pairs, then af__gemm_pack_a's transposes over the
+             * 32-bit pairs (the shuffles move bits; __m512 loads and stores may alias). */
+            uint32_t tile[AF__GMR * AF__GKCMAX] __attribute__((aligned(64)));
+            for (long r = 0; r < mr; r++) af_f32_to_bf16_pairs(a + (i + r) * lda, kc, tile + r * AF__GKCMAX);
+            long q = 0;
+            for (; q + AF__GPACKW <= kp; q += AF__GPACKW)
+                af__gemm_pack_block((const float *)(const void *)(tile + q), AF__GKCMAX, (float *)(void *)(d + q * AF__GMR));
+            for (long r = 0; r < mr; r++)
+                for (long qq = q; qq < kp; qq++) d[qq * AF__GMR + r] = tile[r * AF__GKCMAX + qq];
+            continue;
+        }
+#endif
         for (long r = 0; r < mr; r++) {
             af_f32_to_bf16_pairs(a + (i + r) * lda, kc, row);
             for (long q = 0; q < kp; q++) d[q * AF__GMR + r] = row[q];
