@@ -505,6 +505,19 @@ AF__INLINE void af__gemm_pack_a8(const float *restrict a, long lda, float *restr
 #define af__gemm_pack_block af__gemm_pack_a8
 #endif
 
+#ifdef AF__GPACKW
+/* One whole row tile (AF__GMR rows of n 32-bit values, row stride lds) into its micro-panel d,
+ * element (k, r) at k*AF__GMR + r: transposes of AF__GPACKW columns, then the last n mod
+ * AF__GPACKW columns one value at a time, copied as bits (af__gemm_pack_a_pairs passes bf16
+ * pairs through here). */
+static void af__gemm_pack_tile(const float *restrict src, long lds, long n, float *restrict d) {
+    long k = 0;
+    for (; k + AF__GPACKW <= n; k += AF__GPACKW) af__gemm_pack_block(src + k, lds, d + k * AF__GMR);
+    for (long r = 0; r < AF__GMR; r++)
+        for (long kk = k; kk < n; kk++) memcpy(d + kk * AF__GMR + r, src + r * lds + kk, sizeof(float));
+}
+#endif
+
 /* Rows 0..rows-1, columns 0..kc-1 of a (row stride lda) as micro-panels of AF__GMR rows: row
  * tile t at dst + t*AF__GMR*kc, element (k, r) at k*AF__GMR + r.  In a tail tile the rows past
  * `rows` are left unwritten: the kernel for mr rows never reads them.  round: each value
@@ -515,10 +528,7 @@ static void af__gemm_pack_a(const float *restrict a, long lda, long rows, long k
         float *d = dst + i * kc;
 #ifdef AF__GPACKW
         if (mr == AF__GMR && !round) {
-            long k = 0;
-            for (; k + AF__GPACKW <= kc; k += AF__GPACKW) af__gemm_pack_block(a + i * lda + k, lda, d + k * AF__GMR);
-            for (long r = 0; r < mr; r++)
-                for (long kk = k; kk < kc; kk++) d[kk * AF__GMR + r] = a[(i + r) * lda + kk];
+            af__gemm_pack_tile(a + i * lda, lda, kc, d);
             continue;
         }
 #endif
@@ -546,14 +556,11 @@ static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, 
 #ifdef AF__GPACKW
         if (mr == AF__GMR) {
             /* A whole row tile: its rows as pairs, then af__gemm_pack_a's transposes over the
-             * 32-bit pairs (the shuffles move bits; __m512 loads and stores may alias). */
+             * 32-bit pairs (the shuffles and the tail's memcpy move bits; vector loads and stores
+             * may alias). */
             uint32_t tile[AF__GMR * AF__GKCMAX] __attribute__((aligned(64)));
             for (long r = 0; r < mr; r++) af_f32_to_bf16_pairs(a + (i + r) * lda, kc, tile + r * AF__GKCMAX);
-            long q = 0;
-            for (; q + AF__GPACKW <= kp; q += AF__GPACKW)
-                af__gemm_pack_block((const float *)(const void *)(tile + q), AF__GKCMAX, (float *)(void *)(d + q * AF__GMR));
-            for (long r = 0; r < mr; r++)
-                for (long qq = q; qq < kp; qq++) d[qq * AF__GMR + r] = tile[r * AF__GKCMAX + qq];
+            af__gemm_pack_tile((const float *)(const void *)tile, AF__GKCMAX, kp, (float *)(void *)d);
             continue;
         }
 #endif
