@@ -100,13 +100,17 @@ static void af__softmax_cols(const float *restrict x, float *restrict y, long n,
     }
 }
 
-/* y = softmax(x) along the middle axis (max-subtracted). */
-static AF__UNUSED void af_softmax(const float *restrict x, float *restrict y, long outer, long n,
-                                  long inner) {
+/* A row-wise kernel along the middle axis of [outer, n, inner]: row (contiguous rows, inner == 1)
+ * per outer index, else cols per block of AF__COLB adjacent columns.  One driver for softmax and
+ * log_softmax; the kernels are constants at both call sites, so gcc inlines them. */
+typedef void (*af__row_fn)(const float *restrict x, float *restrict y, long n);
+typedef void (*af__cols_fn)(const float *restrict x, float *restrict y, long n, long inner, long w);
+AF__INLINE void af__along_middle(af__row_fn row, af__cols_fn cols, const float *restrict x,
+                                 float *restrict y, long outer, long n, long inner) {
     if (outer <= 0 || n <= 0 || inner <= 0) return;
     if (inner == 1) {
 #pragma omp parallel for schedule(static) if (outer > 1 && af__par_ok(outer * n))
-        for (long o = 0; o < outer; o++) af__softmax_row(x + o * n, y + o * n, n);
+        for (long o = 0; o < outer; o++) row(x + o * n, y + o * n, n);
         return;
     }
     long nb = (inner + AF__COLB - 1) / AF__COLB;
@@ -114,8 +118,14 @@ static AF__UNUSED void af_softmax(const float *restrict x, float *restrict y, lo
     for (long t = 0; t < outer * nb; t++) {
         long o = t / nb, j0 = (t % nb) * AF__COLB;
         long w = inner - j0 < AF__COLB ? inner - j0 : AF__COLB;
-        af__softmax_cols(x + o * n * inner + j0, y + o * n * inner + j0, n, inner, w);
+        cols(x + o * n * inner + j0, y + o * n * inner + j0, n, inner, w);
     }
+}
+
+/* y = softmax(x) along the middle axis (max-subtracted). */
+static AF__UNUSED void af_softmax(const float *restrict x, float *restrict y, long outer, long n,
+                                  long inner) {
+    af__along_middle(af__softmax_row, af__softmax_cols, x, y, outer, n, inner);
 }
 
 /* log_softmax row: y = (x - max) - log(sum exp(x - max)).  Both terms are <= 0 / >= 0 so
@@ -174,21 +184,10 @@ static void af__log_softmax_cols(const float *restrict x, float *restrict y, lon
     }
 }
 
+/* y = log_softmax(x) along the middle axis. */
 static AF__UNUSED void af_log_softmax(const float *restrict x, float *restrict y, long outer,
                                       long n, long inner) {
-    if (outer <= 0 || n <= 0 || inner <= 0) return;
-    if (inner == 1) {
-#pragma omp parallel for schedule(static) if (outer > 1 && af__par_ok(outer * n))
-        for (long o = 0; o < outer; o++) af__log_softmax_row(x + o * n, y + o * n, n);
-        return;
-    }
-    long nb = (inner + AF__COLB - 1) / AF__COLB;
-#pragma omp parallel for schedule(static) if (outer * nb > 1 && af__par_ok(outer * n * inner))
-    for (long t = 0; t < outer * nb; t++) {
-        long o = t / nb, j0 = (t % nb) * AF__COLB;
-        long w = inner - j0 < AF__COLB ? inner - j0 : AF__COLB;
-        af__log_softmax_cols(x + o * n * inner + j0, y + o * n * inner + j0, n, inner, w);
-    }
+    af__along_middle(af__log_softmax_row, af__log_softmax_cols, x, y, outer, n, inner);
 }
 
 /* ---------------- reductions ----------------
