@@ -60,6 +60,10 @@ final class FluxCLITests: XCTestCase {
         XCTAssertEqual(bench.status, 0, bench.err)
         let obj = try JSONSerialization.jsonObject(with: Data(bench.out.utf8)) as! [String: Any]
         for key in ["nfe_ms_median", "nfe_ms_min", "nfe_ms_max", "gflop_per_nfe"] { XCTAssertNotNil(obj[key], key) }
+        // Every timed run, for benchmarks that pool runs across processes (Tools/fixtures/bench_common.py).
+        let runs = try XCTUnwrap(obj["ms_runs"] as? [Double])
+        XCTAssertEqual(runs.count, 2)
+        XCTAssertEqual(runs.min(), obj["ms_min"] as? Double)
     }
 
     /// `--weights-dtype auto` on the bf16 checkpoint (f16 adapter, LoRA fused in f32 then rounded):

@@ -144,6 +144,7 @@ func benchCommand(_ argv: [String]) throws {
         var obj: [String: Any] = [
             "graph": m.graph, "runs": runs, "threads": threads,
             "ms_median": med * 1000, "ms_min": full.min()! * 1000, "ms_max": full.max()! * 1000,
+            "ms_runs": full.map { $0 * 1000 },
             "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops, "fma_peak_gflop_per_s": peak, "openblas_core": core,
         ]
         if baseline {
