@@ -686,11 +686,14 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
 
 /* The fp32 FMA peak of this machine in GFLOP/s over all OpenMP threads, measured: each thread
  * runs 12 independent chains of vector FMAs (enough to cover FMA latency on two pipes), best
- * of three ~20 ms runs.  Benchmarks report GFLOP/s against this, not against a data sheet. */
+ * of five runs of ~7 ms each (AVX-512 on Zen 4).  Benchmarks report GFLOP/s against this, not
+ * against a data sheet.  Best of three ~2 ms runs read half the peak or less now and then on this
+ * shared host (one vCPU descheduled for a few ms in every run), which made a GEMM read above 100%
+ * of it; longer and more runs make a low reading, never a high one, rarer. */
 AF__UNUSED static double af_fma_peak_gflops(void) {
-    const long iters = 1L << 19;
+    const long iters = 1L << 21;
     double best = 0.0;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 5; rep++) {
         int threads = 1;
         float sink = 0.0f;
         const double t0 = AF_PEAK_CLOCK();
