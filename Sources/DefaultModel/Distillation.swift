@@ -217,6 +217,8 @@ public struct DistillOptions {
     public var teacher = TeacherConfig.standard()
     public var components = 8
     public var rank = 32
+    /// LoRA on the attention projections as well as the reference's MLP targets (`StudentConfig`).
+    public var attentionLoRA = false
     public var recipe = DistillRecipe()
     public var iterations = 3000
     /// AdamW after warm-up (constant); the rates' lr is ×0.1. 1e-4 is the reference's.
@@ -240,6 +242,7 @@ public struct DistillOptions {
     public var student: StudentConfig {
         var s = StudentConfig(teacher: teacher, components: components, rank: rank)
         s.seed = recipe.seed
+        s.attentionLoRA = attentionLoRA
         return s
     }
 }
@@ -298,7 +301,7 @@ public struct DistillRun {
         config.karrasEMAOffset = o.warmup
         let trainer = Trainer(session: session, batches: rollout, config: config, directory: dir)
         trainer.metadata = ["model": "shapes-arcflow-student", "components": String(s.components), "rank": String(s.rank),
-                            "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
+                            "lora_targets": s.attentionLoRA ? "mlp+attention" : "mlp", "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights]
@@ -433,7 +436,8 @@ public enum DistillExport {
               let k = md["components"].flatMap(Int.init), let rank = md["rank"].flatMap(Int.init), let shift = md["shift"].flatMap(Double.init) else {
             throw ArcError("\(stateFile) is not a distill-default state (no model=shapes-arcflow-student, components, rank and shift in its metadata)")
         }
-        let s = StudentConfig(teacher: teacher, components: k, rank: rank)
+        var s = StudentConfig(teacher: teacher, components: k, rank: rank)
+        s.attentionLoRA = md["lora_targets"] == "mlp+attention"   // absent in states before the option: mlp
         let trained = Set(Student.trainable(s).map(\.key))
         var tensors: [String: Tensor] = [:]
         for (key, shape) in Student.layout(s) {

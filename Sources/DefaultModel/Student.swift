@@ -22,6 +22,9 @@ public struct StudentConfig: Equatable {
     /// σ of the per-(component, channel) noise added to the tiled teacher bias (§2.4).
     public var biasNoise = 0.05
     public var seed: UInt64 = 0
+    /// LoRA on the attention projections too (`--lora-targets mlp+attention`): an experiment
+    /// beyond the reference's targets, see `Student.loraTargets`.
+    public var attentionLoRA = false
 
     public init(teacher: TeacherConfig, components: Int, rank: Int = 32) {
         self.teacher = teacher; self.components = components; self.rank = rank
@@ -36,15 +39,25 @@ public enum Student {
     /// The adapted linears (module, out, in): FLUX's targets (§5.1) where they exist here, the
     /// last double block's `ff_context` excepted when there are no single blocks: its text output
     /// then reaches nothing (as Qwen-Image's LoRA skips block 59).
-    public static func loraTargets(_ f: FluxConfig) -> [(module: String, out: Int, in: Int)] {
+    ///
+    /// `attention` adds every double block's attention projections (q, k, v and the output, both
+    /// streams; the last block's `to_add_out` excepted, as `ff_context`). FLUX's targets adapt
+    /// the attention output of its 38 single blocks through their `proj_out`; a model of double
+    /// blocks only has no such module, so its attention stays frozen under the reference's targets.
+    public static func loraTargets(_ f: FluxConfig, attention: Bool = false) -> [(module: String, out: Int, in: Int)] {
         let d = f.width
         var out: [(String, Int, Int)] = []
         for i in 0..<f.numLayers {
+            let textOut = i < f.numLayers - 1 || f.numSingleLayers > 0
             var streams = ["ff"]
-            if i < f.numLayers - 1 || f.numSingleLayers > 0 { streams.append("ff_context") }
+            if textOut { streams.append("ff_context") }
             for s in streams {
                 out.append(("transformer_blocks.\(i).\(s).net.0.proj", 4 * d, d))
                 out.append(("transformer_blocks.\(i).\(s).net.2", d, 4 * d))
+            }
+            guard attention else { continue }
+            for m in ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj"] + (textOut ? ["to_add_out"] : []) {
+                out.append(("transformer_blocks.\(i).attn.\(m)", d, d))
             }
         }
         for i in 0..<f.numSingleLayers {
@@ -61,7 +74,7 @@ public enum Student {
     public static func layout(_ s: StudentConfig) -> [(key: String, shape: [Int])] {
         let d = s.flux.width, k = s.components, r = s.rank
         var out: [(String, [Int])] = []
-        for t in loraTargets(s.flux) {
+        for t in loraTargets(s.flux, attention: s.attentionLoRA) {
             out.append(("\(t.module).lora_A.weight", [r, t.in]))
             out.append(("\(t.module).lora_B.weight", [t.out, r]))
         }

@@ -347,7 +347,9 @@ public struct TensorRecord {
 
 /// Writes `records` as a safetensors file readable by the Python `safetensors` library.
 /// The output is a pure function of the arguments (data in record order, header keys sorted,
-/// header padded with spaces to a multiple of 8 bytes), so files can be content-hashed and
+/// header padded with spaces so that the data starts at a multiple of 64 bytes: a mapped file's
+/// packed weight panels then start on cache lines, as the kernels' loads expect; the format asks
+/// only for a multiple of 8, and `safetensors` reads either), so files can be content-hashed and
 /// compared. The file appears atomically: it is written to a temporary file in the same
 /// directory, fsynced and renamed over `path`, so a crash never leaves a half-written
 /// checkpoint behind.
@@ -441,7 +443,7 @@ public final class SafeTensorsWriter {
             parts.append(jsonQuoted(e.name) + ":" + e.json)
         }
         var headerBytes = Array(("{" + parts.joined(separator: ",") + "}").utf8)
-        headerBytes += [UInt8](repeating: 0x20, count: (8 - headerBytes.count % 8) % 8)
+        headerBytes += [UInt8](repeating: 0x20, count: (64 - (8 + headerBytes.count) % 64) % 64)
 
         // A unique temporary file next to the destination, renamed over it by `commit`.
         let slash = path.lastIndex(of: "/")

@@ -285,6 +285,32 @@ final class DistillTests: XCTestCase {
         XCTAssertEqual(adapter.store.type(of: "proj_out_means.weight")?.shape, [Self.teacherConfig.tokenChannels, Self.teacherConfig.flux.width])
     }
 
+    /// `--lora-targets mlp+attention`: LoRA on every attention projection too (the last block's
+    /// `to_add_out` excepted); it trains, and the export finds the targets in the state's metadata.
+    func testAttentionLoRATargets() throws {
+        let dir = try temporaryFolder()
+        var o = options("\(dir)/run", teacher: try teacherFile(dir), iterations: 2)
+        o.attentionLoRA = true
+        let run = try DistillRun.prepare(o)
+        let targets = Student.loraTargets(run.student.flux, attention: true).map(\.module)
+        let f = run.student.flux, last = f.numLayers - 1, deadTextOut = f.numSingleLayers == 0
+        XCTAssertTrue(targets.contains("transformer_blocks.0.attn.to_q"))
+        XCTAssertTrue(targets.contains("transformer_blocks.0.attn.to_add_out"))
+        XCTAssertTrue(targets.contains("transformer_blocks.\(last).attn.add_v_proj"))
+        XCTAssertEqual(targets.contains("transformer_blocks.\(last).attn.to_add_out"), !deadTextOut)
+        XCTAssertEqual(targets.count, Student.loraTargets(f).count + 8 * f.numLayers - (deadTextOut ? 1 : 0))
+        // The shipped teacher (double blocks only): its last block's text output reaches nothing.
+        let shipped = Student.loraTargets(TeacherConfig.standard().flux, attention: true).map(\.module)
+        XCTAssertFalse(shipped.contains("transformer_blocks.3.attn.to_add_out"))
+        XCTAssertTrue(shipped.contains("transformer_blocks.3.attn.to_out.0"))
+        XCTAssertTrue(run.trainer.session.step.stateNames.contains("adapter:transformer_blocks.0.attn.to_k.lora_B.weight"))
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        let s = try DistillExport.export(stateFile: "\(dir)/run/state.safetensors", teacher: Self.teacherConfig, to: "\(dir)/adapter")
+        XCTAssertTrue(s.attentionLoRA)
+        XCTAssertEqual(Set(try ArcFlowAdapter.load("\(dir)/adapter").lora.keys), Set(targets))
+    }
+
     /// `--teacher-weights` on a default-model folder: every teacher and text-encoder tensor, as f32,
     /// equal to the exported f16 values (the shipped teacher, widened exactly); a missing path says so.
     func testTeacherWeightsFromDefaultModelFolder() throws {

@@ -112,6 +112,7 @@ final class SafeTensorsTests: XCTestCase {
         let bytes = try fileBytes(p1)
         let headerLength = Int(bytes[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
         XCTAssertEqual(headerLength % 8, 0)
+        XCTAssertEqual((8 + headerLength) % 64, 0, "the data section starts on a 64-byte boundary")
         let header = String(decoding: bytes[8..<(8 + headerLength)], as: UTF8.self)
         XCTAssertTrue(header.hasPrefix("{\"__metadata__\":{\"\":\"empty key\",\"format\":\"pt\""), header)
         XCTAssertTrue(header.contains("\"A \\\"odd\\\" name\":{\"data_offsets\":[8,10],\"dtype\":\"BF16\",\"shape\":[1]}"), header)
@@ -142,7 +143,7 @@ final class SafeTensorsTests: XCTestCase {
         try writeSafeTensors([], to: none)
         let g = try SafeTensorsFile(path: none)
         XCTAssertEqual(g.names, [])
-        XCTAssertEqual(try fileBytes(none).count, 16)
+        XCTAssertEqual(try fileBytes(none).count, 64, "8 + \"{}\" padded so that the (empty) data starts at 64")
     }
 
     /// Bytes produced by Python `safetensors.numpy.save` 0.8.0 (f32, f16 and an I64 buffer,

@@ -20,6 +20,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--warmup"], value: "W", help: "linear warm-up iterations from 0.001·lr; also the Karras EMA's copy phase (default 100)"),
         OptionSpec(names: ["--decay-iterations"], value: "D", help: "the teacher ratio falls from 1 to 0 over D iterations (default 600)"),
         OptionSpec(names: ["--rank"], value: "R", help: "LoRA rank, alpha = rank (default 32)"),
+        OptionSpec(names: ["--lora-targets"], value: "T", help: "mlp (default: the reference's MLP and timestep targets) or mlp+attention (also q, k, v and output projections)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 3, the shipped teacher's)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
@@ -57,6 +58,11 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.decayStart = try args.int("--decay-start", spec, min: 0)
     o.recipe.decayIterations = try args.int("--decay-iterations", spec, default: o.recipe.decayIterations, min: 0)!
     o.rank = try args.int("--rank", spec, default: o.rank, min: 1)!
+    switch args.value("--lora-targets") ?? "mlp" {
+    case "mlp": o.attentionLoRA = false
+    case "mlp+attention": o.attentionLoRA = true
+    case let t: throw UsageError("--lora-targets must be mlp or mlp+attention, got '\(t)'", spec)
+    }
     o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
     guard o.recipe.shift > 0 else { throw UsageError("--shift must be positive", spec) }
     o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!

@@ -1,7 +1,7 @@
 #!/bin/sh
 # int8-gemm: GFLOP/s of the int8 GEMM (scales per block of 32 and per output channel) against
 # the packed f32 and bf16 GEMM, same run, interleaved; builds Tools/bench/int8_gemm.c with the
-# prelude prepended and the generator's flags.  Usage: Tools/bench/int8-gemm.sh [RUNS]
+# prelude prepended and the generator's flags.  Usage: Tools/bench/int8-gemm.sh [RUNS [M N K]...]
 # (OMP_NUM_THREADS sets the threads, default 1).  Read the ratios: the machine may be loaded.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -6,8 +6,12 @@
  * Prints GFLOP/s, ratios to f32, the weight bytes, and each result's relative L2 error against
  * the f32 GEMM (the quantization error of these uniform random weights).
  *
- *   int8-gemm [RUNS]      (threads: OMP_NUM_THREADS)
+ *   int8-gemm [RUNS [M N K]...]      (threads: OMP_NUM_THREADS; default shapes: the FLUX.1 ones above)
  */
+
+#ifndef BENCH_COPIES
+#define BENCH_COPIES 8
+#endif
 
 static void *bench_pack(const float *w, long N, long K, int dt) {
     const long P = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
@@ -51,22 +55,31 @@ int main(int argc, char **argv) {
     printf("threads %d, measured FMA peak %.1f GFLOP/s\n", omp_get_max_threads(), af_fma_peak_gflops());
     printf("%5s %6s %6s | %8s %8s %8s %8s | %6s %6s %6s | %9s %9s %9s\n", "M", "N", "K", "f32", "bf16", "i8/32", "i8/chan",
            "bf16x", "i8/32x", "i8/chx", "err bf16", "err i8/32", "err i8/ch");
-    const long shapes[][3] = {{768, 3072, 3072}, {768, 12288, 3072}, {768, 3072, 12288}, {1, 18432, 3072}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        const long M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+    const long flux[] = {768, 3072, 3072, 768, 12288, 3072, 768, 3072, 12288, 1, 18432, 3072};
+    const long given = argc > 4 ? (argc - 2) / 3 : 0, count = given ? given : 4;
+    for (long s = 0; s < count; s++) {
+        const long M = given ? atol(argv[2 + 3 * s]) : flux[3 * s], N = given ? atol(argv[3 + 3 * s]) : flux[3 * s + 1],
+                   K = given ? atol(argv[4 + 3 * s]) : flux[3 * s + 2];
         float *a = malloc(sizeof(float) * (size_t)(M * K)), *w = malloc(sizeof(float) * (size_t)(N * K));
         float *c[4];
         for (int v = 0; v < 4; v++) c[v] = malloc(sizeof(float) * (size_t)(M * N));
         uint32_t r = 12345;
         for (long i = 0; i < M * K; i++) { r = r * 1664525u + 1013904223u; a[i] = (float)(r >> 8) / 16777216.0f - 0.5f; }
         for (long i = 0; i < N * K; i++) { r = r * 1664525u + 1013904223u; w[i] = (float)(r >> 8) / 16777216.0f - 0.5f; }
-        void *b[4] = {bench_pack(w, N, K, 0), bench_pack(w, N, K, 1), bench_pack_i8(w, N, K, 32), bench_pack_i8(w, N, K, K)};
+        /* BENCH_COPIES copies of each weight, used in turn: the panels stream from memory as in a model
+         * (whose weights are read once per evaluation), not from a cache the last run warmed */
+        void *b[4][BENCH_COPIES];
+        for (int cp = 0; cp < BENCH_COPIES; cp++) {
+            b[0][cp] = bench_pack(w, N, K, 0); b[1][cp] = bench_pack(w, N, K, 1);
+            b[2][cp] = bench_pack_i8(w, N, K, 32); b[3][cp] = bench_pack_i8(w, N, K, K);
+        }
         double best[4] = {1e30, 1e30, 1e30, 1e30};
         for (int rep = 0; rep < runs; rep++)
             for (int v = 0; v < 4; v++) {
+                const void *bv = b[v][rep % BENCH_COPIES];
                 const double t0 = omp_get_wtime();
-                if (v < 2) af_gemm_packed(a, K, b[v], v, NULL, AF_GEMM_ACT_NONE, c[v], N, M, N, K);
-                else af_gemm_packed_int8(a, K, b[v], v == 2 ? 32 : K, NULL, AF_GEMM_ACT_NONE, c[v], N, M, N, K);
+                if (v < 2) af_gemm_packed(a, K, bv, v, NULL, AF_GEMM_ACT_NONE, c[v], N, M, N, K);
+                else af_gemm_packed_int8(a, K, bv, v == 2 ? 32 : K, NULL, AF_GEMM_ACT_NONE, c[v], N, M, N, K);
                 const double t = omp_get_wtime() - t0;
                 if (t < best[v]) best[v] = t;
             }
@@ -76,7 +89,10 @@ int main(int argc, char **argv) {
                gf[3], gf[1] / gf[0], gf[2] / gf[0], gf[3] / gf[0], rel_l2(c[1], c[0], M * N), rel_l2(c[2], c[0], M * N),
                rel_l2(c[3], c[0], M * N));
         free(a); free(w);
-        for (int v = 0; v < 4; v++) { free(c[v]); free(b[v]); }
+        for (int v = 0; v < 4; v++) {
+            free(c[v]);
+            for (int cp = 0; cp < BENCH_COPIES; cp++) free(b[v][cp]);
+        }
     }
     return 0;
 }

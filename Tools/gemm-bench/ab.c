@@ -11,7 +11,8 @@
  * - gemm (default): our packed f32 GEMM (af_gemm_packed), shapes M N K.  NC > 1 cycles through
  *   NC copies of the packed weight, so that with NC x the weight's size above the L3 each call
  *   streams its panels from memory as a model's GEMMs do (a weight is read once per NFE).  DT=3
- *   times bf16 compute (bf16 panels, vdpbf16ps; then compared to 1e-6 relative, not bitwise).
+ *   times bf16 compute (bf16 panels, vdpbf16ps; then compared to 1e-6 relative, not bitwise);
+ *   DT=4 the int8 GEMM (af_gemm_packed_int8, random codes and scales per group of 32 along K).
  * - attention: the fused f32 attention (af_attention), shapes S H D (one batch, Sq = Sk = S,
  *   scale 1/sqrt(D)); NC is ignored.
  *
@@ -64,13 +65,14 @@ int main(int argc, char **argv) {
     }
     const int threads = atoi(argv[1]), reps = atoi(argv[2]), nc = atoi(argv[3]);
     const int attention = getenv("KERNEL") && strcmp(getenv("KERNEL"), "attention") == 0;
-    const int dt = !attention && getenv("DT") && atoi(getenv("DT")) == 3 ? 3 : 0;
+    const int dt = attention || !getenv("DT") ? 0 : atoi(getenv("DT")) == 3 ? 3 : atoi(getenv("DT")) == 4 ? 4 : 0;
     const double tol = getenv("TOL") ? atof(getenv("TOL")) : dt == 3 ? 1e-6 : 0.0;
     const size_t es = dt == 3 ? 2 : 4;
     if (threads < 1 || reps < 1 || nc < 1) { fprintf(stderr, "gemm-ab: THREADS, REPS and NC must be positive\n"); return 2; }
     omp_set_num_threads(threads);
     if (attention) printf("threads %d, %d repetitions, attention f32", threads, reps);
-    else printf("threads %d, %d repetitions, %d weight cop%s, %s", threads, reps, nc, nc == 1 ? "y" : "ies", dt == 3 ? "bf16 compute" : "f32");
+    else printf("threads %d, %d repetitions, %d weight cop%s, %s", threads, reps, nc, nc == 1 ? "y" : "ies",
+                dt == 3 ? "bf16 compute" : dt == 4 ? "int8 panels" : "f32");
     printf("; GFLOP/s median (min time), B/A = ratio of median times\n");
     int status = 0;
     for (int s = 4; s + 2 < argc; s += 3) {
@@ -85,7 +87,18 @@ int main(int argc, char **argv) {
         for (int t = 0; t < 2; t++) x.out[t] = aligned_alloc(64, sizeof(float) * (size_t)(nout + 16));
         if (!attention) {
             x.w = malloc(sizeof(void *) * (size_t)nc);
-            for (int q = 0; q < nc; q++) {
+            /* int8 panels (gemm_int8.h): per 32 columns, the scales of each group of 32 k, then K
+             * rows of 32 codes padded to 64 bytes */
+            const long groups = (K + 31) / 32, pbytes = groups * NR * 4 + (K * NR + 63) / 64 * 64;
+            for (int q = 0; q < nc && dt == 4; q++) {
+                x.w[q] = calloc((size_t)(P * pbytes), 1);
+                for (long p = 0; p < P; p++) {
+                    char *panel = (char *)x.w[q] + p * pbytes;
+                    for (long i = 0; i < groups * NR; i++) ((float *)(void *)panel)[i] = (uniform(&r) + 0.5f) / 127.0f;
+                    for (long i = 0; i < K * NR; i++) panel[groups * NR * 4 + i] = (char)(int)(254.0f * uniform(&r));
+                }
+            }
+            for (int q = 0; q < nc && dt != 4; q++) {
                 x.w[q] = calloc((size_t)(P * K * NR), es);
                 for (long j = 0; j < N; j++)
                     for (long k = 0; k < K; k++) {

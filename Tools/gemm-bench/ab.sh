@@ -6,7 +6,7 @@
 # FLAGS_A / FLAGS_B add compiler flags to one side (e.g. FLAGS_B=-DAF_GEMM_TPT=2 with no edit: a
 # blocking constant).  Defaults: 2 threads, 60 repetitions, 16 weight copies (panels streamed from
 # memory, as in a model), the width-768 model shapes: 64 text rows and 256 / 1024 image rows
-# (attention: S = 320 and 1088, 12 heads of 64).  DT=3: bf16 compute.  TOL=1e-6: B may round
+# (attention: S = 320 and 1088, 12 heads of 64).  DT=3: bf16 compute; DT=4: int8 panels (groups of 32).  TOL=1e-6: B may round
 # differently from A by that relative L2.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,11 +20,14 @@ if [ $# -eq 0 ]; then
     if [ "${KERNEL:-gemm}" = attention ]; then set -- 320 12 64 1088 12 64
     else set -- 64 768 768 64 3072 768 64 768 3072 256 768 768 256 3072 768 256 768 3072 1024 768 768 1024 3072 768; fi
 fi
-FAMILIES="common.h elementwise.h conversions.h norms.h gemm.h attention.h"
+FAMILIES="common.h elementwise.h conversions.h norms.h gemm.h gemm_int8.h attention.h"
 mkdir -p "$B/a"
 for f in $FAMILIES; do git -C "$ROOT" show "${BASE:-HEAD}:Sources/Codegen/Prelude/$f" > "$B/a/$f"; done
 # Each side defines both entry points (gemm_ab_X, attn_ab_X); ab.c calls the pair KERNEL names.
-WRAP='void gemm_ab_SIDE(const float *a, long lda, const void *b, int dt, float *c, long ldc, long M, long N, long K) { af_gemm_packed(a, lda, b, dt, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K); }
+WRAP='void gemm_ab_SIDE(const float *a, long lda, const void *b, int dt, float *c, long ldc, long M, long N, long K) {
+    if (dt == 4) af_gemm_packed_int8(a, lda, b, 32, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K);
+    else af_gemm_packed(a, lda, b, dt, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K);
+}
 void attn_ab_SIDE(const float *q, const float *k, const float *v, float *out, long B, long Sq, long Sk, long H, long D, float scale) { af_attention(q, k, v, out, B, Sq, Sk, H, D, scale); }'
 for side in a b; do
     D=$P; [ $side = a ] && D=$B/a

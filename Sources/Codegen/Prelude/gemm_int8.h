@@ -27,17 +27,22 @@ AF__INLINE long af_i8_panel_bytes(long K, long g) {
     return groups * AF_I8_NR * (long)sizeof(float) + (K * AF_I8_NR + 63) / 64 * 64;
 }
 
-/* Rows k0 .. k0+kc-1 of int8 panel p as f32 q * s, AF_I8_NR floats per row (an af__gemm_panel_fn). */
+/* Rows k0 .. k0+kc-1 of int8 panel p as f32 q * s, AF_I8_NR floats per row (an af__gemm_panel_fn).
+ * Group by group, so the scales' row is found without a division per k (g is a run-time value:
+ * an integer division per row had cost more than the conversions). */
 static void af__i8_unpack(const void *restrict b, long p, long K, long g, long k0, long kc, float *restrict out) {
     const char *panel = (const char *)b + p * af_i8_panel_bytes(K, g);
     const float *s = (const float *)(const void *)panel;
     const int8_t *q = (const int8_t *)(panel + (K + g - 1) / g * AF_I8_NR * (long)sizeof(float));
-    for (long k = k0; k < k0 + kc; k++) {
-        const float *sk = s + k / g * AF_I8_NR;
-        const int8_t *qk = q + k * AF_I8_NR;
-        float *o = out + (k - k0) * AF_I8_NR;
+    for (long k = k0, grp = k0 / g; k < k0 + kc; grp++) {
+        const long ke = (grp + 1) * g < k0 + kc ? (grp + 1) * g : k0 + kc;
+        const float *sk = s + grp * AF_I8_NR;
+        for (; k < ke; k++) {
+            const int8_t *qk = q + k * AF_I8_NR;
+            float *o = out + (k - k0) * AF_I8_NR;
 #pragma omp simd
-        for (int j = 0; j < AF_I8_NR; j++) o[j] = (float)qk[j] * sk[j];
+            for (int j = 0; j < AF_I8_NR; j++) o[j] = (float)qk[j] * sk[j];
+        }
     }
 }
 
