@@ -247,6 +247,13 @@ typedef float af__gv;
 #ifndef AF_GEMM_TPT
 #define AF_GEMM_TPT 4L
 #endif
+/* The same for GEMMs whose panels are expanded per thread (int8): their row blocks are 4x taller,
+ * so each panel group packs a 4x larger A block, and fewer, wider groups pay off. Measured with
+ * `DT=4 Tools/gemm-bench/ab.sh` (2 threads, int8, 2 against 4): 1.01-1.05x at M = 320 and 64,
+ * 1.00-1.01x at M = 1088. */
+#ifndef AF_GEMM_TPT_UNPACK
+#define AF_GEMM_TPT_UNPACK 2L
+#endif
 #ifndef AF_GEMM_PFB
 #define AF_GEMM_PFB 8
 #endif
@@ -619,7 +626,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
      * its A blocks once), none wider than AF_GEMM_NGMAX panels; then, up to twice that many,
      * the first count whose tiles split evenly over the threads (M = 320, N = 768 on 2
      * threads: 12 tiles, not 9, where one thread would do 5 while the other waits after 4). */
-    long groups = big ? (AF_GEMM_TPT * nth + mblocks - 1) / mblocks : 1;
+    const long tpt = unpack ? AF_GEMM_TPT_UNPACK : AF_GEMM_TPT;
+    long groups = big ? (tpt * nth + mblocks - 1) / mblocks : 1;
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
     if (groups > panels) groups = panels;
     for (long g = groups; big && g <= 2 * groups && g <= panels; g++) {
