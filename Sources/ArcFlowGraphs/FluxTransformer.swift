@@ -179,19 +179,23 @@ public final class FluxNetwork {
     var heads: Int { config.numAttentionHeads }
     var headDim: Int { config.attentionHeadDim }
 
-    /// Q, K, V of one stream as [1, S, H, Dh], Q and K RMS-normalised per head.
-    func qkv(_ x: Value, q: String, k: String, v: String, normQ: String, normK: String) throws -> (Value, Value, Value) {
-        let s = x.shape[1]
-        func proj(_ m: String) throws -> Value { try linear(x, m, out: width, in: width).reshaped([x.shape[0], s, heads, headDim]) }
-        let qn = b.rmsNorm(try proj(q), scale: try weight("\(normQ).weight", [headDim]), eps: 1e-6)
-        let kn = b.rmsNorm(try proj(k), scale: try weight("\(normK).weight", [headDim]), eps: 1e-6)
-        return (qn, kn, try proj(v))
+    /// Q, K, V of one stream as [1, S, H, Dh], Q and K RMS-normalised per head; Q from the rows
+    /// `queries` of x only (another slice of the same x) when given.
+    func qkv(_ x: Value, queries: Value? = nil, q: String, k: String, v: String, normQ: String, normK: String) throws -> (Value, Value, Value) {
+        func proj(_ x: Value, _ m: String) throws -> Value {
+            try linear(x, m, out: width, in: width).reshaped([x.shape[0], x.shape[1], heads, headDim])
+        }
+        let qn = b.rmsNorm(try proj(queries ?? x, q), scale: try weight("\(normQ).weight", [headDim]), eps: 1e-6)
+        let kn = b.rmsNorm(try proj(x, k), scale: try weight("\(normK).weight", [headDim]), eps: 1e-6)
+        return (qn, kn, try proj(x, v))
     }
 
-    /// RoPE on Q and K over the whole [text; image] sequence, then scaled-dot-product attention.
-    func attend(_ q: Value, _ k: Value, _ v: Value) -> Value {
+    /// RoPE on Q and K, then scaled-dot-product attention: K and V cover the whole [text; image]
+    /// sequence, Q its rows `rows` (all of them unless given).
+    func attend(_ q: Value, _ k: Value, _ v: Value, rows: Range<Int>? = nil) -> Value {
         let (cos, sin) = ropeValues()
-        let o = b.attention(b.rope(q, cos: cos, sin: sin), b.rope(k, cos: cos, sin: sin), v, scale: 1 / Double(headDim).squareRoot())
+        let (qc, qs) = rows.map { (b.slice(cos, axis: 0, $0), b.slice(sin, axis: 0, $0)) } ?? (cos, sin)
+        let o = b.attention(b.rope(q, cos: qc, sin: qs), b.rope(k, cos: cos, sin: sin), v, scale: 1 / Double(headDim).squareRoot())
         return o.reshaped([q.shape[0], q.shape[1], width])
     }
 
@@ -218,15 +222,22 @@ public final class FluxNetwork {
 
     /// FluxSingleTransformerBlock (§4.5) on x = [text; image]: attention (no output projection)
     /// and MLP side by side, one proj_out over both (attention columns first), gated residual.
-    func singleBlock(_ i: Int, _ x: Value, temb: Value) throws -> Value {
+    /// Returns the rows `rows` of the result (all unless given). Every row's output depends on
+    /// its own row only, except through the keys and values, so only K and V need the others:
+    /// the last block returns the image rows, and its text rows' queries, attention, MLP and
+    /// projection (diffusers computes them, then slices them off) are never computed here
+    /// (1.4% of the width-768 NFE at 256 image + 64 text tokens).
+    func singleBlock(_ i: Int, _ x: Value, temb: Value, rows: Range<Int>? = nil) throws -> Value {
         let p = "single_transformer_blocks.\(i)"
         let m = try modulation(temb, "\(p).norm.linear", chunks: 3)
         let n = modulate(x, shift: m[0], scale: m[1])
-        let mlp = try linear(n, "\(p).proj_mlp", out: 4 * width, in: width).apply(.gelu)
-        let (q, k, v) = try qkv(n, q: "\(p).attn.to_q", k: "\(p).attn.to_k", v: "\(p).attn.to_v",
+        let sliced = rows == 0..<x.shape[1] ? nil : rows
+        let nr = sliced.map { b.slice(n, axis: 1, $0) } ?? n, xr = sliced.map { b.slice(x, axis: 1, $0) } ?? x
+        let mlp = try linear(nr, "\(p).proj_mlp", out: 4 * width, in: width).apply(.gelu)
+        let (q, k, v) = try qkv(n, queries: nr, q: "\(p).attn.to_q", k: "\(p).attn.to_k", v: "\(p).attn.to_v",
                                 normQ: "\(p).attn.norm_q", normK: "\(p).attn.norm_k")
-        let joined = b.concat([attend(q, k, v), mlp], axis: 2)
-        return x + m[2] * (try linear(joined, "\(p).proj_out", out: width, in: 5 * width))
+        let joined = b.concat([attend(q, k, v, rows: sliced), mlp], axis: 2)
+        return xr + m[2] * (try linear(joined, "\(p).proj_out", out: width, in: 5 * width))
     }
 
     /// One transformer evaluation up to norm_out: image tokens [1, N, D].
@@ -245,9 +256,12 @@ public final class FluxNetwork {
         if let p = imagePositions { img = img + p.reshaped([1, imageTokens, width]) }
         var txt = context
         for i in 0..<config.numLayers { (img, txt) = try doubleBlock(i, image: img, text: txt, temb: temb) }
-        var joint = b.concat([txt, img], axis: 1)
-        for i in 0..<config.numSingleLayers { joint = try singleBlock(i, joint, temb: temb) }
-        img = b.slice(joint, axis: 1, textTokens..<(textTokens + imageTokens))
+        let imageRows = textTokens..<(textTokens + imageTokens), singles = config.numSingleLayers
+        if singles > 0 {
+            var joint = b.concat([txt, img], axis: 1)
+            for i in 0..<singles { joint = try singleBlock(i, joint, temb: temb, rows: i == singles - 1 ? imageRows : nil) }
+            img = joint
+        }
         // AdaLayerNormContinuous: scale is the FIRST half, shift the second (diffusers order).
         let mod = try linear(temb.apply(.silu), "norm_out.linear", out: 2 * width, in: width)
         let halves = b.chunk(mod, 2, axis: 1).map { $0.reshaped([temb.shape[0], 1, width]) }

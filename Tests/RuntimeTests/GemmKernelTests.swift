@@ -102,7 +102,8 @@ final class GemmKernelTests: KernelTestCase {
 
     /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
     /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block (512 with bf16 compute); row blocks
-    /// sharing the row tiles and panel groups chosen for the thread count; M = 1; A
+    /// sharing the row tiles and panel groups chosen for the thread count; M = 1 (f32: its own
+    /// kernel), serial and parallel, bare and fused; A
     /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
     /// fusion (bias, GELU, residual). A weight also read element-wise, and one used as the left
     /// operand, stay unpacked (OpenBLAS). The oracle is the interpreter on the weights rounded to
@@ -122,6 +123,8 @@ final class GemmKernelTests: KernelTestCase {
             ([250, 40], 768, true),
             // Three K blocks of bf16 compute (512, 512, then an odd 7) and five of f32 and 16-bit.
             ([20, 1031], 40, true),
+            // M = 1 in parallel (f32: af__gemv): 35 panels, four at a time, the last pass partial.
+            ([1, 1000], 1100, true),
         ]
         let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")
         var weights: [String: Tensor] = [:]
@@ -140,6 +143,7 @@ final class GemmKernelTests: KernelTestCase {
         let r = b.input("rf", .f32([37, 70]))
         b.output("fused", r + b.linear(x, weight: wf, bias: bias).apply(.gelu))
         b.output("shared", b.linear(b.input("xs", .f32([5, 45])), weight: wf, bias: nil))
+        b.output("row_fused", b.linear(b.input("xr", .f32([1, 45])), weight: wf, bias: bias).apply(.silu))
         // Fusions the GEMM finishes in its store: bias; bias + GELU; bias + SiLU (M = 33 > 14, N = 70).
         let xe2 = b.input("xe2", .f32([33, 45]))
         let wb = weight("wb", [70, 45])
@@ -161,7 +165,7 @@ final class GemmKernelTests: KernelTestCase {
         XCTAssertEqual(packed.map(\.name).sorted(), (cases.indices.map { "w\($0)" } + ["wf", "wb", "wg", "ws"]).sorted(), file: file, line: line)
         XCTAssertTrue(packed.allSatisfy { $0.dtype == storage.rawValue }, "\(packed)", file: file, line: line)
         let calls = program!.sources.map { $0.text.components(separatedBy: "af_gemm_packed(in").count - 1 }.reduce(0, +)
-        XCTAssertEqual(calls, cases.count + 5, "one packed GEMM call per kernel", file: file, line: line)
+        XCTAssertEqual(calls, cases.count + 6, "one packed GEMM call per kernel", file: file, line: line)
         // The three epilogues are in the GEMM's store: a bias operand with act 0, 1 (GELU), 2 (SiLU).
         let text = program!.sources.map(\.text).joined()
         let dt = compute == .bf16 ? "3" : "[0-2]"   // dt 3: bf16 panels with bf16 compute

@@ -11,7 +11,7 @@ import XCTest
 
 final class Int8GemmKernelTests: XCTestCase {
     /// Odd M, N and K (tails of the 14- or 6-row tile, the 32-column panel, the 256-deep K block
-    /// and the last group of 32); M = 1; A batched; both orientations; a weight shared by two
+    /// and the last group of 32); M = 1 (its own kernel), serial and parallel, bare and fused; A batched; both orientations; a weight shared by two
     /// GEMMs; bias, bias + GELU, bias + SiLU in the store. A weight also read element-wise and
     /// a left operand are not quantized (OpenBLAS on exact f32).
     @discardableResult
@@ -20,6 +20,7 @@ final class Int8GemmKernelTests: XCTestCase {
             ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
             ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
             ([500, 40], 70, true), // two row blocks of AF_GEMM_MB_UNPACK (448) rows
+            ([1, 1000], 1100, true), // M = 1 in parallel (af__i8_gemv): 35 panels, a partial pass of 4
         ]
         let b = GraphBuilder(name: "int8_gemm")
         var weights: [String: Tensor] = [:]
@@ -36,6 +37,7 @@ final class Int8GemmKernelTests: XCTestCase {
         let x = b.input("xf", .f32([37, 45])), wf = weight("wf", [70, 45]), bias = weight("bf", [70])
         b.output("fused", b.input("rf", .f32([37, 70])) + b.linear(x, weight: wf, bias: bias).apply(.gelu))
         b.output("shared", b.linear(b.input("xs", .f32([5, 45])), weight: wf, bias: nil))
+        b.output("row_fused", b.linear(b.input("xr", .f32([1, 45])), weight: wf, bias: bias).apply(.gelu))
         let xe2 = b.input("xe2", .f32([33, 45]))
         b.output("bias", b.linear(xe2, weight: weight("wb", [70, 45]), bias: bias))
         b.output("bias_silu", b.linear(xe2, weight: weight("ws", [70, 45]), bias: bias).apply(.silu))
@@ -63,7 +65,7 @@ final class Int8GemmKernelTests: XCTestCase {
         XCTAssertEqual(packed.map(\.name).sorted(), expected, file: file, line: line)
         XCTAssertTrue(packed.allSatisfy { $0.dtype == "i8" }, "\(packed)", file: file, line: line)
         let calls = program!.sources.map { $0.text.components(separatedBy: "af_gemm_packed_int8(in").count - 1 }.reduce(0, +)
-        XCTAssertEqual(calls, cases.count + 4, "one int8 GEMM call per kernel", file: file, line: line)
+        XCTAssertEqual(calls, cases.count + 5, "one int8 GEMM call per kernel", file: file, line: line)
         return program!
     }
 
