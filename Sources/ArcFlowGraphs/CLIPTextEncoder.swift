@@ -44,7 +44,8 @@ public struct CLIPTextConfig: Equatable {
 }
 
 /// A transformers CLIPTextModel folder: config.json + model.safetensors (or index + shards).
-/// Keys as transformers writes them: `text_model.embeddings.token_embedding.weight`, …
+/// Keys as transformers 4 writes them: `text_model.embeddings.token_embedding.weight`, …;
+/// transformers 5 drops the `text_model.` prefix, and such a folder is read under the same keys.
 public struct CLIPTextEncoder {
     public var directory: String
     public var config: CLIPTextConfig
@@ -53,7 +54,11 @@ public struct CLIPTextEncoder {
     public static func load(_ dir: String) throws -> CLIPTextEncoder {
         try requireDirectory(dir, holding: "a CLIPTextModel folder with config.json")
         let config = try CLIPTextConfig(ConfigFile(path: "\(dir)/config.json"))
-        return CLIPTextEncoder(directory: dir, config: config, store: try openWeightFolder(dir, stem: "model"))
+        var store: WeightStore = try openWeightFolder(dir, stem: "model")
+        if store.type(of: "text_model.embeddings.token_embedding.weight") == nil, store.type(of: "embeddings.token_embedding.weight") != nil {
+            store = PrefixedKeyStore(store, adding: "text_model.")
+        }
+        return CLIPTextEncoder(directory: dir, config: config, store: store)
     }
 }
 

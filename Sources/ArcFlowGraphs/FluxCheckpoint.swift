@@ -208,7 +208,7 @@ public struct ArcFlowAdapter {
         let path = "\(dir)/diffusion_pytorch_model.safetensors"
         guard FileManager.default.fileExists(atPath: path) else { throw ArcError("\(dir) has no diffusion_pytorch_model.safetensors") }
         let file = try SafeTensorsStore(path: path)
-        let store = PrefixStrippedStore(file, prefix: "transformer.")
+        let store = PrefixedKeyStore(file, stripping: "transformer.")
         var lora: [String: LoRAPair] = [:]
         var dense = Set<String>()
         var unmatched: [String] = []
@@ -234,16 +234,21 @@ public struct ArcFlowAdapter {
     }
 }
 
-/// A view of a store with a key prefix removed where present (adapters exported with
-/// `transformer.` keys load like those without).
-final class PrefixStrippedStore: WeightStore {
+/// A view of a store under other keys: a prefix removed where present (adapters exported with
+/// `transformer.` keys load like those without), or added to every key (a CLIPTextModel that
+/// transformers 5 saved without `text_model.`).
+final class PrefixedKeyStore: WeightStore {
     let base: WeightStore
     let map: [String: String]
-    init(_ base: WeightStore, prefix: String) {
+    init(_ base: WeightStore, stripping prefix: String) {
         self.base = base
         var m: [String: String] = [:]
         for k in base.names { m[k.hasPrefix(prefix) ? String(k.dropFirst(prefix.count)) : k] = k }
         map = m
+    }
+    init(_ base: WeightStore, adding prefix: String) {
+        self.base = base
+        map = Dictionary(uniqueKeysWithValues: base.names.map { (prefix + $0, $0) })
     }
     var label: String { base.label }
     var names: [String] { map.keys.sorted() }

@@ -17,9 +17,9 @@ public struct FluxOptions {
     /// Image size in pixels; latents are 1/8 of it, tokens 1/16 (unless `latentSize` is given).
     public var height: Int
     public var width: Int
-    /// The latent grid [H', W'] given directly, for models whose "latent" is not a VAE's 1/8
-    /// (the embedded default's pixels through a fixed space-to-depth); `height`/`width` then
-    /// only label the image.
+    /// The latent grid [H', W'] given directly, for models whose "latent" is not 1/8 of the image:
+    /// a pipeline whose VAE scales by another factor, or the embedded default's pixels through a
+    /// fixed space-to-depth (there `height`/`width` only label the image).
     public var latentSize: (height: Int, width: Int)?
     /// True classifier-free guidance (Euler only): each step evaluates the prompt and the
     /// negative prompt in one batch of 2 and uses v_u + G·(v_c − v_u). nil: no CFG.
@@ -132,19 +132,12 @@ public enum FluxModel {
                 x = x + (sn - sc) * v
             case .arc:
                 let k = adapter!.components
-                var head = try studentHead(net, h, components: k)
+                var head = try net.weights.studentHead(h, components: k, packedChannels: config.inChannels, width: net.width)
                 if prediction == .x0 {
                     let (n, f) = (x.shape[1], x.shape[2])
                     head.means = ((x.reshaped([1, n, 1, f]) - head.means.reshaped([1, n, k, f])) / sc).reshaped([1, n, k * f])
                 }
-                if k == 1 {
-                    // One component, γ = 0: φ = 1 and the weight is 1, a straight step along μ.
-                    x = x - head.means * (sc - sn)
-                } else {
-                    x = b.withAttributes(["arc_step": .int(i)]) {
-                        arcUpdate(b, x: x, head: (head.means, head.logWeights!, head.rates!), components: k, delta: sc - sn)
-                    }
-                }
+                x = arcStep(b, x: x, head: head, components: k, delta: sc - sn, step: i)
             }
             if o.intermediateOutputs { b.output("x\(i + 1)", net.unpack(x, per: c)) }
         }
@@ -163,16 +156,6 @@ public enum FluxModel {
         if let p = config.imagePositions { manifest["image_positions"] = p.rawValue }
         if let a = adapter { manifest["components"] = String(a.components) }
         return FluxProgram(module: Module(graph), weights: store(checkpoint, adapter, net), manifest: manifest, sigmas: sigmas)
-    }
-
-    /// The student's head; K = 1 (the linear baseline) has no rates and a weight of 1, so only
-    /// its means are read (`arcHead` needs the loggamma layer such adapters do not have).
-    static func studentHead(_ net: FluxNetwork, _ h: Value, components k: Int) throws -> (means: Value, logWeights: Value?, rates: Value?) {
-        if k > 1 {
-            let head = try net.arcHead(h, components: k)
-            return (head.means, head.logWeights, head.rates)
-        }
-        return (try net.linear(h, "proj_out_means", out: net.config.inChannels, in: net.width), nil, nil)
     }
 
     /// One transformer evaluation at (x, σ), for parity tests: outputs `velocity` [1, C, H/8, W/8]
@@ -266,6 +249,17 @@ public enum FluxModel {
         let prompt = b.input("prompt_embeds", .f32([1, o.textTokens, config.jointAttentionDim]))
         let pooled = b.input("pooled_prompt_embeds", .f32([1, config.pooledProjectionDim]))
         return (b, net, latents, prompt, pooled)
+    }
+
+    /// One student step from x by Δ: the closed-form arc update tagged `arc_step = i`
+    /// (fold-arc-integral makes it one kernel), or for K = 1 (γ = 0: φ = 1 and a weight of 1) the
+    /// straight step along its one mean.
+    static func arcStep(_ b: GraphBuilder, x: Value, head: (means: Value, logWeights: Value?, rates: Value?),
+                        components k: Int, delta: Float, step i: Int) -> Value {
+        guard k > 1, let logWeights = head.logWeights, let rates = head.rates else { return x - head.means * delta }
+        return b.withAttributes(["arc_step": .int(i)]) {
+            arcUpdate(b, x: x, head: (head.means, logWeights, rates), components: k, delta: delta)
+        }
     }
 
     /// x − Δ·Σ_k softmax(ℓ)_k·φ(γ_k·Δ)·μ_k in primitive ops, token layout, γ_0 = 0 (φ_0 = 1).

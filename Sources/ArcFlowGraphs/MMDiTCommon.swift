@@ -107,6 +107,15 @@ final class AdaptedWeights {
         return modulate(x, shift: halves[1], scale: halves[0])
     }
 
+    /// The student's head for sampling: K = 1 (the linear baseline) has no rates and a weight of
+    /// 1, so only its means are read (its adapter needs no loggamma layer; one with an empty
+    /// [0, D] layer, as the reference would save it, loads too).
+    func studentHead(_ h: Value, components k: Int, packedChannels f: Int, width: Int) throws -> (means: Value, logWeights: Value?, rates: Value?) {
+        if k == 1 { return (try linear(h, "proj_out_means", out: f, in: width), nil, nil) }
+        let head = try arcHead(h, components: k, packedChannels: f, width: width)
+        return (head.means, head.logWeights, head.rates)
+    }
+
     /// The ArcFlow head (reference §2.1) in packed layout on image tokens h [B, N, D]: means
     /// [B, N, K·4C], log-weights log-softmaxed over K [B, N, K·4], rates γ [B, N, (K−1)·4] used as
     /// they are. The batch is h's leading size.

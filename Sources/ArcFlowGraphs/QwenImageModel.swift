@@ -67,10 +67,9 @@ public enum QwenImageModel {
                 x = x + (sn - sc) * (try velocity(net, x: x, temb: temb, context: context, trueCFG: o.trueCFGScale))
             case .arc:
                 let k = adapter!.components
-                let head = try net.arcHead(try net.trunk(packed: x, temb: temb, context: context), components: k)
-                x = b.withAttributes(["arc_step": .int(i)]) {
-                    FluxModel.arcUpdate(b, x: x, head: head, components: k, delta: sc - sn)
-                }
+                let head = try net.weights.studentHead(try net.trunk(packed: x, temb: temb, context: context), components: k,
+                                                       packedChannels: checkpoint.config.inChannels, width: net.width)
+                x = FluxModel.arcStep(b, x: x, head: head, components: k, delta: sc - sn, step: i)
             }
             if o.intermediateOutputs { b.output("x\(i + 1)", net.grid.unpack(x, per: c)) }
         }

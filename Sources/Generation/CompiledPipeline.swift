@@ -232,11 +232,15 @@ public func image(fromDecoded t: Tensor) throws -> Image8 {
     return Image8(width: t.shape[3], height: t.shape[2], pixels: VAEDecoderGraph.rgb8(t))
 }
 
-/// Lines of a prompt file (UTF-8); empty or blank lines become nil (reported by line number).
-/// File-level problems (not found, not text, too large) are one error for the whole file.
+/// Lines of a prompt file (UTF-8, LF or CRLF line ends, an optional byte-order mark); empty or
+/// blank lines become nil (reported by line number). File-level problems (not found, not text,
+/// too large) are one error for the whole file.
 public func readPromptLines(_ path: String) throws -> [String?] {
-    let text = try readInputText(path, what: "text")
-    var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0.hasSuffix("\r") ? $0.dropLast() : $0) }
+    var text = Substring(try readInputText(path, what: "text"))
+    if text.hasPrefix("\u{FEFF}") { text = text.dropFirst() }
+    // "\r\n" is one Character in Swift: split on it as well as on "\n" (and drop a lone "\r").
+    var lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        .map { String($0.hasSuffix("\r") ? $0.dropLast() : $0) }
     if lines.last == "" { lines.removeLast() }   // a final newline ends the last line; it adds none
     if lines.isEmpty { throw ArcError("\(path) has no prompts") }
     return lines.map { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }

@@ -41,7 +41,14 @@ public enum PipelineCompiler {
         _ = try T5Tokenizer(folder: folder.tokenizer2Directory)
         let sampler = o.sampler ?? (adapter == nil ? .euler : .arc)
         let steps = o.steps ?? sampler.defaultSteps
+        // Latents are the VAE's 1/f of the image (f = 2^(levels − 1), 8 for FLUX.1's VAE, as
+        // FluxPipeline's vae_scale_factor), tokens 2×2 latents.
+        let f = folder.vae.config.upscale
+        guard o.height > 0, o.width > 0, o.height % (2 * f) == 0, o.width % (2 * f) == 0 else {
+            throw ArcError("--height \(o.height) and --width \(o.width) must be positive multiples of \(2 * f) (this VAE's latents are 1/\(f) of the image, tokens 2×2 latents)")
+        }
         var flux = FluxOptions(height: o.height, width: o.width)
+        flux.latentSize = (o.height / f, o.width / f)
         flux.sampler = sampler
         flux.steps = steps
         flux.textTokens = o.textTokens
@@ -50,7 +57,7 @@ public enum PipelineCompiler {
         if sampler == .euler && o.shift == nil {
             // The teacher steps through exactly FluxPipeline's schedule (dynamic shifting with μ from
             // the packed image token count when the scheduler config asks for it).
-            flux.sigmas = folder.scheduler.sigmas(steps: steps, imageSeqLen: (o.height / 16) * (o.width / 16))
+            flux.sigmas = folder.scheduler.sigmas(steps: steps, imageSeqLen: (o.height / (2 * f)) * (o.width / (2 * f)))
         }
         let fm = FileManager.default
         try fm.createDirectory(atPath: output, withIntermediateDirectories: true)

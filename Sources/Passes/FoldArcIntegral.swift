@@ -32,11 +32,18 @@ func foldArcSteps(_ graph: Graph) throws -> Graph {
         let lwShape = graph[softmax].type.shape
         guard lwShape.count == 5 else { throw fail("softmax operand must be [1, T, K, 1, P]") }
         let (k, p) = (lwShape[2], lwShape[4])
-        // Δ: the splat constant multiplying v in the root's second operand.
+        // Δ: the splat constant multiplying v in the root's second operand, or 1 where
+        // fold-constants dropped a ×1 (one step from σ = 1 to 0): then the root reads v itself.
         let scaled = graph[root].operands[1]
-        guard graph[scaled].op == .mul,
-              let deltaID = graph[scaled].operands.first(where: { graph[$0].op == .constant }),
-              case .splat(let delta)? = graph[deltaID].constant else { throw fail("Δ is not a single constant (run fold-constants first)") }
+        let delta: Float
+        if graph[scaled].op == .mul, let deltaID = graph[scaled].operands.first(where: { graph[$0].op == .constant }),
+           case .splat(let d)? = graph[deltaID].constant {
+            delta = d
+        } else if graph[scaled].op == .reshape, members.contains(scaled) {
+            delta = 1
+        } else {
+            throw fail("Δ is not a single constant (run fold-constants first)")
+        }
         // The step's inputs: every non-constant operand from outside the tagged ops.
         let x = graph[root].operands[0]
         let f = graph[x].type.shape.last!

@@ -12,22 +12,59 @@ public struct CLIPTokenizer {
     private let ranks: [String: Int]
     private let added: AddedTokens
 
+    /// Reads `vocab.json` + `merges.txt` (transformers 4's save of the slow tokenizer, FLUX.1's
+    /// layout); a folder with neither but a `tokenizer.json` (transformers 5 saves only that) gives
+    /// the same vocabulary, merges and added tokens from its BPE model. The behaviour is the slow
+    /// tokenizer's either way.
     public init(folder: String) throws {
-        let vocabFile = try JSONFile.require(folder, "vocab.json")
-        guard let vocab = vocabFile.root as? [String: Int] else {
-            throw vocabFile.error("expected an object of token → id")
-        }
-        self.vocab = vocab
-        let mergesPath = (folder as NSString).appendingPathComponent("merges.txt")
-        let text = try readInputText(mergesPath, what: "text")
-        // As transformers reads it: strip, split lines, drop line 1 (the "#version" header, dropped
-        // even when absent), keep at most 49152 - 256 - 2 merges; a repeated pair keeps its last rank.
+        let fm = FileManager.default
+        let vocabSource: String
         var ranks: [String: Int] = [:]
-        let lines = text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n", omittingEmptySubsequences: false)
-        for (rank, line) in lines.dropFirst().prefix(49152 - 256 - 2).enumerated() {
-            let parts = line.split(whereSeparator: { $0.unicodeScalars.allSatisfy(isPythonSpace) })
-            if parts.count == 2 { ranks["\(parts[0]) \(parts[1])"] = rank }
+        var vocabulary: [String: Int]
+        var fileAdded: [(content: String, id: Int, lstrip: Bool, rstrip: Bool)] = []
+        // As transformers reads merges.txt: keep at most 49152 - 256 - 2 merges; a repeated pair
+        // keeps its last rank.
+        let maxMerges = 49152 - 256 - 2
+        if !fm.fileExists(atPath: (folder as NSString).appendingPathComponent("vocab.json")),
+           let json = try JSONFile.load(folder, "tokenizer.json", optional: true) {
+            vocabSource = json.path
+            let model: [String: Any] = try json.get(json.root, "model")
+            guard model["type"] as? String == "BPE" else {
+                throw json.error("model type '\(model["type"] as? String ?? "?")' is not CLIP's byte-level BPE")
+            }
+            guard let v = model["vocab"] as? [String: Int] else { throw json.error("model.vocab: expected an object of token → id") }
+            vocabulary = v
+            let merges: [Any] = try json.get(model, "merges", at: "model")
+            for (rank, m) in merges.prefix(maxMerges).enumerated() {
+                // "left right" (tokenizers < 0.20) or ["left", "right"]
+                let pair = (m as? [String]) ?? (m as? String)?.split(separator: " ").map(String.init) ?? []
+                guard pair.count == 2 else { throw json.error("model.merges[\(rank)]: expected a pair of symbols") }
+                ranks["\(pair[0]) \(pair[1])"] = rank
+            }
+            for (i, raw) in ((json.root as? [String: Any])?["added_tokens"] as? [Any] ?? []).enumerated() {
+                guard let t = raw as? [String: Any], let id = t["id"] as? Int, let content = t["content"] as? String else {
+                    throw json.error("malformed entry \(i) in 'added_tokens'")
+                }
+                fileAdded.append((content, id, t["lstrip"] as? Bool ?? false, t["rstrip"] as? Bool ?? false))
+            }
+        } else {
+            let vocabFile = try JSONFile.require(folder, "vocab.json")
+            vocabSource = vocabFile.path
+            guard let v = vocabFile.root as? [String: Int] else {
+                throw vocabFile.error("expected an object of token → id")
+            }
+            vocabulary = v
+            let mergesPath = (folder as NSString).appendingPathComponent("merges.txt")
+            let text = try readInputText(mergesPath, what: "text")
+            // Strip, split lines, drop line 1 (the "#version" header, dropped even when absent).
+            let lines = text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n", omittingEmptySubsequences: false)
+            for (rank, line) in lines.dropFirst().prefix(maxMerges).enumerated() {
+                let parts = line.split(whereSeparator: { $0.unicodeScalars.allSatisfy(isPythonSpace) })
+                if parts.count == 2 { ranks["\(parts[0]) \(parts[1])"] = rank }
+            }
         }
+        let vocab = vocabulary
+        self.vocab = vocab
         self.ranks = ranks
 
         // Special tokens: CLIP's defaults, then tokenizer_config.json, then special_tokens_map.json.
@@ -48,6 +85,10 @@ public struct CLIPTokenizer {
                 added.add(content, id: id, lstrip: t["lstrip"] as? Bool ?? false, rstrip: t["rstrip"] as? Bool ?? false)
             }
         }
+        for t in fileAdded where addedIDs[t.content] == nil {
+            addedIDs[t.content] = t.id
+            added.add(t.content, id: t.id, lstrip: t.lstrip, rstrip: t.rstrip)
+        }
         if let map = try JSONFile.load(folder, "special_tokens_map.json", optional: true),
            let dict = map.root as? [String: Any] {
             for key in special.keys { if let v = tokenContent(dict[key]) { special[key] = v } }
@@ -55,7 +96,7 @@ public struct CLIPTokenizer {
         func id(_ key: String) throws -> Int {
             let token = special[key]!
             guard let id = addedIDs[token] ?? vocab[token] else {
-                throw ArcError("\((folder as NSString).appendingPathComponent("vocab.json")): \(key) '\(token)' is not in the vocabulary")
+                throw ArcError("\(vocabSource): \(key) '\(token)' is not in the vocabulary")
             }
             return id
         }

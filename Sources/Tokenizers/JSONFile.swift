@@ -11,7 +11,18 @@ struct JSONFile {
     static func load(_ folder: String, _ name: String, optional: Bool = false) throws -> JSONFile? {
         let path = (folder as NSString).appendingPathComponent(name)
         if optional && !FileManager.default.fileExists(atPath: path) { return nil }
-        let data = try readInputFile(path, limit: maxInputTextBytes, what: "JSON file")
+        var data = try readInputFile(path, limit: maxInputTextBytes, what: "JSON file")
+        // Foundation's parser drops a raw U+FEFF that opens a string ("\u{FEFF}R" reads "R"), where
+        // a vocabulary piece keeps it; escaped, it survives. Outside strings it is not JSON anyway.
+        let bom = Data([0xEF, 0xBB, 0xBF])
+        if let first = data.range(of: bom, in: 1..<max(1, data.count)) {
+            var fixed = Data(data[..<first.lowerBound]), rest = data[first.lowerBound...]
+            while let r = rest.range(of: bom) {
+                fixed.append(rest[..<r.lowerBound]); fixed.append(contentsOf: Array("\\ufeff".utf8)); rest = rest[r.upperBound...]
+            }
+            fixed.append(rest)
+            data = fixed
+        }
         do {
             return JSONFile(path: path, root: try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]))
         } catch {

@@ -10,7 +10,9 @@ struct Unigram {
     let scores: [Double]
     let unkID: Int?
     let byteFallback: Bool
-    private let ids: [String: Int]
+    /// Keyed by UTF-8 bytes: Swift's String equality is canonical equivalence, under which
+    /// "é" and "e\u{301}" (two pieces with two ids) would be one key.
+    private let ids: [[UInt8]: Int]
     private let minScore: Double
     /// Trie over UTF-8 bytes: per node its children and the id of the piece ending there.
     private var children: [[UInt8: Int32]] = [[:]]
@@ -18,11 +20,11 @@ struct Unigram {
 
     init(pieces: [String], scores: [Double], unkID: Int?, byteFallback: Bool) {
         (self.pieces, self.scores, self.unkID, self.byteFallback) = (pieces, scores, unkID, byteFallback)
-        var ids: [String: Int] = [:]
-        for (id, p) in pieces.enumerated() { ids[p] = id }  // a repeated piece keeps its last id
+        var ids: [[UInt8]: Int] = [:]
+        for (id, p) in pieces.enumerated() { ids[Array(p.utf8)] = id }  // a repeated piece keeps its last id
         self.ids = ids
         minScore = scores.min() ?? 0
-        for p in pieces {
+        for (id, p) in pieces.enumerated() {
             var node = 0
             for b in p.utf8 {
                 if let next = children[node][b] { node = Int(next); continue }
@@ -30,11 +32,11 @@ struct Unigram {
                 children[node][b] = Int32(children.count - 1)
                 node = children.count - 1
             }
-            terminal[node] = Int32(ids[p]!)
+            terminal[node] = Int32(id)
         }
     }
 
-    func id(of piece: String) -> Int? { ids[piece] }
+    func id(of piece: String) -> Int? { ids[Array(piece.utf8)] }
 
     /// Ids of one pre-tokenized word. Pieces not in the vocabulary (fused unknowns) become
     /// `<0xXX>` byte pieces when `byte_fallback` is set and all exist, else the unknown id.
@@ -80,9 +82,9 @@ struct Unigram {
         }
         if !unkRun.isEmpty { words.append(unkRun.reversed().flatMap { $0 }) }
         return words.reversed().flatMap { word -> [Int] in
-            if let id = ids[String(decoding: word, as: UTF8.self)] { return [id] }
+            if let id = ids[word] { return [id] }
             if byteFallback {
-                let byteIDs = word.compactMap { ids["<0x" + String($0, radix: 16, uppercase: true).leftPadded(2) + ">"] }
+                let byteIDs = word.compactMap { id(of: "<0x" + String($0, radix: 16, uppercase: true).leftPadded(2) + ">") }
                 if byteIDs.count == word.count { return byteIDs }
             }
             return unkID.map { [$0] } ?? []

@@ -142,14 +142,21 @@ final class FluxParityTests: XCTestCase {
         }
     }
 
-    /// The folded arc_step kernel against the primitive ops it replaces (pass disabled).
+    /// The folded arc_step kernel against the primitive ops it replaces (pass disabled); one step
+    /// too (Δ = 1, whose ×Δ fold-constants drops from the pattern).
     func testFoldedArcStepMatchesPrimitiveOps() throws {
         let c = try FixtureCase("cfg-a")
-        var o = c.options
-        o.steps = 2
-        let program = try FluxModel.sampler(c.checkpoint, adapter: try c.adapter(16), options: o)
-        let folded = try compileAndRun(program, try samplerInputs(c))
-        let primitive = try compileAndRun(program, try samplerInputs(c), disabling: ["fold-arc-integral"])
-        XCTAssertLessThan(relativeL2(folded["latents"]!, primitive["latents"]!), 1e-6)
+        for steps in [2, 1] {
+            var o = c.options
+            o.steps = steps
+            let program = try FluxModel.sampler(c.checkpoint, adapter: try c.adapter(16), options: o)
+            var module = program.module
+            try foldConstants.run(&module, PassContext())
+            try foldArcIntegral.run(&module, PassContext())
+            XCTAssertEqual(module.main.nodes.filter { $0.op == .arc_step }.count, steps)
+            let folded = try compileAndRun(program, try samplerInputs(c))
+            let primitive = try compileAndRun(program, try samplerInputs(c), disabling: ["fold-arc-integral"])
+            XCTAssertLessThan(relativeL2(folded["latents"]!, primitive["latents"]!), 1e-6, "\(steps) steps")
+        }
     }
 }

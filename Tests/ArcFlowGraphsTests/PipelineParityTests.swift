@@ -91,6 +91,29 @@ final class PipelineParityTests: XCTestCase {
 
     func interpret(_ p: ComponentProgram, _ inputs: [String: Tensor]) throws -> [String: Tensor] { try p.interpret(inputs) }
 
+    /// A CLIPTextModel as transformers 5 saves it (keys without `text_model.`) reads the same tensors.
+    func testCLIPKeysWithoutTextModelPrefix() throws {
+        let dir = try makeTemporaryDirectory("clip-v5")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let src = "\(pipelineFixture)/text_encoder"
+        try FileManager.default.copyItem(atPath: "\(src)/config.json", toPath: "\(dir)/config.json")
+        let original = try CLIPTextEncoder.load(src).store
+        let records = try original.names.map { name -> TensorRecord in
+            let t = original.type(of: name)!
+            XCTAssertTrue(name.hasPrefix("text_model."), name)
+            return TensorRecord(name: String(name.dropFirst("text_model.".count)), dtype: t.dtype, shape: t.shape,
+                                payload: .raw([UInt8](UnsafeRawBufferPointer(start: try original.raw(name), count: t.byteCount))))
+        }
+        try writeSafeTensors(records, to: "\(dir)/model.safetensors")
+        let store = try CLIPTextEncoder.load(dir).store
+        XCTAssertEqual(store.names.sorted(), original.names.sorted())
+        for name in original.names {
+            XCTAssertEqual(store.type(of: name), original.type(of: name), name)
+            let n = original.type(of: name)!.byteCount
+            XCTAssertEqual(memcmp(try store.raw(name), try original.raw(name), n), 0, name)
+        }
+    }
+
     func testCLIPTextEncoderInterpreted() throws { try clipCheck(run: interpret) }
     func testT5EncoderInterpreted() throws { try t5Check(run: interpret) }
     func testVAEDecoderInterpreted() throws { try vaeCheck(run: interpret) }

@@ -165,6 +165,44 @@ final class QwenImageParityTests: XCTestCase {
         }
     }
 
+    /// K = 1 in the reference's layout (an empty [0, D] loggamma layer) and one step (Δ = 1, whose
+    /// ×Δ fold-constants drops from the pattern fold-arc-integral matches): a K = 1 student whose
+    /// head is the teacher's own proj_out and norm_out, without LoRA, is the 1-step Euler teacher.
+    func testOneComponentOneStepIsTheTeachersEulerStep() throws {
+        let c = try QwenFixture("qwen-a")
+        let dir = try makeTemporaryDirectory("arcflow-qwen-k1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/qwen-a/adapter-k8/config.json"))) as! [String: Any]
+        config["num_gaussians"] = 1
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: "\(dir)/config.json"))
+        let base = c.checkpoint.store
+        func copy(_ from: String, as name: String) throws -> TensorRecord {
+            let t = base.type(of: from)!
+            let bytes = [UInt8](UnsafeRawBufferPointer(start: try base.raw(from), count: t.byteCount))
+            return TensorRecord(name: name, dtype: t.dtype, shape: t.shape, payload: .raw(bytes))
+        }
+        let width = base.type(of: "proj_out.weight")!.shape[1]
+        let records = [
+            try copy("proj_out.weight", as: "proj_out_means.weight"), try copy("proj_out.bias", as: "proj_out_means.bias"),
+            try copy("norm_out.linear.weight", as: "norm_out.linear.weight"), try copy("norm_out.linear.bias", as: "norm_out.linear.bias"),
+            TensorRecord(name: "proj_out_logweights.weight", dtype: .f32, shape: [4, width], payload: .floats(Array(repeating: 0, count: 4 * width))),
+            TensorRecord(name: "proj_out_logweights.bias", dtype: .f32, shape: [4], payload: .floats([0, 0, 0, 0])),
+            TensorRecord(name: "proj_out_loggamma.weight", dtype: .f32, shape: [0, width], payload: .floats([])),
+            TensorRecord(name: "proj_out_loggamma.bias", dtype: .f32, shape: [0], payload: .floats([])),
+        ]
+        try writeSafeTensors(records, to: "\(dir)/diffusion_pytorch_model.safetensors")
+        var o = c.options
+        o.steps = 1
+        let student = try QwenImageModel.sampler(c.checkpoint, adapter: try QwenImageCheckpoint.adapter(dir), options: o)
+        o.sampler = .euler
+        let teacher = try QwenImageModel.sampler(c.checkpoint, adapter: nil, options: o)
+        XCTAssertEqual(student.sigmas, [1, 0])
+        XCTAssertEqual(teacher.sigmas, [1, 0])
+        let err = relativeL2(try compileAndRun(student, try c.samplerInputs())["latents"]!, try compileAndRun(teacher, try c.samplerInputs())["latents"]!)
+        print("K = 1 student with the teacher's head, 1 step, against the 1-step Euler teacher: relative L2 \(err)")
+        XCTAssertLessThan(err, 1e-6)
+    }
+
     /// fuse-lora on against the adapter computed unfused (pass disabled).
     func testFusedLoRAMatchesUnfused() throws {
         let c = try QwenFixture("qwen-a")

@@ -74,10 +74,18 @@ final class DefaultGenerateTests: XCTestCase {
     func testPromptsFileAndGrid() throws {
         let work = try makeTemporaryDirectory("default-prompts")
         defer { try? FileManager.default.removeItem(atPath: work) }
-        try "a red circle\na blue square to the left of a green circle\n".write(toFile: "\(work)/p.txt", atomically: true, encoding: .utf8)
+        // A byte-order mark and CRLF line ends (a Windows editor's file): two prompts all the same.
+        try "\u{FEFF}a red circle\r\na blue square to the left of a green circle\r\n".write(toFile: "\(work)/p.txt", atomically: true, encoding: .utf8)
         let r = try arcflow(["generate", "--prompts", "p.txt", "--seed", "3", "-o", "imgs"], in: work)
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(try parameters("\(work)/imgs/00001.png").contains("Seed: 4,"))
+        // Line i uses seed S + i: a seed with no room for line 1 is refused before anything is written.
+        for command in ["--prompts", "--grid"] {
+            let o = try arcflow(["generate", command, "p.txt", "--seed", String(Int.max), "-o", command == "--grid" ? "big.png" : "big"], in: work)
+            assertOneLineError(o, contains: "leaves no room for 2 prompts")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(work)/big"))
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(work)/big.png"))
+        }
         let g = try arcflow(["generate", "--grid", "p.txt", "--seed", "3", "-o", "grid.png"], in: work)
         XCTAssertEqual(g.status, 0, g.err)
         let ihdr = pngChunks(try bytes("\(work)/grid.png")).first { $0.type == "IHDR" }!.body

@@ -227,6 +227,30 @@ final class PipelineEndToEndTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(work)/out"), "no output folder", file: file, line: line)
     }
 
+    /// A VAE of three levels (×4, not FLUX.1's ×8): the sampler's latents are 1/4 of the image, as
+    /// FluxPipeline's vae_scale_factor makes them, so the decoder reads what the sampler writes.
+    /// (The fixture's decoder minus its last level: the unused tensors stay in the file.)
+    func testVAEOfAnotherScaleFactor() throws {
+        let dir = try brokenCopy { d in
+            try self.editJSON("\(d)/vae/config.json") { j in
+                j["block_out_channels"] = [16, 32, 32]
+                j["down_block_types"] = Array(repeating: "DownEncoderBlock2D", count: 3)
+                j["up_block_types"] = Array(repeating: "UpDecoderBlock2D", count: 3)
+            }
+        }
+        let bad = try runArcflow(["compile", "--pipeline", dir, "--cache-dir", testCacheRoot, "-o", "out", "--height", "36", "--width", "48"], in: work)
+        assertOneLineError(bad, contains: "multiples of 8 (this VAE's latents are 1/4 of the image")
+        let c = try runArcflow(["compile", "--pipeline", dir, "--cache-dir", testCacheRoot, "--sampler", "euler", "--steps", "2",
+                                "--height", "32", "--width", "48", "--text-tokens", "32", "-o", "out"], in: work)
+        XCTAssertEqual(c.status, 0, c.err)
+        let manifest = try String(contentsOfFile: "\(work)/out/sampler/manifest.json", encoding: .utf8)
+        XCTAssertTrue(manifest.contains("\"latent_height\" : \"8\"") && manifest.contains("\"latent_width\" : \"12\""), manifest)
+        let g = try runArcflow(["generate", "--model", "out", "--prompt", "a photo of a cat", "--seed", "0", "-o", "x.png", "--threads", "1"], in: work)
+        XCTAssertEqual(g.status, 0, g.err)
+        let ihdr = pngChunks(try bytes("\(work)/x.png")).first { $0.type == "IHDR" }!.body
+        XCTAssertEqual(Array(ihdr[0..<8]), [0, 0, 0, 48, 0, 0, 0, 32])
+    }
+
     func testCompileMissingSubfolder() throws {
         let dir = try brokenCopy { try FileManager.default.removeItem(atPath: "\($0)/vae") }
         try assertCompileFails(dir, contains: ["\(dir)/vae", "AutoencoderKL"])

@@ -51,6 +51,35 @@ final class TokenizersTests: XCTestCase {
     }
 
     /// A folder whose pad token is "!" (as several CLIP tokenizers): padding and "!" in the text.
+    /// A folder as transformers 5 saves CLIPTokenizer: tokenizer.json alone (vocabulary and merges
+    /// in its BPE model, pairs as arrays or as "left right" strings; the special tokens in
+    /// added_tokens) encodes as vocab.json + merges.txt do.
+    func testCLIPFromTokenizerJSON() throws {
+        let src = "\(fixtures)/tokenizer"
+        let vocab = try loadJSON("tokenizer/vocab.json") as! [String: Int]
+        let merges = try String(contentsOfFile: "\(src)/merges.txt", encoding: .utf8).split(separator: "\n").dropFirst()
+            .map { $0.split(separator: " ").map(String.init) }.filter { $0.count == 2 }
+        var config = try loadJSON("tokenizer/tokenizer_config.json") as! [String: Any]
+        var added: [[String: Any]] = []
+        for (id, entry) in config.removeValue(forKey: "added_tokens_decoder") as? [String: Any] ?? [:] {
+            var t = entry as! [String: Any]
+            t["id"] = Int(id)!
+            added.append(t)
+        }
+        XCTAssertFalse(added.isEmpty)
+        let reference = try CLIPTokenizer(folder: src)
+        for pairs in [true, false] {
+            let dir = try temporaryFolder()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let model: [String: Any] = ["type": "BPE", "vocab": vocab, "merges": pairs ? merges : merges.map { $0.joined(separator: " ") }]
+            try writeJSON(["version": "1.0", "added_tokens": added, "model": model], "\(dir)/tokenizer.json")
+            try writeJSON(config, "\(dir)/tokenizer_config.json")
+            try FileManager.default.copyItem(atPath: "\(src)/special_tokens_map.json", toPath: "\(dir)/special_tokens_map.json")
+            let clip = try CLIPTokenizer(folder: dir)
+            compare("CLIP from tokenizer.json (merges as \(pairs ? "pairs" : "strings"))", prompts.map { ($0, reference.encode($0)) }, clip.encode)
+        }
+    }
+
     func testCLIPPadTokenFromSpecialTokensMap() throws {
         let dir = try temporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -93,6 +122,28 @@ final class TokenizersTests: XCTestCase {
             let t5 = try T5Tokenizer(folder: dir)
             let cases = (variant["ids"] as! [[Any]]).map { (prompts[$0[0] as! Int], $0[1] as! [Int]) }
             compare("T5 variant \(variant["name"]!)", cases) { t5.encode($0, length: 64) }
+        }
+    }
+
+    /// Pieces are bytes: "é" and "e\u{301}" (one key under Swift's String equality, canonical
+    /// equivalence) keep their own ids, and a piece opening with U+FEFF keeps it (Foundation's
+    /// JSON parser drops a raw one at the start of a string).
+    func testUnigramPiecesAreBytes() throws {
+        var base = try loadJSON("tokenizer_2/tokenizer.json") as! [String: Any]
+        var model = base["model"] as! [String: Any]
+        var vocab = model["vocab"] as! [[Any]]
+        let added = ["\u{E9}", "e\u{301}", "\u{FEFF}R"], first = vocab.count
+        for p in added { vocab.append([p, 0.0]) }
+        model["vocab"] = vocab
+        base["model"] = model
+        base["normalizer"] = NSNull()
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try writeJSON(base, "\(dir)/tokenizer.json")
+        let t5 = try T5Tokenizer(folder: dir)
+        for (i, p) in added.enumerated() {
+            let ids = t5.encode(p, length: 8)
+            XCTAssertTrue(ids.contains(first + i), "\(p.unicodeScalars.map { String($0.value, radix: 16) }) → \(ids), want id \(first + i)")
         }
     }
 

@@ -50,7 +50,8 @@ struct ParsedArguments {
 
     func int(_ name: String, _ spec: CommandSpec, default d: Int? = nil, min lo: Int = Int.min) throws -> Int? {
         guard let s = value(name) else { return d }
-        guard let v = Int(s), v >= lo else { throw UsageError("\(name) expects an integer\(lo > Int.min ? " >= \(lo)" : ""), got '\(s)'", spec) }
+        // With a lower bound, name the upper one too: a number past Int.max reads as "not an integer".
+        guard let v = Int(s), v >= lo else { throw UsageError("\(name) expects an integer\(lo > Int.min ? " from \(lo) to \(Int.max)" : ""), got '\(s)'", spec) }
         return v
     }
 
@@ -112,4 +113,12 @@ func parseArguments(_ args: [String], _ spec: CommandSpec, maxPositional: Int) t
         throw UsageError("unexpected argument '\(parsed.positional[maxPositional])'", spec)
     }
     return parsed
+}
+
+/// Line i of a prompt file renders with seed S + i: S must leave room for every line (an error
+/// about the file's length as much as about the seed: one line, before anything is loaded).
+func checkSeedRoom(_ seed: Int, lines: Int) throws {
+    if lines > 1 && seed > Int.max - (lines - 1) {
+        throw ArcError("--seed \(seed) leaves no room for \(lines) prompts (line i uses seed S + i, at most \(Int.max))")
+    }
 }

@@ -69,6 +69,7 @@ func generateGrid(_ args: ParsedArguments, file: String, threads: Int) throws {
         guard let line else { throw ArcError("\(file):\(i + 1): empty line (no prompt)") }
         do { prompts.append(try Prompt.parse(line).description) } catch let e as ArcError { throw ArcError("\(file):\(i + 1): \(e.message)") }
     }
+    try checkSeedRoom(seed, lines: prompts.count)
     let folder = try defaultModelFolder(args)
     let t = folder.info.teacher
     var variants: [(String, DefaultVariant)] = []

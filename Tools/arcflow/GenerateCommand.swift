@@ -77,12 +77,12 @@ func checkPromptArguments(_ args: ParsedArguments) throws {
     if args.has("--prompt") == args.has("--prompts") { throw UsageError("give exactly one of --prompt and --prompts", generateSpec) }
     if args.has("--noise") && args.has("--seed") { throw UsageError("give --noise or --seed, not both", generateSpec) }
     let output = try args.required("--output", generateSpec)
-    _ = try args.int("--seed", generateSpec, default: 0, min: 0)
+    let seed = try args.int("--seed", generateSpec, default: 0, min: 0)!
     if args.has("--prompt") {
         guard output.lowercased().hasSuffix(".png") else { throw UsageError("-o must name a .png file, got '\(output)'", generateSpec) }
         try checkWritableParent(output)
     }
-    if let file = args.value("--prompts") { _ = try readPromptLines(file) }
+    if let file = args.value("--prompts") { try checkSeedRoom(seed, lines: try readPromptLines(file).count) }
 }
 
 /// --prompt or --prompts through a loaded pipeline (a compiled folder or the default model's).
