@@ -179,6 +179,8 @@ typedef __m512 af__gv;
 #define af__gld_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32( \
     _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p))), 16))
 #define af__gld_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#define af__gmul(a, b) _mm512_mul_ps((a), (b))
+#define af__gld_i8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))))
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 typedef __m256 af__gv;
 #define AF__GVW 8
@@ -192,6 +194,8 @@ typedef __m256 af__gv;
 #define af__gld_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32( \
     _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
 #define af__gld_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define af__gmul(a, b) _mm256_mul_ps((a), (b))
+#define af__gld_i8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))))
 #else
 /* portable: scalars, 4 rows x 8 columns (compilers vectorize the column loop where they can) */
 typedef float af__gv;
@@ -205,6 +209,8 @@ typedef float af__gv;
 #define af__gset1(x) (x)
 #define af__gld_bf16(p) af_bf16_to_f32(*(p))
 #define af__gld_f16(p) af_f16_to_f32(*(p))
+#define af__gmul(a, b) ((a) * (b))
+#define af__gld_i8(p) ((float)*(const int8_t *)(const void *)(p))
 #endif
 
 #if AF__GVW == 1
@@ -678,9 +684,60 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     }
 }
 
-/* Panels one pass of af__gemv works on: independent FMA chains per column, enough to cover the
- * FMA latency, and as many weight streams as the prefetchers follow. */
+/* Panels one pass of a one-row GEMM works on: independent FMA chains per column, enough to
+ * cover the FMA latency, and as many weight streams as the prefetchers follow. */
 #define AF__GEMV_PANELS 4
+
+/* One pass of af__gemv_f32 / af__gemv_i8 (always inlined with a constant i8, so each storage
+ * type gets its own loop): c[j] for the columns of panels p0 .. p0+3 (fewer at the end).
+ * B: f32 panels (i8 = 0), or gemm_int8.h's int8 panels of `pbytes` bytes, scales then codes,
+ * with groups of g along K (i8 = 1). */
+AF__INLINE void af__gemv_pass(const float *restrict a, const void *restrict b, int i8, long pbytes, long g,
+                              const float *restrict bias, int act, float *restrict c, long N, long K, long p0) {
+    enum { V = AF_GEMM_NR / AF__GVW };
+    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, groups = i8 ? (K + g - 1) / g : 1;
+    if (!i8) g = K;
+    const char *panel[AF__GEMV_PANELS];
+    for (int u = 0; u < AF__GEMV_PANELS; u++)
+        /* past the last panel: the last one again, computed and not stored (fixed trip counts keep
+         * the accumulators in registers) */
+        panel[u] = (const char *)b + (p0 + u < panels ? p0 + u : panels - 1) * pbytes;
+    float sum[AF__GEMV_PANELS][AF_GEMM_NR] __attribute__((aligned(64)));
+    for (long k0 = 0; k0 < K; k0 += AF_GEMM_KC) {
+        const long k1 = K - k0 < AF_GEMM_KC ? K : k0 + AF_GEMM_KC;
+        af__gv acc[AF__GEMV_PANELS][V];
+        for (int u = 0; u < AF__GEMV_PANELS; u++)
+            for (int v = 0; v < V; v++) acc[u][v] = af__gzero();
+        for (long k = k0, grp = k0 / g; k < k1; grp++) {
+            const long ke = (grp + 1) * g < k1 ? (grp + 1) * g : k1;
+            for (; k < ke; k++) {
+                const af__gv ak = af__gset1(a[k]);
+                for (int u = 0; u < AF__GEMV_PANELS; u++)
+                    for (int v = 0; v < V; v++) {
+                        af__gv w;
+                        if (i8) {
+                            const float *sk = (const float *)(const void *)panel[u] + grp * AF_GEMM_NR + v * AF__GVW;
+                            const int8_t *qk = (const int8_t *)(panel[u] + groups * AF_GEMM_NR * (long)sizeof(float)) + k * AF_GEMM_NR + v * AF__GVW;
+                            w = af__gmul(af__gld_i8(qk), af__gld(sk));
+                        } else {
+                            w = af__gld((const float *)(const void *)panel[u] + k * AF_GEMM_NR + v * AF__GVW);
+                        }
+                        acc[u][v] = af__gfma(ak, w, acc[u][v]);
+                    }
+            }
+        }
+        for (int u = 0; u < AF__GEMV_PANELS; u++)
+            for (int v = 0; v < V; v++)
+                af__gst(&sum[u][v * AF__GVW], k0 == 0 ? acc[u][v] : af__gadd(af__gld(&sum[u][v * AF__GVW]), acc[u][v]));
+    }
+    for (int u = 0; u < AF__GEMV_PANELS; u++) {
+        const long j0 = (p0 + u) * AF_GEMM_NR;
+        for (long j = j0; j < N && j < j0 + AF_GEMM_NR; j++) {
+            const float x = bias ? sum[u][j - j0] + bias[j] : sum[u][j - j0];
+            c[j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
+        }
+    }
+}
 
 /* c[N] = act(a[K] . B + bias): one row (M = 1: the AdaLN modulations, one row against some of
  * the largest weights of a model).  The blocked path spends a row tile of 14 on it, packs A and
@@ -689,57 +746,21 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
  * summation order as the blocked path (per column: k ascending within K blocks of AF_GEMM_KC,
  * the block sums added in turn, then bias and activation), so the result is bit-identical to it.
  * Measured with Tools/gemm-bench/ab.sh (1 thread, 1 x 4608 x 768 and the other modulation
- * shapes): 1.9-2.0x the blocked path for f32, 2.4-2.8x for int8.
- * B: f32 panels (i8 = 0), or gemm_int8.h's int8 panels of `pbytes` bytes with groups of g along
- * K (i8 = 1).  Always inlined where i8 is a constant, so each storage type gets its own loop. */
-AF__INLINE void af__gemv(const float *restrict a, const void *restrict b, int i8, long pbytes, long g,
-                         const float *restrict bias, int act, float *restrict c, long N, long K) {
-    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, passes = (panels + AF__GEMV_PANELS - 1) / AF__GEMV_PANELS;
-    const long groups = i8 ? (K + g - 1) / g : 1;
-    if (!i8) g = K;
+ * shapes): 1.9-2.0x the blocked path for f32, 2.4-2.8x for int8. */
+static void af__gemv_f32(const float *restrict a, const float *restrict b, const float *restrict bias, int act,
+                         float *restrict c, long N, long K) {
+    const long passes = ((N + AF_GEMM_NR - 1) / AF_GEMM_NR + AF__GEMV_PANELS - 1) / AF__GEMV_PANELS;
 #pragma omp parallel for schedule(static) if ((double)N * (double)K >= 1e6 && omp_get_max_threads() > 1)
-    for (long pass = 0; pass < passes; pass++) {
-        const char *panel[AF__GEMV_PANELS];
-        for (int u = 0; u < AF__GEMV_PANELS; u++) {
-            /* past the last panel: the last one again, computed and not stored (fixed trip
-             * counts keep the accumulators in registers) */
-            const long p = pass * AF__GEMV_PANELS + u < panels ? pass * AF__GEMV_PANELS + u : panels - 1;
-            panel[u] = (const char *)b + p * pbytes;
-        }
-        float sum[AF__GEMV_PANELS][AF_GEMM_NR] __attribute__((aligned(64)));
-        for (long k0 = 0; k0 < K; k0 += AF_GEMM_KC) {
-            const long k1 = K - k0 < AF_GEMM_KC ? K : k0 + AF_GEMM_KC;
-            float acc[AF__GEMV_PANELS][AF_GEMM_NR] __attribute__((aligned(64))) = {{0}};
-            for (long k = k0, grp = k0 / g; k < k1; grp++) {
-                const long ke = (grp + 1) * g < k1 ? (grp + 1) * g : k1;
-                for (; k < ke; k++) {
-                    const float ak = a[k];
-                    for (int u = 0; u < AF__GEMV_PANELS; u++) {
-                        if (i8) {
-                            const float *sk = (const float *)(const void *)panel[u] + grp * AF_GEMM_NR;
-                            const int8_t *qk = (const int8_t *)(panel[u] + groups * AF_GEMM_NR * (long)sizeof(float)) + k * AF_GEMM_NR;
-#pragma omp simd
-                            for (int j = 0; j < AF_GEMM_NR; j++) acc[u][j] = AF__FMA(ak, (float)qk[j] * sk[j], acc[u][j]);
-                        } else {
-                            const float *bk = (const float *)(const void *)panel[u] + k * AF_GEMM_NR;
-#pragma omp simd
-                            for (int j = 0; j < AF_GEMM_NR; j++) acc[u][j] = AF__FMA(ak, bk[j], acc[u][j]);
-                        }
-                    }
-                }
-            }
-            for (int u = 0; u < AF__GEMV_PANELS; u++)
-#pragma omp simd
-                for (int j = 0; j < AF_GEMM_NR; j++) sum[u][j] = k0 == 0 ? acc[u][j] : sum[u][j] + acc[u][j];
-        }
-        for (int u = 0; u < AF__GEMV_PANELS; u++) {
-            const long j0 = (pass * AF__GEMV_PANELS + u) * AF_GEMM_NR;
-            for (long j = j0; j < N && j < j0 + AF_GEMM_NR; j++) {
-                const float x = bias ? sum[u][j - j0] + bias[j] : sum[u][j - j0];
-                c[j] = act == AF_GEMM_ACT_GELU_TANH ? af_gelu_tanh(x) : act == AF_GEMM_ACT_SILU ? af_silu(x) : x;
-            }
-        }
-    }
+    for (long pass = 0; pass < passes; pass++)
+        af__gemv_pass(a, b, 0, K * AF_GEMM_NR * (long)sizeof(float), K, bias, act, c, N, K, pass * AF__GEMV_PANELS);
+}
+
+/* The same over int8 panels (gemm_int8.h) of pbytes bytes with groups of g along K. */
+static AF__UNUSED void af__gemv_i8(const float *restrict a, const void *restrict b, long pbytes, long g,
+                                   const float *restrict bias, int act, float *restrict c, long N, long K) {
+    const long passes = ((N + AF_GEMM_NR - 1) / AF_GEMM_NR + AF__GEMV_PANELS - 1) / AF__GEMV_PANELS;
+#pragma omp parallel for schedule(static) if ((double)N * (double)K >= 1e6 && omp_get_max_threads() > 1)
+    for (long pass = 0; pass < passes; pass++) af__gemv_pass(a, b, 1, pbytes, g, bias, act, c, N, K, pass * AF__GEMV_PANELS);
 }
 
 /* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B packed as described
@@ -748,11 +769,11 @@ AF__INLINE void af__gemv(const float *restrict a, const void *restrict b, int i8
  * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
  * Scratch: one MB x kc block of A per thread (112 KB), from the heap; where that fails, a
  * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile).
- * One row of f32 panels: af__gemv. */
+ * One row of f32 panels: af__gemv_f32. */
 static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
                                       const float *restrict bias, int act, float *restrict c, long ldc,
                                       long M, long N, long K) {
-    if (M == 1 && dt == 0 && N > 0 && K > 0) af__gemv(a, b, 0, K * AF_GEMM_NR * (long)sizeof(float), K, bias, act, c, N, K);
+    if (M == 1 && dt == 0 && N > 0 && K > 0) af__gemv_f32(a, (const float *)b, bias, act, c, N, K);
     else af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, NULL);
 }
 
