@@ -163,7 +163,9 @@ indirect enum Normalizer {
         case .prepend(let p): return s.isEmpty ? s : p + s
         case .nfc: return s.precomposedStringWithCanonicalMapping
         case .nfd: return s.decomposedStringWithCanonicalMapping
-        case .nfkc: return s.precomposedStringWithCompatibilityMapping
+        // NFKC by its definition, compatibility decomposition then canonical composition: Foundation's
+        // own NFKC leaves half-width kana with their voiced marks apart ("ｶﾞ" → U+30AB U+3099, not ガ).
+        case .nfkc: return s.decomposedStringWithCompatibilityMapping.precomposedStringWithCanonicalMapping
         case .nfkd: return s.decomposedStringWithCompatibilityMapping
         }
     }

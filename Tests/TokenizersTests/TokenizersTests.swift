@@ -132,18 +132,23 @@ final class TokenizersTests: XCTestCase {
         var base = try loadJSON("tokenizer_2/tokenizer.json") as! [String: Any]
         var model = base["model"] as! [String: Any]
         var vocab = model["vocab"] as! [[Any]]
-        let added = ["\u{E9}", "e\u{301}", "\u{FEFF}R"], first = vocab.count
+        let added = ["\u{E9}", "e\u{301}", "\u{FEFF}R", "\u{30AC}"], first = vocab.count
         for p in added { vocab.append([p, 0.0]) }
         model["vocab"] = vocab
         base["model"] = model
-        base["normalizer"] = NSNull()
-        let dir = try temporaryFolder()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try writeJSON(base, "\(dir)/tokenizer.json")
-        let t5 = try T5Tokenizer(folder: dir)
-        for (i, p) in added.enumerated() {
-            let ids = t5.encode(p, length: 8)
-            XCTAssertTrue(ids.contains(first + i), "\(p.unicodeScalars.map { String($0.value, radix: 16) }) → \(ids), want id \(first + i)")
+        for normalizer in [NSNull(), ["type": "NFKC"]] as [Any] {
+            base["normalizer"] = normalizer
+            let dir = try temporaryFolder()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try writeJSON(base, "\(dir)/tokenizer.json")
+            let t5 = try T5Tokenizer(folder: dir)
+            // NFKC: "e\u{301}" composes to "é"; half-width "ｶﾞ" to "ガ" (U+30AC), as Rust's NFKC does.
+            let cases: [(String, Int)] = normalizer is NSNull ? added.enumerated().map { ($1, first + $0) }
+                : [("\u{E9}", first), ("e\u{301}", first), ("\u{FF76}\u{FF9E}", first + 3)]
+            for (text, id) in cases {
+                let ids = t5.encode(text, length: 8)
+                XCTAssertTrue(ids.contains(id), "\(normalizer): \(text.unicodeScalars.map { String($0.value, radix: 16) }) → \(ids), want id \(id)")
+            }
         }
     }
 
