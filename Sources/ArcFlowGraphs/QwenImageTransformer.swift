@@ -15,11 +15,15 @@ public final class QwenImageNetwork {
     /// Sequence layout: text tokens first, then the image token grid (as diffusers concatenates).
     let textTokens: Int
     let grid: LatentGrid
+    /// The weight names of this network's RoPE tables: "<ropeName>.cos" and "<ropeName>.sin".
+    let ropeName: String
     /// RoPE tables [text; image], bound as weights "rope.cos" and "rope.sin". Computed when the
     /// weight store asks, after the graph has checked every checkpoint tensor against the config:
     /// a config with absurd sizes fails on a weight shape instead of allocating tables first.
-    public private(set) lazy var ropeTables: [String: Tensor] =
-        QwenImageNetwork.rope(config: config, textTokens: textTokens, gridH: grid.gridH, gridW: grid.gridW)
+    public private(set) lazy var ropeTables: [String: Tensor] = {
+        let t = QwenImageNetwork.rope(config: config, textTokens: textTokens, gridH: grid.gridH, gridW: grid.gridW)
+        return ["\(ropeName).cos": t["rope.cos"]!, "\(ropeName).sin": t["rope.sin"]!]
+    }()
 
     var width: Int { config.width }
     var heads: Int { config.numAttentionHeads }
@@ -33,6 +37,15 @@ public final class QwenImageNetwork {
         self.weights = AdaptedWeights(builder, base: base, adapter: adapter)
         self.textTokens = textTokens
         self.grid = LatentGrid(channels: config.latentChannels, gridH: latentHeight / 2, gridW: latentWidth / 2)
+        self.ropeName = "rope"
+    }
+
+    /// The same weights (one graph node per tensor, LoRA accounted once) over another text length:
+    /// the teacher's negative prompt, which QwenImagePipeline evaluates at its own length.
+    init(sharing other: QwenImageNetwork, textTokens: Int, ropeName: String) {
+        (b, config, weights, grid) = (other.b, other.config, other.weights, other.grid)
+        self.textTokens = textTokens
+        self.ropeName = ropeName
     }
 
     // MARK: Embeddings
@@ -117,8 +130,8 @@ public final class QwenImageNetwork {
         let nt = weights.modulate(text, shift: c[0], scale: c[1])
         let (qi, ki, vi) = try qkv(ni, p, q: "to_q", k: "to_k", v: "to_v", normQ: "norm_q", normK: "norm_k")
         let (qt, kt, vt) = try qkv(nt, p, q: "add_q_proj", k: "add_k_proj", v: "add_v_proj", normQ: "norm_added_q", normK: "norm_added_k")
-        let cos = b.weight("rope.cos", .f32([textTokens + imageTokens, headDim]))
-        let sin = b.weight("rope.sin", .f32([textTokens + imageTokens, headDim]))
+        let cos = b.weight("\(ropeName).cos", .f32([textTokens + imageTokens, headDim]))
+        let sin = b.weight("\(ropeName).sin", .f32([textTokens + imageTokens, headDim]))
         let q = b.rope(b.concat([qt, qi], axis: 1), cos: cos, sin: sin)
         let k = b.rope(b.concat([kt, ki], axis: 1), cos: cos, sin: sin)
         let o = b.attention(q, k, b.concat([vt, vi], axis: 1), scale: 1 / Double(headDim).squareRoot())

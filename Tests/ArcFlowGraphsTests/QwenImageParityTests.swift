@@ -100,6 +100,48 @@ final class QwenImageParityTests: XCTestCase {
         }
     }
 
+    /// A negative prompt of its own length (QwenImagePipeline encodes each prompt at its own
+    /// length): the guided velocity is QwenImagePipeline's combination of the prompt's velocity and
+    /// the negative's, each as a plain evaluation at its length computes it (those match diffusers
+    /// above, at any text length the fixtures cover).
+    func testTrueCFGWithANegativeOfAnotherLength() throws {
+        let c = try QwenFixture("qwen-a")
+        let inputs = try c.evaluationInputs(scale: 0.3)
+        let prompt = inputs["prompt_embeds"]!
+        let (t, d) = (prompt.shape[1], prompt.shape[2]), t2 = t - 3
+        // The negative: the prompt's last t2 tokens.
+        let negative = Tensor(.f32([1, t2, d]), Array(prompt.data[(3 * d)...]))
+        var o = c.options
+        o.trueCFGScale = 4
+        o.negativeTextTokens = t2
+        let guided = try compileAndRun(try QwenImageModel.evaluation(c.checkpoint, adapter: nil, sigma: 0.6, options: o),
+                                       inputs.merging(["negative_prompt_embeds": negative]) { a, _ in a })["velocity"]!
+        o.trueCFGScale = nil
+        o.negativeTextTokens = nil
+        let cond = try compileAndRun(try QwenImageModel.evaluation(c.checkpoint, adapter: nil, sigma: 0.6, options: o), inputs)["velocity"]!
+        o.textTokens = t2
+        let uncond = try compileAndRun(try QwenImageModel.evaluation(c.checkpoint, adapter: nil, sigma: 0.6, options: o),
+                                       ["x": inputs["x"]!, "prompt_embeds": negative])["velocity"]!
+        // comb = u_neg + s(u − u_neg), rescaled to ‖u‖ per token: the norms over each token's packed
+        // channels (all C channels of its 2×2 latent pixels).
+        let (ch, h, w) = (cond.shape[1], cond.shape[2], cond.shape[3])
+        var want = cond
+        for r in 0..<(h / 2) {
+            for q in 0..<(w / 2) {
+                var at: [Int] = []
+                for k in 0..<ch { for py in 0..<2 { for px in 0..<2 { at.append((k * h + 2 * r + py) * w + 2 * q + px) } } }
+                let comb = at.map { Double(uncond.data[$0]) + 4 * (Double(cond.data[$0]) - Double(uncond.data[$0])) }
+                let scale = at.map { Double(cond.data[$0]) * Double(cond.data[$0]) }.reduce(0, +).squareRoot()
+                    / comb.map { $0 * $0 }.reduce(0, +).squareRoot()
+                for (i, j) in at.enumerated() { want.data[j] = Float(comb[i] * scale) }
+            }
+        }
+        let err = relativeL2(guided, want)
+        print("true CFG with a \(t2)-token negative (prompt \(t)): relative L2 \(err) against the combination of two evaluations")
+        XCTAssertLessThan(err, 1e-5)
+        XCTAssertEqual(guided.shape, cond.shape)
+    }
+
     func testStudentHeads() throws {
         for name in configs {
             let c = try QwenFixture(name)
@@ -228,6 +270,11 @@ final class QwenImageParityTests: XCTestCase {
         o.trueCFGScale = 1
         XCTAssertThrowsError(try QwenImageModel.sampler(c.checkpoint, adapter: nil, options: o)) { e in
             XCTAssertTrue("\(e)".contains("--true-cfg-scale must be greater than 1, got 1.0"), "\(e)")
+        }
+        o.trueCFGScale = nil
+        o.negativeTextTokens = 3
+        XCTAssertThrowsError(try QwenImageModel.sampler(c.checkpoint, adapter: nil, options: o)) { e in
+            XCTAssertTrue("\(e)".contains("--negative-text-tokens goes with --true-cfg-scale"), "\(e)")
         }
     }
 }

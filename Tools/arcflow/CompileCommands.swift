@@ -59,7 +59,7 @@ let compileSpec = CommandSpec(
            arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] (--height H --width W | --latent-size HxW)
                            [--text-tokens T] [--guidance G] [--true-cfg-scale S] [--shift S] [--dump-ir DIR] -o OUT
            arcflow compile --transformer QWEN_DIR (--adapter DIR | --sampler euler [--true-cfg-scale S]) [--steps N]
-                           --height H --width W [--text-tokens T] [--shift S] [--dump-ir DIR] -o OUT
+                           [--negative-text-tokens T2] --height H --width W [--text-tokens T] [--shift S] [--dump-ir DIR] -o OUT
     """,
     summary: """
     Compile an IR graph and its weights into a model folder (model.so, weights.safetensors, manifest.json, model.ir);
@@ -84,6 +84,7 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
         OptionSpec(names: ["--latent-size"], value: "HxW", help: "--transformer: the latent grid directly (pixel-space models such as the embedded default), instead of --height/--width ÷ 8"),
         OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does"),
+        OptionSpec(names: ["--negative-text-tokens"], value: "T2", help: "Qwen-Image, --true-cfg-scale: the negative prompt's tokens when not --text-tokens (QwenImagePipeline encodes each prompt at its own length; then two evaluations per step instead of one batch of 2)"),
         OptionSpec(names: ["--weights-dtype"], value: "auto|f32|bf16|f16|int8",
                    help: "storage type of the GEMM weight panels (default auto: the checkpoint's; f32 keeps weights exact; int8: symmetric, quantize-weights, --pass-option quantize-weights.group=32|channel)"),
         OptionSpec(names: ["--compute"], value: "f32|bf16",
@@ -137,7 +138,7 @@ func compileCommand(_ argv: [String]) throws {
         (module, store) = (program.module, program.weights)
         options.model = program.manifest
     } else {
-        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--latent-size", "--true-cfg-scale"] where args.has(flag) {
+        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--latent-size", "--true-cfg-scale", "--negative-text-tokens"] where args.has(flag) {
             throw UsageError("\(flag) needs --pipeline or --transformer", compileSpec)
         }
         guard let file = args.positional.first else { throw UsageError("give an IR FILE (or --transformer DIR)", compileSpec) }
@@ -163,6 +164,9 @@ func compileCommand(_ argv: [String]) throws {
 /// The FLUX module for `compile --transformer`.
 func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxProgram {
     let spec = compileSpec
+    if args.has("--negative-text-tokens") {
+        throw UsageError("--negative-text-tokens is for Qwen-Image; FLUX's true CFG takes a negative prompt as long as the prompt", spec)
+    }
     let checkpoint = try FluxCheckpoint.load(transformer)
     let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
     var o: FluxOptions

@@ -29,6 +29,7 @@ func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> Tr
     var o = QwenImageOptions(height: height, width: width)
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.trueCFGScale = try args.double("--true-cfg-scale", spec)
+    o.negativeTextTokens = try args.int("--negative-text-tokens", spec, min: 1)
     return try QwenImageModel.sampler(checkpoint, adapter: adapter, options: o)
 }
 
@@ -73,7 +74,9 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
     } else {
         inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
-    let cfg = m.model["true_cfg_scale"].map { ", true CFG \($0) (prompt and negative prompt batched)" } ?? ""
+    let cfg = m.model["true_cfg_scale"].map {
+        ", true CFG \($0) (" + (m.model["negative_text_tokens"] != nil ? "a negative prompt of its own length: two evaluations per step" : "prompt and negative prompt batched") + ")"
+    } ?? ""
     try runSampler(model, inputs, nfe: nfe, label: "Qwen-Image ", note: cfg, metadata: ["family": m.model["family"] ?? ""], to: output)
 }
 
