@@ -251,13 +251,13 @@ public enum FluxModel {
         return (b, net, latents, prompt, pooled)
     }
 
-    /// One student step from x by Δ: the closed-form arc update tagged `arc_step = i`
-    /// (fold-arc-integral makes it one kernel), or for K = 1 (γ = 0: φ = 1 and a weight of 1) the
-    /// straight step along its one mean.
+    /// One student step from x by Δ: the closed-form arc update tagged `arc_step = i` and
+    /// `arc_delta = Δ` (fold-arc-integral makes it one kernel), or for K = 1 (γ = 0: φ = 1 and a
+    /// weight of 1) the straight step along its one mean.
     static func arcStep(_ b: GraphBuilder, x: Value, head: (means: Value, logWeights: Value?, rates: Value?),
                         components k: Int, delta: Float, step i: Int) -> Value {
         guard k > 1, let logWeights = head.logWeights, let rates = head.rates else { return x - head.means * delta }
-        return b.withAttributes(["arc_step": .int(i)]) {
+        return b.withAttributes(["arc_step": .int(i), "arc_delta": .float(Double(delta))]) {
             arcUpdate(b, x: x, head: (head.means, logWeights, rates), components: k, delta: delta)
         }
     }

@@ -91,7 +91,7 @@ public enum QwenImageModel {
         if let s = o.trueCFGScale { manifest["true_cfg_scale"] = String(s) }
         if let n = negative { manifest["negative_text_tokens"] = String(n.net.textTokens) }
         if let a = adapter { manifest["components"] = String(a.components) }
-        return TransformerProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, [net] + [negative?.net].compactMap { $0 }),
+        return TransformerProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net, negative?.net),
                                   manifest: manifest, sigmas: sigmas)
     }
 
@@ -113,7 +113,7 @@ public enum QwenImageModel {
             b.output("velocity", net.grid.unpack(v, per: checkpoint.config.latentChannels))
         }
         try net.weights.checkAllLoRAUsed()
-        return TransformerProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, [net] + [negative?.net].compactMap { $0 }),
+        return TransformerProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net, negative?.net),
                                   manifest: [:], sigmas: [sigma])
     }
 
@@ -166,8 +166,11 @@ public enum QwenImageModel {
         return (b, net, latents, try net.context(prompt), (negative, try negative.context(negativeEmbeds)))
     }
 
-    static func store(_ checkpoint: QwenImageCheckpoint, _ adapter: ArcFlowAdapter?, _ nets: [QwenImageNetwork]) -> WeightStore {
-        let tables = nets.reduce(into: [String: Tensor]()) { all, net in all.merge(net.ropeTables) { a, _ in a } }
+    /// The weights of a graph over `net` (and the negative prompt's network, whose RoPE tables have
+    /// their own names).
+    static func store(_ checkpoint: QwenImageCheckpoint, _ adapter: ArcFlowAdapter?, _ net: QwenImageNetwork,
+                      _ negative: QwenImageNetwork?) -> WeightStore {
+        let tables = net.ropeTables.merging(negative?.ropeTables ?? [:]) { a, _ in a }
         return FluxWeights(base: checkpoint.store, adapter: adapter?.store, generated: TensorStore(tables, label: "RoPE tables"))
     }
 }

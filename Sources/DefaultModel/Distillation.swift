@@ -301,7 +301,7 @@ public struct DistillRun {
         config.karrasEMAOffset = o.warmup
         let trainer = Trainer(session: session, batches: rollout, config: config, directory: dir)
         trainer.metadata = ["model": "shapes-arcflow-student", "components": String(s.components), "rank": String(s.rank),
-                            "lora_targets": s.attentionLoRA ? "mlp+attention" : "mlp", "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
+                            "lora_targets": s.loraTargetsName, "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights]
@@ -437,7 +437,7 @@ public enum DistillExport {
             throw ArcError("\(stateFile) is not a distill-default state (no model=shapes-arcflow-student, components, rank and shift in its metadata)")
         }
         var s = StudentConfig(teacher: teacher, components: k, rank: rank)
-        s.attentionLoRA = md["lora_targets"] == "mlp+attention"   // absent in states before the option: mlp
+        s.attentionLoRA = md["lora_targets"].flatMap(StudentConfig.attentionLoRA(named:)) ?? false   // absent in states before the option: mlp
         let trained = Set(Student.trainable(s).map(\.key))
         var tensors: [String: Tensor] = [:]
         for (key, shape) in Student.layout(s) {

@@ -25,6 +25,10 @@ public struct StudentConfig: Equatable {
     /// LoRA on the attention projections too (`--lora-targets mlp+attention`): an experiment
     /// beyond the reference's targets, see `Student.loraTargets`.
     public var attentionLoRA = false
+    /// The name of the target set in `--lora-targets` and in a run's state metadata.
+    public var loraTargetsName: String { attentionLoRA ? "mlp+attention" : "mlp" }
+    /// `attentionLoRA` for a target set's name; nil for a name that is neither.
+    public static func attentionLoRA(named name: String) -> Bool? { ["mlp": false, "mlp+attention": true][name] }
 
     public init(teacher: TeacherConfig, components: Int, rank: Int = 32) {
         self.teacher = teacher; self.components = components; self.rank = rank

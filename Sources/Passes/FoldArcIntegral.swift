@@ -4,12 +4,12 @@
 
 import IR
 
-/// The sampler tags every op of step i with `arc_step = i`. The step computes
+/// The sampler tags every op of step i with `arc_step = i` and `arc_delta = Δ`. The step computes
 ///   x − Δ·reshape(reduce_sum(softmax(ℓ)·concat(1, φ(γ·Δ))·μ, K))
 /// from four values: x [1, T, F] (the root's first operand), means [1, T, K·F], log-weights
-/// [1, T, K·P] and rates [1, T, (K−1)·P]. The pass reads K and P from the softmax, Δ from the
-/// root's constant, checks that the tagged ops read nothing else, and replaces them.
-/// Run after fold-constants, so that Δ is a single constant.
+/// [1, T, K·P] and rates [1, T, (K−1)·P]. The pass reads K and P from the softmax and Δ from the
+/// tag (not from the graph: fold-constants drops a ×1, and Δ = 1 in a one-step sampler), checks
+/// that the tagged ops read nothing else, and replaces them.
 public let foldArcIntegral = Pass(name: "fold-arc-integral",
                                   summary: "replace each tagged closed-form arc step by one fused arc_step kernel") { module, _ in
     try module.forEachGraph { g in g = try foldArcSteps(g) }
@@ -32,18 +32,7 @@ func foldArcSteps(_ graph: Graph) throws -> Graph {
         let lwShape = graph[softmax].type.shape
         guard lwShape.count == 5 else { throw fail("softmax operand must be [1, T, K, 1, P]") }
         let (k, p) = (lwShape[2], lwShape[4])
-        // Δ: the splat constant multiplying v in the root's second operand, or 1 where
-        // fold-constants dropped a ×1 (one step from σ = 1 to 0): then the root reads v itself.
-        let scaled = graph[root].operands[1]
-        let delta: Float
-        if graph[scaled].op == .mul, let deltaID = graph[scaled].operands.first(where: { graph[$0].op == .constant }),
-           case .splat(let d)? = graph[deltaID].constant {
-            delta = d
-        } else if graph[scaled].op == .reshape, members.contains(scaled) {
-            delta = 1
-        } else {
-            throw fail("Δ is not a single constant (run fold-constants first)")
-        }
+        guard let delta = graph[root].float("arc_delta") else { throw fail("the root has no arc_delta (Δ) tag") }
         // The step's inputs: every non-constant operand from outside the tagged ops.
         let x = graph[root].operands[0]
         let f = graph[x].type.shape.last!
@@ -55,7 +44,7 @@ func foldArcSteps(_ graph: Graph) throws -> Graph {
             throw fail("expected inputs x, means [.., \(k * f)], log-weights [.., \(k * p)], rates [.., \((k - 1) * p)]")
         }
         replacement[root] = Node(op: .arc_step, operands: [x, means, logw, rates], type: graph[root].type,
-                                 attributes: ["delta": .float(Double(delta)), "components": .int(k), "positions": .int(p)],
+                                 attributes: ["delta": .float(delta), "components": .int(k), "positions": .int(p)],
                                  name: graph[root].name)
     }
     var r = GraphRewriter(from: graph)

@@ -58,11 +58,11 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.decayStart = try args.int("--decay-start", spec, min: 0)
     o.recipe.decayIterations = try args.int("--decay-iterations", spec, default: o.recipe.decayIterations, min: 0)!
     o.rank = try args.int("--rank", spec, default: o.rank, min: 1)!
-    switch args.value("--lora-targets") ?? "mlp" {
-    case "mlp": o.attentionLoRA = false
-    case "mlp+attention": o.attentionLoRA = true
-    case let t: throw UsageError("--lora-targets must be mlp or mlp+attention, got '\(t)'", spec)
+    let targets = args.value("--lora-targets") ?? "mlp"
+    guard let attention = StudentConfig.attentionLoRA(named: targets) else {
+        throw UsageError("--lora-targets must be mlp or mlp+attention, got '\(targets)'", spec)
     }
+    o.attentionLoRA = attention
     o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
     guard o.recipe.shift > 0 else { throw UsageError("--shift must be positive", spec) }
     o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!
