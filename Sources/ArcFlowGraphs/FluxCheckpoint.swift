@@ -37,6 +37,11 @@ public struct FluxConfig: Equatable {
     }
 
     public var width: Int { attentionHeadDim * numAttentionHeads }
+    /// Whether double block `i`'s text output reaches the model's output: the text stream feeds
+    /// the next double block or the single blocks, and the last double block of a model without
+    /// single blocks writes text rows that nothing reads (its `to_add_out` and `ff_context` have no
+    /// gradient: they are neither LoRA targets nor trained).
+    public func textOutputIsRead(block i: Int) -> Bool { i < numLayers - 1 || numSingleLayers > 0 }
     /// Latent channels C: in_channels packs C × 2 × 2.
     public var latentChannels: Int { inChannels / 4 }
 

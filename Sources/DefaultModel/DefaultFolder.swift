@@ -154,7 +154,7 @@ public enum DefaultModelExport {
     /// and model.json, each file atomically, model.json last. Adapter folders are left alone.
     public static func write(_ tensors: [String: Tensor], config c: TeacherConfig, trainedSteps: String,
                              teacher: DefaultModelInfo.TeacherSampler = .init(steps: 28, guidance: 5, shift: 1), to dir: String) throws {
-        let expected = Set(TeacherWeights.trainable(c))
+        let expected = Set(TeacherWeights.layout(c).map(\.name))
         let missing = expected.subtracting(tensors.keys).sorted(), extra = Set(tensors.keys).subtracting(expected).sorted()
         guard missing.isEmpty, extra.isEmpty else {
             throw ArcError("teacher weights do not match the config: missing \(missing.prefix(3)), unexpected \(extra.prefix(3))")

@@ -52,7 +52,7 @@ public enum Student {
         let d = f.width
         var out: [(String, Int, Int)] = []
         for i in 0..<f.numLayers {
-            let textOut = i < f.numLayers - 1 || f.numSingleLayers > 0
+            let textOut = f.textOutputIsRead(block: i)
             var streams = ["ff"]
             if textOut { streams.append("ff_context") }
             for s in streams {

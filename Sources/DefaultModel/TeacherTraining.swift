@@ -150,13 +150,14 @@ public enum TeacherRun {
     /// steps), train.csv, loss.png, train.log lines via `o.log`, and every `evalEvery` steps
     /// ema.safetensors (f32), eval.csv (step, accuracy, guidance, shift) and eval_<step>.png.
     public static func run(_ o: TeacherRunOptions) throws {
-        let (trainer, _, c) = try prepare(o)
-        try train(trainer, c, o)
+        let run = try prepare(o)
+        try train(run.trainer, run.config, o, frozen: run.frozen)
     }
 
     /// Compiles the train step (cached by the generated C) and binds a session at the initial
-    /// weights, or at the saved state with `o.resume`.
-    public static func prepare(_ o: TeacherRunOptions) throws -> (Trainer, CompiledProgram, TeacherConfig) {
+    /// weights, or at the saved state with `o.resume`; `frozen`: the weights it does not train.
+    public static func prepare(_ o: TeacherRunOptions) throws
+        -> (trainer: Trainer, compiled: CompiledProgram, config: TeacherConfig, frozen: [String: Tensor]) {
         let c = TeacherConfig.standard(batch: o.batch)
         let dir = o.directory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -188,10 +189,11 @@ public enum TeacherRun {
             try trainer.resume(from: trainer.statePath!)
             o.log("resumed at step \(session.stepCount)")
         }
-        return (trainer, compiled, c)
+        let frozen = Set(TeacherWeights.frozen(c))
+        return (trainer, compiled, c, initial.filter { frozen.contains($0.key) })
     }
 
-    static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions) throws {
+    static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions, frozen: [String: Tensor]) throws {
         let dir = o.directory, session = trainer.session
         let evaluator = TeacherEvaluator(config: c, count: o.evalCount, shift: o.shift, guidance: o.guidance)
         let evalPath = "\(dir)/eval.csv"
@@ -208,7 +210,8 @@ public enum TeacherRun {
             }
             if o.evalEvery > 0 && r.step % o.evalEvery == 0 {
                 try trainer.save()
-                let acc = try evaluate(trainer: trainer, config: c, evaluator: evaluator, directory: dir, evalPath: evalPath, log: o.log)
+                let acc = try evaluate(trainer: trainer, config: c, frozen: frozen, evaluator: evaluator, directory: dir,
+                                       evalPath: evalPath, log: o.log)
                 _ = acc
                 last = monotonicSeconds()
             }
@@ -217,17 +220,18 @@ public enum TeacherRun {
         o.log("done at step \(session.stepCount)")
     }
 
-    /// The EMA tensors of the session as f32 tensors by weight name.
-    public static func ema(_ session: TrainingSession, _ c: TeacherConfig) throws -> [String: Tensor] {
-        var out: [String: Tensor] = [:]
+    /// Every teacher weight as f32 by name: the session's EMA of the trained ones, and the
+    /// `frozen` ones (`TeacherWeights.frozen`) as they were initialised.
+    public static func ema(_ session: TrainingSession, _ c: TeacherConfig, frozen: [String: Tensor]) throws -> [String: Tensor] {
+        var out = frozen
         for k in TeacherWeights.trainable(c) { out[k] = try session.tensor(TrainNames.ema(k)) }
         return out
     }
 
-    static func evaluate(trainer: Trainer, config c: TeacherConfig, evaluator: TeacherEvaluator, directory dir: String,
-                         evalPath: String, log: (String) -> Void) throws -> Double {
+    static func evaluate(trainer: Trainer, config c: TeacherConfig, frozen: [String: Tensor], evaluator: TeacherEvaluator,
+                         directory dir: String, evalPath: String, log: (String) -> Void) throws -> Double {
         let t0 = monotonicSeconds()
-        let weights = try ema(trainer.session, c)
+        let weights = try ema(trainer.session, c, frozen: frozen)
         let step = trainer.session.stepCount
         try TeacherWeights.write(weights, metadata: ["format": "arcflow-weights", "trained_steps": String(step)], to: "\(dir)/ema.safetensors")
         let (acc, images, _) = try evaluator.evaluate(weights: TensorStore(weights, label: "EMA at step \(step)"), threads: trainer.config.threads)

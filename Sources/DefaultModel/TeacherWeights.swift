@@ -63,8 +63,25 @@ public enum TeacherWeights {
         return out
     }
 
-    /// Trainable weight names (everything in `layout`; RoPE tables are computed, never trained).
-    public static func trainable(_ c: TeacherConfig) -> [String] { layout(c).map(\.name) }
+    /// Trained weight names: everything in `layout` (RoPE tables are computed, never trained)
+    /// except `frozen`.
+    public static func trainable(_ c: TeacherConfig) -> [String] {
+        let skip = Set(frozen(c))
+        return layout(c).map(\.name).filter { !skip.contains($0) }
+    }
+
+    /// Weights that do not reach the output, so the loss has no gradient for them: the text-side
+    /// output (`to_add_out`, `ff_context`) of a double block whose text rows nothing reads (the
+    /// last one, with no single blocks: the shipped teacher). They keep their initial values, as
+    /// PyTorch's AdamW skips a parameter whose gradient is None; the exported model still has them.
+    public static func frozen(_ c: TeacherConfig) -> [String] {
+        let f = c.flux
+        return (0..<f.numLayers).filter { !f.textOutputIsRead(block: $0) }.flatMap { i in
+            ["attn.to_add_out", "ff_context.net.0.proj", "ff_context.net.2"].flatMap { m in
+                ["weight", "bias"].map { "transformer_blocks.\(i).\(m).\($0)" }
+            }
+        }
+    }
 
     /// Random initial weights, f32, a pure function of `seed`.
     public static func random(_ c: TeacherConfig, seed: UInt64) -> [String: Tensor] {

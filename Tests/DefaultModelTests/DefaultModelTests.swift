@@ -88,4 +88,21 @@ final class DefaultModelTests: XCTestCase {
         XCTAssertGreaterThan(n, 5_000_000)
         XCTAssertLessThan(n, 8_000_000)
     }
+
+    /// The shipped teacher's train step builds (graph only, not compiled): with no single blocks
+    /// the last block's text output reaches nothing, and differentiating a weight that does not
+    /// affect the loss is an error, so those weights are frozen rather than trained.
+    func testStandardTrainStepBuilds() throws {
+        let c = TeacherConfig.standard(batch: 1)
+        let store = TeacherGraphs.store(c, trained: TensorStore(TeacherWeights.random(c, seed: 0)))
+        let trained = TeacherWeights.trainable(c)
+        let step = try OptimizerStep.build(lossGraph: try TeacherGraphs.loss(c, weights: store), loss: "loss",
+                                           parameters: trained.map { TrainableParameter($0) }, optimizer: OptimizerConfig(maxGradNorm: 1))
+        XCTAssertEqual(TeacherWeights.frozen(c), ["attn.to_add_out", "ff_context.net.0.proj", "ff_context.net.2"].flatMap { m in
+            ["weight", "bias"].map { "transformer_blocks.3.\(m).\($0)" }
+        })
+        XCTAssertEqual(trained.count + 6, TeacherWeights.layout(c).count)
+        XCTAssertTrue(step.stateNames.contains("adam_m/transformer_blocks.3.ff.net.2.weight"))
+        XCTAssertTrue(TeacherWeights.frozen(.tiny()).isEmpty, "the tiny config has a single block that reads the text rows")
+    }
 }

@@ -91,7 +91,7 @@ func trainDefaultCommand(_ argv: [String]) throws {
         return
     }
     if let n = try args.int("--profile", spec, min: 1) {
-        let (trainer, compiled, _) = try TeacherRun.prepare(o)
+        let (trainer, compiled, _, _) = try TeacherRun.prepare(o)
         let session = trainer.session
         session.executable.setThreads(o.threads)
         var times = [Double](repeating: 0, count: compiled.program.steps.count)
