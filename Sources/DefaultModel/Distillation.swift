@@ -315,10 +315,10 @@ public struct DistillRun {
     /// The teacher as f32 tensors: a flat safetensors file (a teacher run's `ema.safetensors`) or
     /// a default-model folder, whose f16 transformer and text encoder are widened exactly; the
     /// folder lets a student be distilled from the teacher that is shipped, not its f32 parent.
-    public static func openTeacherWeights(_ path: String) throws -> WeightStore {
+    public static func openTeacherWeights(_ path: String, option: String = "--teacher-weights") throws -> WeightStore {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw ArcError("--teacher-weights \(path): no such file or folder")
+            throw ArcError("\(option) \(path): no such file or folder")
         }
         guard isDirectory.boolValue else { return try SafeTensorsStore(path: path) }
         let folder = try DefaultModelFolder.load(path)

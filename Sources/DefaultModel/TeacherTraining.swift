@@ -138,6 +138,9 @@ public struct TeacherRunOptions {
     public var guidance = 5.0
     public var shift = 1.0
     public var seed: UInt64 = 0
+    /// Start from these weights (a default-model folder or a flat f32 file, as distill-default's
+    /// `--teacher-weights`) instead of the seed's random init; the optimizer state starts fresh.
+    public var initWeights: String?
     public var threads = 2
     public var resume = false
     public var emaBeta = 0.999
@@ -161,7 +164,7 @@ public enum TeacherRun {
         let c = TeacherConfig.standard(batch: o.batch)
         let dir = o.directory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let initial = TeacherWeights.random(c, seed: o.seed)
+        let initial = try o.initWeights.map { try TeacherRun.initialWeights(c, from: $0) } ?? TeacherWeights.random(c, seed: o.seed)
         let initPath = "\(dir)/init.safetensors"
         if !FileManager.default.fileExists(atPath: initPath) { try TeacherWeights.write(initial, to: initPath) }
         let trained = TensorStore(initial, label: "teacher init (seed \(o.seed))")
@@ -185,12 +188,25 @@ public enum TeacherRun {
                                  seed: o.seed, threads: o.threads, progress: false)
         let trainer = Trainer(session: session, batches: TeacherBatches(config: c, seed: o.seed), config: config, directory: dir)
         trainer.metadata = ["model": "shapes-teacher", "batch": String(c.batch), "lr": String(o.lr)]
+        if let path = o.initWeights { trainer.metadata["init_weights"] = path }
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             try trainer.resume(from: trainer.statePath!)
             o.log("resumed at step \(session.stepCount)")
         }
         let frozen = Set(TeacherWeights.frozen(c))
         return (trainer, compiled, c, initial.filter { frozen.contains($0.key) })
+    }
+
+    /// Every weight of `layout(c)` as f32 from `path` (a default-model folder, widened, or a flat
+    /// file), checked against the layout's shapes.
+    static func initialWeights(_ c: TeacherConfig, from path: String) throws -> [String: Tensor] {
+        let store = try DistillRun.openTeacherWeights(path, option: "--init-weights")
+        var out: [String: Tensor] = [:]
+        for (name, shape, _) in TeacherWeights.layout(c) {
+            try store.validate(name, .f32(shape))
+            out[name] = try store.tensor(name)
+        }
+        return out
     }
 
     static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions, frozen: [String: Tensor]) throws {

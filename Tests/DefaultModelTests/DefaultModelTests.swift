@@ -1,3 +1,4 @@
+import Foundation
 import ArcFlowGraphs
 @testable import DefaultModel
 import IR
@@ -104,5 +105,25 @@ final class DefaultModelTests: XCTestCase {
         XCTAssertEqual(trained.count + 6, TeacherWeights.layout(c).count)
         XCTAssertTrue(step.stateNames.contains("adam_m/transformer_blocks.3.ff.net.2.weight"))
         XCTAssertTrue(TeacherWeights.frozen(.tiny()).isEmpty, "the tiny config has a single block that reads the text rows")
+    }
+
+    /// `train-default --init-weights`: every weight read from a file, checked against the layout.
+    func testInitWeightsFromAFile() throws {
+        let c = TeacherConfig.tiny()
+        let dir = NSTemporaryDirectory() + "arcflow-init-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let weights = TeacherWeights.random(c, seed: 7)
+        try TeacherWeights.write(weights, to: "\(dir)/w.safetensors")
+        let read = try TeacherRun.initialWeights(c, from: "\(dir)/w.safetensors")
+        XCTAssertEqual(read.count, weights.count)
+        for (k, t) in weights { XCTAssertEqual(read[k]?.data, t.data, k) }
+        try TeacherWeights.write(weights.filter { $0.key != "proj_out.bias" }, to: "\(dir)/short.safetensors")
+        XCTAssertThrowsError(try TeacherRun.initialWeights(c, from: "\(dir)/short.safetensors")) {
+            XCTAssertTrue("\($0)".contains("proj_out.bias"), "\($0)")
+        }
+        XCTAssertThrowsError(try TeacherRun.initialWeights(c, from: "\(dir)/none")) {
+            XCTAssertTrue("\($0)".contains("--init-weights"), "\($0)")
+        }
     }
 }

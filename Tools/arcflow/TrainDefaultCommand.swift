@@ -25,6 +25,7 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5, the run's history); with --export-teacher: the shipped teacher's (default 3)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
+        OptionSpec(names: ["--init-weights"], value: "PATH", help: "start from these weights instead of random ones: a default-model folder (e.g. models/shapes; f16, widened) or flat f32 weights (a run's ema.safetensors); the optimizer starts fresh"),
         OptionSpec(names: ["--export-teacher"], value: "DIR", help: "only write OUTDIR/ema.safetensors as a default-model folder DIR (transformer/, text_encoder/, model.json; f16) and exit"),
         OptionSpec(names: ["--initial-students"], value: nil, help: "with --export-teacher: also write untrained students DIR/arcflow (K = 8) and DIR/linear (K = 1) where absent (zero LoRA B, heads from the teacher; for trying the pipeline before distillation)"),
         OptionSpec(names: ["--evaluate"], value: "W.safetensors", help: "only sample and judge the eval prompts with these weights (OUTDIR/check.png) and exit"),
@@ -74,6 +75,7 @@ func trainDefaultCommand(_ argv: [String]) throws {
     o.guidance = try args.double("--guidance", spec, default: o.guidance)!
     o.shift = try args.double("--shift", spec, default: o.shift)!
     o.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
+    o.initWeights = args.value("--init-weights")
     o.threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
     let start = Date()
     o.log = { line in
