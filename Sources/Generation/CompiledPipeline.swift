@@ -145,7 +145,7 @@ public final class CompiledPipeline {
         guard let clip = clipTokenizer, let t5 = t5Tokenizer else {
             return PromptTokens(clip: [], t5: [], world: try WorldVocabulary.encode(prompt))
         }
-        return PromptTokens(clip: clip.encode(prompt), t5: t5.encode(prompt, length: manifest.textTokens))
+        return PromptTokens(clip: clip.encode(prompt), t5: try t5.encode(prompt, length: manifest.textTokens))
     }
 
     /// The text encoders (FLUX: T5's last hidden state and CLIP's pooled output; shapes: its one

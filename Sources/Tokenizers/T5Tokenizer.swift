@@ -81,15 +81,15 @@ public struct T5Tokenizer {
 
     /// Ids as `T5TokenizerFast(text, padding="max_length", max_length=length, truncation=True)`:
     /// the model's ids cut so the template's special tokens (`</s>`) still fit, then padded.
-    public func encode(_ text: String, length: Int) -> [Int] {
+    public func encode(_ text: String, length: Int) throws -> [Int] {
         let special = template.reduce(0) { $0 + ($1?.count ?? 0) }
-        let body = tokenize(text).prefix(max(0, length - special))
+        let body = try tokenize(text).prefix(max(0, length - special))
         let ids = template.flatMap { $0 ?? Array(body) }
         return Array(ids.prefix(length)) + Array(repeating: padID, count: max(0, length - ids.count))
     }
 
     /// Model ids without the template or padding.
-    public func tokenize(_ text: String) -> [Int] {
+    public func tokenize(_ text: String) throws -> [Int] {
         var ids: [Int] = []
         for (index, piece) in rawAdded.split(text).enumerated() {
             guard case .text(let raw) = piece else { if case .token(let id) = piece { ids.append(id) }; continue }
@@ -99,7 +99,7 @@ public struct T5Tokenizer {
                 case .text(let t):
                     // `first` prepends only to the split that starts the input (tokenizers checks offset 0).
                     let words = preTokenizer?.apply([(t, index == 0)]).map { $0.text } ?? [t]
-                    for w in words { ids += model.encode(w) }
+                    for w in words { ids += try model.encode(w) }
                 }
             }
         }

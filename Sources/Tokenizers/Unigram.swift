@@ -1,4 +1,5 @@
 // The Unigram model of HF tokenizers: Viterbi over a byte trie of the vocabulary.
+import IR
 
 /// Segments text into the pieces of highest total log-probability, exactly as tokenizers'
 /// `Unigram::encode_optimized`: every vocabulary entry (special tokens included) is a candidate;
@@ -39,8 +40,9 @@ struct Unigram {
     func id(of piece: String) -> Int? { ids[Array(piece.utf8)] }
 
     /// Ids of one pre-tokenized word. Pieces not in the vocabulary (fused unknowns) become
-    /// `<0xXX>` byte pieces when `byte_fallback` is set and all exist, else the unknown id.
-    func encode(_ text: String) -> [Int] {
+    /// `<0xXX>` byte pieces when `byte_fallback` is set and all exist, else the unknown id; with
+    /// no unknown id that is an error, as in tokenizers (the text is never dropped silently).
+    func encode(_ text: String) throws -> [Int] {
         let bytes = Array(text.utf8)
         let n = bytes.count
         if n == 0 { return [] }
@@ -73,7 +75,7 @@ struct Unigram {
         var end = n
         while end > 0 {
             let s = from[end]
-            if s < 0 { break }  // unreachable without an unknown id; tokenizers errors out there
+            if s < 0 { throw missingUnknown(text) }
             if let unk = unkID, node[end] == unk { unkRun.append(Array(bytes[s..<end])) } else {
                 if !unkRun.isEmpty { words.append(unkRun.reversed().flatMap { $0 }); unkRun = [] }
                 words.append(Array(bytes[s..<end]))
@@ -81,14 +83,20 @@ struct Unigram {
             end = s
         }
         if !unkRun.isEmpty { words.append(unkRun.reversed().flatMap { $0 }) }
-        return words.reversed().flatMap { word -> [Int] in
+        return try words.reversed().flatMap { word -> [Int] in
             if let id = ids[word] { return [id] }
             if byteFallback {
                 let byteIDs = word.compactMap { id(of: "<0x" + String($0, radix: 16, uppercase: true).leftPadded(2) + ">") }
                 if byteIDs.count == word.count { return byteIDs }
             }
-            return unkID.map { [$0] } ?? []
+            guard let unk = unkID else { throw missingUnknown(text) }
+            return [unk]
         }
+    }
+
+    private func missingUnknown(_ text: String) -> ArcError {
+        ArcError("tokenizer: no piece covers part of \(text.debugDescription) and the Unigram model has no unk_id "
+                 + "(tokenizers: \"Encountered an unknown token but `unk_id` is missing\")")
     }
 }
 

@@ -21,11 +21,12 @@ private func writeJSON(_ value: Any, _ path: String) throws {
 }
 
 /// Compares every prompt and fails once, with the count and the first mismatch and its prompt.
-private func compare(_ name: String, _ cases: [(prompt: String, expected: [Int])], _ encode: (String) -> [Int],
+private func compare(_ name: String, _ cases: [(prompt: String, expected: [Int])], _ encode: (String) throws -> [Int],
                      file: StaticString = #filePath, line: UInt = #line) {
     var bad: [String] = []
     for (p, e) in cases {
-        let got = encode(p)
+        let got: [Int]
+        do { got = try encode(p) } catch { bad.append("prompt \(String(reflecting: p)) threw \(error)"); continue }
         if got != e { bad.append("prompt \(String(reflecting: p))\n  expected \(e)\n  got      \(got)") }
     }
     XCTAssert(bad.isEmpty, "\(name): \(bad.count) of \(cases.count) prompts differ; first: \(bad.first ?? "")", file: file, line: line)
@@ -96,8 +97,8 @@ final class TokenizersTests: XCTestCase {
 
     func testT5MatchesT5TokenizerFast() throws {
         let t5 = try T5Tokenizer(folder: "\(fixtures)/tokenizer_2")
-        compare("T5 512", Array(zip(prompts, expected["t5_512"] as! [[Int]]))) { t5.encode($0, length: 512) }
-        compare("T5 16", Array(zip(prompts, expected["t5_16"] as! [[Int]]))) { t5.encode($0, length: 16) }
+        compare("T5 512", Array(zip(prompts, expected["t5_512"] as! [[Int]]))) { try t5.encode($0, length: 512) }
+        compare("T5 16", Array(zip(prompts, expected["t5_16"] as! [[Int]]))) { try t5.encode($0, length: 16) }
     }
 
     /// Other tokenizer.json layouts (FLUX.1's older WhitespaceSplit + Metaspace, prepend "first",
@@ -121,7 +122,7 @@ final class TokenizersTests: XCTestCase {
             try writeJSON(base, "\(dir)/tokenizer.json")
             let t5 = try T5Tokenizer(folder: dir)
             let cases = (variant["ids"] as! [[Any]]).map { (prompts[$0[0] as! Int], $0[1] as! [Int]) }
-            compare("T5 variant \(variant["name"]!)", cases) { t5.encode($0, length: 64) }
+            compare("T5 variant \(variant["name"]!)", cases) { try t5.encode($0, length: 64) }
         }
     }
 
@@ -146,9 +147,27 @@ final class TokenizersTests: XCTestCase {
             let cases: [(String, Int)] = normalizer is NSNull ? added.enumerated().map { ($1, first + $0) }
                 : [("\u{E9}", first), ("e\u{301}", first), ("\u{FF76}\u{FF9E}", first + 3)]
             for (text, id) in cases {
-                let ids = t5.encode(text, length: 8)
+                let ids = try t5.encode(text, length: 8)
                 XCTAssertTrue(ids.contains(id), "\(normalizer): \(text.unicodeScalars.map { String($0.value, radix: 16) }) → \(ids), want id \(id)")
             }
+        }
+    }
+
+    /// A Unigram model without `unk_id` cannot encode a character no piece covers: tokenizers
+    /// raises an error there, and so do we (the text is never dropped). Covered text still works.
+    func testUnigramWithoutUnknownIDRefusesUncoveredText() throws {
+        var base = try loadJSON("tokenizer_2/tokenizer.json") as! [String: Any]
+        var model = base["model"] as! [String: Any]
+        model["unk_id"] = NSNull()
+        model["byte_fallback"] = false
+        base["model"] = model
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try writeJSON(base, "\(dir)/tokenizer.json")
+        let t5 = try T5Tokenizer(folder: dir)
+        XCTAssertFalse(try t5.tokenize("a red circle").isEmpty)
+        XCTAssertThrowsError(try t5.tokenize("a red \u{2603} circle")) {
+            XCTAssertTrue("\($0)".contains("unk_id"), "\($0)")
         }
     }
 

@@ -100,7 +100,7 @@ let fuzzTargets: [FuzzTarget] = [
             for p in probePrompts { _ = t.encode(p) }
         } else if member.hasPrefix("t5/") {
             let t = try T5Tokenizer(folder: "\(base)/t5")
-            for p in probePrompts { _ = t.encode(p, length: 32) }
+            for p in probePrompts { _ = try t.encode(p, length: 32) }
         } else {
             let bytes = try Data(contentsOf: URL(fileURLWithPath: "\(base)/\(member)"))
             guard let pc = Precompiled(base64: bytes.base64EncodedString()) else { throw ArcError("charsmap rejected") }
@@ -121,7 +121,7 @@ let fuzzTargets: [FuzzTarget] = [
         for line in try readPromptLines("\(base)/\(member)").prefix(64) {
             guard let line else { continue }
             _ = goodCLIP!.encode(line)
-            _ = goodT5!.encode(line, length: 64)
+            _ = try goodT5!.encode(line, length: 64)
         }
     }),
     FuzzTarget(name: "model", summary: "compiled model folders: manifest.json, weights.safetensors, the library's hash (LoadedModel.load)",
