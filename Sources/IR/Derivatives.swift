@@ -91,17 +91,21 @@ public enum Derivatives {
         case .div: return [g / a.operands[1], -(g * y / a.operands[1])]
         case .pow:
             let (base, e) = (a.operands[0], a.operands[1])
-            let db = a.needed[0] ? g * e * b.binary(.pow, base, e - 1) : nil
+            // e·base^(e−1), taken as 0 where e = 0 (torch masks the 0·inf of base = 0 there).
+            let db = a.needed[0] ? b.select(b.binary(.greater, b.unary(.abs, e), b.scalar(0)), g * e * b.binary(.pow, base, e - 1), b.scalar(0)) : nil
             // y·log(base), taken as 0 where base = 0 (torch masks the 0·(−inf) there too).
             let de = a.needed[1] ? b.select(b.binary(.greater, b.unary(.abs, base), b.scalar(0)), g * y * b.unary(.log, base), b.scalar(0)) : nil
             return [db, de]
         case .max, .min:
-            // torch.maximum/minimum: the winner gets g, a tie gives g/2 to each side. The mask
-            // ½·([a > b] + [a ≥ b]) is 1, ½ or 0 (swap the sides for min).
+            // The winner gets g, a tie gives g/2 to each side (torch.maximum/minimum): the mask
+            // ½·([a > b] + [a ≥ b]) is 1, ½ or 0 (swap the sides for min). The forward is C's
+            // fmax/fmin (torch.fmax/fmin), which returns the other operand where one is NaN, so
+            // that operand gets g: + [a = a]·[b ≠ b] (both comparisons are false against NaN).
             let (l, r) = (a.operands[0], a.operands[1])
             func wins(_ p: Value, _ q: Value) -> Value {
                 let (u, v) = node.op == .max ? (p, q) : (q, p)
-                return 0.5 * (b.binary(.greater, u, v) + b.binary(.greater_equal, u, v))
+                let isNumber = { (x: Value) in b.binary(.greater_equal, x, x) }
+                return 0.5 * (b.binary(.greater, u, v) + b.binary(.greater_equal, u, v)) + isNumber(p) * (1 - isNumber(q))
             }
             return [a.needed[0] ? g * wins(l, r) : nil, a.needed[1] ? g * wins(r, l) : nil]
         case .greater, .greater_equal:

@@ -30,6 +30,8 @@ public enum Verifier {
                 guard let key = node.key, !key.isEmpty else { throw fail(i, "needs a non-empty name") }
                 if node.op == .input && !inputKeys.insert(key).inserted { throw fail(i, "input \"\(key)\" declared twice") }
                 if node.op == .weight && !weightKeys.insert(key).inserted { throw fail(i, "weight \"\(key)\" declared twice") }
+                // One name for two tensors: a gradient, a binding or a --wrt list would pick one of them.
+                if inputKeys.contains(key) && weightKeys.contains(key) { throw fail(i, "\"\(key)\" names both an input and a weight") }
                 if node.op == .weight && isRegion { throw fail(i, "a fusion region cannot read weights; pass them as operands") }
             case .constant:
                 guard let c = node.constant else { throw fail(i, "has no value") }

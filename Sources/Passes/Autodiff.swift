@@ -54,11 +54,7 @@ public func gradientGraph(_ graph: Graph, loss: String, wrt: [String], keepOutpu
 
     // Active values: on a differentiable path from a wrt key to the loss.
     let n = g.nodes.count
-    func differentiableEdges(_ id: ValueID) -> [(operand: ValueID, differentiable: Bool)] {
-        let blocked = Derivatives.nonDifferentiableOperands(g[id])
-        let hasVJP = Derivatives.hasVJP(g[id].op)
-        return g[id].operands.enumerated().map { ($1, hasVJP && !blocked.contains($0)) }
-    }
+    func differentiableEdges(_ id: ValueID) -> [(operand: ValueID, differentiable: Bool)] { autodiffEdges(g, id) }
     var fromWrt = [Bool](repeating: false, count: n), toLoss = [Bool](repeating: false, count: n)
     var reachesAny = [Bool](repeating: false, count: n), toLossAny = [Bool](repeating: false, count: n)
     for id in wrtIDs { fromWrt[id] = true; reachesAny[id] = true }
@@ -172,8 +168,29 @@ func inlineFusions(_ graph: Graph) -> Graph {
     return r.finish(outputs: graph.outputs)
 }
 
+/// The operands of node `id` with whether the gradient flows back through each.
+private func autodiffEdges(_ g: Graph, _ id: ValueID) -> [(operand: ValueID, differentiable: Bool)] {
+    let blocked = Derivatives.nonDifferentiableOperands(g[id])
+    let hasVJP = Derivatives.hasVJP(g[id].op)
+    return g[id].operands.enumerated().map { ($1, hasVJP && !blocked.contains($0)) }
+}
+
+/// The keys of the weights with a differentiable path to the output `loss`: the default `wrt`.
+/// The others would have no gradient (PyTorch leaves theirs None); naming one explicitly in
+/// `wrt` is an error that says what blocks it.
+public func weightsAffecting(_ graph: Graph, loss: String) -> [String] {
+    let g = inlineFusions(graph)
+    guard let lossID = g.outputs.first(where: { $0.name == loss })?.value else { return [] }
+    var toLoss = [Bool](repeating: false, count: g.nodes.count)
+    toLoss[lossID] = true
+    for id in (0..<g.nodes.count).reversed() where toLoss[id] {
+        for (o, ok) in autodiffEdges(g, id) where ok { toLoss[o] = true }
+    }
+    return g.nodes.indices.filter { g[$0].op == .weight && toLoss[$0] }.map { g[$0].key! }
+}
+
 /// `--passes autodiff`: replaces @main by its gradient graph. Options: `autodiff.loss` (the
-/// output to differentiate), `autodiff.wrt` (comma-separated keys; default every weight),
+/// output to differentiate), `autodiff.wrt` (comma-separated keys; default every weight that affects it),
 /// `autodiff.keep-outputs` (true/false), `autodiff.checkpoint` (comma-separated value names).
 public let autodiff = Pass(name: "autodiff", summary: "replace @main by its gradient graph (options autodiff.loss, autodiff.wrt)") { module, context in
     guard let loss = context.options["autodiff.loss"] else { throw ArcError("needs the option autodiff.loss (the output to differentiate)") }
@@ -182,7 +199,7 @@ public let autodiff = Pass(name: "autodiff", summary: "replace @main by its grad
         context.options[key].map { $0.split(separator: ",").map { String($0.filter { $0 != " " }) }.filter { !$0.isEmpty } }
     }
     let main = module.main
-    let wrt = list("autodiff.wrt") ?? main.nodes.filter { $0.op == .weight }.map { $0.key! }
+    let wrt = list("autodiff.wrt") ?? weightsAffecting(main, loss: loss)
     module.main = try gradientGraph(main, loss: loss, wrt: wrt, keepOutputs: context.options["autodiff.keep-outputs"] == "true",
                                     checkpoint: Set(list("autodiff.checkpoint") ?? []))
 }

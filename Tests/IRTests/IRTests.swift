@@ -94,6 +94,15 @@ final class DiagnosticsTests: XCTestCase {
         }
         """), "line 3: exp %c in @g: result type is f32[4,8], but f32[4,9] is declared")
         XCTAssertEqual(message("graph @g {\n  %a = input \"a\" : f32[4]\n}"), "graph @g has no outputs")
+        // One key for an input and a weight: a gradient or a binding by that name would be ambiguous.
+        XCTAssertEqual(message("""
+        graph @g {
+          %a = input "x" : f32[4]
+          %w = weight "x" : f32[4]
+          %c = mul %a, %w : f32[4]
+          output "c" %c
+        }
+        """), "line 3: weight %w in @g: \"x\" names both an input and a weight")
     }
 
     func testBuilderRecordsErrorsInsteadOfTrapping() {

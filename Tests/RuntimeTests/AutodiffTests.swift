@@ -328,6 +328,48 @@ final class AutodiffTests: XCTestCase {
         XCTAssertEqual(out[gradientOutputName("c")]!.data, [1, 1, 1, 1])
     }
 
+    /// Edge points where a rule's formula is 0·inf or reads a NaN: torch's conventions.
+    func testEdgeGradientsFollowTorch() throws {
+        let b = GraphBuilder(name: "edges")
+        let x = b.input("x", .f32([4])), e = b.input("e", .f32([4]))
+        let p = b.input("p", .f32([3])), q = b.input("q", .f32([3]))
+        b.output("loss", b.reduce(.reduce_sum, b.binary(.pow, x, e), axes: [0]) + b.reduce(.reduce_sum, b.append(.max, [p, q]), axes: [0])
+                 + 2 * b.reduce(.reduce_sum, b.append(.min, [p, q]), axes: [0]))
+        let g = try gradientGraph(try b.finish(), loss: "loss", wrt: ["x", "p", "q"])
+        let out = try Self.interpret(g, ["x": Tensor(.f32([4]), [0, 0, 1, 3]), "e": Tensor(.f32([4]), [0, 0, 0, 2]),
+                                         "p": Tensor(.f32([3]), [.nan, 1, 2]), "q": Tensor(.f32([3]), [3, .nan, 1])], [:])
+        // pow(0, 0) = 1 with ∂/∂x = 0 (torch masks e·x^(e−1) where e = 0), not 0·inf = NaN.
+        XCTAssertEqual(out[gradientOutputName("x")]!.data, [0, 0, 0, 6])
+        // max/min are C's fmax/fmin: the operand facing a NaN is the result and gets the gradient.
+        XCTAssertEqual(out[gradientOutputName("p")]!.data, [0, 1 + 2, 1])
+        XCTAssertEqual(out[gradientOutputName("q")]!.data, [1 + 2, 0, 2])
+    }
+
+    /// The default wrt (the pass, `arcflow grad`): the weights on a differentiable path to the loss.
+    func testDefaultWrtIsTheWeightsThatAffectTheLoss() throws {
+        let g = try Parser.parseVerified("""
+        graph @two {
+          %x = input "x" : f32[3]
+          %w1 = weight "w1" : f32[3]
+          %w2 = weight "w2" : f32[3]
+          %w3 = weight "w3" : f32[3]
+          %a = mul %x, %w1 : f32[3]
+          %c = greater %w3, %x : f32[3]
+          %d = mul %a, %c : f32[3]
+          %b = mul %x, %w2 : f32[3]
+          output "y" %d
+          output "z" %b
+        }
+        """).main
+        XCTAssertEqual(weightsAffecting(g, loss: "y"), ["w1"])
+        XCTAssertEqual(weightsAffecting(g, loss: "z"), ["w2"])
+        var options = PipelineOptions()
+        options.passes = ["autodiff"]
+        options.context = PassContext(options: ["autodiff.loss": "y"])
+        let (module, _) = try runPipeline(Module(g), options)
+        XCTAssertEqual(module.main.outputs.map(\.name), ["loss", "grad:w1"])
+    }
+
     // MARK: Errors
 
     func testErrorsNameTheProblem() throws {

@@ -36,6 +36,23 @@ final class NormKernelTests: KernelTestCase {
         }
     }
 
+    /// Additive masks: -inf entries are exactly 0 after softmax, never NaN (the TwoSum correction
+    /// of exp(x - max) met -inf - (-inf)), along the last axis and a strided one.
+    func testSoftmaxOfMaskedRows() throws {
+        let b = GraphBuilder(name: "masked_softmax")
+        let x = b.input("x", .f32([3, 37])), m = b.input("m", .f32([3, 37]))
+        let y = b.input("y", .f32([3, 5, 4])), n = b.input("n", .f32([3, 5, 4]))
+        b.output("last", b.softmax(x + m, axis: 1))
+        b.output("strided", b.softmax(y + n, axis: 1))
+        var rng = SeededGenerator(seed: 4)
+        func mask(_ count: Int) -> [Float] { (0..<count).map { $0 % 3 == 1 ? -.infinity : 0 } }
+        let inputs = ["x": Tensor(.f32([3, 37]), rng.normals(111)), "m": Tensor(.f32([3, 37]), mask(111)),
+                      "y": Tensor(.f32([3, 5, 4]), rng.normals(60)), "n": Tensor(.f32([3, 5, 4]), mask(60))]
+        let g = try b.finish()
+        // The interpreter (exp(x − max) directly) gives exact zeros there; a NaN fails the comparison.
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs)
+    }
+
     func testNorms() throws {
         let b = GraphBuilder(name: "norms")
         var weights: [String: Tensor] = [:]

@@ -14,7 +14,7 @@ let gradSpec = CommandSpec(
         OptionSpec(names: ["--inputs"], value: "I.safetensors", help: "one tensor per graph input, by name"),
         OptionSpec(names: ["--loss"], value: "NAME", help: "the output whose sum is the loss"),
         OptionSpec(names: ["-o", "--output"], value: "G.safetensors", help: "where to write `loss` and one gradient per --wrt name"),
-        OptionSpec(names: ["--wrt"], value: "NAME,…", help: "weights or inputs to differentiate with respect to (default: every weight)"),
+        OptionSpec(names: ["--wrt"], value: "NAME,…", help: "weights or inputs to differentiate with respect to (default: every weight on a differentiable path to the loss; the others are named on stderr)"),
         OptionSpec(names: ["--checkpoint"], value: "NAME,…", help: "forward values to recompute in the backward instead of keeping"),
         OptionSpec(names: ["--interpret"], value: nil, help: "evaluate the gradient graph with the reference interpreter (the oracle) instead"),
         OptionSpec(names: ["--dump-ir"], value: "DIR", help: "write the IR before and after every pass (001_autodiff.ir is the gradient graph)"),
@@ -37,8 +37,18 @@ func gradCommand(_ argv: [String]) throws {
     if module.prologue != nil { throw ArcError("\(file) already has a @prologue; give the graph before lift-weights") }
     let main = module.main
     func list(_ s: String) -> [String] { s.split(separator: ",").map { String($0.filter { $0 != " " }) }.filter { !$0.isEmpty } }
-    let wrt = args.value("--wrt").map(list) ?? main.nodes.filter { $0.op == .weight }.map { $0.key! }
-    if wrt.isEmpty { throw UsageError("\(file) has no weights; name inputs to differentiate with --wrt", gradSpec) }
+    let allWeights = main.nodes.filter { $0.op == .weight }.map { $0.key! }
+    if args.value("--wrt") == nil && allWeights.isEmpty {
+        throw UsageError("\(file) has no weights; name inputs to differentiate with --wrt", gradSpec)
+    }
+    let wrt = args.value("--wrt").map(list) ?? weightsAffecting(main, loss: loss)
+    if args.value("--wrt") == nil, main.outputs.contains(where: { $0.name == loss }) {
+        let skipped = allWeights.filter { !wrt.contains($0) }
+        if wrt.isEmpty {
+            throw ArcError("no weight of \(file) affects loss '\(loss)' (weights: \(allWeights.joined(separator: ", ")))")
+        }
+        if !skipped.isEmpty { stderrLine("arcflow: note: no gradient for \(skipped.joined(separator: ", ")): not on a differentiable path to '\(loss)'") }
+    }
 
     let store: WeightStore = main.weights.isEmpty && args.value("--weights") == nil
         ? TensorStore() : try SafeTensorsStore(path: try args.required("--weights", gradSpec))

@@ -14,12 +14,15 @@
 /* exp(x - m) for softmax.  The float difference d = x - m carries a rounding error of up
  * to |d| * 2^-24, which exp turns into a relative error of the same size (1e-6 at d = -20).
  * TwoSum recovers that error exactly (c = (x - m) - d) and exp(d + c) = exp(d) * (1 + c),
- * so the result is as accurate as af_exp itself for any spread of the row. */
+ * so the result is as accurate as af_exp itself for any spread of the row.  x = -inf (an
+ * additive mask) makes c = -inf - (-inf) = NaN while exp(d) = 0: c is taken as 0 there, so a
+ * masked entry is exactly 0 (a NaN x still gives NaN through exp(d)). */
 AF__INLINE float af__exp_diff(float x, float m) {
     float d = x - m;
     float xv = d + m;                 /* TwoSum(x, -m) */
     float mv = xv - d;
     float c = (x - xv) + (mv - m);
+    c = c == c ? c : 0.0f;
     float e = af_exp(d);
     return AF__FMA(e, c, e);
 }
