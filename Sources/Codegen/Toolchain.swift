@@ -38,7 +38,10 @@ public struct Toolchain {
         let blas = try openBLAS()
         var compileFlags = ["-std=c11", try optimizationLevel(environment), "-march=\(march ?? "native")", "-fopenmp", "-fno-math-errno", "-fPIC",
                             "-Wno-unused-function", "-I", blas.include]
-        var linkFlags = ["-shared", "-fopenmp", blas.library, "-Wl,-rpath,\(blas.directory)", "-lm"]
+        // -z defs: a symbol that no linked library defines fails the link here, with the linker's
+        // message, rather than the dlopen after the library is cached (a clang newer than the
+        // libomp found emits OpenMP entry points that libomp lacks).
+        var linkFlags = ["-shared", "-fopenmp", blas.library, "-Wl,-rpath,\(blas.directory)", "-lm", "-Wl,-z,defs"]
         if isClang, let omp = llvmOpenMP() {
             compileFlags += ["-I", omp.include]
             linkFlags += ["-L", omp.lib, "-Wl,-rpath,\(omp.lib)"]

@@ -96,8 +96,10 @@ public enum DefaultPipeline {
 
         progress("compiling the \(variant) (first use; cached in \(output))")
         let fm = FileManager.default
-        let staging = "\(output).tmp-\(getpid())"
-        try? fm.removeItem(atPath: staging)
+        // A staging folder named like the build cache's temporaries, so that the ones a killed
+        // compile (Ctrl-C on first use) left behind are removed here by the next one.
+        TemporaryFiles.removeStale(in: "\(cacheRoot)/default")
+        let staging = TemporaryFiles.path(for: output)
         try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
         defer { try? fm.removeItem(atPath: staging) }
         let adapter = try adapterDir.map { try ArcFlowAdapter.load($0) }

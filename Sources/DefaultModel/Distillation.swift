@@ -263,6 +263,7 @@ public struct DistillRun {
         guard r.batch >= 1, r.intervals >= 1, r.nfe >= 1 else { throw ArcError("--batch must be at least 1") }
         guard r.shift > 0 else { throw ArcError("--shift must be positive, got \(r.shift)") }
         let teacherFile = try openTeacherWeights(o.teacherWeights)
+        if !o.resume { try Trainer.checkFreshStart(dir, resume: "--resume") }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
         let initDir = "\(dir)/init-adapter"
@@ -270,8 +271,14 @@ public struct DistillRun {
             try Student.writeAdapter(try Student.initialAdapter(s, teacher: teacherFile), s, shift: r.shift, dtype: .f32, to: initDir)
         }
         let adapter = try ArcFlowAdapter.load(initDir)
-        guard adapter.components == s.components else {
-            throw ArcError("\(initDir) has K = \(adapter.components) components, this run asks for \(s.components) (--components): use another -o folder")
+        // The folder's init must be this student's (K, rank, LoRA targets): another run's would be
+        // trained under this run's name and then fail to export.
+        let layout = Student.layout(s)
+        let mismatch = layout.first { adapter.store.type(of: $0.key)?.shape != $0.shape }.map { "\($0.key) \($0.shape)" }
+            ?? Set(adapter.store.names).subtracting(layout.map(\.key)).sorted().first
+        if adapter.components != s.components || mismatch != nil {
+            throw ArcError("\(initDir) was written for another student (K = \(adapter.components); first difference: this run has \(mismatch ?? "other components")); "
+                           + "this run asks for K = \(s.components), rank \(s.rank), --lora-targets \(s.loraTargetsName): use another -o folder")
         }
         let weights = StudentWeights(teacher: teacherStore, adapter: adapter.store)
         let t0 = monotonicSeconds()

@@ -164,9 +164,12 @@ public enum TeacherRun {
         let c = TeacherConfig.standard(batch: o.batch)
         let dir = o.directory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let statePath = "\(dir)/state.safetensors"
+        let resuming = o.resume && FileManager.default.fileExists(atPath: statePath)
+        if !resuming { try Trainer.checkFreshStart(dir, resume: "--resume") }
         let initial = try o.initWeights.map { try TeacherRun.initialWeights(c, from: $0) } ?? TeacherWeights.random(c, seed: o.seed)
-        let initPath = "\(dir)/init.safetensors"
-        if !FileManager.default.fileExists(atPath: initPath) { try TeacherWeights.write(initial, to: initPath) }
+        // The weights this run starts from (a resumed run keeps its own).
+        if !resuming { try TeacherWeights.write(initial, to: "\(dir)/init.safetensors") }
         let trained = TensorStore(initial, label: "teacher init (seed \(o.seed))")
         let store = TeacherGraphs.store(c, trained: trained)
         let t0 = monotonicSeconds()
@@ -189,8 +192,8 @@ public enum TeacherRun {
         let trainer = Trainer(session: session, batches: TeacherBatches(config: c, seed: o.seed), config: config, directory: dir)
         trainer.metadata = ["model": "shapes-teacher", "batch": String(c.batch), "lr": String(o.lr)]
         if let path = o.initWeights { trainer.metadata["init_weights"] = path }
-        if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
-            try trainer.resume(from: trainer.statePath!)
+        if resuming {
+            try trainer.resume(from: statePath)
             o.log("resumed at step \(session.stepCount)")
         }
         let frozen = Set(TeacherWeights.frozen(c))

@@ -164,11 +164,21 @@ public final class Trainer {
     }
 
     public var statePath: String? { directory.map { "\($0)/state.safetensors" } }
+    private var resumed = false
+
+    /// Refuses a fresh start in a folder that holds a saved run: starting over would overwrite
+    /// its state, log and curves. `resume` names the way to continue it.
+    public static func checkFreshStart(_ directory: String, resume: String) throws {
+        guard FileManager.default.fileExists(atPath: "\(directory)/state.safetensors") else { return }
+        throw ArcError("\(directory) holds a saved run (state.safetensors): continue it with \(resume), "
+                       + "or choose another output folder (nothing was overwritten)")
+    }
 
     /// Continues from a saved state; the log of the run that saved it (rows up to its step) is
     /// read back from `train.csv` in the output folder when there is one.
     public func resume(from path: String) throws {
         try session.restore(from: path)
+        resumed = true
         guard let dir = directory, let text = try? String(contentsOfFile: "\(dir)/train.csv", encoding: .utf8) else { return }
         history = text.split(separator: "\n").dropFirst().compactMap { line in
             let f = line.split(separator: ",").map { Double($0) }
@@ -182,7 +192,10 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> Bool {
         session.executable.setThreads(config.threads)
-        if let directory { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        if let directory {
+            if !resumed && session.stepCount == 0 { try Self.checkFreshStart(directory, resume: "a resume") }
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
         stopRequested = 0
         let previous = signal(SIGINT) { _ in stopRequested = 1 }
         // SIGTERM too: a background run stopped by its session or `kill` saves like Ctrl-C.

@@ -118,7 +118,7 @@ final class QwenImageCLITests: XCTestCase {
                                            payload: .floats(Array(repeating: 0, count: 6 * 24)))], to: "\(dir)/bad-shape.safetensors")
         assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings",
                                         "bad-shape.safetensors", "--seed", "1", "--output-latents", "l.safetensors"]),
-                           contains: "bad-shape.safetensors: 'negative_prompt_embeds' has shape [1, 6, 24], expected [1, 5, 24] (the model was compiled for 112×48 pixels and 5 text tokens)")
+                           contains: "bad-shape.safetensors: 'negative_prompt_embeds' has shape [1, 6, 24], expected [1, 5, 24] (the model was compiled for a negative prompt of 5 text tokens; compile --negative-text-tokens T2 for another length)")
         try writeSafeTensors([TensorRecord(name: "prompt_embeds", dtype: .f32, shape: [1, 5, 32], payload: .floats(Array(repeating: 0, count: 5 * 32)))],
                              to: "\(dir)/wide.safetensors")
         assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "wide.safetensors", "--negative-embeddings",

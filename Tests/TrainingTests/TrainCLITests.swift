@@ -41,6 +41,8 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(try train("a2", steps: 20).status, 0)
         XCTAssertEqual(try bytes("a/weights.safetensors"), try bytes("a2/weights.safetensors"), "same seed, different weights")
         XCTAssertEqual(try train("b", steps: 10).status, 0)
+        // Starting over in b would overwrite its run: refused, and the resume below still matches.
+        assertOneLineError(try train("b", steps: 20), contains: "holds a saved run")
         let resumed = try train("b", steps: 20, ["--resume", "b/state.safetensors"])
         XCTAssertEqual(resumed.status, 0, resumed.err)
         XCTAssertEqual(try bytes("a/weights.safetensors"), try bytes("b/weights.safetensors"), "10 + resume 10 differs from 20")

@@ -86,6 +86,17 @@ final class TrainerTests: XCTestCase {
         XCTAssertNotEqual(try stateBytes(a), try stateBytes(other), "the data did not matter")
     }
 
+    /// A fresh run in a folder holding a saved one is refused before it writes anything.
+    func testFreshRunDoesNotOverwriteASavedOne() throws {
+        let first = try makeTrainer(steps: 4, out: "\(dir)/f")
+        try first.run()
+        let saved = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/f/state.safetensors"))
+        XCTAssertThrowsError(try makeTrainer(steps: 8, out: "\(dir)/f").run()) {
+            XCTAssertTrue(($0 as? ArcError)?.message.contains("holds a saved run") ?? false, "\($0)")
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/f/state.safetensors")), saved)
+    }
+
     func testBadResumeStateIsRefused() throws {
         let t = try makeTrainer(steps: 4, out: "\(dir)/s")
         try t.run()

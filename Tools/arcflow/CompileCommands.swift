@@ -150,7 +150,14 @@ func compileCommand(_ argv: [String]) throws {
     let loadStart = monotonicSeconds()
     // What `generate` will do: checks the folder. Under the folder's lock, because a concurrent
     // compile to the same folder rewrites it under that lock (manifest removed first).
-    do { let lock = try FileLock("\(out)/.lock"); defer { lock.unlock() }; _ = try LoadedModel.load(out) }
+    do {
+        let lock = try FileLock("\(out)/.lock"); defer { lock.unlock() }
+        do { _ = try LoadedModel.load(out) } catch {
+            // Not a model folder then: without its manifest nothing takes it for one.
+            try? FileManager.default.removeItem(atPath: "\(out)/manifest.json")
+            throw error
+        }
+    }
     let loaded = monotonicSeconds()
     if args.has("--time-passes") { printPassTimings(compiled.passTimings) }
     let p = compiled.program

@@ -41,7 +41,7 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image teacher)"),
         OptionSpec(names: ["--teacher"], value: nil, help: "default model: the teacher (Euler with classifier-free guidance) instead of the ArcFlow student"),
         OptionSpec(names: ["--steps"], value: "N", help: "default model, with --teacher: Euler steps (default 28, model.json's)"),
-        OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default 5, model.json's)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default: model.json's, 3 for the shipped model)"),
         OptionSpec(names: ["--baseline"], value: "linear", help: "default model: the linear 2-step student (K = 1) instead of ArcFlow's"),
         OptionSpec(names: ["--grid"], value: "PROMPTS_FILE", help: "default model: one PNG, rows = prompts, columns = teacher 28 | ArcFlow 2 | linear 2"),
         OptionSpec(names: ["--default-model"], value: "DIR", help: "the default model's folder (default $ARCFLOW_DEFAULT_MODEL, else models/shapes of this package)"),

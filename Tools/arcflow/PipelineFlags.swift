@@ -14,7 +14,9 @@ let pipelineOptionSpecs: [OptionSpec] = [
     OptionSpec(names: ["--pass-option"], value: "KEY=VALUE", help: "an option of a pass, e.g. autodiff.loss=y (repeatable)", repeatable: true),
 ]
 
-let passHelp = "passes: " + allPasses.map { "\n  \($0.name.padding(toLength: 18, withPad: " ", startingAt: 0))\($0.summary)" }.joined()
+let passHelp = "passes: " + allPasses.map { p in
+    "\n  " + p.name + String(repeating: " ", count: max(1, (allPasses.map(\.name.count).max() ?? 0) + 2 - p.name.count)) + p.summary
+}.joined()
     + "\ndefault pipeline: " + defaultPipeline.joined(separator: ",")
 
 func pipelineOptions(_ args: ParsedArguments, _ spec: CommandSpec) throws -> PipelineOptions {

@@ -67,7 +67,9 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
         guard names.contains(name) else {
             throw ArcError("\(ne) has no tensor '\(negativeEmbeddingsInput)' or 'prompt_embeds' (expected f32\(want.shape)); it has: \(names.joined(separator: ", "))")
         }
-        inputs[negativeEmbeddingsInput] = try readTensor(ne, name, want: want, hint: hint)
+        let negativeTokens = m.model["negative_text_tokens"] ?? m.model["text_tokens"] ?? "?"
+        inputs[negativeEmbeddingsInput] = try readTensor(ne, name, want: want, hint: "the model was compiled for a negative prompt of "
+                                                         + "\(negativeTokens) text tokens; compile --negative-text-tokens T2 for another length")
     }
     if let noisePath = args.value("--noise") {
         inputs["noise"] = try readTensor(noisePath, "noise", want: binding("noise").type, hint: hint)

@@ -56,6 +56,7 @@ func trainCommand(_ argv: [String]) throws {
     let lr = try args.double("--lr", spec) ?? { throw UsageError("missing required option --lr", spec) }()
     let threads = try threadCount(args, spec)
     let seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
+    if args.value("--resume") == nil { try Trainer.checkFreshStart(out, resume: "--resume \(out)/state.safetensors") }
 
     let module = try loadModule(file)
     guard module.prologue == nil else { throw ArcError("\(file) has a @prologue; train the graph before lifting") }
