@@ -42,10 +42,10 @@ public struct T5Tokenizer {
             guard let t = entry as? [String: Any], let content = t["content"] as? String, let id = t["id"] as? Int else {
                 throw file.error("added_tokens[\(i)] needs 'id' and 'content'")
             }
-            let (l, r) = (t["lstrip"] as? Bool ?? false, t["rstrip"] as? Bool ?? false)
+            let (l, r, w) = (t["lstrip"] as? Bool ?? false, t["rstrip"] as? Bool ?? false, t["single_word"] as? Bool ?? false)
             if t["normalized"] as? Bool ?? false {
-                normalized.add(normalizer?.apply(content) ?? content, id: id, lstrip: l, rstrip: r)
-            } else { raw.add(content, id: id, lstrip: l, rstrip: r) }
+                normalized.add(normalizer?.apply(content) ?? content, id: id, lstrip: l, rstrip: r, singleWord: w)
+            } else { raw.add(content, id: id, lstrip: l, rstrip: r, singleWord: w) }
         }
         (rawAdded, normalizedAdded) = (raw, normalized)
 

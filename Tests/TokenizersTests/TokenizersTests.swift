@@ -171,6 +171,32 @@ final class TokenizersTests: XCTestCase {
         }
     }
 
+    /// `single_word` added tokens match only between non-word characters (the regex class \w);
+    /// expected ids from tokenizers 0.23.3 on this file.
+    func testSingleWordAddedTokens() throws {
+        var base = try loadJSON("tokenizer_2/tokenizer.json") as! [String: Any]
+        var added = base["added_tokens"] as! [[String: Any]]
+        let n = added.map { $0["id"] as! Int }.max()! + 1
+        for (i, content) in ["cat", "d\u{E9}", "<x>"].enumerated() {
+            added.append(["id": n + i, "content": content, "single_word": true, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": false])
+        }
+        base["added_tokens"] = added
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try writeJSON(base, "\(dir)/tokenizer.json")
+        let t5 = try T5Tokenizer(folder: dir)
+        let cases: [(String, [Int])] = [
+            ("cat", [n]), ("a cat", [n]), ("cats", []), ("bobcat", []), ("cat_x", []), ("cat1", []), ("cat.", [n]),
+            ("(cat)", [n]), ("\u{E9}cat", []), ("catcat", []), ("cat-cat", [n, n]), ("cat\u{301}", []), ("d\u{E9}", [n + 1]),
+            ("ad\u{E9}", []), ("a<x>b", []), ("a <x> b", [n + 2]), ("a<x>", []), ("\u{2460}cat", [n]), ("cat\u{B2}", [n]),
+            ("\u{200D}cat", []), ("cat\u{203F}", []), ("\u{663}cat", []), ("cat\u{2160}", []),
+        ]
+        for (text, want) in cases {
+            XCTAssertEqual(try t5.tokenize(text).filter { $0 >= n }, want, text.unicodeScalars.map { String($0.value, radix: 16) }.joined(separator: " "))
+        }
+    }
+
     func testErrorsNameFileAndKey() throws {
         func message(_ body: () throws -> Void) -> String {
             do { try body(); return "no error" } catch let e as ArcError { return e.message } catch { return "\(error)" }
