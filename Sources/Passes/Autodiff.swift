@@ -55,8 +55,7 @@ public func gradientGraph(_ graph: Graph, loss: String, wrt: [String], keepOutpu
     // Active values: on a differentiable path from a wrt key to the loss.
     let n = g.nodes.count
     func differentiableEdges(_ id: ValueID) -> [(operand: ValueID, differentiable: Bool)] { autodiffEdges(g, id) }
-    var fromWrt = [Bool](repeating: false, count: n), toLoss = [Bool](repeating: false, count: n)
-    var reachesAny = [Bool](repeating: false, count: n), toLossAny = [Bool](repeating: false, count: n)
+    var fromWrt = [Bool](repeating: false, count: n), reachesAny = [Bool](repeating: false, count: n)
     for id in wrtIDs { fromWrt[id] = true; reachesAny[id] = true }
     for id in 0..<n {
         for (o, ok) in differentiableEdges(id) {
@@ -64,13 +63,7 @@ public func gradientGraph(_ graph: Graph, loss: String, wrt: [String], keepOutpu
             if reachesAny[o] { reachesAny[id] = true }
         }
     }
-    toLoss[lossID] = true; toLossAny[lossID] = true
-    for id in (0..<n).reversed() {
-        for (o, ok) in differentiableEdges(id) {
-            if toLoss[id] && ok { toLoss[o] = true }
-            if toLossAny[id] { toLossAny[o] = true }
-        }
-    }
+    let (toLoss, toLossAny) = reachingLoss(g, lossID)
     let active = (0..<n).map { fromWrt[$0] && toLoss[$0] }
     for (key, id) in zip(wrt, wrtIDs) where !active[id] {
         // Name the first op between the key and the loss that stops the gradient.
@@ -175,17 +168,27 @@ private func autodiffEdges(_ g: Graph, _ id: ValueID) -> [(operand: ValueID, dif
     return g[id].operands.enumerated().map { ($1, hasVJP && !blocked.contains($0)) }
 }
 
+/// Which values reach `lossID`: along differentiable edges only, and along any edge (to name
+/// the op that blocks a gradient).
+private func reachingLoss(_ g: Graph, _ lossID: ValueID) -> (differentiable: [Bool], any: [Bool]) {
+    var toLoss = [Bool](repeating: false, count: g.nodes.count), toLossAny = toLoss
+    toLoss[lossID] = true; toLossAny[lossID] = true
+    for id in (0..<g.nodes.count).reversed() {
+        for (o, ok) in autodiffEdges(g, id) {
+            if toLoss[id] && ok { toLoss[o] = true }
+            if toLossAny[id] { toLossAny[o] = true }
+        }
+    }
+    return (toLoss, toLossAny)
+}
+
 /// The keys of the weights with a differentiable path to the output `loss`: the default `wrt`.
 /// The others would have no gradient (PyTorch leaves theirs None); naming one explicitly in
 /// `wrt` is an error that says what blocks it.
 public func weightsAffecting(_ graph: Graph, loss: String) -> [String] {
     let g = inlineFusions(graph)
     guard let lossID = g.outputs.first(where: { $0.name == loss })?.value else { return [] }
-    var toLoss = [Bool](repeating: false, count: g.nodes.count)
-    toLoss[lossID] = true
-    for id in (0..<g.nodes.count).reversed() where toLoss[id] {
-        for (o, ok) in autodiffEdges(g, id) where ok { toLoss[o] = true }
-    }
+    let toLoss = reachingLoss(g, lossID).differentiable
     return g.nodes.indices.filter { g[$0].op == .weight && toLoss[$0] }.map { g[$0].key! }
 }
 
