@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "DefaultModel", dependencies: ["IR", "Passes", "Runtime", "ArcFlowGraphs", "Imaging", "ShapesWorld", "Training", "Generation", "Codegen"],
                 path: "Sources/DefaultModel"),
         .executableTarget(name: "arcflow", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ArcFlowGraphs", "Imaging", "Generation", "Training",
-                                                          "DefaultModel", "ShapesWorld"],
+                                                          "DefaultModel", "ShapesWorld", "Tokenizers"],
                           path: "Tools/arcflow"),
         // Deterministic mutation fuzzing of every reader (Tools/fuzz.sh runs it; FuzzTests in CI).
         .executableTarget(name: "arcflow-fuzz", dependencies: ["IR", "Codegen", "Runtime", "ArcFlowGraphs", "Tokenizers", "Generation"],

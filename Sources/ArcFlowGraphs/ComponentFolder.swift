@@ -102,7 +102,12 @@ public func openWeightFolder(_ dir: String, stem: String) throws -> SafeTensorsS
     if fm.fileExists(atPath: "\(dir)/\(stem).safetensors") {
         return try SafeTensorsStore(path: "\(dir)/\(stem).safetensors")
     }
-    throw ArcError("\(dir) has neither \(stem).safetensors nor \(stem).safetensors.index.json")
+    // save_pretrained(variant: "fp16") names its files stem.fp16.safetensors (or -00001-of-…):
+    // say so, rather than let the folder look empty.
+    let variants = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix(stem + ".") && $0.hasSuffix(".safetensors") }.sorted()
+    let hint = variants.isEmpty ? "" : "; it has \(variants.prefix(3).joined(separator: ", "))\(variants.count > 3 ? ", …" : ""): weights saved "
+        + "under a variant name (save_pretrained(variant=…)); drop the variant from the file names (and the index's) to use them"
+    throw ArcError("\(dir) has neither \(stem).safetensors nor \(stem).safetensors.index.json\(hint)")
 }
 
 /// A directory that must exist; the error names what it should hold.

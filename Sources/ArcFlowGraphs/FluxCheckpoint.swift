@@ -88,7 +88,8 @@ public struct FluxConfig: Equatable {
             throw ArcError("\(path): patch_size \(p) is not supported (FLUX packs 2×2 latents outside the transformer; patch_size is 1)")
         }
         if let out = json["out_channels"] as? Int, out != inChannels {
-            throw ArcError("\(path): out_channels \(out) differs from in_channels \(inChannels)")
+            throw ArcError("\(path): out_channels \(out) differs from in_channels \(inChannels): an image-conditioned "
+                           + "variant (FLUX.1 Fill, Depth, Canny, Kontext-style inputs); arcflow runs text-to-image FLUX, where they are equal")
         }
         guard inChannels % 4 == 0 else { throw ArcError("\(path): in_channels \(inChannels) is not 4 × latent channels") }
         // Each size is checked before the sum: [2^62, 2^62] overflowed the sum (found by fuzzing).

@@ -49,6 +49,15 @@ public struct QwenImageConfig: Equatable {
         if try file.bool("guidance_embeds", default: false) {
             throw ArcError("\(path): guidance_embeds true is not supported (QwenImageTransformer2DModel has no guidance embedder)")
         }
+        // Keys of the image-conditioned variants (diffusers ≥ 0.36, Qwen-Image-Layered): the extra
+        // timestep condition adds a weight and an input, the 3D RoPE moves the image frame. Either
+        // changes every output, so a config that sets one is refused rather than run as the base
+        // model. zero_cond_t only changes the timestep of condition images, which text-to-image
+        // has none of: its value does not matter here.
+        for key in ["use_additional_t_cond", "use_layer3d_rope"] where try file.bool(key, default: false) {
+            throw ArcError("\(path): \(key) true is not supported (a Qwen-Image-Layered variant; arcflow runs "
+                           + "the text-to-image QwenImageTransformer2DModel, where it is false)")
+        }
         guard inChannels % 4 == 0, outChannels * 4 == inChannels else {
             throw ArcError("\(path): in_channels \(inChannels) must be 4 × out_channels \(outChannels) (2×2 packed latents in and out)")
         }

@@ -32,6 +32,9 @@ public struct PipelineManifest: Codable, Equatable {
     public var adapter: String?
     /// SHA-256 over the stages' weight and library hashes: the "Model hash" of a PNG.
     public var modelHash: String
+    /// The CLIP tokenizer's flavor ("slow" or "fast", `CLIPTokenizerFlavor`); absent in folders
+    /// compiled before it was recorded: then the tokenizer folder's own (`saved(in:)`).
+    public var clipTokenizer: String?
 
     public static let fileName = "pipeline.json"
     /// Stage folders inside a compiled pipeline.
@@ -50,7 +53,7 @@ public struct PipelineManifest: Codable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case format, version, family, height, width, textTokens = "text_tokens", sampler, steps, guidance, cfgScale = "cfg_scale", sigmas
-        case source, adapter, modelHash = "model_hash"
+        case source, adapter, modelHash = "model_hash", clipTokenizer = "clip_tokenizer"
     }
 
     public func write(to folder: String) throws {
@@ -113,7 +116,10 @@ public final class CompiledPipeline {
         }
         switch manifest.family {
         case "flux":
-            clipTokenizer = try CLIPTokenizer(folder: "\(folder)/tokenizer")
+            guard let flavor = manifest.clipTokenizer.map(CLIPTokenizerFlavor.init(rawValue:)) ?? CLIPTokenizerFlavor.saved(in: "\(folder)/tokenizer") else {
+                throw ArcError("\(path): clip_tokenizer '\(manifest.clipTokenizer ?? "")' is not slow or fast")
+            }
+            clipTokenizer = try CLIPTokenizer(folder: "\(folder)/tokenizer", flavor: flavor)
             t5Tokenizer = try T5Tokenizer(folder: "\(folder)/tokenizer_2")
             textEncoder2 = try stage("text_encoder_2")
             decoder = try stage("vae_decoder")

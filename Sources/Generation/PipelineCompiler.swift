@@ -17,6 +17,8 @@ public struct PipelineCompileOptions {
     public var guidance: Double?
     /// Forces a fixed shift instead of the scheduler config's (teacher) or 3.2 (arc).
     public var shift: Double?
+    /// The CLIP tokenizer to reproduce (nil: the one of the transformers that saved the folder).
+    public var clipTokenizer: CLIPTokenizerFlavor?
     /// Per-stage compile options; `dumpIR`/`dumpC` are taken as parent folders, one per stage.
     public var compile = CompileOptions()
     public var progress: (String) -> Void = { _ in }
@@ -37,7 +39,10 @@ public enum PipelineCompiler {
         let adapter = try adapterDir.map { try ArcFlowAdapter.load($0) }
         // Only read at run time, but parsed here: a tokenizer this arcflow cannot read fails the
         // compile in a second instead of every later `generate`.
-        _ = try CLIPTokenizer(folder: folder.tokenizerDirectory)
+        let clip = try CLIPTokenizer(folder: folder.tokenizerDirectory, flavor: o.clipTokenizer)
+        o.progress("tokenizer: CLIP \(clip.flavor.rawValue) (" + (clip.flavor == .slow
+            ? "transformers 4's CLIPTokenizer; --clip-tokenizer fast for transformers 5's)"
+            : "the tokenizers library's, transformers 5's CLIPTokenizer; --clip-tokenizer slow for transformers 4's)"))
         _ = try T5Tokenizer(folder: folder.tokenizer2Directory)
         let sampler = o.sampler ?? (adapter == nil ? .euler : .arc)
         let steps = o.steps ?? sampler.defaultSteps
@@ -76,11 +81,12 @@ public enum PipelineCompiler {
         for (src, dst) in [(folder.tokenizerDirectory, "tokenizer"), (folder.tokenizer2Directory, "tokenizer_2")] {
             try copyFolder(src, to: "\(output)/\(dst)")
         }
-        let manifest = PipelineManifest(
+        var manifest = PipelineManifest(
             height: o.height, width: o.width, textTokens: o.textTokens, sampler: sampler.rawValue, steps: steps,
             guidance: samplerProgram.manifest["guidance"].flatMap(Double.init), sigmas: samplerProgram.sigmas,
             source: (dir as NSString).standardizingPath, adapter: adapterDir.map { ($0 as NSString).standardizingPath },
             modelHash: SHA256.hash(hashes.joined(separator: "\n")))
+        manifest.clipTokenizer = clip.flavor.rawValue
         try manifest.write(to: output)
         return manifest
     }

@@ -37,6 +37,7 @@ public final class SafeTensorsFile {
     /// A checkpoint may legally carry such buffers; they are validated at open and listed here
     /// so that asking for one fails with a precise message instead of "no tensor named".
     public let unsupportedTensors: [String: String]
+    private let integral: [String: (tag: String, shape: [Int], offset: Int)]
 
     private let base: UnsafeMutableRawPointer
     private let mappedSize: Int
@@ -62,6 +63,7 @@ public final class SafeTensorsFile {
             names = header.names
             tensors = header.tensors
             unsupportedTensors = header.unsupported
+            integral = header.integral
         } catch {
             munmap(map, size)
             throw error
@@ -78,6 +80,17 @@ public final class SafeTensorsFile {
             throw ArcError("\(path): tensor '\(name)' has unsupported dtype \(tag) (expected F32, F16 or BF16)")
         }
         throw ArcError("\(path): no tensor named '\(name)'")
+    }
+
+    /// A mask (a bool, integer or float tensor, such as diffusers' `prompt_embeds_mask`, an int64
+    /// tensor of ones and zeros) as its shape and whether each element is non-zero.
+    public func nonzero(_ name: String) throws -> (shape: [Int], values: [Bool]) {
+        if let t = tensors[name] { return (t.shape, try floats(name).map { $0 != 0 }) }
+        guard let (tag, shape, offset) = integral[name] else { _ = try info(name); throw ArcError("\(path): no tensor named '\(name)'") }
+        let size = safeTensorsElementSizes[tag]!
+        let n = shape.reduce(1, *)
+        let values = (0..<n).map { i in (0..<size).contains { base.load(fromByteOffset: offset + i * size + $0, as: UInt8.self) != 0 } }
+        return (shape, values)
     }
 
     /// A zero-copy view of the tensor's raw little-endian bytes inside the mapping.
@@ -152,6 +165,8 @@ private struct ParsedHeader {
     var names: [String] = []
     var tensors: [String: SafeTensorInfo] = [:]
     var unsupported: [String: String] = [:]
+    /// Where every tensor of an integer or bool dtype lies (absolute offset), for `nonzero`.
+    var integral: [String: (tag: String, shape: [Int], offset: Int)] = [:]
 }
 
 /// A JSON integer as JSONSerialization delivers it. Booleans (objCType "c") and anything
@@ -255,6 +270,7 @@ private func parseSafeTensorsHeader(_ file: UnsafeRawBufferPointer, path: String
                                                   offset: dataStart + begin, byteCount: needed)
         } else {
             result.unsupported[name] = tag
+            if tag.hasPrefix("I") || tag.hasPrefix("U") || tag == "BOOL" { result.integral[name] = (tag, shape, dataStart + begin) }
         }
     }
 

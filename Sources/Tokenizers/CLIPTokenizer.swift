@@ -1,7 +1,28 @@
-// CLIP's byte-level BPE tokenizer, as transformers' slow `CLIPTokenizer` runs it without ftfy
-// (FluxPipeline's `tokenizer/`): BasicTokenizer clean-up, CLIP's word regex, BPE with `</w>`.
+// CLIP's byte-level BPE tokenizer (FluxPipeline's `tokenizer/`), as either of transformers' two
+// CLIP tokenizers runs it: the slow one (BasicTokenizer clean-up) or the tokenizers-library one.
 import Foundation
 import IR
+
+/// Which CLIP tokenizer to reproduce; they split about a third of unusual prompts differently
+/// (CJK, control and format characters, final sigma, long s). FluxPipeline loads `CLIPTokenizer`,
+/// which in transformers 4 is the slow one (run without ftfy) and in transformers 5, which has no
+/// slow form, the tokenizers-library pipeline that transformers 4 calls `CLIPTokenizerFast`.
+public enum CLIPTokenizerFlavor: String, CaseIterable {
+    /// transformers 4's `CLIPTokenizer`: drop NUL, U+FFFD and C* characters, space out CJK
+    /// ideographs, NFC, Python's `str.lower` per word, the word pattern with IGNORECASE.
+    case slow
+    /// tokenizers' pipeline: NFC, each whitespace run → one space, per-character lowercase, the
+    /// word pattern (case-sensitive), byte-level; nothing is dropped.
+    case fast
+
+    /// The flavor of the transformers that saved `folder`: transformers 5 writes `"backend":
+    /// "tokenizers"` into tokenizer_config.json (and can only run the fast pipeline); anything else,
+    /// FLUX.1's own folder included, is taken as transformers 4's FluxPipeline would run it.
+    public static func saved(in folder: String) -> CLIPTokenizerFlavor {
+        let config = (try? JSONFile.load(folder, "tokenizer_config.json", optional: true))?.root as? [String: Any]
+        return config?["backend"] as? String == "tokenizers" ? .fast : .slow
+    }
+}
 
 public struct CLIPTokenizer {
     /// The padded length of `encode` (tokenizer_config.json's `model_max_length`, else 77).
@@ -11,12 +32,14 @@ public struct CLIPTokenizer {
     /// Merge ranks keyed by "left right" (symbols never contain a space: bytes map to printable chars).
     private let ranks: [String: Int]
     private let added: AddedTokens
+    public let flavor: CLIPTokenizerFlavor
 
     /// Reads `vocab.json` + `merges.txt` (transformers 4's save of the slow tokenizer, FLUX.1's
     /// layout); a folder with neither but a `tokenizer.json` (transformers 5 saves only that) gives
-    /// the same vocabulary, merges and added tokens from its BPE model. The behaviour is the slow
-    /// tokenizer's either way.
-    public init(folder: String) throws {
+    /// the same vocabulary, merges and added tokens from its BPE model. `flavor` nil: the one of the
+    /// transformers that saved the folder (`CLIPTokenizerFlavor.saved(in:)`).
+    public init(folder: String, flavor: CLIPTokenizerFlavor? = nil) throws {
+        self.flavor = flavor ?? CLIPTokenizerFlavor.saved(in: folder)
         let fm = FileManager.default
         let vocabSource: String
         var ranks: [String: Int] = [:]
@@ -123,7 +146,8 @@ public struct CLIPTokenizer {
             switch piece {
             case .token(let id): return [id]
             case .text(let t):
-                return clipWords(basicTokenize(t)).flatMap { word -> [Int] in
+                let words = flavor == .slow ? clipWords(basicTokenize(t), foldCase: true) : clipWords(fastNormalize(t), foldCase: false)
+                return words.flatMap { word -> [Int] in
                     bpe(word).map { vocab[$0] ?? unkID }
                 }
             }
@@ -209,6 +233,22 @@ func basicTokenize(_ text: String) -> String {
         .map { pythonLower(Array($0)) }.joined(separator: " ")
 }
 
+/// tokenizers' CLIP normalizer: NFC, each run of White_Space characters → one space, then every
+/// character's full lowercase mapping (no final-sigma context: Σ → σ anywhere).
+func fastNormalize(_ text: String) -> String {
+    var out = String.UnicodeScalarView(), inSpace = false
+    for c in text.precomposedStringWithCanonicalMapping.unicodeScalars {
+        if c.properties.isWhitespace {
+            if !inSpace { out.append(" ") }
+            inSpace = true
+        } else {
+            out.append(contentsOf: c.properties.lowercaseMapping.unicodeScalars)
+            inSpace = false
+        }
+    }
+    return String(out)
+}
+
 /// Python's `str.lower`: each scalar's full lowercase mapping, and capital sigma becomes final
 /// sigma (ς) after a cased letter when no cased letter follows (case-ignorables skipped both ways).
 func pythonLower(_ s: [Unicode.Scalar]) -> String {
@@ -236,13 +276,16 @@ private func isNumber(_ s: Unicode.Scalar) -> Bool {
     }
 }
 
-/// CLIP's word pattern, `re.findall` with IGNORECASE over the cleaned text, each word byte-mapped:
+/// CLIP's word pattern over the normalized text, each word byte-mapped:
 /// `<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`,
-/// alternatives tried in order at each position. Case-insensitivity only matters through simple
-/// case folding: long s (ſ) matches `s`, so "it'ſ" keeps "'ſ" together as the regex module does.
-func clipWords(_ text: String) -> [String] {
+/// alternatives tried in order at each position. The slow tokenizer runs it with IGNORECASE, which
+/// only matters through simple case folding (`foldCase`): long s (ſ) matches `s`, so "it'ſ" keeps
+/// "'ſ" together as the regex module does; tokenizers' Split runs it case-sensitively. (Its
+/// ByteLevel step then applies GPT-2's pattern to each word, which leaves every word of this
+/// pattern whole.)
+func clipWords(_ text: String, foldCase: Bool) -> [String] {
     let s = Array(text.unicodeScalars)
-    func folded(_ c: Unicode.Scalar) -> Unicode.Scalar { c.value == 0x17F ? "s" : c.value == 0x212A ? "k" : c }
+    func folded(_ c: Unicode.Scalar) -> Unicode.Scalar { !foldCase ? c : c.value == 0x17F ? "s" : c.value == 0x212A ? "k" : c }
     func matches(_ literal: String, at i: Int) -> Bool {
         let l = Array(literal.unicodeScalars)
         return i + l.count <= s.count && zip(s[i...], l).allSatisfy { folded($0) == $1 }

@@ -106,6 +106,21 @@ final class QwenImageCLITests: XCTestCase {
                                     "--noise", "\(b)/case.safetensors", "--output-latents", "same-lat.safetensors"]).status, 0)
         XCTAssertLessThan(relativeL2(try latents("same-lat.safetensors"), try reference("euler4_x4", b)), 1e-3)
 
+        // diffusers ≥ 0.36 masks padding in attention (prompt_embeds_mask): the prompt padded at the
+        // end with rows that would change every output if they were read, and an int64 mask, gives
+        // the unpadded run's latents bit for bit; padding inside the prompt is refused.
+        let padded = Tensor(.f32([1, 8, 24]), cond.data + (0..<(3 * 24)).map { Float($0 % 7) - 3 })
+        for (name, mask): (String, [Int64]) in [("padded", [1, 1, 1, 1, 1, 0, 0, 0]), ("holes", [1, 1, 0, 1, 1, 1, 0, 0])] {
+            try writeEmbeddingsWithMask(padded, mask: mask, to: "\(dir)/\(name).safetensors")
+        }
+        let p = try arcflow(["generate", "--model", "t", "--embeddings", "padded.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
+                             "--noise", "\(b)/case.safetensors", "--output-latents", "padded-lat.safetensors"])
+        XCTAssertEqual(p.status, 0, p.err)
+        XCTAssertTrue(p.err.contains("prompt_embeds: 3 padding rows dropped"), p.err)
+        XCTAssertEqual(try latents("padded-lat.safetensors").data, try latents("lat.safetensors").data)
+        assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "holes.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
+                                        "--seed", "1", "--output-latents", "l.safetensors"]),
+                           contains: "holes.safetensors: 'prompt_embeds_mask' marks padding before the end of the prompt")
         assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--seed", "1",
                                         "--output-latents", "l.safetensors"]),
                            contains: "t was compiled with true CFG (scale 4.0) and needs --negative-embeddings NE.safetensors")
@@ -129,7 +144,31 @@ final class QwenImageCLITests: XCTestCase {
                            contains: "'noise' has shape [1, 16, 6, 10], expected [1, 16, 14, 6]")
     }
 
+    /// `prompt_embeds` f32 and `prompt_embeds_mask` int64 [1, T], as diffusers' encode_prompt returns them.
+    func writeEmbeddingsWithMask(_ embeds: Tensor, mask: [Int64], to path: String) throws {
+        let e = embeds.data.withUnsafeBytes { Data($0) }, m = mask.withUnsafeBytes { Data($0) }
+        var header = #"{"prompt_embeds":{"dtype":"F32","shape":\#(embeds.shape),"data_offsets":[0,\#(e.count)]},"#
+            + #""prompt_embeds_mask":{"dtype":"I64","shape":[1,\#(mask.count)],"data_offsets":[\#(e.count),\#(e.count + m.count)]}}"#
+        while header.utf8.count % 8 != 0 { header += " " }
+        var file = Data()
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { file.append(contentsOf: $0) }
+        file.append(Data(header.utf8))
+        file.append(e)
+        file.append(m)
+        try file.write(to: URL(fileURLWithPath: path))
+    }
+
     func testCompileErrors() throws {
+        // The Qwen-Image-Layered keys change every output: refused, not run as the base model.
+        for key in ["use_additional_t_cond", "use_layer3d_rope"] {
+            let v = "\(dir)/\(key)"
+            try FileManager.default.createDirectory(atPath: v, withIntermediateDirectories: true)
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(a)/transformer/config.json"))) as! [String: Any]
+            config[key] = true
+            try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: "\(v)/config.json"))
+            assertOneLineError(try arcflow(["compile", "--transformer", v, "--sampler", "euler", "--height", "48", "--width", "80", "-o", "m"]),
+                               contains: "\(key) true is not supported (a Qwen-Image-Layered variant")
+        }
         // A folder of neither family: one line naming the class.
         let t = "\(dir)/other"
         try FileManager.default.createDirectory(atPath: t, withIntermediateDirectories: true)

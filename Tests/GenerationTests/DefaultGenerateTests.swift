@@ -161,10 +161,29 @@ final class DefaultGenerateTests: XCTestCase {
         let arcCFG = try arcflow(["compile", "--transformer", "\(dir)/transformer", "--adapter", "\(dir)/arcflow", "--latent-size", "8x8",
                                   "--text-tokens", "12", "--true-cfg-scale", "3", "-o", "bad"], in: work)
         assertOneLineError(arcCFG, contains: "--true-cfg-scale needs --sampler euler")
-        let cfg = try arcflow(["compile", "--transformer", "\(dir)/transformer", "--sampler", "euler", "--steps", "2", "--latent-size", "8x8",
+        let cfg = try arcflow(["compile", "--transformer", "\(dir)/transformer", "--sampler", "euler", "--steps", "2", "--shift", "1", "--latent-size", "8x8",
                                "--text-tokens", "12", "--true-cfg-scale", "3", "--cache-dir", testCacheRoot, "-o", "cfg"], in: work)
         XCTAssertEqual(cfg.status, 0, cfg.err)
         let noNegative = try arcflow(["generate", "--model", "cfg", "--embeddings", "e.safetensors", "--seed", "2", "--output-latents", "l.safetensors"], in: work)
         assertOneLineError(noNegative, contains: "negative_prompt_embeds")
+        // --negative-embeddings: a file made for --embeddings (prompt_embeds, pooled_prompt_embeds) is
+        // the negative prompt; the prompt itself as the negative makes FluxPipeline's u_neg + s·(u − u_neg)
+        // the unguided teacher's prediction exactly. The same negatives inside e.safetensors agree.
+        let own = try arcflow(["generate", "--model", "cfg", "--embeddings", "e.safetensors", "--negative-embeddings", "e.safetensors",
+                               "--seed", "2", "--output-latents", "own.safetensors"], in: work)
+        XCTAssertEqual(own.status, 0, own.err)
+        let ownLatents = try SafeTensorsStore(path: "\(work)/own.safetensors").tensor("latents")
+        XCTAssertLessThan(relativeL2(ownLatents, teacher), 1e-6)
+        let e = try SafeTensorsStore(path: "\(work)/e.safetensors")
+        try writeSafeTensors(try ["prompt_embeds", "pooled_prompt_embeds"].flatMap { name -> [TensorRecord] in
+            let t = try e.tensor(name)
+            return [TensorRecord(name: name, dtype: .f32, shape: t.shape, payload: .floats(t.data)),
+                    TensorRecord(name: "negative_" + name, dtype: .f32, shape: t.shape, payload: .floats(t.data))]
+        }, to: "\(work)/both.safetensors")
+        let inside = try arcflow(["generate", "--model", "cfg", "--embeddings", "both.safetensors", "--seed", "2", "--output-latents", "inside.safetensors"], in: work)
+        XCTAssertEqual(inside.status, 0, inside.err)
+        XCTAssertTrue(try SafeTensorsStore(path: "\(work)/inside.safetensors").tensor("latents").data == ownLatents.data)
+        assertOneLineError(try arcflow(["generate", "--model", "cfg", "--embeddings", "both.safetensors", "--negative-embeddings", "missing.safetensors",
+                                        "--seed", "2", "--output-latents", "l.safetensors"], in: work), contains: "missing.safetensors")
     }
 }

@@ -101,7 +101,7 @@ final class GemmKernelTests: KernelTestCase {
     }
 
     /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
-    /// tails of the row tile (14 or 6), the 32-column panel and the 256-deep K block (512 with bf16 compute); row blocks
+    /// tails of the row tile (14 or 6), the taller row blocks of a large M, the 32-column panel and the 256-deep K block (512 with bf16 compute); row blocks
     /// sharing the row tiles and panel groups chosen for the thread count; M = 1 (f32: its own
     /// kernel), serial and parallel, bare and fused; A
     /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed
@@ -125,6 +125,8 @@ final class GemmKernelTests: KernelTestCase {
             ([20, 1031], 40, true),
             // M = 1 in parallel (f32: af__gemv): 35 panels, four at a time, the last pass partial.
             ([1, 1000], 1100, true),
+            // M ≥ 2 × AF_GEMM_MB_TALL: the taller row blocks (51 row tiles over 2 blocks), three K blocks.
+            ([700, 600], 70, true),
         ]
         let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")
         var weights: [String: Tensor] = [:]

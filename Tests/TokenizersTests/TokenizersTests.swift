@@ -51,6 +51,31 @@ final class TokenizersTests: XCTestCase {
         XCTAssertEqual(Array(clip.encode("a photo").prefix(ids.count + 2)), [clip.bosID] + ids + [clip.eosID])
     }
 
+    /// The tokenizers-library pipeline (transformers 5's CLIPTokenizer, 4's CLIPTokenizerFast) on
+    /// the same prompts: it differs from the slow tokenizer on a third of them, and a folder saved
+    /// by transformers 5 ("backend": "tokenizers") gets it by default.
+    func testCLIPFastMatchesTokenizersLibrary() throws {
+        let fast = try loadJSON("expected_clip_fast.json") as! [String: Any]
+        let ids = fast["clip_fast"] as! [[Int]]
+        let slowIDs = expected["clip"] as! [[Int]]
+        XCTAssertGreaterThan(zip(ids, slowIDs).filter { $0 != $1 }.count, 50, "the fixture should tell the flavors apart")
+        let src = "\(fixtures)/tokenizer"
+        XCTAssertEqual(try CLIPTokenizer(folder: src).flavor, .slow)
+        compare("CLIP fast", Array(zip(prompts, ids)), try CLIPTokenizer(folder: src, flavor: .fast).encode)
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for f in try FileManager.default.contentsOfDirectory(atPath: src) {
+            try FileManager.default.copyItem(atPath: "\(src)/\(f)", toPath: "\(dir)/\(f)")
+        }
+        var config = try loadJSON("tokenizer/tokenizer_config.json") as! [String: Any]
+        config["backend"] = "tokenizers"
+        try FileManager.default.removeItem(atPath: "\(dir)/tokenizer_config.json")
+        try writeJSON(config, "\(dir)/tokenizer_config.json")
+        let saved = try CLIPTokenizer(folder: dir)
+        XCTAssertEqual(saved.flavor, .fast)
+        compare("CLIP fast by default", Array(zip(prompts, ids)), saved.encode)
+    }
+
     /// A folder whose pad token is "!" (as several CLIP tokenizers): padding and "!" in the text.
     /// A folder as transformers 5 saves CLIPTokenizer: tokenizer.json alone (vocabulary and merges
     /// in its BPE model, pairs as arrays or as "left right" strings; the special tokens in

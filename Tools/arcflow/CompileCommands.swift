@@ -7,6 +7,7 @@ import Generation
 import IR
 import Passes
 import Runtime
+import Tokenizers
 
 let dumpIRSpec = CommandSpec(
     name: "dump-ir", usage: "dump-ir FILE [--passes LIST|--pass-pipeline default] [--dump-ir DIR] [--print-after PASS] [--weights W.safetensors] [--no-weights]",
@@ -55,7 +56,7 @@ let compileSpec = CommandSpec(
     usage: """
     compile FILE --weights W.safetensors -o DIR [--dump-ir DIR] [--dump-c] [--passes LIST] [--verbose]
            arcflow compile --pipeline DIR [--adapter DIR] [--sampler arc|euler] [--steps N] --height H --width W
-                           [--text-tokens T] [--guidance G] [--shift S] [--dump-ir DIR] -o OUT
+                           [--text-tokens T] [--guidance G] [--shift S] [--clip-tokenizer slow|fast] [--dump-ir DIR] -o OUT
            arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] (--height H --width W | --latent-size HxW)
                            [--text-tokens T] [--guidance G] [--true-cfg-scale S] [--shift S] [--dump-ir DIR] -o OUT
            arcflow compile --transformer QWEN_DIR (--adapter DIR | --sampler euler [--true-cfg-scale S]) [--steps N]
@@ -82,6 +83,7 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
+        OptionSpec(names: ["--clip-tokenizer"], value: "slow|fast", help: "--pipeline: the CLIP tokenizer to reproduce: transformers 4's CLIPTokenizer (slow) or the tokenizers library's, transformers 5's (fast); default: that of the transformers that saved tokenizer/ (fast when its tokenizer_config.json says \"backend\": \"tokenizers\")"),
         OptionSpec(names: ["--latent-size"], value: "HxW", help: "--transformer: the latent grid directly (pixel-space models such as the embedded default), instead of --height/--width ÷ 8"),
         OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does"),
         OptionSpec(names: ["--negative-text-tokens"], value: "T2", help: "Qwen-Image, --true-cfg-scale: the negative prompt's tokens when not --text-tokens (QwenImagePipeline encodes each prompt at its own length; then two evaluations per step instead of one batch of 2)"),
@@ -118,6 +120,10 @@ func compileCommand(_ argv: [String]) throws {
         var o = PipelineCompileOptions(height: height, width: width)
         o.sampler = try samplerOption(args)
         o.steps = try args.int("--steps", compileSpec, min: 1)
+        if let flavor = args.value("--clip-tokenizer") {
+            guard let f = CLIPTokenizerFlavor(rawValue: flavor) else { throw UsageError("--clip-tokenizer must be slow or fast, got '\(flavor)'", compileSpec) }
+            o.clipTokenizer = f
+        }
         o.textTokens = try args.int("--text-tokens", compileSpec, default: 512, min: 1)!
         o.guidance = try args.double("--guidance", compileSpec)
         o.shift = try positiveShift(args)
@@ -125,7 +131,7 @@ func compileCommand(_ argv: [String]) throws {
         o.compile.dumpC = args.has("--dump-c") ? out + "/c" : nil
         o.progress = { stderrLine("arcflow: \($0)") }
         let m = try PipelineCompiler.compile(pipeline: pipeline, adapter: args.value("--adapter"), options: o, output: out)
-        print("compiled pipeline: \(m.sampler) sampler, \(m.steps) steps, \(m.width)×\(m.height), \(m.textTokens) T5 tokens → \(out) "
+        print("compiled pipeline: \(m.sampler) sampler, \(m.steps) steps, \(m.width)×\(m.height) (width × height), \(m.textTokens) T5 tokens → \(out) "
               + "(\(String(format: "%.1f", monotonicSeconds() - start)) s)")
         return
     }
@@ -134,11 +140,12 @@ func compileCommand(_ argv: [String]) throws {
         if !args.positional.isEmpty || args.has("--weights") {
             throw UsageError("--transformer compiles a FLUX or Qwen-Image folder; give no IR FILE or --weights with it", compileSpec)
         }
+        if args.has("--clip-tokenizer") { throw UsageError("--clip-tokenizer goes with --pipeline (a transformer alone takes embeddings)", compileSpec) }
         let program = try transformerProgram(args, transformer: transformer)
         (module, store) = (program.module, program.weights)
         options.model = program.manifest
     } else {
-        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--latent-size", "--true-cfg-scale", "--negative-text-tokens"] where args.has(flag) {
+        for flag in ["--adapter", "--sampler", "--steps", "--height", "--width", "--text-tokens", "--guidance", "--shift", "--latent-size", "--true-cfg-scale", "--negative-text-tokens", "--clip-tokenizer"] where args.has(flag) {
             throw UsageError("\(flag) needs --pipeline or --transformer", compileSpec)
         }
         guard let file = args.positional.first else { throw UsageError("give an IR FILE (or --transformer DIR)", compileSpec) }

@@ -18,7 +18,7 @@ let generateSpec = CommandSpec(
            arcflow generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
            arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N]
            arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors
-           arcflow generate --model QWEN_SAMPLER --embeddings E.safetensors [--negative-embeddings NE.safetensors]
+           arcflow generate --model CFG_SAMPLER --embeddings E.safetensors [--negative-embeddings NE.safetensors]
                             (--noise N.safetensors | --seed S) --output-latents L.safetensors
     """,
     summary: """
@@ -38,7 +38,7 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--shard"], value: "K/N", help: "with --prompts: render only the lines whose index mod N is K"),
         OptionSpec(names: ["--output-latents"], value: "L.safetensors", help: "also write the final latents [1, C, H/8, W/8]"),
         OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "sampler only: prompt_embeds and pooled_prompt_embeds instead of a prompt"),
-        OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image teacher)"),
+        OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image: required; FLUX: else E's negative_*)"),
         OptionSpec(names: ["--teacher"], value: nil, help: "default model: the teacher (Euler with classifier-free guidance) instead of the ArcFlow student"),
         OptionSpec(names: ["--steps"], value: "N", help: "default model, with --teacher: Euler steps (default 28, model.json's)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default: model.json's, 3 for the shipped model)"),
@@ -96,7 +96,7 @@ func generateImages(_ args: ParsedArguments, _ pipeline: CompiledPipeline) throw
         if args.has("--shard") { throw UsageError("--shard goes with --prompts", generateSpec) }
         let noise: Tensor, seedText: String
         if let path = args.value("--noise") {
-            noise = try readTensor(path, "noise", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels")
+            noise = try readTensor(path, "noise", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels (width × height)")
             seedText = "noise file \((path as NSString).lastPathComponent)"
         } else {
             noise = pipeline.noise(seed: seed)
@@ -217,13 +217,16 @@ func readTensor(_ path: String, _ name: String, want: TensorType, hint: String) 
         throw ArcError("\(path) has no tensor '\(name)' (expected f32\(want.shape)); it has: \(file.names.joined(separator: ", "))")
     }
     guard t.shape == want.shape else { throw ArcError("\(path): '\(name)' has shape \(t.shape), expected \(want.shape) (\(hint))") }
-    let data = try file.tensor(name).data
-    // A NaN or Inf here would spread through every step and give a black or noise image with exit
-    // status 0; the sampler cannot recover from one, so it is refused before any work is done.
+    return try finiteTensor(path, name, want, try file.tensor(name).data)
+}
+
+/// A NaN or Inf in an input would spread through every step and give a black or noise image with
+/// exit status 0; the sampler cannot recover from one, so it is refused before any work is done.
+func finiteTensor(_ path: String, _ name: String, _ type: TensorType, _ data: [Float]) throws -> Tensor {
     if let i = data.firstIndex(where: { !$0.isFinite }) {
         throw ArcError("\(path): '\(name)' has a non-finite value (\(data[i])) at element \(i); it must be finite")
     }
-    return Tensor(want, data)
+    return Tensor(type, data)
 }
 
 /// The sampler-only path: prompt embeddings and noise (or a seed) to latents.
@@ -242,13 +245,20 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
         throw ArcError("\(try args.required("--model", generateSpec)) is not a compiled FLUX sampler; use `arcflow run` for IR graphs")
     }
     func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
-    let hint = "the model was compiled for \(m.model["height"] ?? "?")×\(m.model["width"] ?? "?") pixels and \(m.model["text_tokens"] ?? "?") text tokens"
+    let hint = "the model was compiled for \(m.model["width"] ?? "?")×\(m.model["height"] ?? "?") pixels (width × height) and \(m.model["text_tokens"] ?? "?") text tokens"
     var inputs = ["prompt_embeds": try readTensor(embeddingsPath, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint),
                   "pooled_prompt_embeds": try readTensor(embeddingsPath, "pooled_prompt_embeds", want: binding("pooled_prompt_embeds").type, hint: hint)]
-    if model.executable.inputs.contains(where: { $0.name == "negative_prompt_embeds" }) {
-        // A sampler compiled with --true-cfg-scale: its unconditional branch comes from the same file.
-        for name in ["negative_prompt_embeds", "negative_pooled_prompt_embeds"] {
-            inputs[name] = try readTensor(embeddingsPath, name, want: binding(name).type, hint: "this sampler was compiled with --true-cfg-scale \(m.model["true_cfg_scale"] ?? "")")
+    if model.executable.inputs.contains(where: { $0.name == negativeEmbeddingsInput }) {
+        // A sampler compiled with --true-cfg-scale: the unconditional branch comes from
+        // --negative-embeddings (negative_* names, or a file made for --embeddings), else from the
+        // --embeddings file's negative_* tensors.
+        let cfgHint = "this sampler was compiled with --true-cfg-scale \(m.model["true_cfg_scale"] ?? "")"
+        let source = args.value("--negative-embeddings") ?? embeddingsPath
+        let names = try SafeTensorsStore(path: source).names
+        let own = args.has("--negative-embeddings") && !names.contains(negativeEmbeddingsInput)
+        for name in [negativeEmbeddingsInput, "negative_pooled_prompt_embeds"] {
+            let stored = own ? String(name.dropFirst("negative_".count)) : name
+            inputs[name] = try readTensor(source, stored, want: binding(name).type, hint: cfgHint)
         }
     }
     if let noisePath = args.value("--noise") {

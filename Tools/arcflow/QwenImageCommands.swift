@@ -45,7 +45,8 @@ func checkNegativeEmbeddings(_ args: ParsedArguments, _ model: LoadedModel) thro
         throw ArcError("--negative-embeddings: \(path) was compiled without true CFG, so it has no negative prompt to read "
                        + "(compile the teacher with --sampler euler --true-cfg-scale S)")
     }
-    if wants && !args.has("--negative-embeddings") {
+    // FLUX's true-CFG sampler may read its negative_* tensors from the --embeddings file instead.
+    if wants && !args.has("--negative-embeddings") && isQwenImageSampler(model) {
         throw ArcError("\(path) was compiled with true CFG (scale \(model.manifest.model["true_cfg_scale"] ?? "?")) and needs "
                        + "--negative-embeddings NE.safetensors (negative_prompt_embeds or prompt_embeds of the negative prompt)")
     }
@@ -57,8 +58,8 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
     let m = model.manifest
     guard let nfe = Int(m.model["nfe"] ?? "") else { throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'nfe'") }
     func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
-    let hint = "the model was compiled for \(m.model["height"] ?? "?")×\(m.model["width"] ?? "?") pixels and \(m.model["text_tokens"] ?? "?") text tokens"
-    var inputs = ["prompt_embeds": try readTensor(embeddings, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint)]
+    let hint = "the model was compiled for \(m.model["width"] ?? "?")×\(m.model["height"] ?? "?") pixels (width × height) and \(m.model["text_tokens"] ?? "?") text tokens"
+    var inputs = ["prompt_embeds": try readQwenEmbeddings(embeddings, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint)]
     if let ne = args.value("--negative-embeddings") {
         // diffusers names it negative_prompt_embeds; a file made for --embeddings holds prompt_embeds.
         let names = try SafeTensorsStore(path: ne).names
@@ -68,7 +69,7 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
             throw ArcError("\(ne) has no tensor '\(negativeEmbeddingsInput)' or 'prompt_embeds' (expected f32\(want.shape)); it has: \(names.joined(separator: ", "))")
         }
         let negativeTokens = m.model["negative_text_tokens"] ?? m.model["text_tokens"] ?? "?"
-        inputs[negativeEmbeddingsInput] = try readTensor(ne, name, want: want, hint: "the model was compiled for a negative prompt of "
+        inputs[negativeEmbeddingsInput] = try readQwenEmbeddings(ne, name, want: want, hint: "the model was compiled for a negative prompt of "
                                                          + "\(negativeTokens) text tokens; compile --negative-text-tokens T2 for another length")
     }
     if let noisePath = args.value("--noise") {
@@ -79,7 +80,45 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
     let cfg = m.model["true_cfg_scale"].map {
         ", true CFG \($0) (" + (m.model["negative_text_tokens"] != nil ? "a negative prompt of its own length: two evaluations per step" : "prompt and negative prompt batched") + ")"
     } ?? ""
-    try runSampler(model, inputs, nfe: nfe, label: "Qwen-Image ", note: cfg, metadata: ["family": m.model["family"] ?? ""], to: output)
+    // A negative of its own length is a second evaluation per step (the manifest's nfe counts steps).
+    let evaluations = m.model["negative_text_tokens"] != nil ? 2 * nfe : nfe
+    try runSampler(model, inputs, nfe: evaluations, label: "Qwen-Image ", note: cfg, metadata: ["family": m.model["family"] ?? ""], to: output)
+}
+
+/// A Qwen-Image prompt embedding [1, T, D], without the padding its mask marks. diffusers ≥ 0.36
+/// passes `prompt_embeds_mask` (`negative_prompt_embeds_mask`) to attention, where a masked key gets
+/// no weight, and QwenImagePipeline pads only at the end (a batch of prompts of different lengths),
+/// so the unpadded rows alone give the same numbers (measured against diffusers 0.42.1: 1.4e-7
+/// relative L2): they are what a model compiled for T text tokens takes. Without a mask every row
+/// is the prompt (0.42.1 drops an all-ones mask itself).
+func readQwenEmbeddings(_ path: String, _ name: String, want: TensorType, hint: String) throws -> Tensor {
+    let file = try SafeTensorsFile(path: path)
+    let maskName = "\(name)_mask"
+    guard file.tensors[maskName] != nil || file.unsupportedTensors[maskName] != nil else {
+        return try readTensor(path, name, want: want, hint: hint)
+    }
+    guard let t = file.tensors[name] else {
+        throw ArcError("\(path) has no tensor '\(name)' (expected f32\(want.shape)); it has: \(file.names.joined(separator: ", "))")
+    }
+    let (maskShape, mask) = try file.nonzero(maskName)
+    guard t.shape.count == 3, maskShape == Array(t.shape.prefix(2)) else {
+        throw ArcError("\(path): '\(maskName)' has shape \(maskShape), expected \(Array(t.shape.prefix(2))) (one flag per row of '\(name)' \(t.shape))")
+    }
+    let kept = mask.prefix { $0 }.count
+    guard !mask[kept...].contains(true), t.shape[0] == 1 else {
+        throw ArcError("\(path): '\(maskName)' marks padding before the end of the prompt"
+                       + (t.shape[0] == 1 ? "" : " or holds a batch of \(t.shape[0])")
+                       + "; arcflow takes one prompt padded at the end only (as QwenImagePipeline pads)")
+    }
+    let shape = [1, kept, t.shape[2]]
+    guard shape == want.shape else {
+        throw ArcError("\(path): '\(name)' has \(kept) prompt rows (of \(t.shape[1]); '\(maskName)' marks the rest as padding), "
+                       + "expected \(want.shape) (\(hint); compile --text-tokens \(kept))")
+    }
+    if kept < t.shape[1] {
+        FileHandle.standardError.write(Data("\(name): \(t.shape[1] - kept) padding rows dropped ('\(maskName)'; diffusers' attention masks them)\n".utf8))
+    }
+    return try finiteTensor(path, name, want, Array(try file.floats(name).prefix(kept * t.shape[2])))
 }
 
 func isQwenImageSampler(_ model: LoadedModel) -> Bool { model.manifest.model["family"] == TransformerFamily.qwenImage.rawValue }

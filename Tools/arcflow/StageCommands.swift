@@ -61,7 +61,7 @@ func decodeCommand(_ argv: [String]) throws {
     try checkWritableParent(out)
     let pipeline = try loadPipeline(args, decodeSpec)
     let m = pipeline.manifest
-    let latents = try readTensor(path, "latents", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels")
+    let latents = try readTensor(path, "latents", want: pipeline.noiseType, hint: "the pipeline was compiled for \(m.width)×\(m.height) pixels (width × height)")
     let image = try pipeline.decode(latents)
     try writeAtomically(PNG.encode(image, text: [("parameters", "decoded from \((path as NSString).lastPathComponent), Size: \(m.width)x\(m.height), Model hash: \(m.modelHash.prefix(10)), Generator: arcflow")]), to: out)
     print("wrote \(out) (\(image.width)×\(image.height))")

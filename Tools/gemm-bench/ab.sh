@@ -7,7 +7,8 @@
 # blocking constant).  Defaults: 2 threads, 60 repetitions, 16 weight copies (panels streamed from
 # memory, as in a model), the width-768 model shapes: 64 text rows and 256 / 1024 image rows
 # (attention: S = 320 and 1088, 12 heads of 64).  DT=3: bf16 compute; DT=4: int8 panels (groups of 32).  TOL=1e-6: B may round
-# differently from A by that relative L2.
+# differently from A by that relative L2.  CLOCK=cpu: time by process CPU time (THREADS=1 on a
+# machine shared with other work: the time this process ran).
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -36,5 +37,5 @@ done
 CF="-std=c11 -O3 -march=${MARCH:-native} -fopenmp -fno-math-errno -Wno-unused-function"
 gcc $CF ${FLAGS_A:-} -c "$B/va.c" -o "$B/va.o"
 gcc $CF ${FLAGS_B:-} -c "$B/vb.c" -o "$B/vb.o"
-gcc $CF -o "$B/gemm-ab" "$HERE/ab.c" "$B/va.o" "$B/vb.o" -lm
+gcc $CF $([ "${CLOCK:-wall}" = cpu ] && echo -DAB_CPU_CLOCK) -o "$B/gemm-ab" "$HERE/ab.c" "$B/va.o" "$B/vb.o" -lm
 "$B/gemm-ab" "$THREADS" "$REPS" "$NC" "$@"

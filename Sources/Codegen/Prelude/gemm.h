@@ -152,7 +152,7 @@ static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict 
  *    panel and stays in L1 while the tile walks down a row block.
  *  - Rows in blocks of AF_GEMM_MB: each thread copies its MB x kc block of A into micro-panels
  *    of AF__GMR rows (element (k, r) at k*AF__GMR + r), so the kernel reads A contiguously
- *    from L2 (MB x kc floats = 112 KB) instead of AF__GMR rows lda apart: with lda a multiple
+ *    from L2 (MB x kc floats = 112 KB, 344 KB for the taller blocks of a large M) instead of AF__GMR rows lda apart: with lda a multiple
  *    of 1024 floats those rows alias in the same L1 sets, which had capped the unpacked kernel
  *    at a third of the FMA peak on the big square GEMMs.
  *  - Panels in groups: one packed A block serves every panel of the group (at most
@@ -238,6 +238,19 @@ typedef float af__gv;
 #ifndef AF_GEMM_MB
 #define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR) /* rows of A per packed block, whole row tiles */
 #endif
+/* Rows per packed block where M has room for two or more of them: each slice of a weight panel
+ * brought into L2 then serves 3x the row tiles before the next row block streams it in again.
+ * Measured with Tools/gemm-bench/ab.sh (2 threads, 16 weight copies, 120 alternations, against
+ * AF_GEMM_MB everywhere): 1.03x, 1.03x and 1.09x at 1088 x 768 x 768, 1088 x 3072 x 768 and
+ * 1088 x 768 x 3072 (224 rows: 1.02-1.03x); at M = 320 it measured 0.96-1.03x, so shorter M keeps
+ * AF_GEMM_MB.  AVX-512 only (where it was measured); the A block is 336 x 256 floats = 344 KB. */
+#ifndef AF_GEMM_MB_TALL
+#if AF__GMR == 14
+#define AF_GEMM_MB_TALL ((336L / AF__GMR) * AF__GMR)
+#else
+#define AF_GEMM_MB_TALL AF_GEMM_MB
+#endif
+#endif
 /* Row blocks of a GEMM whose panels are expanded per thread first (int8): each row block expands
  * every weight it uses once, so 4x taller blocks make a quarter of the conversions (the A block,
  * 448 x 256 floats, still fits the L2).  Measured on the width-768 FLUX NFE (1024 tokens): with
@@ -259,6 +272,9 @@ typedef float af__gv;
  * 1.00-1.01x at M = 1088. */
 #ifndef AF_GEMM_TPT_UNPACK
 #define AF_GEMM_TPT_UNPACK 2L
+#endif
+#ifndef AF_GEMM_PFC
+#define AF_GEMM_PFC 32L /* rows of k before a tile's end at which its C rows are prefetched */
 #endif
 #ifndef AF_GEMM_PFB
 #define AF_GEMM_PFB 8
@@ -350,7 +366,21 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
         for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gzero();
     const float *bf = (const float *)b;
     const uint16_t *bh = (const uint16_t *)b;
+    /* The C tile this one adds to (every K block after the first) was written a whole panel
+     * group ago and has likely left L2: its rows are prefetched AF_GEMM_PFC rows of k before
+     * the end, so the read-modify-write in af__gemm_put does not wait on L3. */
+#if AF__GVW > 1
+    const long kpf = first || kc <= AF_GEMM_PFC ? -1 : kc - AF_GEMM_PFC;
+#endif
     for (long k = 0; k < kc; k++) {
+#if AF__GVW > 1
+        if (k == kpf)
+#pragma GCC unroll 16
+            for (int r = 0; r < mr; r++) {
+                _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+                if (ncols > 16) _mm_prefetch((const char *)(c + r * ldc + 16), _MM_HINT_T0);
+            }
+#endif
         af__gv bv[AF__GNV];
 #pragma GCC unroll 8
         for (int v = 0; v < AF__GNV; v++) {
@@ -613,7 +643,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                    long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
-    const long MB = unpack ? AF_GEMM_MB_UNPACK : AF_GEMM_MB;
+    const long MB = unpack ? AF_GEMM_MB_UNPACK : M >= 2 * AF_GEMM_MB_TALL ? AF_GEMM_MB_TALL : AF_GEMM_MB;
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + MB - 1) / MB;
     const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
@@ -767,7 +797,7 @@ static AF__UNUSED void af__gemv_i8(const float *restrict a, const void *restrict
  * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
  * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
  * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
- * Scratch: one MB x kc block of A per thread (112 KB), from the heap; where that fails, a
+ * Scratch: one MB x kc block of A per thread (112 or 344 KB), from the heap; where that fails, a
  * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile).
  * One row of f32 panels: af__gemv_f32. */
 static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
