@@ -53,6 +53,8 @@ public struct CompileOptions {
     /// compiling a large checkpoint does not hold a second, f32 copy of it.
     public var wholePrologueBytes = 256 << 20
     public var log: (String) -> Void = { _ in }
+    /// What a user should hear even without --verbose (e.g. weights rounded to 16 bits).
+    public var notice: (String) -> Void = { _ in }
     public var model: [String: String] = [:]
     public init() {}
 }
@@ -106,6 +108,15 @@ public enum ModelCompiler {
         let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount),
                                             weightStorage: storage, compute: options.compute)
         try dumpC(program, options.dumpC)
+        // LoRA fused into a 16-bit base is rounded to 16 bits (as diffusers' fuse then cast); a
+        // reference that runs the adapter unfused in f32 differs by that rounding (~1e-4 to 1e-3).
+        if options.weightsDType == .auto, options.compute == .f32, let p = optimized.prologue {
+            let rounded = program.weights.filter { w in w.type.dtype != .f32 && p.outputs.contains { $0.name == w.name } }
+            if let first = rounded.first {
+                options.notice("\(rounded.count) weight\(rounded.count == 1 ? "" : "s") computed at compile time (LoRA fused in f32) "
+                               + "stored as \(first.type.dtype), the checkpoint's type (--weights-dtype auto); --weights-dtype f32 keeps them exact")
+            }
+        }
         let entry = try cache.library(for: program)
         options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
         let producer = try WeightProducer(bindings: program.weights, source: weights, prologue: optimized.prologue,

@@ -208,6 +208,7 @@ func compileOptions(_ args: ParsedArguments, _ spec: CommandSpec, output: String
     if let c = args.value("--cache-dir") { options.cacheRoot = c }
     let verbose = args.has("--verbose")
     options.log = { message in if verbose { stderrLine("arcflow: \(message)") } }
+    options.notice = { stderrLine("arcflow: note: \($0)") }
     return options
 }
 
