@@ -186,6 +186,10 @@ final class QwenImageCLITests: XCTestCase {
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.err.contains("has shape [") && r.err.contains("for this base (an adapter for another model?)") || r.err.contains("for this transformer config"), r.err)
         XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+        // The prompt's length has no default (each Qwen-Image prompt has its own).
+        let noT = try arcflow(["compile", "--transformer", "\(a)/transformer", "--sampler", "euler", "--height", "48", "--width", "80", "-o", "m"])
+        XCTAssertEqual(noT.status, 2)
+        XCTAssertTrue(noT.err.contains("Qwen-Image needs --text-tokens T: the prompt's token count"), noT.err)
         // True CFG belongs to the teacher; guidance to FLUX.
         let s = try compileA(["--adapter", "\(a)/adapter-k16", "--true-cfg-scale", "4", "-o", "m"])
         XCTAssertEqual(s.status, 1)

@@ -60,7 +60,7 @@ let compileSpec = CommandSpec(
            arcflow compile --transformer DIR [--adapter DIR] [--sampler arc|euler] [--steps N] (--height H --width W | --latent-size HxW)
                            [--text-tokens T] [--guidance G] [--true-cfg-scale S] [--shift S] [--dump-ir DIR] -o OUT
            arcflow compile --transformer QWEN_DIR (--adapter DIR | --sampler euler [--true-cfg-scale S]) [--steps N]
-                           [--negative-text-tokens T2] --height H --width W [--text-tokens T] [--shift S] [--dump-ir DIR] -o OUT
+                           [--negative-text-tokens T2] --height H --width W --text-tokens T [--shift S] [--dump-ir DIR] -o OUT
     """,
     summary: """
     Compile an IR graph and its weights into a model folder (model.so, weights.safetensors, manifest.json, model.ir);
@@ -80,7 +80,7 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--steps"], value: "N", help: "FLUX: sampler steps = transformer evaluations (default 2 arc, 28 euler)"),
         OptionSpec(names: ["--height"], value: "H", help: "FLUX: image height in pixels, a multiple of 16"),
         OptionSpec(names: ["--width"], value: "W", help: "FLUX: image width in pixels, a multiple of 16"),
-        OptionSpec(names: ["--text-tokens"], value: "T", help: "FLUX: prompt tokens (default 512)"),
+        OptionSpec(names: ["--text-tokens"], value: "T", help: "prompt tokens (FLUX: default 512, T5's padded length; Qwen-Image: required, the prompt's own length)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
         OptionSpec(names: ["--clip-tokenizer"], value: "slow|fast", help: "--pipeline: the CLIP tokenizer to reproduce: transformers 4's CLIPTokenizer (slow) or the tokenizers library's, transformers 5's (fast); default: that of the transformers that saved tokenizer/ (fast when its tokenizer_config.json says \"backend\": \"tokenizers\")"),

@@ -24,6 +24,12 @@ func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> Tr
         throw UsageError("--guidance is FLUX's embedded guidance; Qwen-Image has none (its teacher takes --sampler euler --true-cfg-scale S)", spec)
     }
     let checkpoint = try QwenImageCheckpoint.load(transformer)
+    // QwenImagePipeline encodes each prompt at its own length (no padding to a fixed 512 as FLUX's
+    // T5 does), so a default would only invite padded embeddings: the length is asked for.
+    guard args.has("--text-tokens") else {
+        throw UsageError("Qwen-Image needs --text-tokens T: the prompt's token count (prompt_embeds.shape[1] as "
+                         + "QwenImagePipeline.encode_prompt returns it; each prompt has its own length)", spec)
+    }
     let adapter = try args.value("--adapter").map { try QwenImageCheckpoint.adapter($0) }
     let (height, width) = try imageSize(args)
     var o = QwenImageOptions(height: height, width: width)
