@@ -180,6 +180,27 @@ public struct ArcFlowAdapter {
         public var a: String, b: String
         public var alpha: String?
     }
+    /// LoRA α from a PEFT config when the file has no `.alpha` tensors: `lora_adapter_metadata` in
+    /// the safetensors metadata (diffusers' `save_lora_adapter`) or `adapter_config.json` beside it
+    /// (PEFT's `save_pretrained`). diffusers' `load_lora_adapter` scales by α/r from them; the
+    /// ArcFlow reference loader passes a bare state dict (α = r). `alphaPattern`: per-module α
+    /// (PEFT's `alpha_pattern`, a key matching the module name or its last components).
+    public var peftAlpha: (alpha: Double, pattern: [String: Double], rsLoRA: Bool, source: String)?
+    /// What a user should hear about this adapter (read by the CLI), e.g. a file with no LoRA.
+    public var notes: [String] = []
+
+    /// The LoRA scale of `module` (rank r): α/r (α/√r with rsLoRA), α from its `.alpha` tensor,
+    /// else the PEFT config, else α = r (scale 1).
+    public func loraScale(_ module: String, rank r: Int) throws -> Float {
+        if let key = lora[module]?.alpha {
+            let alpha = try store.tensor(key)
+            guard alpha.type.count == 1 else { throw ArcError("\(store.label): '\(key)' must be a scalar") }
+            return alpha.data[0] / Float(r)
+        }
+        guard let p = peftAlpha else { return 1 }
+        let alpha = p.pattern.first { module == $0.key || module.hasSuffix("." + $0.key) }?.value ?? p.alpha
+        return Float(p.rsLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r))
+    }
 
     public static let className = "ArcFluxTransformer2DModel"
     public static let denseKeys: Set<String> = [
@@ -214,6 +235,13 @@ public struct ArcFlowAdapter {
         let path = "\(dir)/diffusion_pytorch_model.safetensors"
         guard FileManager.default.fileExists(atPath: path) else { throw ArcError("\(dir) has no diffusion_pytorch_model.safetensors") }
         let file = try SafeTensorsStore(path: path)
+        // A tensor of a dtype the reader skips (F64, integers) would otherwise vanish from the
+        // adapter: a LoRA in F64 silently not applied, an integer alpha silently 1.
+        if let (name, tag) = file.files[0].unsupportedTensors.sorted(by: { $0.key < $1.key }).first {
+            let n = file.files[0].unsupportedTensors.count
+            throw ArcError("\(path): tensor '\(name)' has dtype \(tag)\(n > 1 ? " (and \(n - 1) more)" : ""), which an adapter cannot hold "
+                           + "(F32, F16 or BF16; cast it, e.g. state_dict = {k: v.float() for k, v in state_dict.items()})")
+        }
         let store = PrefixedKeyStore(file, stripping: "transformer.")
         var lora: [String: LoRAPair] = [:]
         var dense = Set<String>()
@@ -236,7 +264,41 @@ public struct ArcFlowAdapter {
         let required = k == 1 ? denseKeys.filter { !$0.hasPrefix("proj_out_loggamma.") } : denseKeys
         let missing = required.subtracting(dense).sorted()
         if !missing.isEmpty { throw ArcError("\(path): missing \(missing.joined(separator: ", "))") }
-        return ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense, shift: shift, prediction: prediction)
+        var adapter = ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense, shift: shift, prediction: prediction)
+        adapter.peftAlpha = try peftConfig(dir: dir, metadata: file.files[0].metadata, path: path)
+        if let p = adapter.peftAlpha, p.alpha != 0 || !p.pattern.isEmpty, !lora.values.contains(where: { $0.alpha != nil }) {
+            adapter.notes.append("LoRA α = \(p.alpha)\(p.pattern.isEmpty ? "" : " (\(p.pattern.count) per-module α)")\(p.rsLoRA ? ", rsLoRA" : "") from \(p.source): "
+                                 + "scale α/\(p.rsLoRA ? "√r" : "r") per module, as diffusers and PEFT read it (the ArcFlow reference loader passes no config: scale 1)")
+        }
+        if lora.isEmpty {
+            adapter.notes.append("\(path) has no LoRA tensors: only norm_out and the head are applied "
+                                 + "(the ArcFlow reference loader loads nothing from such a file, with a warning)")
+        }
+        return adapter
+    }
+
+    /// The PEFT LoRA config of an adapter, if it carries one (see `peftAlpha`). DoRA and LoRA
+    /// biases change the math beyond a scale: refused.
+    static func peftConfig(dir: String, metadata: [String: String], path: String) throws
+        -> (alpha: Double, pattern: [String: Double], rsLoRA: Bool, source: String)? {
+        var config: [String: Any]?, source = ""
+        if let text = metadata["lora_adapter_metadata"] {
+            guard let c = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else {
+                throw ArcError("\(path): metadata 'lora_adapter_metadata' is not a JSON object")
+            }
+            (config, source) = (c, "\(path)'s lora_adapter_metadata")
+        } else if FileManager.default.fileExists(atPath: "\(dir)/adapter_config.json") {
+            (config, source) = (try readJSONObject("\(dir)/adapter_config.json"), "\(dir)/adapter_config.json")
+        }
+        guard let c = config, let alpha = (c["lora_alpha"] as? NSNumber)?.doubleValue else { return nil }
+        if c["use_dora"] as? Bool == true { throw ArcError("\(source): use_dora true (DoRA) is not supported; arcflow fuses plain LoRA") }
+        if let bias = c["lora_bias"] as? Bool, bias { throw ArcError("\(source): lora_bias true is not supported (LoRA B without a bias)") }
+        var pattern: [String: Double] = [:]
+        for (k, v) in c["alpha_pattern"] as? [String: Any] ?? [:] {
+            guard let a = (v as? NSNumber)?.doubleValue else { throw ArcError("\(source): alpha_pattern['\(k)'] must be a number") }
+            pattern[k.hasPrefix("transformer.") ? String(k.dropFirst("transformer.".count)) : k] = a
+        }
+        return (alpha, pattern, c["use_rslora"] as? Bool ?? false, source)
     }
 }
 

@@ -46,7 +46,7 @@ public final class FluxNetwork {
     func weight(_ key: String, _ shape: [Int]) throws -> Value { try weights.weight(key, shape) }
 
     /// nn.Linear: y = x·Wᵀ + b, plus the adapter's LoRA term s·(x·Aᵀ)·Bᵀ when it has one for
-    /// this module (s = α/r, α = r when the file has no alpha).
+    /// this module (s = `ArcFlowAdapter.loraScale`: α/r, α = r when nothing gives α).
     public func linear(_ x: Value, _ module: String, out: Int, in inputs: Int, bias: Bool = true) throws -> Value {
         try weights.linear(x, module, out: out, in: inputs, bias: bias)
     }

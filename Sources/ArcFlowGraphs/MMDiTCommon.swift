@@ -40,7 +40,7 @@ final class AdaptedWeights {
     }
 
     /// nn.Linear: y = x·Wᵀ + b, plus the adapter's LoRA term s·(x·Aᵀ)·Bᵀ when it has one for
-    /// this module (s = α/r, α = r when the file has no alpha).
+    /// this module (s = `ArcFlowAdapter.loraScale`: α/r, α = r when nothing gives α).
     func linear(_ x: Value, _ module: String, out: Int, in inputs: Int, bias: Bool = true) throws -> Value {
         var y = b.matmul(x, try weight("\(module).weight", [out, inputs]), transposeB: true)
         if let a = adapter, let pair = a.lora[module] {
@@ -58,12 +58,8 @@ final class AdaptedWeights {
             let la = b.convert(b.weight("adapter:" + pair.a, at), to: .f32)
             let lb = b.convert(b.weight("adapter:" + pair.b, bt), to: .f32)
             var delta = b.matmul(b.matmul(x, la, transposeB: true), lb, transposeB: true)
-            if let alphaKey = pair.alpha {
-                let alpha = try a.store.tensor(alphaKey)
-                guard alpha.type.count == 1 else { throw ArcError("\(a.store.label): '\(alphaKey)' must be a scalar") }
-                let s = alpha.data[0] / Float(r)
-                if s != 1 { delta = delta * s }
-            }
+            let s = try a.loraScale(module, rank: r)
+            if s != 1 { delta = delta * s }
             y = y + delta
         }
         if bias { y = y + (try weight("\(module).bias", [out])) }

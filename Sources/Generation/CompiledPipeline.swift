@@ -203,7 +203,7 @@ public final class CompiledPipeline {
                 inputs["negative_prompt_embeds"] = n.promptEmbeds
                 inputs["negative_pooled_prompt_embeds"] = n.pooledPromptEmbeds
             }
-            return try exe.run(inputs)["latents"]!
+            return try finiteLatents(try exe.run(inputs)["latents"]!)
         }
     }
 
@@ -250,4 +250,16 @@ public func readPromptLines(_ path: String) throws -> [String?] {
     if lines.last == "" { lines.removeLast() }   // a final newline ends the last line; it adds none
     if lines.isEmpty { throw ArcError("\(path) has no prompts") }
     return lines.map { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
+}
+
+/// The sampler's latents, refused when any is NaN or Inf: every input is checked finite, so one
+/// comes from the weights (a NaN in an adapter tensor turns every latent into NaN), and an image
+/// or latents file of them would look like a result.
+public func finiteLatents(_ latents: Tensor) throws -> Tensor {
+    let bad = latents.data.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+    guard bad == 0 else {
+        throw ArcError("the sampler's latents hold \(bad) non-finite value\(bad == 1 ? "" : "s") of \(latents.data.count) "
+                       + "(a NaN or Inf in the model's or the adapter's weights?); nothing written")
+    }
+    return latents
 }

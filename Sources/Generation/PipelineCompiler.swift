@@ -37,6 +37,7 @@ public enum PipelineCompiler {
                                output: String) throws -> PipelineManifest {
         let folder = try FluxPipelineFolder.load(dir)
         let adapter = try adapterDir.map { try ArcFlowAdapter.load($0) }
+        for note in adapter?.notes ?? [] { o.progress("note: \(note)") }
         // Only read at run time, but parsed here: a tokenizer this arcflow cannot read fails the
         // compile in a second instead of every later `generate`.
         let clip = try CLIPTokenizer(folder: folder.tokenizerDirectory, flavor: o.clipTokenizer)

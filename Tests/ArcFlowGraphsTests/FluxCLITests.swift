@@ -126,6 +126,73 @@ final class FluxCLITests: XCTestCase {
         XCTAssertLessThan(vsF32, 1e-2)
     }
 
+    /// Adapters as other tools write them (audit 6). A PEFT config's LoRA α (diffusers'
+    /// save_lora_adapter metadata, or adapter_config.json) scales as `.alpha` tensors do; a tensor
+    /// of a dtype an adapter cannot hold is refused by name, not dropped; an adapter without LoRA is
+    /// applied with a note; a NaN in an adapter gives an error, not NaN latents.
+    func testAdapterFilesFromOtherTools() throws {
+        let src = "\(a)/adapter-k4", store = try SafeTensorsStore(path: "\(src)/diffusion_pytorch_model.safetensors")
+        let entries = try store.names.map { name -> (name: String, dtype: String, shape: [Int], bytes: Data) in
+            let t = try store.tensor(name)
+            return (name, "F32", t.shape, t.data.withUnsafeBytes { Data($0) })
+        }
+        func adapter(_ name: String, _ entries: [(name: String, dtype: String, shape: [Int], bytes: Data)],
+                     metadata: [String: String] = [:], extra: [String: String] = [:]) throws -> String {
+            let d = "\(dir)/\(name)"
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: "\(src)/config.json", toPath: "\(d)/config.json")
+            try writeRawSafeTensors(entries, metadata: metadata, to: "\(d)/diffusion_pytorch_model.safetensors")
+            for (file, text) in extra { try text.write(toFile: "\(d)/\(file)", atomically: true, encoding: .utf8) }
+            return d
+        }
+        func latents(_ adapterDir: String, _ name: String) throws -> (CommandResult, Tensor?) {
+            let c = try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", adapterDir, "--height", "48", "--width", "80",
+                                 "--text-tokens", "7", "--weights-dtype", "f32", "-o", name])
+            XCTAssertEqual(c.status, 0, c.err)
+            let g = try arcflow(["generate", "--model", name, "--embeddings", "\(a)/case.safetensors", "--noise", "\(a)/case.safetensors",
+                                 "--output-latents", "\(name).safetensors"])
+            return (CommandResult(status: g.status, out: g.out, err: c.err + g.err),
+                    g.status == 0 ? try SafeTensorsStore(path: "\(dir)/\(name).safetensors").tensor("latents") : nil)
+        }
+        // α = 8 for rank 4 (scale 2): as .alpha tensors, from the metadata, from adapter_config.json.
+        let modules = Set(entries.compactMap { e in e.name.range(of: ".lora_A.weight").map { String(e.name[..<$0.lowerBound]) } })
+        XCTAssertFalse(modules.isEmpty)
+        let alphas = modules.sorted().map { ("\($0).alpha", "F32", [Int](), withUnsafeBytes(of: Float(8)) { Data($0) }) }
+        let (_, byTensor) = try latents(try adapter("alpha-tensors", entries + alphas), "t")
+        let (_, plain) = try latents(src, "plain")
+        XCTAssertGreaterThan(relativeL2(byTensor!, plain!), 1e-3, "α = 8 must change the latents")
+        let (m, byMetadata) = try latents(try adapter("alpha-meta", entries, metadata: ["lora_adapter_metadata": #"{"r": 4, "lora_alpha": 8}"#]), "m")
+        XCTAssertTrue(m.err.contains("LoRA α = 8.0 from") && m.err.contains("lora_adapter_metadata"), m.err)
+        XCTAssertLessThan(relativeL2(byMetadata!, byTensor!), 1e-6)
+        let (_, byConfig) = try latents(try adapter("alpha-config", entries, extra: ["adapter_config.json": #"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#]), "c")
+        XCTAssertLessThan(relativeL2(byConfig!, byTensor!), 1e-6)
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter",
+                                        try adapter("dora", entries, metadata: ["lora_adapter_metadata": #"{"r": 4, "lora_alpha": 4, "use_dora": true}"#]),
+                                        "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]), contains: "use_dora true (DoRA) is not supported")
+        // F64 (or integer) tensors are refused by name instead of silently missing.
+        var f64 = entries
+        let i = f64.firstIndex { $0.name.hasSuffix(".lora_A.weight") }!
+        let doubles = f64[i].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }.map { Double($0) }
+        f64[i] = (f64[i].name, "F64", f64[i].shape, doubles.withUnsafeBytes { Data($0) })
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", try adapter("f64", f64),
+                                        "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
+                           contains: "tensor '\(f64[i].name)' has dtype F64, which an adapter cannot hold")
+        // No LoRA at all: the head alone, said so.
+        let (h, _) = try latents(try adapter("head-only", entries.filter { !$0.name.contains(".lora_") }), "h")
+        XCTAssertEqual(h.status, 0, h.err)
+        XCTAssertTrue(h.err.contains("has no LoRA tensors: only norm_out and the head are applied"), h.err)
+        // A NaN in the adapter: generate fails and writes nothing.
+        var nan = entries
+        let j = nan.firstIndex { $0.name.hasSuffix(".lora_B.weight") }!
+        var values = nan[j].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        values[0] = .nan
+        nan[j].bytes = values.withUnsafeBytes { Data($0) }
+        let (n, _) = try latents(try adapter("nan", nan), "n")
+        assertOneLineError(n.status == 0 ? n : CommandResult(status: n.status, out: n.out, err: n.err.split(separator: "\n").last.map(String.init) ?? ""),
+                           contains: "the sampler's latents hold 960 non-finite values of 960")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/n.safetensors"))
+    }
+
     func testAdapterForAnotherBase() throws {
         let r = try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", "\(bcfg)/adapter-k16",
                              "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "m"])

@@ -146,16 +146,8 @@ final class QwenImageCLITests: XCTestCase {
 
     /// `prompt_embeds` f32 and `prompt_embeds_mask` int64 [1, T], as diffusers' encode_prompt returns them.
     func writeEmbeddingsWithMask(_ embeds: Tensor, mask: [Int64], to path: String) throws {
-        let e = embeds.data.withUnsafeBytes { Data($0) }, m = mask.withUnsafeBytes { Data($0) }
-        var header = #"{"prompt_embeds":{"dtype":"F32","shape":\#(embeds.shape),"data_offsets":[0,\#(e.count)]},"#
-            + #""prompt_embeds_mask":{"dtype":"I64","shape":[1,\#(mask.count)],"data_offsets":[\#(e.count),\#(e.count + m.count)]}}"#
-        while header.utf8.count % 8 != 0 { header += " " }
-        var file = Data()
-        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { file.append(contentsOf: $0) }
-        file.append(Data(header.utf8))
-        file.append(e)
-        file.append(m)
-        try file.write(to: URL(fileURLWithPath: path))
+        try writeRawSafeTensors([("prompt_embeds", "F32", embeds.shape, embeds.data.withUnsafeBytes { Data($0) }),
+                                 ("prompt_embeds_mask", "I64", [1, mask.count], mask.withUnsafeBytes { Data($0) })], to: path)
     }
 
     func testCompileErrors() throws {

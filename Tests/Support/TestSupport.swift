@@ -109,3 +109,24 @@ public func compareRGB8(_ got: [UInt8], _ want: [UInt8]) -> (offByMoreThan1: Dou
     }
     return (Double(bad) / Double(got.count), worst)
 }
+
+/// A safetensors file of raw entries (name, dtype tag such as "I64" or "F64", shape, little-endian
+/// bytes) and metadata: what writeSafeTensors does not write (dtypes arcflow reads only as masks
+/// or refuses), as PyTorch's save_file would.
+public func writeRawSafeTensors(_ entries: [(name: String, dtype: String, shape: [Int], bytes: Data)],
+                                metadata: [String: String] = [:], to path: String) throws {
+    var header: [String: Any] = metadata.isEmpty ? [:] : ["__metadata__": metadata]
+    var offset = 0
+    for e in entries {
+        header[e.name] = ["dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.bytes.count]] as [String: Any]
+        offset += e.bytes.count
+    }
+    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    while json.count % 8 != 0 { json.append(0x20) }
+    var file = Data()
+    withUnsafeBytes(of: UInt64(json.count).littleEndian) { file.append(contentsOf: $0) }
+    file.append(json)
+    for e in entries { file.append(e.bytes) }
+    try file.write(to: URL(fileURLWithPath: path))
+}
+

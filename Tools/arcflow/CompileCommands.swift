@@ -183,6 +183,7 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     }
     let checkpoint = try FluxCheckpoint.load(transformer)
     let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
+    for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }
     var o: FluxOptions
     if let l = args.value("--latent-size") {
         if args.has("--height") || args.has("--width") { throw UsageError("give --latent-size or --height/--width, not both", spec) }

@@ -278,7 +278,7 @@ func runSampler(_ model: LoadedModel, _ inputs: [String: Tensor], nfe: Int, labe
     let start = monotonicSeconds()
     let out = try model.executable.run(inputs)
     let seconds = monotonicSeconds() - start
-    let latents = out["latents"]!
+    let latents = try finiteLatents(out["latents"]!)
     try writeSafeTensors([TensorRecord(name: "latents", dtype: .f32, shape: latents.shape, payload: .floats(latents.data))],
                          metadata: ["sampler": sampler, "nfe": String(nfe)].merging(metadata) { $1 }, to: path)
     print(String(format: "generated %@ in %.3f s (%.3f s per NFE) → %@", "\(latents.type)", seconds, seconds / Double(nfe), path))

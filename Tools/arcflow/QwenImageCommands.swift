@@ -31,6 +31,7 @@ func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> Tr
                          + "QwenImagePipeline.encode_prompt returns it; each prompt has its own length)", spec)
     }
     let adapter = try args.value("--adapter").map { try QwenImageCheckpoint.adapter($0) }
+    for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }
     let (height, width) = try imageSize(args)
     var o = QwenImageOptions(height: height, width: width)
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
