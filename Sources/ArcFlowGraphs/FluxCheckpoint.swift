@@ -254,7 +254,11 @@ public struct ArcFlowAdapter {
             else { unmatched.append(key) }
         }
         if !unmatched.isEmpty {
-            throw ArcError("\(path): \(unmatched.count) tensor(s) match nothing an ArcFlow adapter holds: \(unmatched.prefix(5).joined(separator: ", "))\(unmatched.count > 5 ? ", …" : "")")
+            // PEFT's own spellings: adapter-named keys (…lora_A.default.weight) and kohya's lora_down/up.
+            let hint = unmatched.contains { $0.contains(".lora_A.") || $0.contains(".lora_B.") }
+                ? " (PEFT adapter-named keys: …lora_A.<adapter>.weight is …lora_A.weight in an exported adapter)"
+                : unmatched.contains { $0.contains("lora_down") || $0.contains("lora_up") } ? " (kohya-style names: convert to diffusers' …lora_A/B.weight)" : ""
+            throw ArcError("\(path): \(unmatched.count) tensor(s) match nothing an ArcFlow adapter holds: \(unmatched.prefix(5).joined(separator: ", "))\(unmatched.count > 5 ? ", …" : "")\(hint)")
         }
         for (m, p) in lora.sorted(by: { $0.key < $1.key }) where p.a.isEmpty || p.b.isEmpty {
             throw ArcError("\(path): LoRA for '\(m)' needs both \(m).lora_A.weight and \(m).lora_B.weight")

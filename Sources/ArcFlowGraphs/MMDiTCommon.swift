@@ -32,7 +32,9 @@ final class AdaptedWeights {
             throw ArcError("\(store.label): missing tensor '\(key)' (expected \(shape), config implies it)")
         }
         guard t.shape == shape else {
-            throw ArcError("\(store.label): tensor '\(key)' has shape \(t.shape), expected \(shape) for this transformer config")
+            // The head's rows are K components × channels: a wrong K is the adapter config's.
+            let k = fromAdapter && key.hasPrefix("proj_out_") ? adapter.map { "; the adapter's config.json says num_gaussians \($0.components)" } ?? "" : ""
+            throw ArcError("\(store.label): tensor '\(key)' has shape \(t.shape), expected \(shape) for this transformer config\(k)")
         }
         let v = b.convert(b.weight((fromAdapter ? "adapter:" : "") + key, t), to: .f32)
         cache[key] = v
@@ -72,7 +74,8 @@ final class AdaptedWeights {
         guard let a = adapter else { return }
         let unused = Set(a.lora.keys).subtracting(usedLoRA).sorted()
         if !unused.isEmpty {
-            throw ArcError("\(a.store.label): LoRA for \(unused.prefix(3).joined(separator: ", "))\(unused.count > 3 ? ", …" : "") matches no layer of this transformer")
+            let peft = unused.contains { $0.hasPrefix("base_model.model.") } ? " (a PeftModel's keys: drop the base_model.model. prefix)" : ""
+            throw ArcError("\(a.store.label): LoRA for \(unused.prefix(3).joined(separator: ", "))\(unused.count > 3 ? ", …" : "") matches no layer of this transformer\(peft)")
         }
     }
 

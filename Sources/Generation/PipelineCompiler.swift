@@ -37,13 +37,9 @@ public enum PipelineCompiler {
                                output: String) throws -> PipelineManifest {
         let folder = try FluxPipelineFolder.load(dir)
         let adapter = try adapterDir.map { try ArcFlowAdapter.load($0) }
-        for note in adapter?.notes ?? [] { o.progress("note: \(note)") }
         // Only read at run time, but parsed here: a tokenizer this arcflow cannot read fails the
         // compile in a second instead of every later `generate`.
         let clip = try CLIPTokenizer(folder: folder.tokenizerDirectory, flavor: o.clipTokenizer)
-        o.progress("tokenizer: CLIP \(clip.flavor.rawValue) (" + (clip.flavor == .slow
-            ? "transformers 4's CLIPTokenizer; --clip-tokenizer fast for transformers 5's)"
-            : "the tokenizers library's, transformers 5's CLIPTokenizer; --clip-tokenizer slow for transformers 4's)"))
         _ = try T5Tokenizer(folder: folder.tokenizer2Directory)
         let sampler = o.sampler ?? (adapter == nil ? .euler : .arc)
         let steps = o.steps ?? sampler.defaultSteps
@@ -78,6 +74,11 @@ public enum PipelineCompiler {
             ("sampler", { (samplerProgram.module, samplerProgram.weights, samplerProgram.manifest) }),
             ("vae_decoder", { let p = try folder.vaeDecoderProgram(height: o.height, width: o.width); return (p.module, p.weights, ["stage": "vae_decoder"]) }),
         ]
+        // Said once every input has been read (an error stays the only line).
+        for note in adapter?.notes ?? [] { o.progress("note: \(note)") }
+        o.progress("tokenizer: CLIP \(clip.flavor.rawValue) (" + (clip.flavor == .slow
+            ? "transformers 4's CLIPTokenizer; --clip-tokenizer fast for transformers 5's)"
+            : "the tokenizers library's, transformers 5's CLIPTokenizer; --clip-tokenizer slow for transformers 4's)"))
         let hashes = try compileStages(stages, options: o.compile, output: output, progress: o.progress)
         for (src, dst) in [(folder.tokenizerDirectory, "tokenizer"), (folder.tokenizer2Directory, "tokenizer_2")] {
             try copyFolder(src, to: "\(output)/\(dst)")

@@ -177,6 +177,19 @@ final class FluxCLITests: XCTestCase {
         assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", try adapter("f64", f64),
                                         "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
                            contains: "tensor '\(f64[i].name)' has dtype F64, which an adapter cannot hold")
+        // PEFT's adapter-named keys and a config.json whose K is not the tensors': errors with the fix.
+        let named = entries.map { e in (e.name.replacingOccurrences(of: ".lora_A.weight", with: ".lora_A.default.weight")
+                                          .replacingOccurrences(of: ".lora_B.weight", with: ".lora_B.default.weight"), e.dtype, e.shape, e.bytes) }
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", try adapter("peft-named", named),
+                                        "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
+                           contains: "(PEFT adapter-named keys: …lora_A.<adapter>.weight is …lora_A.weight in an exported adapter)")
+        let k8 = try adapter("k8", entries)
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(k8)/config.json"))) as! [String: Any]
+        config["num_gaussians"] = 8
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: "\(k8)/config.json"))
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", k8,
+                                        "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
+                           contains: "the adapter's config.json says num_gaussians 8")
         // No LoRA at all: the head alone, said so.
         let (h, _) = try latents(try adapter("head-only", entries.filter { !$0.name.contains(".lora_") }), "h")
         XCTAssertEqual(h.status, 0, h.err)

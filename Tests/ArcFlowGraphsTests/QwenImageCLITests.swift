@@ -116,7 +116,7 @@ final class QwenImageCLITests: XCTestCase {
         let p = try arcflow(["generate", "--model", "t", "--embeddings", "padded.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
                              "--noise", "\(b)/case.safetensors", "--output-latents", "padded-lat.safetensors"])
         XCTAssertEqual(p.status, 0, p.err)
-        XCTAssertTrue(p.err.contains("prompt_embeds: 3 padding rows dropped"), p.err)
+        XCTAssertTrue(p.err.contains("arcflow: prompt_embeds: 3 padding rows dropped"), p.err)
         XCTAssertEqual(try latents("padded-lat.safetensors").data, try latents("lat.safetensors").data)
         assertOneLineError(try arcflow(["generate", "--model", "t", "--embeddings", "holes.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
                                         "--seed", "1", "--output-latents", "l.safetensors"]),

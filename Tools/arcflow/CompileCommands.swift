@@ -183,7 +183,6 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     }
     let checkpoint = try FluxCheckpoint.load(transformer)
     let adapter = try args.value("--adapter").map { try ArcFlowAdapter.load($0) }
-    for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }
     var o: FluxOptions
     if let l = args.value("--latent-size") {
         if args.has("--height") || args.has("--width") { throw UsageError("give --latent-size or --height/--width, not both", spec) }
@@ -198,7 +197,10 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     o.cfgScale = try args.double("--true-cfg-scale", spec)
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.guidance = try args.double("--guidance", spec)
-    return try FluxModel.sampler(checkpoint, adapter: adapter, options: o)
+    let program = try FluxModel.sampler(checkpoint, adapter: adapter, options: o)
+    // Said once the model is built, so that an error stays the only line.
+    for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }
+    return program
 }
 
 func compileOptions(_ args: ParsedArguments, _ spec: CommandSpec, output: String) throws -> CompileOptions {

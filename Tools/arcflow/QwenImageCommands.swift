@@ -31,13 +31,15 @@ func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> Tr
                          + "QwenImagePipeline.encode_prompt returns it; each prompt has its own length)", spec)
     }
     let adapter = try args.value("--adapter").map { try QwenImageCheckpoint.adapter($0) }
-    for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }
     let (height, width) = try imageSize(args)
     var o = QwenImageOptions(height: height, width: width)
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.trueCFGScale = try args.double("--true-cfg-scale", spec)
     o.negativeTextTokens = try args.int("--negative-text-tokens", spec, min: 1)
-    return try QwenImageModel.sampler(checkpoint, adapter: adapter, options: o)
+    let program = try QwenImageModel.sampler(checkpoint, adapter: adapter, options: o)
+    // Said once the model is built, so that an error stays the only line.
+    for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }
+    return program
 }
 
 /// A compiled model with true CFG reads this input; only such a model takes --negative-embeddings.
@@ -66,7 +68,8 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
     guard let nfe = Int(m.model["nfe"] ?? "") else { throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'nfe'") }
     func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
     let hint = "the model was compiled for \(m.model["width"] ?? "?")×\(m.model["height"] ?? "?") pixels (width × height) and \(m.model["text_tokens"] ?? "?") text tokens"
-    var inputs = ["prompt_embeds": try readQwenEmbeddings(embeddings, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint)]
+    var notes: [String] = []
+    var inputs = ["prompt_embeds": try readQwenEmbeddings(embeddings, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint, notes: &notes)]
     if let ne = args.value("--negative-embeddings") {
         // diffusers names it negative_prompt_embeds; a file made for --embeddings holds prompt_embeds.
         let names = try SafeTensorsStore(path: ne).names
@@ -77,13 +80,14 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
         }
         let negativeTokens = m.model["negative_text_tokens"] ?? m.model["text_tokens"] ?? "?"
         inputs[negativeEmbeddingsInput] = try readQwenEmbeddings(ne, name, want: want, hint: "the model was compiled for a negative prompt of "
-                                                         + "\(negativeTokens) text tokens; compile --negative-text-tokens T2 for another length")
+                                                         + "\(negativeTokens) text tokens; compile --negative-text-tokens T2 for another length", notes: &notes)
     }
     if let noisePath = args.value("--noise") {
         inputs["noise"] = try readTensor(noisePath, "noise", want: binding("noise").type, hint: hint)
     } else {
         inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
+    for note in notes { stderrLine("arcflow: \(note)") }  // once every input has been read
     let cfg = m.model["true_cfg_scale"].map {
         ", true CFG \($0) (" + (m.model["negative_text_tokens"] != nil ? "a negative prompt of its own length: two evaluations per step" : "prompt and negative prompt batched") + ")"
     } ?? ""
@@ -98,7 +102,7 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
 /// so the unpadded rows alone give the same numbers (measured against diffusers 0.42.1: 1.4e-7
 /// relative L2): they are what a model compiled for T text tokens takes. Without a mask every row
 /// is the prompt (0.42.1 drops an all-ones mask itself).
-func readQwenEmbeddings(_ path: String, _ name: String, want: TensorType, hint: String) throws -> Tensor {
+func readQwenEmbeddings(_ path: String, _ name: String, want: TensorType, hint: String, notes: inout [String]) throws -> Tensor {
     let file = try SafeTensorsFile(path: path)
     let maskName = "\(name)_mask"
     guard file.tensors[maskName] != nil || file.unsupportedTensors[maskName] != nil else {
@@ -123,7 +127,7 @@ func readQwenEmbeddings(_ path: String, _ name: String, want: TensorType, hint: 
                        + "expected \(want.shape) (\(hint); compile --text-tokens \(kept))")
     }
     if kept < t.shape[1] {
-        FileHandle.standardError.write(Data("\(name): \(t.shape[1] - kept) padding rows dropped ('\(maskName)'; diffusers' attention masks them)\n".utf8))
+        notes.append("\(name): \(t.shape[1] - kept) padding rows dropped ('\(maskName)'; diffusers' attention masks them)")
     }
     return try finiteTensor(path, name, want, Array(try file.floats(name).prefix(kept * t.shape[2])))
 }
