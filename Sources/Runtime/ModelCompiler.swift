@@ -111,7 +111,19 @@ public enum ModelCompiler {
         // LoRA fused into a 16-bit base is rounded to 16 bits (as diffusers' fuse then cast); a
         // reference that runs the adapter unfused in f32 differs by that rounding (~1e-4 to 1e-3).
         if options.weightsDType == .auto, options.compute == .f32, let p = optimized.prologue {
-            let rounded = program.weights.filter { w in w.type.dtype != .f32 && p.outputs.contains { $0.name == w.name } }
+            // Only outputs that a LoRA factor reaches: casts, transposes and slices of one 16-bit
+            // weight round back to the same values.
+            func fromLoRA(_ name: String) -> Bool {
+                guard let out = p.outputs.first(where: { $0.name == name }) else { return false }
+                var stack = [out.value], seen = Set<ValueID>()
+                while let v = stack.popLast() {
+                    guard seen.insert(v).inserted else { continue }
+                    if p[v].op == .weight, p[v].key!.contains(".lora_") { return true }
+                    stack += p[v].operands
+                }
+                return false
+            }
+            let rounded = program.weights.filter { w in w.type.dtype != .f32 && fromLoRA(w.name) }
             if let first = rounded.first {
                 options.notice("\(rounded.count) weight\(rounded.count == 1 ? "" : "s") computed at compile time (LoRA fused in f32) "
                                + "stored as \(first.type.dtype), the checkpoint's type (--weights-dtype auto); --weights-dtype f32 keeps them exact")
