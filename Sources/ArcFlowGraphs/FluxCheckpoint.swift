@@ -185,7 +185,8 @@ public struct ArcFlowAdapter {
     /// (PEFT's `save_pretrained`). diffusers' `load_lora_adapter` scales by α/r from them; the
     /// ArcFlow reference loader passes a bare state dict (α = r). `alphaPattern`: per-module α
     /// (PEFT's `alpha_pattern`, a key matching the module name or its last components).
-    public var peftAlpha: (alpha: Double, pattern: [String: Double], rsLoRA: Bool, source: String)?
+    public var peftAlpha: PEFTAlpha?
+    public typealias PEFTAlpha = (alpha: Double, pattern: [String: Double], rsLoRA: Bool, source: String)
     /// What a user should hear about this adapter (read by the CLI), e.g. a file with no LoRA.
     public var notes: [String] = []
 
@@ -270,7 +271,7 @@ public struct ArcFlowAdapter {
         if !missing.isEmpty { throw ArcError("\(path): missing \(missing.joined(separator: ", "))") }
         var adapter = ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense, shift: shift, prediction: prediction)
         adapter.peftAlpha = try peftConfig(dir: dir, metadata: file.files[0].metadata, path: path)
-        if let p = adapter.peftAlpha, p.alpha != 0 || !p.pattern.isEmpty, !lora.values.contains(where: { $0.alpha != nil }) {
+        if let p = adapter.peftAlpha, !lora.values.contains(where: { $0.alpha != nil }) {
             adapter.notes.append("LoRA α = \(p.alpha)\(p.pattern.isEmpty ? "" : " (\(p.pattern.count) per-module α)")\(p.rsLoRA ? ", rsLoRA" : "") from \(p.source): "
                                  + "scale α/\(p.rsLoRA ? "√r" : "r") per module, as diffusers and PEFT read it (the ArcFlow reference loader passes no config: scale 1)")
         }
@@ -283,8 +284,7 @@ public struct ArcFlowAdapter {
 
     /// The PEFT LoRA config of an adapter, if it carries one (see `peftAlpha`). DoRA and LoRA
     /// biases change the math beyond a scale: refused.
-    static func peftConfig(dir: String, metadata: [String: String], path: String) throws
-        -> (alpha: Double, pattern: [String: Double], rsLoRA: Bool, source: String)? {
+    static func peftConfig(dir: String, metadata: [String: String], path: String) throws -> PEFTAlpha? {
         var config: [String: Any]?, source = ""
         if let text = metadata["lora_adapter_metadata"] {
             guard let c = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else {

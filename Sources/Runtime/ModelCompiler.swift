@@ -113,17 +113,9 @@ public enum ModelCompiler {
         if options.weightsDType == .auto, options.compute == .f32, let p = optimized.prologue {
             // Only outputs that a LoRA factor reaches: casts, transposes and slices of one 16-bit
             // weight round back to the same values.
-            func fromLoRA(_ name: String) -> Bool {
-                guard let out = p.outputs.first(where: { $0.name == name }) else { return false }
-                var stack = [out.value], seen = Set<ValueID>()
-                while let v = stack.popLast() {
-                    guard seen.insert(v).inserted else { continue }
-                    if p[v].op == .weight, p[v].key!.contains(".lora_") { return true }
-                    stack += p[v].operands
-                }
-                return false
+            let rounded = program.weights.filter { w in
+                w.type.dtype != .f32 && sourceWeights(of: w.name, in: p).contains { $0.key!.contains(".lora_") }
             }
-            let rounded = program.weights.filter { w in w.type.dtype != .f32 && fromLoRA(w.name) }
             if let first = rounded.first {
                 options.notice("\(rounded.count) weight\(rounded.count == 1 ? "" : "s") computed at compile time (LoRA fused in f32) "
                                + "stored as \(first.type.dtype), the checkpoint's type (--weights-dtype auto); --weights-dtype f32 keeps them exact")
@@ -174,20 +166,24 @@ public enum ModelCompiler {
         case .f16: return { _ in .f16 }
         case .auto, .int8:   // int8: the weights quantize-weights marked; the others as auto
             return { name in
-                guard let p = prologue, let out = p.outputs.first(where: { $0.name == name }) else {
+                guard let p = prologue, p.outputs.contains(where: { $0.name == name }) else {
                     return weights.type(of: name)?.dtype ?? .f32
                 }
-                var stack = [out.value], seen = Set<ValueID>()
-                var largest: TensorType?
-                while let v = stack.popLast() {
-                    guard seen.insert(v).inserted else { continue }
-                    let n = p[v]
-                    if n.op == .weight, n.type.count > largest?.count ?? -1 { largest = n.type }
-                    stack += n.operands
-                }
-                return largest?.dtype ?? .f32
+                return sourceWeights(of: name, in: p).max { $0.type.count < $1.type.count }?.type.dtype ?? .f32
             }
         }
+    }
+
+    /// The weights a `@prologue` output is computed from (its cone's `weight` nodes, first found first).
+    static func sourceWeights(of name: String, in p: Graph) -> [Node] {
+        guard let out = p.outputs.first(where: { $0.name == name }) else { return [] }
+        var stack = [out.value], seen = Set<ValueID>(), found: [Node] = []
+        while let v = stack.popLast() {
+            guard seen.insert(v).inserted else { continue }
+            if p[v].op == .weight { found.append(p[v]) }
+            stack += p[v].operands
+        }
+        return found
     }
 
     static func dumpC(_ program: CProgram, _ dir: String?) throws {
