@@ -214,7 +214,9 @@ public final class DistillRollout: BatchProvider {
 public struct DistillOptions {
     public var directory: String
     public var teacherWeights: String
-    public var teacher = TeacherConfig.standard()
+    /// The teacher's sizes; nil: inferred from the teacher's weights (`TeacherConfig.inferred`:
+    /// the shapes `train-default` trains). Tests set a tiny one.
+    public var teacher: TeacherConfig?
     public var components = 8
     public var rank = 32
     /// LoRA on the attention projections as well as the reference's MLP targets (`StudentConfig`).
@@ -239,8 +241,9 @@ public struct DistillOptions {
     public var log: (String) -> Void = { print($0) }
     public init(directory: String, teacherWeights: String) { self.directory = directory; self.teacherWeights = teacherWeights }
 
+    /// The student of `teacher` (set: `DistillRun.prepare` fills it in first).
     public var student: StudentConfig {
-        var s = StudentConfig(teacher: teacher, components: components, rank: rank)
+        var s = StudentConfig(teacher: teacher ?? .standard(), components: components, rank: rank)
         s.seed = recipe.seed
         s.attentionLoRA = attentionLoRA
         return s
@@ -257,12 +260,15 @@ public struct DistillRun {
 
     /// Compiles the three graphs (cached by their C), writes `init-adapter/` (f32) on the first
     /// run, binds a session at it, or at RUNDIR/state.safetensors with `resume`.
-    public static func prepare(_ o: DistillOptions) throws -> DistillRun {
+    public static func prepare(_ options: DistillOptions) throws -> DistillRun {
+        let teacherFile = try openTeacherWeights(options.teacherWeights)
+        var o = options
+        // The teacher's shape is the weights' own (a teacher trained with other --patch/--width).
+        if o.teacher == nil { o.teacher = try TeacherConfig.inferred(from: teacherFile) }
         let dir = o.directory, s = o.student, r = o.recipe
         guard s.components >= 1 else { throw ArcError("--components must be at least 1, got \(s.components)") }
         guard r.batch >= 1, r.intervals >= 1, r.nfe >= 1 else { throw ArcError("--batch must be at least 1") }
         guard r.shift > 0 else { throw ArcError("--shift must be positive, got \(r.shift)") }
-        let teacherFile = try openTeacherWeights(o.teacherWeights)
         if !o.resume { try Trainer.checkFreshStart(dir, resume: "--resume") }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
@@ -311,7 +317,7 @@ public struct DistillRun {
                             "lora_targets": s.loraTargetsName, "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
-                            "teacher_weights": o.teacherWeights]
+                            "teacher_weights": o.teacherWeights, "teacher_shape": TeacherShape.metadata(s.teacher.shape)]
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             try trainer.resume(from: trainer.statePath!)
             o.log("resumed at iteration \(session.stepCount)")
@@ -435,14 +441,18 @@ public final class DistillEvaluator {
 
 public enum DistillExport {
     /// Writes the ArcFlow adapter (§5.2, f16) of the EMA in `stateFile` to `dir`. The student's
-    /// sizes come from the state's metadata; `teacher` gives the transformer config.
-    public static func export(stateFile: String, teacher: TeacherConfig = .standard(), to dir: String) throws -> StudentConfig {
+    /// sizes and its teacher's shape come from the state's metadata (`given`: a teacher of
+    /// another family, as tests use).
+    public static func export(stateFile: String, teacher given: TeacherConfig? = nil, to dir: String) throws -> StudentConfig {
         let file = try SafeTensorsFile(path: stateFile)
         let md = file.metadata
         guard md["format"] == TrainingSession.stateFormat, md["model"] == "shapes-arcflow-student",
               let k = md["components"].flatMap(Int.init), let rank = md["rank"].flatMap(Int.init), let shift = md["shift"].flatMap(Double.init) else {
             throw ArcError("\(stateFile) is not a distill-default state (no model=shapes-arcflow-student, components, rank and shift in its metadata)")
         }
+        // States written before teachers had other shapes have no teacher_shape: the standard one.
+        let shape = try md["teacher_shape"].map { try TeacherShape(metadata: $0, in: stateFile) } ?? TeacherShape()
+        let teacher = try given ?? TeacherConfig.make(shape)
         var s = StudentConfig(teacher: teacher, components: k, rank: rank)
         s.attentionLoRA = md["lora_targets"].flatMap(StudentConfig.attentionLoRA(named:)) ?? false   // absent in states before the option: mlp
         let trained = Set(Student.trainable(s).map(\.key))

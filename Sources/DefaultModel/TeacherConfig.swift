@@ -3,6 +3,7 @@
 
 import ArcFlowGraphs
 import IR
+import Runtime
 import ShapesWorld
 
 /// Sizes of the teacher and its text encoder, and the image representation.
@@ -40,12 +41,61 @@ public struct TeacherConfig: Equatable {
 
     /// The default model's teacher at batch `batch`.
     public static func standard(batch: Int = 32) -> TeacherConfig {
+        try! make(TeacherShape(), batch: batch)
+    }
+
+    /// A teacher of another shape (`train-default --patch/--width/--double-blocks/--single-blocks`):
+    /// the standard text encoder, heads of 64 with the standard RoPE axes, `shape`'s patch and trunk.
+    public static func make(_ shape: TeacherShape, batch: Int = 32) throws -> TeacherConfig {
+        let p = shape.patch
+        guard p >= 4, p % 4 == 0, side % p == 0 else {
+            // The layout `PixelCodec` maps a patch to: FLUX's 2×2 pack of a space-to-depth latent.
+            throw ArcError("--patch \(p): a patch must be a multiple of 4 dividing the \(side)-pixel side (4, 8, 16 or 32)")
+        }
+        guard shape.width >= 64, shape.width % 64 == 0 else {
+            throw ArcError("--width \(shape.width): the width must be a positive multiple of 64 (heads of 64)")
+        }
+        guard shape.doubleBlocks >= 1, shape.singleBlocks >= 0 else {
+            throw ArcError("--double-blocks must be at least 1 and --single-blocks at least 0, got \(shape.doubleBlocks) and \(shape.singleBlocks)")
+        }
         let text = TextEncoderConfig(vocabSize: WorldVocabulary.count, width: 128, layers: 2, heads: 4,
                                      intermediate: 512, tokens: WorldVocabulary.length)
-        let flux = FluxConfig(numLayers: 4, numSingleLayers: 0, attentionHeadDim: 64, numAttentionHeads: 3,
-                              jointAttentionDim: text.width, pooledProjectionDim: text.width, guidanceEmbeds: false,
-                              axesDimsRope: [16, 24, 24], inChannels: 3 * 8 * 8)
-        return TeacherConfig(flux: flux, text: text, patch: 8, batch: batch)
+        let flux = FluxConfig(numLayers: shape.doubleBlocks, numSingleLayers: shape.singleBlocks, attentionHeadDim: 64,
+                              numAttentionHeads: shape.width / 64, jointAttentionDim: text.width, pooledProjectionDim: text.width,
+                              guidanceEmbeds: false, axesDimsRope: [16, 24, 24], inChannels: 3 * p * p)
+        return TeacherConfig(flux: flux, text: text, patch: p, batch: batch)
+    }
+
+    /// The shape of a teacher from its weights (a run's flat f32 file or a default-model folder's
+    /// tensors): patch and width from `x_embedder`, the block counts from the names present. The
+    /// result's layout is then checked tensor by tensor against `weights`, so a text encoder or
+    /// head dimension of another size is an error naming the first tensor that differs.
+    public static func inferred(from weights: WeightStore, batch: Int = 32) throws -> TeacherConfig {
+        guard let embed = weights.type(of: "x_embedder.weight")?.shape, embed.count == 2 else {
+            throw ArcError("\(weights.label): no x_embedder.weight [width, 3·patch²]: not the weights of a default-model teacher")
+        }
+        let p = Int(Double(embed[1] / 3).squareRoot().rounded())
+        func count(_ prefix: String, _ suffix: String) -> Int {
+            var n = 0
+            while weights.type(of: "\(prefix).\(n).\(suffix)") != nil { n += 1 }
+            return n
+        }
+        let shape = TeacherShape(patch: p, width: embed[0], doubleBlocks: count("transformer_blocks", "norm1.linear.weight"),
+                                 singleBlocks: count("single_transformer_blocks", "norm.linear.weight"))
+        let c: TeacherConfig
+        do { c = try make(shape, batch: batch) } catch {
+            throw ArcError("\(weights.label): x_embedder.weight \(embed) and \(shape.doubleBlocks) double blocks are not a teacher this arcflow trains: \(error)")
+        }
+        for (name, expected, _) in TeacherWeights.layout(c) {
+            guard let t = weights.type(of: name) else { throw ArcError("\(weights.label): missing '\(name)' (a teacher of \(shape) has it)") }
+            guard t.shape == expected else { throw ArcError("\(weights.label): '\(name)' is \(t.shape), expected \(expected) for a teacher of \(shape)") }
+        }
+        return c
+    }
+
+    /// This config's shape (what `make` was given).
+    public var shape: TeacherShape {
+        TeacherShape(patch: patch, width: flux.width, doubleBlocks: flux.numLayers, singleBlocks: flux.numSingleLayers)
     }
 
     /// A few-thousand-parameter model for tests (16×16 patches: 16 tokens).
@@ -56,6 +106,28 @@ public struct TeacherConfig: Equatable {
                               jointAttentionDim: text.width, pooledProjectionDim: text.width, guidanceEmbeds: false,
                               axesDimsRope: [2, 2, 4], inChannels: 3 * 16 * 16)
         return TeacherConfig(flux: flux, text: text, patch: 16, batch: batch)
+    }
+}
+
+/// What `train-default` can vary in a teacher: the image tokens' patch, and the trunk's width and
+/// depth (the text encoder and the head size stay). The default is the shipped teacher's.
+public struct TeacherShape: Equatable, CustomStringConvertible {
+    public var patch = 8, width = 192, doubleBlocks = 4, singleBlocks = 0
+    public init() {}
+    public init(patch: Int, width: Int, doubleBlocks: Int, singleBlocks: Int) {
+        self.patch = patch; self.width = width; self.doubleBlocks = doubleBlocks; self.singleBlocks = singleBlocks
+    }
+    public var description: String {
+        "patch \(patch), width \(width), \(doubleBlocks) double + \(singleBlocks) single blocks"
+    }
+
+    /// As a run's state metadata records it: "patch,width,double,single".
+    public static func metadata(_ s: TeacherShape) -> String { "\(s.patch),\(s.width),\(s.doubleBlocks),\(s.singleBlocks)" }
+
+    public init(metadata text: String, in file: String) throws {
+        let v = text.split(separator: ",").compactMap { Int($0) }
+        guard v.count == 4 else { throw ArcError("\(file): teacher_shape '\(text)' is not patch,width,double,single") }
+        self.init(patch: v[0], width: v[1], doubleBlocks: v[2], singleBlocks: v[3])
     }
 }
 

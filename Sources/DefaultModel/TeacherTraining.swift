@@ -141,6 +141,9 @@ public struct TeacherRunOptions {
     /// Start from these weights (a default-model folder or a flat f32 file, as distill-default's
     /// `--teacher-weights`) instead of the seed's random init; the optimizer state starts fresh.
     public var initWeights: String?
+    /// The teacher's shape for a fresh run (nil: the standard teacher); a resumed run or one
+    /// from `initWeights` takes the shape of those weights.
+    public var shape: TeacherShape?
     public var threads = 2
     public var resume = false
     public var emaBeta = 0.999
@@ -161,12 +164,12 @@ public enum TeacherRun {
     /// weights, or at the saved state with `o.resume`; `frozen`: the weights it does not train.
     public static func prepare(_ o: TeacherRunOptions) throws
         -> (trainer: Trainer, compiled: CompiledProgram, config: TeacherConfig, frozen: [String: Tensor]) {
-        let c = TeacherConfig.standard(batch: o.batch)
         let dir = o.directory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let statePath = "\(dir)/state.safetensors"
         let resuming = o.resume && FileManager.default.fileExists(atPath: statePath)
         if !resuming { try Trainer.checkFreshStart(dir, resume: "--resume") }
+        let c = try config(o, resuming: resuming)
         let initial = try o.initWeights.map { try TeacherRun.initialWeights(c, from: $0) } ?? TeacherWeights.random(c, seed: o.seed)
         // The weights this run starts from (a resumed run keeps its own).
         if !resuming { try TeacherWeights.write(initial, to: "\(dir)/init.safetensors") }
@@ -182,8 +185,8 @@ public enum TeacherRun {
         let compiled = try ModelCompiler.build(Module(step.graph), weights: store, options: options)
         let session = try TrainingSession(step: step, executable: try compiled.load(), initial: store)
         let parameterCount = TeacherWeights.layout(c).reduce(0) { $0 + $1.shape.reduce(1, *) }
-        o.log(String(format: "teacher: %d parameters, batch %d, train step %.1f GFLOP, compiled in %.0f s",
-                     parameterCount, c.batch, compiled.program.flops / 1e9, monotonicSeconds() - t0))
+        o.log(String(format: "teacher (%@): %d parameters, batch %d, train step %.1f GFLOP, compiled in %.0f s",
+                     c.shape.description, parameterCount, c.batch, compiled.program.flops / 1e9, monotonicSeconds() - t0))
 
         let schedule = LRSchedule(lr: o.lr, warmupSteps: o.warmup, warmupStartFactor: 0.01, cosine: true, minFactor: 0.05,
                                   totalSteps: o.steps, decayStart: o.decayStart ?? o.steps - o.steps / 3)
@@ -200,16 +203,40 @@ public enum TeacherRun {
         return (trainer, compiled, c, initial.filter { frozen.contains($0.key) })
     }
 
+    /// The run's teacher: a resumed run's from its own `init.safetensors`, a run from
+    /// `--init-weights` that file's, else `o.shape` (the standard teacher when nil). A `o.shape`
+    /// that contradicts the weights is an error, not silently dropped.
+    static func config(_ o: TeacherRunOptions, resuming: Bool) throws -> TeacherConfig {
+        let source = resuming ? "\(o.directory)/init.safetensors" : o.initWeights
+        guard let source else { return try TeacherConfig.make(o.shape ?? TeacherShape(), batch: o.batch) }
+        let store = resuming ? try SafeTensorsStore(path: source) : try DistillRun.openTeacherWeights(source, option: "--init-weights")
+        let c = try TeacherConfig.inferred(from: store, batch: o.batch)
+        guard let asked = o.shape, asked != c.shape else { return c }
+        var finer = c.shape
+        finer.patch = asked.patch
+        if !resuming, finer == asked, c.patch % asked.patch == 0 { return try TeacherConfig.make(asked, batch: o.batch) }
+        throw ArcError("\(source) holds a teacher of \(c.shape), not the \(asked) asked for; "
+                       + (resuming ? "a resumed run keeps its shape"
+                                   : "drop the shape options to continue that teacher (only a finer --patch that divides its own may differ)"))
+    }
+
     /// Every weight of `layout(c)` as f32 from `path` (a default-model folder, widened, or a flat
-    /// file), checked against the layout's shapes.
+    /// file), checked against the layout's shapes; a coarser-patch teacher's re-patched.
     static func initialWeights(_ c: TeacherConfig, from path: String) throws -> [String: Tensor] {
         let store = try DistillRun.openTeacherWeights(path, option: "--init-weights")
+        // Weights of a coarser patch that c's divides warm-start a finer teacher (`repatched`);
+        // everything else must have c's shapes.
+        var source = c
+        if let e = store.type(of: "x_embedder.weight")?.shape, e.count == 2, e[1] != c.tokenChannels {
+            let p = Int((Double(e[1]) / 3).squareRoot().rounded())
+            if 3 * p * p == e[1], p > c.patch, p % c.patch == 0 { source.patch = p; source.flux.inChannels = 3 * p * p }
+        }
         var out: [String: Tensor] = [:]
-        for (name, shape, _) in TeacherWeights.layout(c) {
+        for (name, shape, _) in TeacherWeights.layout(source) {
             try store.validate(name, .f32(shape))
             out[name] = try store.tensor(name)
         }
-        return out
+        return source.patch == c.patch ? out : TeacherWeights.repatched(out, from: source.patch, to: c.patch)
     }
 
     static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions, frozen: [String: Tensor]) throws {

@@ -103,6 +103,44 @@ public enum TeacherWeights {
         return out
     }
 
+    /// A teacher's weights for a finer patch (`train-default --init-weights … --patch`), a warm
+    /// start rather than a copy: the patch-`q` model on a 64-pixel image computes what the
+    /// patch-`p` model (p = r·q) computes on that image enlarged r× by pixel repetition, on the
+    /// token grid r× wider. So the embedding of a q-patch sums the p-embedding's weights over
+    /// each r×r block of pixels (the repeated pixel), and the head averages its r×r output pixels
+    /// (x0 of the enlarged image, sampled back). The trunk and text encoder are unchanged; what
+    /// is new to it is the finer grid (positions, object sizes in tokens), which training adapts.
+    public static func repatched(_ w: [String: Tensor], from p: Int, to q: Int) -> [String: Tensor] {
+        precondition(p % q == 0, "a finer patch divides the coarser one")
+        let r = p / q
+        var out = w
+        /// Coarse channel index of fine channel (ch, y, x) and sub-pixel (dy, dx); channels are ch·p² + y·p + x.
+        func coarse(_ ch: Int, _ y: Int, _ x: Int, _ dy: Int, _ dx: Int) -> Int { ch * p * p + (r * y + dy) * p + r * x + dx }
+        let fine = (0..<3).flatMap { ch in (0..<q).flatMap { y in (0..<q).map { x in (ch, y, x) } } }
+        let embed = w["x_embedder.weight"]!, d = embed.shape[0]
+        var e = [Float](repeating: 0, count: d * 3 * q * q)
+        for o in 0..<d {
+            for (i, (ch, y, x)) in fine.enumerated() {
+                for dy in 0..<r { for dx in 0..<r { e[o * 3 * q * q + i] += embed.data[o * 3 * p * p + coarse(ch, y, x, dy, dx)] } }
+            }
+        }
+        out["x_embedder.weight"] = Tensor(.f32([d, 3 * q * q]), e)
+        let head = w["proj_out.weight"]!, bias = w["proj_out.bias"]!, scale = 1 / Float(r * r)
+        var hw = [Float](repeating: 0, count: 3 * q * q * d), hb = [Float](repeating: 0, count: 3 * q * q)
+        for (i, (ch, y, x)) in fine.enumerated() {
+            for dy in 0..<r {
+                for dx in 0..<r {
+                    let j = coarse(ch, y, x, dy, dx)
+                    hb[i] += scale * bias.data[j]
+                    for k in 0..<d { hw[i * d + k] += scale * head.data[j * d + k] }
+                }
+            }
+        }
+        out["proj_out.weight"] = Tensor(.f32([3 * q * q, d]), hw)
+        out["proj_out.bias"] = Tensor(.f32([3 * q * q]), hb)
+        return out
+    }
+
     /// Writes tensors as a safetensors file in `dtype` (f32 for training state, f16 to ship).
     public static func write(_ tensors: [String: Tensor], dtype: DType = .f32, metadata: [String: String] = [:], to path: String) throws {
         let records = tensors.keys.sorted().map { k in

@@ -125,5 +125,78 @@ final class DefaultModelTests: XCTestCase {
         XCTAssertThrowsError(try TeacherRun.initialWeights(c, from: "\(dir)/none")) {
             XCTAssertTrue("\($0)".contains("--init-weights"), "\($0)")
         }
+        // A finer patch starts from the coarser teacher's weights, re-patched.
+        var finer = c
+        finer.patch = c.patch / 2
+        finer.flux.inChannels = 3 * finer.patch * finer.patch
+        let warm = try TeacherRun.initialWeights(finer, from: "\(dir)/w.safetensors")
+        XCTAssertEqual(warm, TeacherWeights.repatched(weights, from: c.patch, to: finer.patch))
+        XCTAssertEqual(warm["x_embedder.weight"]?.shape, [c.flux.width, finer.tokenChannels])
+    }
+
+    /// `train-default --patch/--width/--double-blocks/--single-blocks`: a teacher's shape is read
+    /// back from its weights alone (what `--resume`, `--export-teacher`, `--evaluate` and
+    /// `distill-default` rely on), and shapes the pixel layout or heads cannot take are refused.
+    func testTeacherShapeFromWeights() throws {
+        for shape in [TeacherShape(), TeacherShape(patch: 4, width: 128, doubleBlocks: 2, singleBlocks: 1),
+                      TeacherShape(patch: 16, width: 64, doubleBlocks: 1, singleBlocks: 0)] {
+            let c = try TeacherConfig.make(shape, batch: 3)
+            let weights = TensorStore(TeacherWeights.layout(c).reduce(into: [String: Tensor]()) {
+                $0[$1.name] = Tensor(.f32($1.shape), [Float](repeating: 0, count: $1.shape.reduce(1, *)))
+            })
+            let read = try TeacherConfig.inferred(from: weights, batch: 3)
+            XCTAssertEqual(read, c, "\(shape)")
+            XCTAssertEqual(read.shape, shape)
+            XCTAssertEqual(try TeacherShape(metadata: TeacherShape.metadata(shape), in: "state"), shape)
+        }
+        XCTAssertEqual(try TeacherConfig.make(TeacherShape()), .standard())
+        for (bad, word) in [(TeacherShape(patch: 6, width: 192, doubleBlocks: 4, singleBlocks: 0), "--patch 6"),
+                            (TeacherShape(patch: 8, width: 100, doubleBlocks: 4, singleBlocks: 0), "--width 100"),
+                            (TeacherShape(patch: 8, width: 192, doubleBlocks: 0, singleBlocks: 0), "--double-blocks")] {
+            XCTAssertThrowsError(try TeacherConfig.make(bad)) { XCTAssertTrue("\($0)".contains(word), "\($0)") }
+        }
+        // The tiny test teacher (heads of 8, another text encoder) is not one train-default makes.
+        let tiny = TeacherConfig.tiny()
+        XCTAssertThrowsError(try TeacherConfig.inferred(from: TensorStore(TeacherWeights.random(tiny, seed: 1), label: "tiny"))) {
+            XCTAssertTrue("\($0)".contains("tiny"), "\($0)")
+        }
+        XCTAssertThrowsError(try TeacherConfig.inferred(from: TensorStore([:], label: "empty"))) {
+            XCTAssertTrue("\($0)".contains("x_embedder.weight"), "\($0)")
+        }
+    }
+
+    /// `--init-weights` of a coarser patch: the finer teacher's embedding of a patch equals the
+    /// coarse embedding of that patch enlarged by pixel repetition, and its head's pixels are the
+    /// coarse head's pixels averaged over each repeated block: the identity `repatched` is built on.
+    func testRepatchedWeightsSeeTheEnlargedImage() throws {
+        let (p, q, d) = (8, 4, 5), r = p / q
+        var rng = SeededGenerator(seed: 11)
+        let w8 = ["x_embedder.weight": Tensor(.f32([d, 3 * p * p]), rng.normals(d * 3 * p * p)),
+                  "proj_out.weight": Tensor(.f32([3 * p * p, d]), rng.normals(3 * p * p * d)),
+                  "proj_out.bias": Tensor(.f32([3 * p * p]), rng.normals(3 * p * p)),
+                  "other": Tensor(.f32([2]), [1, 2])]
+        let w4 = TeacherWeights.repatched(w8, from: p, to: q)
+        XCTAssertEqual(w4["other"], w8["other"])
+        XCTAssertEqual(w4["x_embedder.weight"]?.shape, [d, 3 * q * q])
+        // A fine patch x (channel-major ch·q² + y·q + x, as patchify lays a token out) and its enlargement.
+        let x = rng.normals(3 * q * q)
+        let big = (0..<3).flatMap { ch in (0..<p).flatMap { y in (0..<p).map { xx in x[ch * q * q + (y / r) * q + xx / r] } } }
+        func matvec(_ m: Tensor, _ v: [Float]) -> [Float] {
+            let (rows, cols) = (m.shape[0], m.shape[1])
+            return (0..<rows).map { i in (0..<cols).reduce(Float(0)) { $0 + m.data[i * cols + $1] * v[$1] } }
+        }
+        let e4 = matvec(w4["x_embedder.weight"]!, x), e8 = matvec(w8["x_embedder.weight"]!, big)
+        for (a, b) in zip(e4, e8) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+        let h = rng.normals(d)
+        let o4 = zip(matvec(w4["proj_out.weight"]!, h), w4["proj_out.bias"]!.data).map(+)
+        let o8 = zip(matvec(w8["proj_out.weight"]!, h), w8["proj_out.bias"]!.data).map(+)
+        for ch in 0..<3 {
+            for y in 0..<q {
+                for xx in 0..<q {
+                    let block = (0..<r).flatMap { dy in (0..<r).map { dx in o8[ch * p * p + (r * y + dy) * p + r * xx + dx] } }
+                    XCTAssertEqual(o4[ch * q * q + y * q + xx], block.reduce(0, +) / Float(r * r), accuracy: 1e-4)
+                }
+            }
+        }
     }
 }

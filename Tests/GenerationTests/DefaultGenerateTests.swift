@@ -129,6 +129,25 @@ final class DefaultGenerateTests: XCTestCase {
         XCTAssertEqual(usage.status, 2, usage.err)
     }
 
+    /// `train-default`'s shape options fail before anything is compiled: a patch the pixel layout
+    /// cannot take, and a resumed run asked for another shape than its own weights have.
+    func testTrainDefaultShapeErrors() throws {
+        let work = try makeTemporaryDirectory("train-shape")
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        assertOneLineError(try arcflow(["train-default", "-o", "run", "--patch", "6"], in: work), contains: "--patch 6")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(work)/run/init.safetensors"))
+        let c = TeacherConfig.standard()
+        try FileManager.default.createDirectory(atPath: "\(work)/old", withIntermediateDirectories: true)
+        let zeros = TeacherWeights.layout(c).reduce(into: [String: Tensor]()) {
+            $0[$1.name] = Tensor(.f32($1.shape), [Float](repeating: 0, count: $1.shape.reduce(1, *)))
+        }
+        try TeacherWeights.write(zeros, to: "\(work)/old/init.safetensors")
+        try TeacherWeights.write([:], to: "\(work)/old/state.safetensors")
+        let resumed = try arcflow(["train-default", "-o", "old", "--resume", "--width", "256"], in: work)
+        assertOneLineError(resumed, contains: "a resumed run keeps its shape")
+        XCTAssertTrue(resumed.err.contains("patch 8, width 192, 4 double + 0 single blocks"), resumed.err)
+    }
+
     /// A student adapter folder through `compile --transformer … --adapter …` and `generate
     /// --embeddings`: undistilled (zero LoRA B, heads from the teacher, γ = 0) its 2 arc steps are
     /// the unguided teacher's 2 Euler steps on the same schedule (φ(0) is 1.00005: the reference's

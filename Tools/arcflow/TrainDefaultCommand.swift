@@ -25,6 +25,10 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5, the run's history); with --export-teacher: the shipped teacher's (default 3)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
+        OptionSpec(names: ["--patch"], value: "P", help: "a fresh run's teacher: pixels per image-token side (default 8: 64 tokens; 4: 256 tokens)"),
+        OptionSpec(names: ["--width"], value: "W", help: "a fresh run's teacher: transformer width, heads of 64 (default 192)"),
+        OptionSpec(names: ["--double-blocks"], value: "N", help: "a fresh run's teacher: joint (double-stream) blocks (default 4)"),
+        OptionSpec(names: ["--single-blocks"], value: "N", help: "a fresh run's teacher: single-stream blocks after them (default 0)"),
         OptionSpec(names: ["--init-weights"], value: "PATH", help: "start from these weights instead of random ones: a default-model folder (e.g. models/shapes; f16, widened) or flat f32 weights (a run's ema.safetensors); the optimizer starts fresh"),
         OptionSpec(names: ["--export-teacher"], value: "DIR", help: "only write OUTDIR/ema.safetensors as a default-model folder DIR (transformer/, text_encoder/, model.json; f16) and exit"),
         OptionSpec(names: ["--initial-students"], value: nil, help: "with --export-teacher: also write untrained students DIR/arcflow (K = 8) and DIR/linear (K = 1) where absent (zero LoRA B, heads from the teacher; for trying the pipeline before distillation)"),
@@ -48,7 +52,7 @@ func trainDefaultCommand(_ argv: [String]) throws {
         var tensors: [String: Tensor] = [:]
         for name in ema.names { tensors[name] = try ema.tensor(name) }
         let steps = ema.files.first?.metadata["trained_steps"] ?? "?"
-        let c = TeacherConfig.standard()
+        let c = try TeacherConfig.inferred(from: ema)
         try DefaultModelExport.write(tensors, config: c, trainedSteps: steps,
                                      teacher: .init(steps: 28, guidance: try args.double("--guidance", spec, default: DefaultTeacherSampling.guidance)!,
                                                     shift: try args.double("--shift", spec, default: 1)!), to: dir)
@@ -77,14 +81,24 @@ func trainDefaultCommand(_ argv: [String]) throws {
     o.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
     o.initWeights = args.value("--init-weights")
     o.threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    let shapeOptions = ["--patch", "--width", "--double-blocks", "--single-blocks"]
+    if shapeOptions.contains(where: args.has) {
+        let standard = TeacherShape()
+        o.shape = TeacherShape(patch: try args.int("--patch", spec, default: standard.patch, min: 4)!,
+                               width: try args.int("--width", spec, default: standard.width, min: 64)!,
+                               doubleBlocks: try args.int("--double-blocks", spec, default: standard.doubleBlocks, min: 1)!,
+                               singleBlocks: try args.int("--single-blocks", spec, default: standard.singleBlocks, min: 0)!)
+    }
     let start = Date()
     o.log = { line in
         print(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + line)
     }
     if let path = args.value("--evaluate") {
-        let evaluator = TeacherEvaluator(config: .standard(batch: o.batch), count: o.evalCount, shift: o.shift, guidance: o.guidance)
+        let weights = try DistillRun.openTeacherWeights(path, option: "--evaluate")
+        let evaluator = TeacherEvaluator(config: try TeacherConfig.inferred(from: weights, batch: o.batch), count: o.evalCount,
+                                         shift: o.shift, guidance: o.guidance)
         let t0 = monotonicSeconds()
-        let (acc, images, verdicts) = try evaluator.evaluate(weights: try SafeTensorsStore(path: path), threads: o.threads)
+        let (acc, images, verdicts) = try evaluator.evaluate(weights: weights, threads: o.threads)
         try FileManager.default.createDirectory(atPath: o.directory, withIntermediateDirectories: true)
         try writeAtomically(PNG.encode(ShapesWorld.contactSheet(images)), to: "\(o.directory)/check.png")
         for (p, v) in zip(evaluator.prompts, verdicts).prefix(8) { print("\(p): \(v)") }
