@@ -319,6 +319,10 @@ enum KernelEmitter {
         return v == h && computed == expected ? (bias, act) : nil
     }
 
+    /// Rows from which a product with an unpacked f32 B runs on our GEMM (af_gemm_f32): its
+    /// per-call copy of B into panels costs O(N·K), a few percent of the O(M·N·K) GEMM here.
+    static let unpackedGEMMMinRows = 512
+
     /// `out = op(a)·op(b)` through OpenBLAS: one sgemm when the batch folds into M, a loop over
     /// the batch otherwise (parallel over the batch, BLAS single-threaded, when each GEMM is small),
     /// and sgemv when M = 1 (OpenBLAS 0.3.21's sgemm is several times slower there).
@@ -348,6 +352,15 @@ enum KernelEmitter {
         let bBatched = bT.rank > 2
         let foldBatch = !bBatched && !ta
         let (gm, gbatch) = foldBatch ? (m * batch, 1) : (m, batch)
+        if foldBatch, gm >= unpackedGEMMMinRows, n >= 16, k >= 16, aT.dtype == .f32, bT.dtype == .f32 {
+            // Our GEMM with B copied into panels per call (gemm.h af_gemm_f32): the training step's
+            // forward and input-gradient GEMMs (weights are inputs there), and any other
+            // tall product with a B that is not a packed weight.
+            let params = operandTypes.enumerated().map { i, t in "const \(cType(t.dtype)) *restrict in\(i)" } + ["float *restrict out"]
+            let call = "    af_gemm_f32(in\(aParam), in\(bParam), \(tb ? 1 : 0), out, \(gm)L, \(n)L, \(k)L);\n"
+            return Kernel(text: function(params, call), label: "\(batch > 1 ? "\(batch)x" : "")\(m)x\(n)x\(k)\(tb ? "_tb" : "")_own",
+                          parameters: params, flops: 2.0 * Double(batch * m * n * k), isGEMM: true)
+        }
         let lda = ta ? m : k, ldb = tb ? k : n
         let opA = ta ? "CblasTrans" : "CblasNoTrans", opB = tb ? "CblasTrans" : "CblasNoTrans"
         let a = "in\(aParam)", b = "in\(bParam)"

@@ -29,6 +29,11 @@ final class GemmKernelTests: KernelTestCase {
             ([1, 129], [129, 67], false, false),
             ([4, 1, 33], [4, 33, 10], false, false),
             ([200, 257], [257, 130], false, false),
+            // M >= 512 with an unpacked B: our GEMM with B copied into panels (af_gemm_f32), N not
+            // a multiple of the panel width, B transposed or not, a batch folded into M.
+            ([520, 37], [37, 45], false, false),
+            ([2, 300, 70], [33, 70], false, true),
+            ([512, 300], [300, 16], false, false),
         ]
         let b = GraphBuilder(name: "matmul")
         for (k, c) in cases.enumerated() {
@@ -36,7 +41,10 @@ final class GemmKernelTests: KernelTestCase {
             b.output("y\(k)", b.matmul(x, y, transposeA: c.2, transposeB: c.3))
         }
         let g = try b.finish()
-        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g))
+        try assertCompiledMatchesInterpreter(Module(g), inputs: randomInputs(g), inspect: { program in
+            let own = program.program.sources.map { $0.text.components(separatedBy: "af_gemm_f32(in").count - 1 }.reduce(0, +)
+            XCTAssertEqual(own, 3, "the three tall products run on af_gemm_f32")
+        })
     }
 
     func testMatmulWithEpilogue() throws {

@@ -33,7 +33,7 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--export-teacher"], value: "DIR", help: "only write OUTDIR/ema.safetensors as a default-model folder DIR (transformer/, text_encoder/, model.json; f16) and exit"),
         OptionSpec(names: ["--initial-students"], value: nil, help: "with --export-teacher: also write untrained students DIR/arcflow (K = 8) and DIR/linear (K = 1) where absent (zero LoRA B, heads from the teacher; for trying the pipeline before distillation)"),
         OptionSpec(names: ["--evaluate"], value: "W.safetensors", help: "only sample and judge the eval prompts with these weights (OUTDIR/check.png) and exit"),
-        OptionSpec(names: ["--profile"], value: "N", help: "only time N steps (batch rendering and each kernel, to stderr) and exit"),
+        OptionSpec(names: ["--profile"], value: "N", help: "only time N steps after one warm-up step (batch rendering and each kernel, to stderr) and exit"),
         threadsOption,
     ],
     details: """
@@ -112,16 +112,24 @@ func trainDefaultCommand(_ argv: [String]) throws {
         session.executable.setThreads(o.threads)
         var times = [Double](repeating: 0, count: compiled.program.steps.count)
         var render = 0.0, wall = 0.0
-        for k in 0..<n {
+        // One step first, not counted: it faults in the arena and the weights' pages (2-3× a
+        // step), which would otherwise land on whichever kernels touch new memory first.
+        for k in 0...n {
             let t0 = monotonicSeconds()
             try session.setBatch(try trainer.batches.batch(step: session.stepCount))
             let t1 = monotonicSeconds()
-            try times.withUnsafeMutableBufferPointer { t in
+            var stepTimes = [Double](repeating: 0, count: times.count)
+            try stepTimes.withUnsafeMutableBufferPointer { t in
                 try session.executable.runRaw(inputs: session.currentInputs, outputs: session.currentOutputs, times: t.baseAddress)
             }
             let t2 = monotonicSeconds()
+            if k == 0 {
+                print(String(format: "warm-up step: batch %.3f s, train step %.3f s (not counted)", t1 - t0, t2 - t1))
+                continue
+            }
+            for i in times.indices { times[i] += stepTimes[i] }
             render += t1 - t0; wall += t2 - t1
-            print(String(format: "step %d: batch %.3f s, train step %.3f s", k + 1, t1 - t0, t2 - t1))
+            print(String(format: "step %d: batch %.3f s, train step %.3f s", k, t1 - t0, t2 - t1))
         }
         print(String(format: "mean: batch %.3f s, train step %.3f s (%.1f GFLOP/s): %.2f steps/s",
                      render / Double(n), wall / Double(n), compiled.program.flops / (wall / Double(n)) / 1e9, Double(n) / (render + wall)))

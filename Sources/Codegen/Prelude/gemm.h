@@ -807,6 +807,44 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
     else af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, NULL);
 }
 
+/* C[M, N] = A[M, K] . op(B) for an f32 B that is not a packed weight (training: activations,
+ * gradients, weights read as inputs; tb: B is [N, K], else [K, N]): op(B) is copied into panels
+ * on each call, then the packed GEMM runs, so these GEMMs get the same micro-kernel as inference
+ * and do not depend on which kernels OpenBLAS picked (OPENBLAS_CORETYPE).  The copy is O(N K)
+ * against the GEMM's O(M N K): KernelEmitter.matmul routes here only where M is large. */
+static AF__UNUSED void af_gemm_f32(const float *restrict a, const float *restrict b, int tb, float *restrict c,
+                                   long M, long N, long K) {
+    const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+    float *p = (float *)aligned_alloc(64, (sizeof(float) * (size_t)(panels * K * AF_GEMM_NR) + 63) & ~(size_t)63);
+    if (!p) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K,
+                    b, tb ? (int)K : (int)N, 0.0f, c, (int)N);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (panels > 1 && panels * K * AF_GEMM_NR >= AF_PAR_MIN_ELEMS && omp_get_max_threads() > 1)
+    for (long q = 0; q < panels; q++) {
+        float *d = p + q * K * AF_GEMM_NR;
+        const long j0 = q * AF_GEMM_NR, nj = N - j0 < AF_GEMM_NR ? N - j0 : AF_GEMM_NR;
+        if (!tb) {
+            for (long k = 0; k < K; k++) {
+                memcpy(d + k * AF_GEMM_NR, b + k * N + j0, sizeof(float) * (size_t)nj);
+                for (long j = nj; j < AF_GEMM_NR; j++) d[k * AF_GEMM_NR + j] = 0.0f;
+            }
+        } else {
+            /* rows of B are the panel's columns: read each along K, write it down the panel */
+            for (long j = 0; j < AF_GEMM_NR; j++) {
+                const float *src = b + (j0 + j) * K;
+                if (j < nj)
+                    for (long k = 0; k < K; k++) d[k * AF_GEMM_NR + j] = src[k];
+                else
+                    for (long k = 0; k < K; k++) d[k * AF_GEMM_NR + j] = 0.0f;
+            }
+        }
+    }
+    af__gemm_packed_blocks(a, K, p, 0, NULL, AF_GEMM_ACT_NONE, c, N, M, N, K, 0, NULL);
+    free(p);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Machine ceiling
  * ------------------------------------------------------------------------------------------ */
