@@ -215,7 +215,12 @@ public struct ArcFlowAdapter {
     /// `QwenImageCheckpoint.adapterClassName`); the file layout is the same for both.
     public static func load(_ dir: String, expecting expected: String = className) throws -> ArcFlowAdapter {
         let configPath = "\(dir)/config.json"
-        guard FileManager.default.fileExists(atPath: configPath) else { throw ArcError("\(dir) has no config.json (expected an ArcFlow adapter folder)") }
+        guard FileManager.default.fileExists(atPath: configPath) else {
+            // diffusers' save_lora_weights writes this file alone: a plain LoRA, with no head to apply.
+            let plain = FileManager.default.fileExists(atPath: "\(dir)/pytorch_lora_weights.safetensors")
+                ? "; its pytorch_lora_weights.safetensors is a plain diffusers LoRA (save_lora_weights), which has no ArcFlow head" : ""
+            throw ArcError("\(dir) has no config.json (expected an ArcFlow adapter folder: config.json and diffusion_pytorch_model.safetensors\(plain))")
+        }
         let json = try readJSONObject(configPath)
         let name = json["_class_name"] as? String ?? "(none)"
         guard name == expected else {

@@ -51,6 +51,10 @@ final class AdaptedWeights {
                 throw ArcError("\(a.store.label): LoRA tensors of '\(module)' must be matrices")
             }
             let r = at.shape[0]
+            guard r >= 1 else {
+                // α/r would be α/0: the fused weight NaN, found only as non-finite latents later.
+                throw ArcError("\(a.store.label): '\(pair.a)' has rank 0 (shape \(at.shape)): an empty LoRA; drop \(module)'s LoRA tensors")
+            }
             guard at.shape == [r, inputs] else {
                 throw ArcError("\(a.store.label): '\(pair.a)' has shape \(at.shape), expected [\(r), \(inputs)] for this base (an adapter for another model?)")
             }

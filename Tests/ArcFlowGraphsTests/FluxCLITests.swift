@@ -177,6 +177,21 @@ final class FluxCLITests: XCTestCase {
         assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", try adapter("f64", f64),
                                         "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
                            contains: "tensor '\(f64[i].name)' has dtype F64, which an adapter cannot hold")
+        // A plain diffusers LoRA folder (save_lora_weights) is named as such.
+        let plainLoRA = "\(dir)/plain-lora"
+        try FileManager.default.createDirectory(atPath: plainLoRA, withIntermediateDirectories: true)
+        try writeRawSafeTensors(entries.filter { $0.name.contains(".lora_") }, to: "\(plainLoRA)/pytorch_lora_weights.safetensors")
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", plainLoRA,
+                                        "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
+                           contains: "plain diffusers LoRA (save_lora_weights)")
+        // A rank-0 LoRA (α/r = α/0) is refused by name, not fused into NaN weights.
+        var empty = entries
+        for (j, e) in empty.enumerated() where e.name.hasPrefix("\(modules.sorted()[0]).lora_") {
+            empty[j] = (e.name, e.dtype, e.name.hasSuffix(".lora_A.weight") ? [0, e.shape[1]] : [e.shape[0], 0], Data())
+        }
+        assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", try adapter("rank0", empty + alphas),
+                                        "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
+                           contains: "has rank 0")
         // PEFT's adapter-named keys and a config.json whose K is not the tensors': errors with the fix.
         let named = entries.map { e in (e.name.replacingOccurrences(of: ".lora_A.weight", with: ".lora_A.default.weight")
                                           .replacingOccurrences(of: ".lora_B.weight", with: ".lora_B.default.weight"), e.dtype, e.shape, e.bytes) }
