@@ -82,6 +82,33 @@ static void af__bwd_tile(const float *restrict q, const float *restrict k, const
     }
 }
 
+/* Key block j0 of pair bh against every query tile it sees: dv_block += P^T dout_tile and
+ * dk_block += scale dS^T q_tile, and with dq also dq_tile += scale dS k_block (the one-sweep
+ * backward).  scratch: the thread's two AF__BWD_T^2 tiles.  out is af__attention_bwd's. */
+static void af__bwd_key_block(const float *restrict q, const float *restrict k, const float *restrict v,
+                              const float *restrict bias, const float *restrict dout, const float *restrict lse,
+                              const float *restrict delta, float *restrict out, long Sq, long Sk, long H, long D,
+                              float scale, int causal, long bh, long j0, int dq, float *restrict scratch) {
+    const long ld = H * D, total = Sq + 2 * Sk, b = bh / H, h = bh % H;
+    float *pt = scratch, *dt = scratch + AF__BWD_T * AF__BWD_T;
+    const long kb = Sk - j0 < AF__BWD_T ? Sk - j0 : AF__BWD_T;
+    const float *kj = k + (b * Sk + j0) * ld + h * D, *vj = v + (b * Sk + j0) * ld + h * D;
+    float *dk = out + (b * total + Sq + j0) * ld + h * D, *dv = out + (b * total + Sq + Sk + j0) * ld + h * D;
+    for (long i0 = causal ? j0 / AF__BWD_T * AF__BWD_T : 0; i0 < Sq; i0 += AF__BWD_T) {
+        const long rq = Sq - i0 < AF__BWD_T ? Sq - i0 : AF__BWD_T;
+        const float *qi = q + (b * Sq + i0) * ld + h * D, *gi = dout + (b * Sq + i0) * ld + h * D;
+        af__bwd_tile(qi, kj, vj, gi, bias ? bias + (h * Sq + i0) * Sk + j0 : NULL, lse + bh * Sq + i0,
+                     delta + bh * Sq + i0, ld, rq, kb, D, scale, Sk, causal, i0, j0, pt, dt);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, 1.0f, pt, (int)AF__BWD_T,
+                    gi, (int)ld, 1.0f, dv, (int)ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, scale, dt, (int)AF__BWD_T,
+                    qi, (int)ld, 1.0f, dk, (int)ld);
+        if (dq)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rq, (int)D, (int)kb, scale, dt, (int)AF__BWD_T,
+                        kj, (int)ld, 1.0f, out + (b * total + i0) * ld + h * D, (int)ld);
+    }
+}
+
 /* Attention backward without an Sq x Sk buffer (FlashAttention's backward).  With at least as
  * many (b, h) pairs as threads, one sweep per pair (above the two-sweep code); otherwise two
  * sweeps, so that no two threads ever add to the same row:
@@ -112,49 +139,18 @@ static void af__attention_bwd(const float *restrict q, const float *restrict k,
          * dv of a pair have one writer, and every sum runs in the two-sweep order (key blocks,
          * then query tiles, ascending), so the result is the same to the bit. */
 #pragma omp parallel for schedule(dynamic)
-        for (long bh = 0; bh < B * H; bh++) {
-            float *pt = scratch + (size_t)omp_get_thread_num() * (size_t)per, *dt = pt + AF__BWD_T * AF__BWD_T;
-            const long b = bh / H, h = bh % H;
-            for (long j0 = 0; j0 < Sk; j0 += AF__BWD_T) {
-                const long kb = Sk - j0 < AF__BWD_T ? Sk - j0 : AF__BWD_T;
-                const float *kj = k + (b * Sk + j0) * ld + h * D, *vj = v + (b * Sk + j0) * ld + h * D;
-                float *dk = out + (b * total + Sq + j0) * ld + h * D, *dv = out + (b * total + Sq + Sk + j0) * ld + h * D;
-                for (long i0 = causal ? j0 / AF__BWD_T * AF__BWD_T : 0; i0 < Sq; i0 += AF__BWD_T) {
-                    const long rq = Sq - i0 < AF__BWD_T ? Sq - i0 : AF__BWD_T;
-                    const float *qi = q + (b * Sq + i0) * ld + h * D, *gi = dout + (b * Sq + i0) * ld + h * D;
-                    af__bwd_tile(qi, kj, vj, gi, bias ? bias + (h * Sq + i0) * Sk + j0 : NULL, lse + bh * Sq + i0,
-                                 delta + bh * Sq + i0, ld, rq, kb, D, scale, Sk, causal, i0, j0, pt, dt);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, 1.0f, pt, (int)AF__BWD_T,
-                                gi, (int)ld, 1.0f, dv, (int)ld);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, scale, dt, (int)AF__BWD_T,
-                                qi, (int)ld, 1.0f, dk, (int)ld);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rq, (int)D, (int)kb, scale, dt, (int)AF__BWD_T,
-                                kj, (int)ld, 1.0f, out + (b * total + i0) * ld + h * D, (int)ld);
-                }
-            }
-        }
+        for (long bh = 0; bh < B * H; bh++)
+            for (long j0 = 0; j0 < Sk; j0 += AF__BWD_T)
+                af__bwd_key_block(q, k, v, bias, dout, lse, delta, out, Sq, Sk, H, D, scale, causal, bh, j0, 1,
+                                  scratch + (size_t)omp_get_thread_num() * (size_t)per);
         free(stats);
         return;
     }
     if (!part_bias) {
 #pragma omp parallel for schedule(dynamic)
-        for (long t = 0; t < B * H * nkb; t++) {
-            float *pt = scratch + (size_t)omp_get_thread_num() * (size_t)per, *dt = pt + AF__BWD_T * AF__BWD_T;
-            long bh = t / nkb, j0 = (t % nkb) * AF__BWD_T, b = bh / H, h = bh % H;
-            long kb = Sk - j0 < AF__BWD_T ? Sk - j0 : AF__BWD_T;
-            const float *kj = k + (b * Sk + j0) * ld + h * D, *vj = v + (b * Sk + j0) * ld + h * D;
-            float *dk = out + (b * total + Sq + j0) * ld + h * D, *dv = out + (b * total + Sq + Sk + j0) * ld + h * D;
-            for (long i0 = causal ? j0 / AF__BWD_T * AF__BWD_T : 0; i0 < Sq; i0 += AF__BWD_T) {
-                long rq = Sq - i0 < AF__BWD_T ? Sq - i0 : AF__BWD_T;
-                const float *qi = q + (b * Sq + i0) * ld + h * D, *gi = dout + (b * Sq + i0) * ld + h * D;
-                af__bwd_tile(qi, kj, vj, gi, bias ? bias + (h * Sq + i0) * Sk + j0 : NULL, lse + bh * Sq + i0,
-                             delta + bh * Sq + i0, ld, rq, kb, D, scale, Sk, causal, i0, j0, pt, dt);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, 1.0f, pt, (int)AF__BWD_T,
-                            gi, (int)ld, 1.0f, dv, (int)ld);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kb, (int)D, (int)rq, scale, dt, (int)AF__BWD_T,
-                            qi, (int)ld, 1.0f, dk, (int)ld);
-            }
-        }
+        for (long t = 0; t < B * H * nkb; t++)
+            af__bwd_key_block(q, k, v, bias, dout, lse, delta, out, Sq, Sk, H, D, scale, causal, t / nkb, (t % nkb) * AF__BWD_T, 0,
+                              scratch + (size_t)omp_get_thread_num() * (size_t)per);
     }
     long tasks = part_bias ? H * nqt : B * H * nqt;
 #pragma omp parallel for schedule(dynamic)
