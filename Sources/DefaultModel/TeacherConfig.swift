@@ -74,7 +74,7 @@ public struct TeacherConfig: Equatable {
         guard let embed = weights.type(of: "x_embedder.weight")?.shape, embed.count == 2 else {
             throw ArcError("\(weights.label): no x_embedder.weight [width, 3·patch²]: not the weights of a default-model teacher")
         }
-        let p = Int(Double(embed[1] / 3).squareRoot().rounded())
+        let p = patch(tokenChannels: embed[1]) ?? 0   // 0: refused by make below
         func count(_ prefix: String, _ suffix: String) -> Int {
             var n = 0
             while weights.type(of: "\(prefix).\(n).\(suffix)") != nil { n += 1 }
@@ -91,6 +91,12 @@ public struct TeacherConfig: Equatable {
             guard t.shape == expected else { throw ArcError("\(weights.label): '\(name)' is \(t.shape), expected \(expected) for a teacher of \(shape)") }
         }
         return c
+    }
+
+    /// The patch whose tokens hold `n` = 3·p² values (an `x_embedder` column count); nil for none.
+    public static func patch(tokenChannels n: Int) -> Int? {
+        let p = Int((Double(n) / 3).squareRoot().rounded())
+        return 3 * p * p == n ? p : nil
     }
 
     /// This config's shape (what `make` was given).

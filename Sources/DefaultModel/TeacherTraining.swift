@@ -227,9 +227,10 @@ public enum TeacherRun {
         // Weights of a coarser patch that c's divides warm-start a finer teacher (`repatched`);
         // everything else must have c's shapes.
         var source = c
-        if let e = store.type(of: "x_embedder.weight")?.shape, e.count == 2, e[1] != c.tokenChannels {
-            let p = Int((Double(e[1]) / 3).squareRoot().rounded())
-            if 3 * p * p == e[1], p > c.patch, p % c.patch == 0 { source.patch = p; source.flux.inChannels = 3 * p * p }
+        if let e = store.type(of: "x_embedder.weight")?.shape, e.count == 2, e[1] != c.tokenChannels,
+           let p = TeacherConfig.patch(tokenChannels: e[1]), p > c.patch, p % c.patch == 0 {
+            source.patch = p
+            source.flux.inChannels = e[1]
         }
         var out: [String: Tensor] = [:]
         for (name, shape, _) in TeacherWeights.layout(source) {
