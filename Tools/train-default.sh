@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the embedded default model from scratch: trains the teacher (hours of CPU), then
-# distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/). Never run by CI. Resumable: run it again after an interruption.
+# distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/), then
+# fine-tunes the patch-4 teacher models/teacher-p4 from it (its students are the next step: README,
+# "The default model's teacher"). Never run by CI. Resumable: run it again after an interruption.
 #
 #   bash Tools/train-default.sh            # run folder models/shapes-run, 30000 steps (the last third annealed)
 #   STEPS=60000 RUN=/tmp/run bash Tools/train-default.sh
@@ -47,3 +49,21 @@ for K in 8 1; do
   .build/release/arcflow distill-default -o "$DRUN" --export-adapter "models/shapes/$NAME"
   tail -n 2 "$DRUN/eval.csv"
 done
+
+# The patch-4 teacher (256 image tokens), warm-started from the 8×8 teacher above re-patched
+# (TeacherWeights.repatched), trained at 3e-4 held to P4_DECAY, then annealed; exported in f16 as
+# models/teacher-p4 (transformer/, text_encoder/, model.json), the teacher of the next students.
+P4RUN="$RUN/patch4"
+P4_STEPS=${P4_STEPS:-7000}
+P4_DECAY=${P4_DECAY:-4500}
+mkdir -p "$P4RUN"
+echo "== patch-4 teacher: $P4_STEPS steps in $P4RUN (log: $P4RUN/train.log; accuracy: $P4RUN/eval.csv)"
+touch "$P4RUN/train.log"
+tail -n 0 -f "$P4RUN/train.log" & PTAIL=$!
+P4INIT=(--resume)
+[ -f "$P4RUN/state.safetensors" ] || P4INIT=(--init-weights models/shapes --patch 4)
+nice -n 5 .build/release/arcflow train-default -o "$P4RUN" "${P4INIT[@]}" --steps "$P4_STEPS" --lr 3e-4 --warmup 200 \
+  --decay-start "$P4_DECAY" --guidance 3 --threads "$THREADS" >> "$P4RUN/train.log" 2>&1
+kill $PTAIL 2>/dev/null || true
+.build/release/arcflow train-default -o "$P4RUN" --export-teacher models/teacher-p4
+tail -n 3 "$P4RUN/eval.csv"
