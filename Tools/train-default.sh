@@ -13,14 +13,30 @@ STEPS=${STEPS:-30000}
 # One thread: on cores shared with other jobs, every OpenMP barrier of a 2-thread step waits for a
 # descheduled thread (measured 10× slower per step); use THREADS=2 on an idle machine.
 THREADS=${THREADS:-1}
-mkdir -p "$RUN"
+
+# Runs a command with its output appended to DIR/train.log (one history across resumed runs), and
+# shows the log's new lines on the terminal meanwhile. The command stays in the foreground so that
+# Ctrl-C reaches it (it saves its state); tail follows from the log's current end, and a stand-in
+# process tells it when to stop, after printing what the command wrote last.
+TAIL= SENTINEL=
+logged() {
+  local log="$1/train.log"; shift
+  mkdir -p "$(dirname "$log")" && touch "$log"
+  local from=$(( $(stat -c %s "$log") + 1 ))
+  sleep infinity & SENTINEL=$!
+  tail -s 0.2 -c "+$from" -f --pid="$SENTINEL" "$log" & TAIL=$!
+  local rc=0
+  "$@" >> "$log" 2>&1 || rc=$?
+  kill "$SENTINEL" 2>/dev/null || true
+  wait "$TAIL" 2>/dev/null || true
+  TAIL= SENTINEL=
+  return "$rc"
+}
+trap 'kill $TAIL $SENTINEL 2>/dev/null || true' EXIT
+
 swift build -c release
 echo "== teacher: $STEPS steps in $RUN (log: $RUN/train.log; accuracy: $RUN/eval.csv)"
-# Progress lines go to the log; tail it here so the terminal shows them too.
-touch "$RUN/train.log"
-tail -n 0 -f "$RUN/train.log" & TAIL=$!
-trap 'kill $TAIL 2>/dev/null || true' EXIT
-nice -n 5 .build/release/arcflow train-default -o "$RUN" --steps "$STEPS" --resume --threads "$THREADS" >> "$RUN/train.log" 2>&1
+logged "$RUN" nice -n 5 .build/release/arcflow train-default -o "$RUN" --steps "$STEPS" --resume --threads "$THREADS"
 # The shipped teacher: the EMA of the last evaluation, in f16, as the default-model folder
 # models/shapes (transformer/, text_encoder/, model.json; the adapters arcflow/ and linear/ are
 # written by the distillation next to them).
@@ -39,13 +55,9 @@ DISTILL_DECAY=${DISTILL_DECAY:-2000}
 for K in 8 1; do
   NAME=$([ "$K" = 1 ] && echo linear || echo arcflow)
   DRUN="$RUN/distill-$NAME"
-  mkdir -p "$DRUN"
   echo "== distillation ($NAME, K = $K): $DISTILL_ITERS iterations in $DRUN (log: $DRUN/train.log; eval: $DRUN/eval.csv)"
-  touch "$DRUN/train.log"
-  tail -n 0 -f "$DRUN/train.log" & DTAIL=$!
-  nice -n 5 .build/release/arcflow distill-default -o "$DRUN" --teacher-weights models/shapes \
-    --components "$K" --iterations "$DISTILL_ITERS" --decay-iterations "$DISTILL_RHO" --decay-start "$DISTILL_DECAY" --resume --threads "$THREADS" >> "$DRUN/train.log" 2>&1
-  kill $DTAIL 2>/dev/null || true
+  logged "$DRUN" nice -n 5 .build/release/arcflow distill-default -o "$DRUN" --teacher-weights models/shapes \
+    --components "$K" --iterations "$DISTILL_ITERS" --decay-iterations "$DISTILL_RHO" --decay-start "$DISTILL_DECAY" --resume --threads "$THREADS"
   .build/release/arcflow distill-default -o "$DRUN" --export-adapter "models/shapes/$NAME"
   tail -n 2 "$DRUN/eval.csv"
 done
@@ -56,14 +68,10 @@ done
 P4RUN="$RUN/patch4"
 P4_STEPS=${P4_STEPS:-7000}
 P4_DECAY=${P4_DECAY:-4500}
-mkdir -p "$P4RUN"
 echo "== patch-4 teacher: $P4_STEPS steps in $P4RUN (log: $P4RUN/train.log; accuracy: $P4RUN/eval.csv)"
-touch "$P4RUN/train.log"
-tail -n 0 -f "$P4RUN/train.log" & PTAIL=$!
 P4INIT=(--resume)
 [ -f "$P4RUN/state.safetensors" ] || P4INIT=(--init-weights models/shapes --patch 4)
-nice -n 5 .build/release/arcflow train-default -o "$P4RUN" "${P4INIT[@]}" --steps "$P4_STEPS" --lr 3e-4 --warmup 200 \
-  --decay-start "$P4_DECAY" --guidance 3 --threads "$THREADS" >> "$P4RUN/train.log" 2>&1
-kill $PTAIL 2>/dev/null || true
+logged "$P4RUN" nice -n 5 .build/release/arcflow train-default -o "$P4RUN" "${P4INIT[@]}" --steps "$P4_STEPS" --lr 3e-4 --warmup 200 \
+  --decay-start "$P4_DECAY" --guidance 3 --threads "$THREADS"
 .build/release/arcflow train-default -o "$P4RUN" --export-teacher models/teacher-p4
 tail -n 3 "$P4RUN/eval.csv"
