@@ -171,8 +171,12 @@ public enum TeacherRun {
         if !resuming { try Trainer.checkFreshStart(dir, resume: "--resume") }
         let c = try config(o, resuming: resuming)
         let initial = try o.initWeights.map { try TeacherRun.initialWeights(c, from: $0) } ?? TeacherWeights.random(c, seed: o.seed)
-        // The weights this run starts from (a resumed run keeps its own).
-        if !resuming { try TeacherWeights.write(initial, to: "\(dir)/init.safetensors") }
+        // The weights this run starts from (a resumed run keeps its own), with the steps that
+        // trained them, so that the exported EMA counts the whole chain ("30000 + 7000").
+        if !resuming {
+            let prior = try o.initWeights.flatMap { try trainedSteps(of: $0) }
+            try TeacherWeights.write(initial, metadata: prior.map { ["trained_steps": $0] } ?? [:], to: "\(dir)/init.safetensors")
+        }
         let trained = TensorStore(initial, label: "teacher init (seed \(o.seed))")
         let store = TeacherGraphs.store(c, trained: trained)
         let t0 = monotonicSeconds()
@@ -240,6 +244,21 @@ public enum TeacherRun {
         return source.patch == c.patch ? out : TeacherWeights.repatched(out, from: source.patch, to: c.patch)
     }
 
+    /// The `trained_steps` a teacher's weights record: a default-model folder's model.json, or a
+    /// flat file's metadata (an `ema.safetensors`, a run's `init.safetensors`); nil when unrecorded.
+    static func trainedSteps(of path: String) throws -> String? {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            return try DefaultModelFolder.load(path).info.trainedSteps
+        }
+        return try SafeTensorsStore(path: path).files.first?.metadata["trained_steps"]
+    }
+
+    /// The steps behind a run's EMA at `step`: its own, after those of the weights it started from.
+    static func chainedSteps(_ step: Int, after prior: String?) -> String {
+        prior.map { "\($0) + \(step)" } ?? String(step)
+    }
+
     static func train(_ trainer: Trainer, _ c: TeacherConfig, _ o: TeacherRunOptions, frozen: [String: Tensor]) throws {
         let dir = o.directory, session = trainer.session
         let evaluator = TeacherEvaluator(config: c, count: o.evalCount, shift: o.shift, guidance: o.guidance)
@@ -280,7 +299,9 @@ public enum TeacherRun {
         let t0 = monotonicSeconds()
         let weights = try ema(trainer.session, c, frozen: frozen)
         let step = trainer.session.stepCount
-        try TeacherWeights.write(weights, metadata: ["format": "arcflow-weights", "trained_steps": String(step)], to: "\(dir)/ema.safetensors")
+        let prior = try trainedSteps(of: "\(dir)/init.safetensors")
+        try TeacherWeights.write(weights, metadata: ["format": "arcflow-weights", "trained_steps": chainedSteps(step, after: prior)],
+                                 to: "\(dir)/ema.safetensors")
         let (acc, images, _) = try evaluator.evaluate(weights: TensorStore(weights, label: "EMA at step \(step)"), threads: trainer.config.threads)
         try writeAtomically(PNG.encode(ShapesWorld.contactSheet(images)), to: "\(dir)/eval_\(step).png")
         let header = FileManager.default.fileExists(atPath: evalPath) ? "" : "step,accuracy,guidance,shift,prompts\n"

@@ -132,6 +132,16 @@ final class DefaultModelTests: XCTestCase {
         let warm = try TeacherRun.initialWeights(finer, from: "\(dir)/w.safetensors")
         XCTAssertEqual(warm, TeacherWeights.repatched(weights, from: c.patch, to: finer.patch))
         XCTAssertEqual(warm["x_embedder.weight"]?.shape, [c.flux.width, finer.tokenChannels])
+        // The steps behind a warm start chain into the exported count: a flat file's metadata,
+        // a default-model folder's model.json; unrecorded steps leave the run's own.
+        XCTAssertNil(try TeacherRun.trainedSteps(of: "\(dir)/w.safetensors"))
+        try TeacherWeights.write(weights, metadata: ["trained_steps": "30000"], to: "\(dir)/ema.safetensors")
+        XCTAssertEqual(try TeacherRun.trainedSteps(of: "\(dir)/ema.safetensors"), "30000")
+        let std = TeacherConfig.standard()
+        try DefaultModelExport.write(TeacherWeights.random(std, seed: 1), config: std, trainedSteps: "30000 + 7000", to: "\(dir)/model")
+        XCTAssertEqual(try TeacherRun.trainedSteps(of: "\(dir)/model"), "30000 + 7000")
+        XCTAssertEqual(TeacherRun.chainedSteps(7000, after: "30000"), "30000 + 7000")
+        XCTAssertEqual(TeacherRun.chainedSteps(7000, after: nil), "7000")
     }
 
     /// `train-default --patch/--width/--double-blocks/--single-blocks`: a teacher's shape is read
