@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], path: "Tests/ImagingTests"),
         .testTarget(name: "FuzzTests", dependencies: ["IR", "Runtime", "Tokenizers", "Generation", "ShapesWorld", "arcflow", "arcflow-fuzz", "TestSupport"], path: "Tests/FuzzTests"),
         .testTarget(name: "DefaultModelTests", dependencies: ["DefaultModel", "ShapesWorld", "Training", "ArcFlowGraphs", "Runtime", "IR",
-                                                            "Generation", "TestSupport"],
+                                                            "Generation", "Imaging", "TestSupport"],
                     path: "Tests/DefaultModelTests"),
         .testTarget(name: "ShapesWorldTests", dependencies: ["ShapesWorld", "IR", "Imaging"], path: "Tests/ShapesWorldTests"),
     ]

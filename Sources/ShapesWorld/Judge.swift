@@ -38,10 +38,34 @@ private func f2(_ v: Double) -> String { String(Double((v * 100).rounded()) / 10
 
 /// The judge's answer: whether the image shows the prompt, and why (one line).
 public struct Verdict: CustomStringConvertible, Sendable {
+    /// The first check an image failed, in the order the judge makes them; reports count these to
+    /// say what a model gets wrong, not only how often.
+    public enum Failure: String, CaseIterable, Sendable {
+        /// Not a 64×64 RGB image.
+        case format
+        /// Another number of objects than the prompt names (a missing, extra or split object).
+        case count
+        /// The right count, but a colour or shape other than the prompt's.
+        case identity
+        /// Two objects of the prompt, not in its relation.
+        case relation
+        /// One object, not the prompt's size.
+        case size
+        /// One object, not at the prompt's position.
+        case position
+    }
+
     public let passed: Bool
     public let reason: String
     public let objects: [DetectedObject]
+    /// Why the image failed; nil when it passed.
+    public let failure: Failure?
     public var description: String { (passed ? "pass: " : "fail: ") + reason }
+
+    init(passed: Bool, reason: String, objects: [DetectedObject], failure: Failure? = nil) {
+        precondition(passed == (failure == nil), "a failed verdict names its failure")
+        self.passed = passed; self.reason = reason; self.objects = objects; self.failure = failure
+    }
 }
 
 extension ShapesWorld {
@@ -178,13 +202,14 @@ extension ShapesWorld {
     /// bounding-box centre when named; for two objects the relation between the centres.
     public static func judge(_ image: Image8, _ prompt: Prompt) -> Verdict {
         guard image.width == side && image.height == side && image.channels == 3 else {
-            return Verdict(passed: false, reason: "a \(image.width)×\(image.height) image with \(image.channels) channel(s) is not a 64×64 RGB image of the shapes world", objects: [])
+            return Verdict(passed: false, reason: "a \(image.width)×\(image.height) image with \(image.channels) channel(s) is not a 64×64 RGB image of the shapes world",
+                           objects: [], failure: .format)
         }
         let found = segment(image)
-        func fail(_ why: String) -> Verdict { Verdict(passed: false, reason: why, objects: found) }
+        func fail(_ failure: Verdict.Failure, _ why: String) -> Verdict { Verdict(passed: false, reason: why, objects: found, failure: failure) }
         let list = found.isEmpty ? "none" : found.map(\.description).joined(separator: "; ")
         guard found.count == prompt.objects.count else {
-            return fail("expected \(prompt.objects.count) object(s), found \(found.count): \(list)")
+            return fail(.count, "expected \(prompt.objects.count) object(s), found \(found.count): \(list)")
         }
         func matches(_ d: DetectedObject, _ o: Prompt.Object) -> Bool { d.colour == o.colour && d.shape == o.shape }
         if let relation = prompt.relation {
@@ -193,24 +218,24 @@ extension ShapesWorld {
             let pair = matches(found[0], a) && matches(found[1], b) ? (found[0], found[1])
                 : matches(found[1], a) && matches(found[0], b) ? (found[1], found[0]) : nil
             guard let (da, db) = pair else {
-                return fail("expected a \(a.colour.rawValue) \(a.shape.rawValue) and a \(b.colour.rawValue) \(b.shape.rawValue), found: \(list)")
+                return fail(.identity, "expected a \(a.colour.rawValue) \(a.shape.rawValue) and a \(b.colour.rawValue) \(b.shape.rawValue), found: \(list)")
             }
             guard relation.holds(da.centre, db.centre) else {
-                return fail("the \(a.colour.rawValue) \(a.shape.rawValue) is not \(relation.phrase) the \(b.colour.rawValue) \(b.shape.rawValue) (centres 16 px apart along, within 16 px across): \(list)")
+                return fail(.relation, "the \(a.colour.rawValue) \(a.shape.rawValue) is not \(relation.phrase) the \(b.colour.rawValue) \(b.shape.rawValue) (centres 16 px apart along, within 16 px across): \(list)")
             }
             return Verdict(passed: true, reason: list, objects: found)
         }
         let (d, o) = (found[0], prompt.objects[0])
-        guard matches(d, o) else { return fail("expected a \(o.colour.rawValue) \(o.shape.rawValue), found: \(list)") }
+        guard matches(d, o) else { return fail(.identity, "expected a \(o.colour.rawValue) \(o.shape.rawValue), found: \(list)") }
         if let size = o.size {
             let r = sizeRange(size)
             guard d.across >= r.lowerBound - sizeTolerance && d.across <= r.upperBound + sizeTolerance else {
-                return fail("\(list): not \(size.rawValue) (\(Int(r.lowerBound))–\(Int(r.upperBound)) px across)")
+                return fail(.size, "\(list): not \(size.rawValue) (\(Int(r.lowerBound))–\(Int(r.upperBound)) px across)")
             }
         }
         if let p = o.position {
             guard p.contains(column: cell(d.centre.x), row: cell(d.centre.y)) else {
-                return fail("\(list): the centre is not \(p.phrase)")
+                return fail(.position, "\(list): the centre is not \(p.phrase)")
             }
         }
         return Verdict(passed: true, reason: list, objects: found)

@@ -6,6 +6,7 @@
 @testable import DefaultModel
 import Foundation
 import Generation
+import Imaging
 import IR
 import Runtime
 import ShapesWorld
@@ -99,6 +100,39 @@ final class DefaultPipelineTests: XCTestCase {
         let g = DefaultReport.grid([[a, nil, b]], scale: 3, gap: 2)
         XCTAssertEqual([g.width, g.height], [2 + 3 * (192 + 2), 2 + 194])
         XCTAssertEqual(g[2 + 3 * 10 + 1, 2 + 3 * 20 + 2, 0], a[10, 20, 0], "nearest ×3")
+    }
+
+    /// The report's failure table and verdicts.csv, on renders (pass) and blank images (count).
+    func testReportFailuresAndVerdicts() {
+        let p = Array(DefaultReport.prompts(perCategory: 1))
+        let renders = p.enumerated().map { ShapesWorld.render($1.prompt, seed: UInt64($0)) }
+        let blank = Image8(width: 64, height: 64, channels: 3)
+        func column(_ name: String, _ images: [Image8]) -> DefaultReport.Column {
+            var c = DefaultReport.Column(name: name, nfe: "2")
+            for (image, item) in zip(images, p) {
+                c.verdicts.append(ShapesWorld.judge(image, item.prompt)); c.images.append(image); c.seconds.append(0.1)
+            }
+            return c
+        }
+        // The teacher fails the last prompt, the student the first; with a recoloured second object
+        // the "student" also fails the two-object prompt on identity.
+        let teacher = column("teacher", [renders[0], renders[1], blank])
+        let (a, b) = (p[1].prompt.objects[0], p[1].prompt.objects[1])
+        let other = Prompt.Colour.allCases.first { $0 != a.colour && $0 != b.colour }!
+        let wrong = try! Prompt(a, p[1].prompt.relation!, Prompt.Object(other, b.shape))
+        let student = column("student", [blank, ShapesWorld.render(wrong, seed: 1), renders[2]])
+        XCTAssertEqual(teacher.passed, [true, true, false])
+        XCTAssertEqual(student.failures, [.count, .identity, nil])
+        let md = DefaultReport.markdown([teacher, student], prompts: p, seed: 0, threads: 1)
+        XCTAssertTrue(md.contains("| model | fails | count | identity | relation | size | position | passes where the teacher fails | fails where the teacher passes |"), md)
+        XCTAssertTrue(md.contains("| teacher | 1 | 1 | 0 | 0 | 0 | 0 | — | — |"), md)
+        XCTAssertTrue(md.contains("| student | 2 | 1 | 1 | 0 | 0 | 0 | 1/1 | 2/2 |"), md)
+        let csv = DefaultReport.verdictsCSV([teacher, student], prompts: p, seed: 5).split(separator: "\n").map(String.init)
+        XCTAssertEqual(csv.count, 4)
+        XCTAssertEqual(csv[0], "index,category,prompt,seed,teacher,teacher reason,student,student reason,student error")
+        XCTAssertTrue(csv[1].hasPrefix("0,one object,\(p[0].prompt),5,pass,"), csv[1])
+        XCTAssertTrue(csv[1].contains(",count,\"expected 1 object(s), found 0: none\","), csv[1])
+        XCTAssertTrue(csv[3].hasPrefix("2,held-out pairs,\(p[2].prompt),7,count,\"expected 2 object(s), found 0: none\",pass,"), csv[3])
     }
 
     /// Our config keys: unknown values are errors naming the key; the exported config round-trips.

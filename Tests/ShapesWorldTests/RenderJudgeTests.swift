@@ -221,34 +221,49 @@ final class RenderJudgeTests: XCTestCase {
         return ShapesWorld.rasterize(scene)
     }
 
-    private func failureRate(_ kind: Corruption, count: Int = 1000, sigma: Double = 128) -> (rate: Double, applied: Int, passed: [String]) {
+    private func failureRate(_ kind: Corruption, count: Int = 1000, sigma: Double = 128)
+        -> (rate: Double, applied: Int, passed: [String], failures: [Verdict.Failure: Int]) {
         var rng = SplitMix64(seed: 31 + UInt64(kind.rawValue.count))
         var applied = 0
         var passed: [String] = []
+        var failures: [Verdict.Failure: Int] = [:]
         for p in prompts(count, seed: 77) {
             guard let image = corrupt(p, kind, &rng, sigma: sigma) else { continue }
             applied += 1
             let v = ShapesWorld.judge(image, p)
             if v.passed { passed.append("\(p): \(v.reason)") }
+            if let f = v.failure { failures[f, default: 0] += 1 }
         }
-        return (Double(applied - passed.count) / Double(max(applied, 1)), applied, passed)
+        return (Double(applied - passed.count) / Double(max(applied, 1)), applied, passed, failures)
     }
 
+    /// Each corruption fails, and for the check it breaks: a recoloured or reshaped object fails
+    /// on identity, a deleted or extra one on the count, a resized one on size, a moved one on
+    /// its position or relation (what the report's failure counts rest on).
     func testCorruptedRendersFail() {
+        let expected: [Corruption: Set<Verdict.Failure>] = [
+            .recolour: [.identity], .reshape: [.identity], .delete: [.count], .extra: [.count],
+            .resize: [.size], .move: [.position, .relation],
+        ]
         for kind in Corruption.allCases {
-            let (rate, applied, passed) = failureRate(kind)
-            print("corruption \(kind.rawValue): judge fails \(applied - passed.count)/\(applied) = \(rate)")
+            let (rate, applied, passed, failures) = failureRate(kind)
+            print("corruption \(kind.rawValue): judge fails \(applied - passed.count)/\(applied) = \(rate); "
+                  + failures.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", "))
             for s in passed.prefix(5) { print("  still passes: \(s)") }
             XCTAssertGreaterThan(applied, 150)
             // Noise with σ = 128 (half the byte range) leaves a rare large shape readable.
             XCTAssertGreaterThanOrEqual(rate, kind == .noise ? 0.98 : 1.0, "\(kind)")
+            if let allowed = expected[kind] {
+                XCTAssertTrue(Set(failures.keys).isSubset(of: allowed), "\(kind): \(failures)")
+            }
         }
+        XCTAssertEqual(ShapesWorld.judge(Image8(width: 8, height: 8, channels: 3), try! Prompt.parse("a red circle")).failure, .format)
     }
 
     /// Light noise is not a corruption (the judge is not brittle); heavy noise is.
     func testNoiseLevels() {
         for sigma in [4.0, 8.0, 16.0, 32.0, 60.0, 80.0, 100.0, 128.0] {
-            let (rate, applied, _) = failureRate(.noise, count: 300, sigma: sigma)
+            let (rate, applied, _, _) = failureRate(.noise, count: 300, sigma: sigma)
             print("gaussian noise σ = \(sigma): judge fails \(Int((rate * Double(applied)).rounded()))/\(applied) = \(rate)")
             if sigma <= 8 { XCTAssertLessThan(rate, 0.01) }
         }

@@ -113,8 +113,10 @@ let reportDefaultSpec = CommandSpec(
     ],
     details: """
     Renders the fixed prompt set with the teacher (model.json's steps and guidance), the ArcFlow student and the
-    linear student (those present), judges every image, and writes DIR/report.md (a markdown table),
-    DIR/<model>.png contact sheets and DIR/grid.png (rows = prompts, columns = models, both labelled).
+    linear student (those present), judges every image, and writes DIR/report.md (markdown tables: accuracy
+    per category, paired error, time per image; what fails, by the judge's first failed check), DIR/verdicts.csv
+    (each prompt's verdict per model and the students' paired error), DIR/<model>.png contact sheets and
+    DIR/grid.png (rows = prompts, columns = models, both labelled).
     Tools/report-default.sh splices the table into the README.
     """)
 
@@ -156,6 +158,7 @@ func reportDefaultCommand(_ argv: [String]) throws {
                                   rowLabels: prompts.map { "\($0.category): \($0.prompt)" })
     try writeAtomically(PNG.encode(grid, text: [("parameters", "columns: " + labels.joined(separator: " | ") + "\nSeed: \(seed) + row, Generator: arcflow")]),
                         to: "\(out)/grid.png")
+    try writeAtomically(DefaultReport.verdictsCSV(columns, prompts: prompts, seed: seed), to: "\(out)/verdicts.csv")
     let table = DefaultReport.markdown(columns, prompts: prompts, seed: seed, threads: threads)
     try writeAtomically(table, to: "\(out)/report.md")
     print(table, terminator: "")
