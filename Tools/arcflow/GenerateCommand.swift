@@ -158,7 +158,9 @@ func render(_ p: CompiledPipeline, prompt: String, noise: Tensor, seedText: Stri
     }
     let sampling = lap()
     let image = try p.decode(latents)
-    stderrLine(String(format: "arcflow:   sampler %.2f s (%.2f s/step), VAE decoder %.2f s", sampling, sampling / Double(m.steps), lap()))
+    // FLUX decodes latents with its VAE; the embedded default's pixels are unpatchified (no VAE).
+    let decoder = m.family == "shapes" ? "pixel decoder" : "VAE decoder"
+    stderrLine(String(format: "arcflow:   sampler %.2f s (%.2f s/step), %@ %.2f s", sampling, sampling / Double(m.steps), decoder, lap()))
     let parameters = "\(prompt)\nSteps: \(m.steps), Sampler: \(m.sampler == "arc" ? "ArcFlow" : "Euler (flow matching)"), "
         + (m.guidance.map { "Guidance: \($0), " } ?? "") + (m.cfgScale.map { "CFG scale: \($0), " } ?? "")
         + "Seed: \(seedText), Size: \(m.width)x\(m.height), "
