@@ -12,21 +12,29 @@ import ShapesWorld
 
 /// Which model of the default folder draws the image.
 public enum DefaultVariant: Equatable, CustomStringConvertible {
-    /// The 2-NFE ArcFlow student (adapter folder "arcflow", K = 8).
-    case arcflow
-    /// The linear 2-NFE baseline (adapter folder "linear", K = 1).
-    case linear
+    /// A student distilled for 2 NFE: its adapter folder ("arcflow": the ArcFlow student, K = 8;
+    /// "linear": the K = 1 baseline) and the steps it samples with (2 unless measuring more).
+    case student(adapter: String, steps: Int)
     /// The teacher: Euler with classifier-free guidance.
     case teacher(steps: Int, guidance: Double)
 
+    /// The 2-NFE ArcFlow student.
+    public static let arcflow = DefaultVariant.student(adapter: "arcflow", steps: 2)
+    /// The linear 2-NFE baseline.
+    public static let linear = DefaultVariant.student(adapter: "linear", steps: 2)
+
     public var adapterName: String? {
-        switch self { case .arcflow: return "arcflow"; case .linear: return "linear"; case .teacher: return nil }
+        switch self { case .student(let a, _): return a; case .teacher: return nil }
+    }
+
+    /// A student sampled with `steps` NFE (the teacher unchanged).
+    public func studentSteps(_ steps: Int) -> DefaultVariant {
+        switch self { case .student(let a, _): return .student(adapter: a, steps: steps); case .teacher: return self }
     }
 
     public var description: String {
         switch self {
-        case .arcflow: return "ArcFlow 2-step student"
-        case .linear: return "linear 2-step student"
+        case .student(let a, let n): return "\(a == "arcflow" ? "ArcFlow" : a) \(n)-step student"
         case .teacher(let s, let g): return "teacher (\(s) Euler steps, CFG \(g))"
         }
     }
@@ -59,9 +67,9 @@ public enum DefaultPipeline {
             o.steps = steps
             o.cfgScale = g
             o.shift = folder.info.teacher.shift
-        case .arcflow, .linear:
+        case .student(_, let steps):
             o.sampler = .arc
-            o.steps = 2
+            o.steps = steps
         }
         return o
     }

@@ -193,14 +193,16 @@ public final class DistillRollout: BatchProvider {
         return out
     }
 
-    /// The student's 2-NFE (nfe) sampler from tokens `noise` [B, N, 4C]: one policy evaluation
-    /// per segment, each integrated in closed form to the next knot (no dropout).
-    public func sample(noise: [Float], ids: [Float], weight: (String) throws -> UnsafeRawPointer) throws -> [Float] {
+    /// The student's 2-NFE (the recipe's nfe, or `nfe`) sampler from tokens `noise` [B, N, 4C]:
+    /// one policy evaluation per segment, each integrated in closed form to the next knot (no dropout).
+    public func sample(noise: [Float], ids: [Float], nfe: Int? = nil, weight: (String) throws -> UnsafeRawPointer) throws -> [Float] {
+        var r = recipe
+        if let nfe { r.nfe = nfe }
         var x = noise, t = 1.0
-        for size in recipe.segments {
-            let sigma = recipe.warp(t)
+        for size in r.segments {
+            let sigma = r.warp(t)
             let pi = try policyAt(x, sigma: sigma, ids: ids, dropped: nil, weight: weight)
-            for k in 0..<recipe.batch { pi.advance(&x, sample: k, from: Double(Float(sigma)), to: recipe.warp(t - size)) }
+            for k in 0..<r.batch { pi.advance(&x, sample: k, from: Double(Float(sigma)), to: r.warp(t - size)) }
             t -= size
         }
         return x

@@ -85,7 +85,7 @@ final class StudentParityTests: XCTestCase {
 
     /// The distillation's 2-NFE sampler (`DistillRollout.sample`, what `DistillEvaluator`
     /// judges) with its trained tensors read from `adapter` (f32 copies, kept alive here).
-    func distilledSample(_ run: DistillRun, adapter: WeightStore, noise: [Float], ids: [Float]) throws -> [Float] {
+    func distilledSample(_ run: DistillRun, adapter: WeightStore, noise: [Float], ids: [Float], nfe: Int? = nil) throws -> [Float] {
         var copies: [String: UnsafeMutableRawPointer] = [:]
         defer { copies.values.forEach { $0.deallocate() } }
         for p in Student.trainable(run.student) {
@@ -94,7 +94,7 @@ final class StudentParityTests: XCTestCase {
             values.withUnsafeBytes { ptr.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             copies[p.key] = ptr
         }
-        return try run.rollout.sample(noise: noise, ids: ids) { key in
+        return try run.rollout.sample(noise: noise, ids: ids, nfe: nfe) { key in
             guard let p = copies[key] else { throw ArcError("no trained tensor '\(key)'") }
             return UnsafeRawPointer(p)
         }
@@ -152,7 +152,25 @@ final class StudentParityTests: XCTestCase {
                 // The check can fail: the trained student is far (≥ 100× the tolerance) from the initial one.
                 XCTAssertGreaterThan(trainedEffect, 100 * Self.tolerance, "K=\(k): training changed the sample")
             }
+            // `--steps 3` / `--student-steps 3`: the student at 3 NFE, the rollout's sampler on 3 segments.
+            guard k == 3 else { continue }
+            let three = try CompiledPipeline(folder: try DefaultPipeline.compiled(folder, variant.studentSteps(3), cacheRoot: testCacheRoot), threads: 1)
+            XCTAssertEqual(three.manifest.steps, 3)
+            XCTAssertEqual(three.manifest.sigmas.map(Float.init), [1, Float(2.0 / 3), Float(1.0 / 3), 0])
+            let sampled3 = Tokens.unpatchify(try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids, nfe: 3),
+                                             count: 2, patch: c.patch)
+            for (i, prompt) in prompts.enumerated() {
+                let image = Array(pixels[(i * plane)..<((i + 1) * plane)])
+                let latents = try three.sample(try three.encode(prompt), noise: Tensor(.f32(folder.codec.latentShape), folder.codec.encode(image)))
+                let got = Tensor(.f32([1, 3, 64, 64]), folder.codec.decode(latents.data))
+                let want = Tensor(.f32([1, 3, 64, 64]), Array(sampled3[(i * plane)..<((i + 1) * plane)]))
+                let two = Tensor(.f32([1, 3, 64, 64]), Array(distilledImages[(i * plane)..<((i + 1) * plane)]))
+                XCTAssertLessThan(relativeL2(got, want), Self.tolerance, "3 NFE '\(prompt)': compiled student vs the rollout's sampler")
+                XCTAssertGreaterThan(relativeL2(two, want), 100 * Self.tolerance, "3 NFE differs from 2")
+            }
         }
+        XCTAssertEqual("\(DefaultVariant.arcflow)", "ArcFlow 2-step student", "the cache key of the shipped students")
+        XCTAssertEqual("\(DefaultVariant.linear.studentSteps(4))", "linear 4-step student")
     }
 
     // MARK: Teacher

@@ -33,7 +33,7 @@ func generateDefault(_ args: ParsedArguments) throws {
     if args.has("--embeddings") { throw UsageError("--embeddings runs a compiled sampler: give it with --model", generateSpec) }
     if args.has("--teacher") && args.has("--baseline") { throw UsageError("give --teacher or --baseline, not both", generateSpec) }
     if !args.has("--teacher") {
-        for flag in ["--steps", "--guidance"] where args.has(flag) { throw UsageError("\(flag) goes with --teacher (the students take 2 steps, no guidance)", generateSpec) }
+        if args.has("--guidance") { throw UsageError("--guidance goes with --teacher (the students absorbed the teacher's guidance; they take none)", generateSpec) }
     }
     if let b = args.value("--baseline"), b != "linear" { throw UsageError("--baseline must be linear, got '\(b)'", generateSpec) }
     let threads = try threadCount(args, generateSpec)
@@ -52,7 +52,8 @@ func generateDefault(_ args: ParsedArguments) throws {
         let steps = try args.int("--steps", generateSpec, default: folder.info.teacher.steps, min: 1)!
         variant = .teacher(steps: steps, guidance: try args.double("--guidance", generateSpec, default: folder.info.teacher.guidance)!)
     } else {
-        variant = args.has("--baseline") ? .linear : .arcflow
+        let student: DefaultVariant = args.has("--baseline") ? .linear : .arcflow
+        variant = student.studentSteps(try args.int("--steps", generateSpec, default: 2, min: 1)!)
     }
     try generateImages(args, try loadDefault(folder, variant, threads: threads))
 }
@@ -102,13 +103,14 @@ func generateGrid(_ args: ParsedArguments, file: String, threads: Int) throws {
 
 let reportDefaultSpec = CommandSpec(
     name: "report-default",
-    usage: "report-default -o DIR [--prompts N] [--seed S] [--default-model DIR] [--threads N]",
+    usage: "report-default -o DIR [--prompts N] [--seed S] [--default-model DIR] [--student-steps N] [--threads N]",
     summary: "Measure the default model: judge accuracy, paired error to the teacher, time per image → DIR/report.md.",
     options: [
         OptionSpec(names: ["-o", "--output"], value: "DIR", help: "folder for report.md and the contact sheets"),
         OptionSpec(names: ["--prompts"], value: "N", help: "prompts per category: one object, two objects, held-out pairs (default 192)"),
         OptionSpec(names: ["--seed"], value: "S", help: "prompt i uses seed S + i, the same noise for every model (default 0)"),
         OptionSpec(names: ["--default-model"], value: "DIR", help: "the default model's folder (default $ARCFLOW_DEFAULT_MODEL, else models/shapes)"),
+        OptionSpec(names: ["--student-steps"], value: "N", help: "the students' NFE (default 2, what they were distilled for; more measures what the step count costs)"),
         threadsOption,
     ],
     details: """
@@ -129,6 +131,7 @@ func reportDefaultCommand(_ argv: [String]) throws {
     let n = try args.int("--prompts", spec, default: 192, min: 1)!
     let seed = try args.int("--seed", spec, default: 0, min: 0)!
     let threads = try threadCount(args, spec)
+    let studentSteps = try args.int("--student-steps", spec, default: 2, min: 1)!
     let folder = try defaultModelFolder(args)
     try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
     let t = folder.info.teacher
@@ -136,13 +139,13 @@ func reportDefaultCommand(_ argv: [String]) throws {
         ("teacher (Euler, CFG \(t.guidance))", "\(t.steps) × 2 (CFG batch)", try loadDefault(folder, .teacher(steps: t.steps, guidance: t.guidance), threads: threads))]
     // The grid's column labels: what each model is, and its steps.
     var labels = ["teacher \(t.steps) (CFG \(t.guidance))"]
-    for (name, short, v) in [("ArcFlow student", "ArcFlow 2", DefaultVariant.arcflow), ("linear student", "linear 2", .linear)] {
+    for (name, short, v) in [("ArcFlow student", "ArcFlow \(studentSteps)", DefaultVariant.arcflow), ("linear student", "linear \(studentSteps)", .linear)] {
         guard let dir = folder.adapterDirectory(v.adapterName!) else {
             stderrLine("arcflow: note: no '\(v.adapterName!)' adapter in \(folder.directory); the report leaves the \(name) out")
             continue
         }
         let k = try ArcFlowAdapter.load(dir).components
-        pipelines.append(("\(name) (K = \(k))", "2", try loadDefault(folder, v, threads: threads)))
+        pipelines.append(("\(name) (K = \(k))", "\(studentSteps)", try loadDefault(folder, v.studentSteps(studentSteps), threads: threads)))
         labels.append("\(short) (K = \(k))")
     }
     let prompts = DefaultReport.prompts(perCategory: n)

@@ -12,7 +12,7 @@ import Runtime
 let generateSpec = CommandSpec(
     name: "generate",
     usage: """
-    generate --prompt TEXT [--seed S] -o IMG.png [--teacher [--steps N] [--guidance G] | --baseline linear]
+    generate --prompt TEXT [--seed S] -o IMG.png [--teacher [--steps N] [--guidance G] | [--baseline linear] [--steps N]]
            arcflow generate --prompts FILE [--seed S] -o DIR [--teacher … | --baseline linear]
            arcflow generate --grid PROMPTS_FILE [--seed S] -o GRID.png
            arcflow generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
@@ -40,7 +40,7 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "sampler only: prompt_embeds and pooled_prompt_embeds instead of a prompt"),
         OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image: required; FLUX: else E's negative_*)"),
         OptionSpec(names: ["--teacher"], value: nil, help: "default model: the teacher (Euler with classifier-free guidance) instead of the ArcFlow student"),
-        OptionSpec(names: ["--steps"], value: "N", help: "default model, with --teacher: Euler steps (default 28, model.json's)"),
+        OptionSpec(names: ["--steps"], value: "N", help: "default model: the teacher's Euler steps (default 28, model.json's); a student's NFE (default 2, what it was distilled for; more to measure what the step count costs)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default: model.json's, 3 for the shipped model)"),
         OptionSpec(names: ["--baseline"], value: "linear", help: "default model: the linear 2-step student (K = 1) instead of ArcFlow's"),
         OptionSpec(names: ["--grid"], value: "PROMPTS_FILE", help: "default model: one PNG, rows = prompts, columns = teacher 28 | ArcFlow 2 | linear 2"),
