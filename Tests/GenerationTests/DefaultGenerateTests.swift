@@ -50,7 +50,8 @@ final class DefaultGenerateTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: work) }
         let prompt = "a small red circle at the top left"
         var hashes: [String] = []
-        for (name, flags) in [("arc", [String]()), ("teacher", ["--teacher", "--steps", "3"]), ("linear", ["--baseline", "linear"])] {
+        for (name, flags) in [("arc", [String]()), ("teacher", ["--teacher", "--steps", "3"]), ("linear", ["--baseline", "linear"]),
+                              ("arc3", ["--steps", "3"])] {
             let r = try arcflow(["generate", "--prompt", prompt, "--seed", "5", "-o", "\(name).png"] + flags, in: work)
             XCTAssertEqual(r.status, 0, r.err)
             XCTAssertTrue(r.err.contains("step 1/"), "progress lines: \(r.err)")
@@ -58,7 +59,12 @@ final class DefaultGenerateTests: XCTestCase {
             XCTAssertTrue(p.hasPrefix(prompt + "\n"), p)
             hashes.append(String(p.components(separatedBy: "Noise hash: ").last!.prefix(10)))
         }
-        XCTAssertEqual(Set(hashes).count, 1, "the three variants start from the same noise: \(hashes)")
+        XCTAssertEqual(Set(hashes).count, 1, "the three variants (and a student at 3 NFE) start from the same noise: \(hashes)")
+        XCTAssertTrue(try parameters("\(work)/arc3.png").contains("Steps: 3, Sampler: ArcFlow"))
+        XCTAssertNotEqual(try Data(contentsOf: URL(fileURLWithPath: "\(work)/arc.png")), try Data(contentsOf: URL(fileURLWithPath: "\(work)/arc3.png")))
+        let guided = try arcflow(["generate", "--prompt", prompt, "--guidance", "2", "-o", "g.png"], in: work)
+        XCTAssertEqual(guided.status, 2, "a usage error")
+        XCTAssertTrue(guided.err.contains("--guidance goes with --teacher"), guided.err)
         XCTAssertTrue(try parameters("\(work)/teacher.png").contains("CFG scale: 5.0"))
         XCTAssertTrue(try parameters("\(work)/arc.png").contains("Adapter: arcflow"))
 
@@ -110,6 +116,14 @@ final class DefaultGenerateTests: XCTestCase {
         }
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(work)/rep/teacher.png"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(work)/rep/grid.png"))
+        XCTAssertTrue(table.contains("| model | fails | count | identity |"), table)
+        let csv = try String(contentsOfFile: "\(work)/rep/verdicts.csv", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(csv.count, 4, "a header and one row per prompt")
+        // The students at 3 NFE: the NFE column says so.
+        let r3 = try arcflow(["report-default", "-o", "rep3", "--prompts", "1", "--student-steps", "3"], in: work)
+        XCTAssertEqual(r3.status, 0, r3.err)
+        let table3 = try String(contentsOfFile: "\(work)/rep3/report.md", encoding: .utf8)
+        XCTAssertTrue(table3.contains("| ArcFlow student (K = 2) | 3 |") && table3.contains("| linear student (K = 1) | 3 |"), table3)
     }
 
     func testGrammarErrorAndMissingFolder() throws {
