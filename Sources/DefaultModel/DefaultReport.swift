@@ -81,7 +81,7 @@ public enum DefaultReport {
         func mean(_ v: [Double]) -> Double { v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count) }
         func accuracy(_ c: Column, _ category: String?) -> String {
             let idx = prompts.indices.filter { category == nil || prompts[$0].category == category }
-            let n = idx.filter { c.passed[$0] }.count
+            let n = idx.filter { c.verdicts[$0].passed }.count
             return String(format: "%.2f (%d/%d)", Double(n) / Double(max(idx.count, 1)), n, idx.count)
         }
         let teacher = columns[0]
@@ -98,12 +98,13 @@ public enum DefaultReport {
         let kinds = Verdict.Failure.allCases.filter { k in k != .format || columns.contains { $0.failures.contains(k) } }
         lines += ["", "| model | fails | " + kinds.map(\.rawValue).joined(separator: " | ") + " | passes where the teacher fails | fails where the teacher passes |",
                   "|---|---|" + String(repeating: "---|", count: kinds.count + 2)]
-        let teacherFails = teacher.passed.filter { !$0 }.count
+        let teacherPassed = teacher.passed
+        let teacherFails = teacherPassed.filter { !$0 }.count
         for c in columns {
-            let failed = c.failures.compactMap { $0 }
+            let failed = c.failures.compactMap { $0 }, passed = c.passed
             let paired = c.name == teacher.name ? ["—", "—"] : [
-                "\(zip(c.passed, teacher.passed).filter { $0 && !$1 }.count)/\(teacherFails)",
-                "\(zip(c.passed, teacher.passed).filter { !$0 && $1 }.count)/\(teacher.passed.count - teacherFails)",
+                "\(zip(passed, teacherPassed).filter { $0 && !$1 }.count)/\(teacherFails)",
+                "\(zip(passed, teacherPassed).filter { !$0 && $1 }.count)/\(teacherPassed.count - teacherFails)",
             ]
             lines.append("| \(c.name) | \(failed.count) | " + kinds.map { k in String(failed.filter { $0 == k }.count) }.joined(separator: " | ")
                          + " | " + paired.joined(separator: " | ") + " |")
@@ -129,7 +130,7 @@ public enum DefaultReport {
         for (i, item) in prompts.enumerated() {
             var row = [String(i), item.category, item.prompt.description, String(seed + i)]
             for (j, c) in columns.enumerated() {
-                row += [c.failures[i]?.rawValue ?? "pass", c.verdicts[i].reason]
+                row += [c.verdicts[i].failure?.rawValue ?? "pass", c.verdicts[i].reason]
                 if j > 0 { row.append(String(format: "%.3f", meanAbsoluteError(c.images[i], teacher.images[i]))) }
             }
             lines.append(row.map(field).joined(separator: ","))

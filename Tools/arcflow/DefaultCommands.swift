@@ -32,8 +32,8 @@ func generateDefault(_ args: ParsedArguments) throws {
     }
     if args.has("--embeddings") { throw UsageError("--embeddings runs a compiled sampler: give it with --model", generateSpec) }
     if args.has("--teacher") && args.has("--baseline") { throw UsageError("give --teacher or --baseline, not both", generateSpec) }
-    if !args.has("--teacher") {
-        if args.has("--guidance") { throw UsageError("--guidance goes with --teacher (the students absorbed the teacher's guidance; they take none)", generateSpec) }
+    if args.has("--guidance") && !args.has("--teacher") {
+        throw UsageError("--guidance goes with --teacher (the students absorbed the teacher's guidance; they take none)", generateSpec)
     }
     if let b = args.value("--baseline"), b != "linear" { throw UsageError("--baseline must be linear, got '\(b)'", generateSpec) }
     let threads = try threadCount(args, generateSpec)
