@@ -69,8 +69,9 @@ public struct FluxConfig: Equatable {
             guard v <= maxConfigInteger else { throw ArcError("\(path): '\(k)' must be at most \(maxConfigInteger), got \(v)") }
             return v
         }
-        numLayers = try int("num_layers")
-        // The embedded default has joint blocks only.
+        // Either block kind may be absent, as diffusers allows (the embedded default has joint
+        // blocks only).
+        numLayers = try int("num_layers", allowZero: true)
         numSingleLayers = try int("num_single_layers", allowZero: true)
         attentionHeadDim = try int("attention_head_dim")
         numAttentionHeads = try int("num_attention_heads")

@@ -77,7 +77,8 @@ public enum FluxModel {
             guard o.sampler == .euler else {
                 throw ArcError("--true-cfg-scale needs --sampler euler (the ArcFlow student absorbed its teacher's guidance; it takes none)")
             }
-            guard g.isFinite else { throw ArcError("--true-cfg-scale must be a finite number, got \(g)") }
+            // FluxPipeline applies true CFG only when true_cfg_scale > 1 (as QwenImagePipeline).
+            guard g > 1, g.isFinite else { throw ArcError("--true-cfg-scale must be greater than 1, got \(g)") }
         }
         var guidance: Float?
         if config.guidanceEmbeds {

@@ -76,8 +76,10 @@ public enum DefaultReport {
     }
 
     /// The markdown table: accuracy per category and overall, paired error to the teacher (the
-    /// first column), seconds per image and the speed-up over the teacher.
-    public static func markdown(_ columns: [Column], prompts: [(category: String, prompt: Prompt)], seed: Int, threads: Int) -> String {
+    /// first column), seconds per image and the speed-up over the teacher (without `timed`, as for
+    /// `DistillHandoff`'s columns, neither those two nor the footnote).
+    public static func markdown(_ columns: [Column], prompts: [(category: String, prompt: Prompt)], seed: Int, threads: Int,
+                                timed: Bool = true) -> String {
         func mean(_ v: [Double]) -> Double { v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count) }
         func accuracy(_ c: Column, _ category: String?) -> String {
             let idx = prompts.indices.filter { category == nil || prompts[$0].category == category }
@@ -85,13 +87,14 @@ public enum DefaultReport {
             return String(format: "%.2f (%d/%d)", Double(n) / Double(max(idx.count, 1)), n, idx.count)
         }
         let teacher = columns[0]
-        var lines = ["| model | NFE | " + categories.joined(separator: " | ") + " | overall | paired error to teacher (MAE, 0–255) | s / image | speed-up |",
-                     "|---|---|" + String(repeating: "---|", count: categories.count + 4)]
+        var lines = ["| model | NFE | " + categories.joined(separator: " | ") + " | overall | paired error to teacher (MAE, 0–255) |"
+                     + (timed ? " s / image | speed-up |" : ""),
+                     "|---|---|" + String(repeating: "---|", count: categories.count + (timed ? 4 : 2))]
         for c in columns {
             let err = c.name == teacher.name ? "—" : String(format: "%.2f", mean(zip(c.images, teacher.images).map { meanAbsoluteError($0, $1) }))
             let secs = mean(c.seconds)
-            lines.append("| \(c.name) | \(c.nfe) | " + categories.map { accuracy(c, $0) }.joined(separator: " | ") + " | \(accuracy(c, nil)) | \(err) | "
-                         + String(format: "%.3f | %.1f× |", secs, mean(teacher.seconds) / secs))
+            lines.append("| \(c.name) | \(c.nfe) | " + categories.map { accuracy(c, $0) }.joined(separator: " | ") + " | \(accuracy(c, nil)) | \(err) |"
+                         + (timed ? String(format: " %.3f | %.1f× |", secs, mean(teacher.seconds) / secs) : ""))
         }
         // What fails: the judge's first failed check, counted per model, and how a model's
         // verdicts pair with the teacher's on the same prompt and noise.
@@ -109,6 +112,7 @@ public enum DefaultReport {
             lines.append("| \(c.name) | \(failed.count) | " + kinds.map { k in String(failed.filter { $0 == k }.count) }.joined(separator: " | ")
                          + " | " + paired.joined(separator: " | ") + " |")
         }
+        guard timed else { return lines.joined(separator: "\n") + "\n" }
         let n = prompts.count / categories.count
         lines.append("")
         lines.append("\(n) prompts per category (fixed: `DefaultReport.prompts`), prompt i with seed \(seed) + i and the same noise for every model; "

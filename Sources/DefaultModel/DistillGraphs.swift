@@ -87,8 +87,14 @@ public enum DistillGraphs {
     /// with MSE_s over the s-th segment's B·I pairs. ū is the student's mean velocity over each
     /// interval anchored at (x_src, σ_src) (§3.3), with velocity means μ_k = (x_src − m_k)/σ_src
     /// from the x0 means m_k. With `meanVelocity` ū [M, I, N, 4C] is an output too (tests).
+    ///
+    /// With `endpoint` (not the reference's: `DistillRecipe.endpointWeight`), three more inputs,
+    /// `endpoint_sigma` [M] (σ_e, where the evaluation's segment ends), `endpoint` [M, N, 4C] (the
+    /// teacher's Euler solution from x_src at σ_src to σ_e) and `endpoint_weight` [M], add
+    /// 15 · Σ_m endpoint_weight_m · mean_{N,4C}(x̂_m − endpoint_m)², where
+    /// x̂ = x_src − (σ_src − σ_e)·ū(σ_src → σ_e) is where the student's policy itself ends.
     public static func loss(_ s: StudentConfig, teacher: WeightStore, adapter: ArcFlowAdapter, evaluations m: Int, intervals: Int,
-                            meanVelocity: Bool = false) throws -> Graph {
+                            meanVelocity: Bool = false, endpoint: Bool = false) throws -> Graph {
         let b = GraphBuilder(name: "distill_loss_k\(s.components)")
         let c = s.teacher, n = c.imageTokens, ch = s.channels, k = s.components, i = intervals
         let x = b.input("x_src", .f32([m, n, ch]))
@@ -102,25 +108,35 @@ public enum DistillGraphs {
         let head = try studentHead(b, net, s, x: x, sigma: sigma, ids: ids)
         let means = head.means.reshaped([m, n, k, ch / 4, 4])
         let mu = (x.reshaped([m, n, 1, ch / 4, 4]) - means) / sigma.reshaped([m, 1, 1, 1, 1])
-        var u: Value
-        if k == 1 {
-            u = b.broadcast(mu.reshaped([m, 1, n, ch]), to: [m, i, n, ch])
-        } else {
+        /// ū over the intervals [σ_b, σ_a] ([m, j] each), [m, j, n, ch].
+        func averaged(over sa: Value, _ sb: Value, intervals j: Int) -> Value {
+            if k == 1 { return b.broadcast(mu.reshaped([m, 1, n, ch]), to: [m, j, n, ch]) }
             let w = b.softmax(head.logWeights!.reshaped([m, 1, n, k, 1, 4]), axis: 3)
             let rates = head.rates!.reshaped([m, 1, n, k - 1, 1, 4])
-            let sinceSource = (sigma.reshaped([m, 1]) - sa).reshaped([m, i, 1, 1, 1, 1])
-            let length = (sa - sb).reshaped([m, i, 1, 1, 1, 1])
+            let sinceSource = (sigma.reshaped([m, 1]) - sa).reshaped([m, j, 1, 1, 1, 1])
+            let length = (sa - sb).reshaped([m, j, 1, 1, 1, 1])
             let decay = (rates * sinceSource).apply(.exp)
             // φ(z) = expm1(z)/z with the reference's clamp z' = sgn(z)·max(|z|, 1e-4) (as arcUpdate).
             let z = rates * length
             let zc = b.select(b.binary(.greater_equal, z, b.scalar(0)), b.binary(.max, z, b.scalar(1e-4)), b.binary(.min, z, b.scalar(-1e-4)))
-            let factors = b.concat([b.constant(1, shape: [m, i, n, 1, 1, 4]), decay * (zc.apply(.expm1) / zc)], axis: 3)
-            u = b.reduce(.reduce_sum, (w * factors) * mu.reshaped([m, 1, n, k, ch / 4, 4]), axes: [3]).reshaped([m, i, n, ch])
+            let factors = b.concat([b.constant(1, shape: [m, j, n, 1, 1, 4]), decay * (zc.apply(.expm1) / zc)], axis: 3)
+            return b.reduce(.reduce_sum, (w * factors) * mu.reshaped([m, 1, n, k, ch / 4, 4]), axes: [3]).reshaped([m, j, n, ch])
         }
+        let u = averaged(over: sa, sb, intervals: i)
         if meanVelocity { b.output("mean_velocity", u) }
         let d = u - target
         let perEvaluation = b.reduce(.reduce_mean, d * d, axes: [1, 2, 3])
-        b.output("loss", b.reduce(.reduce_sum, perEvaluation * pairWeight, axes: [0]) * lossScale)
+        var total = b.reduce(.reduce_sum, perEvaluation * pairWeight, axes: [0])
+        if endpoint {
+            let endSigma = b.input("endpoint_sigma", .f32([m]))
+            let end = b.input("endpoint", .f32([m, n, ch]))
+            let endWeight = b.input("endpoint_weight", .f32([m]))
+            let travelled = averaged(over: sigma.reshaped([m, 1]), endSigma.reshaped([m, 1]), intervals: 1).reshaped([m, n, ch])
+            let reached = x - (sigma - endSigma).reshaped([m, 1, 1]) * travelled
+            let e = reached - end
+            total = total + b.reduce(.reduce_sum, b.reduce(.reduce_mean, e * e, axes: [1, 2]) * endWeight, axes: [0])
+        }
+        b.output("loss", total * lossScale)
         return try b.finish()
     }
 

@@ -35,6 +35,13 @@ public struct DistillRecipe: Equatable {
     public var decayIterations = 600
     public var dropout = 0.1
     public var seed: UInt64 = 0
+    /// Not the reference's (0: off, π-ID exactly): the weight of a loss on where each segment's
+    /// policy ends against the teacher's own Euler solution from the same state over the same σ
+    /// range, on the points of its `endpointSteps`-step schedule inside it (`DistillGraphs.loss`'s
+    /// endpoint). Why: `distill-default --handoff` shows the first segment's end state is where
+    /// 2-NFE students lose to the teacher, and π-ID fits velocities along the way, not that state.
+    public var endpointWeight = 0.0
+    public var endpointSteps = 28
     public init() {}
 
     /// ρ of 0-based iteration `step`.
@@ -144,6 +151,11 @@ public final class DistillRollout: BatchProvider {
         var out: [String: [Float]] = ["x_src": [], "sigma_src": [], "input_ids": [], "sigma_a": [], "sigma_b": [], "target": [], "pair_weight": []]
         for size in r.segments {
             let sigmaSource = r.warp(t)
+            if r.endpointWeight > 0 {
+                out["endpoint", default: []] += try teacherSolution(x, from: Double(Float(sigmaSource)), to: r.warp(t - size), ids: ids)
+                out["endpoint_sigma", default: []] += [Float](repeating: Float(r.warp(t - size)), count: b)
+                out["endpoint_weight", default: []] += [Float](repeating: Float(r.endpointWeight / Double(b)), count: b)
+            }
             let dropped = ArcPolicy.dropout(batch: b, components: student.components, p: r.dropout, rng: &rng)
             let pi = try policyAt(x, sigma: sigmaSource, ids: ids, dropped: dropped, weight: weight)
             // Window ω = 3 substeps of a 128-per-unit grid, and the usable length L = S − ω.
@@ -193,6 +205,20 @@ public final class DistillRollout: BatchProvider {
         return out
     }
 
+    /// The guided teacher's Euler solution from states x at σ `from` to σ `to` (< from), stepping
+    /// through the points of its `endpointSteps`-step schedule in between.
+    func teacherSolution(_ x: [Float], from: Double, to: Double, ids: [Float]) throws -> [Float] {
+        let inside = Schedule.eulerSigmas(steps: recipe.endpointSteps, shift: recipe.shift).filter { $0 < from - 1e-9 && $0 > to + 1e-9 }
+        let sigmas = [from] + inside + [to]
+        var y = x
+        for (a, z) in zip(sigmas, sigmas.dropFirst()) {
+            let u = try teacherVelocity(y, sigma: [Double](repeating: a, count: recipe.batch), ids: ids)
+            let step = Float(z - a)
+            for e in y.indices { y[e] += u[e] * step }
+        }
+        return y
+    }
+
     /// The student's 2-NFE (the recipe's nfe, or `nfe`) sampler from tokens `noise` [B, N, 4C]:
     /// one policy evaluation per segment, each integrated in closed form to the next knot (no dropout).
     public func sample(noise: [Float], ids: [Float], nfe: Int? = nil, weight: (String) throws -> UnsafeRawPointer) throws -> [Float] {
@@ -240,6 +266,9 @@ public struct DistillOptions {
     public var logEvery = 10
     public var threads = 1
     public var resume = false
+    /// An exported adapter (`--export-adapter`) of this student's shape to start from instead of
+    /// the fresh init: a run that continues a finished student under another recipe.
+    public var initAdapter: String?
     public var log: (String) -> Void = { print($0) }
     public init(directory: String, teacherWeights: String) { self.directory = directory; self.teacherWeights = teacherWeights }
 
@@ -276,7 +305,11 @@ public struct DistillRun {
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
         let initDir = "\(dir)/init-adapter"
         if !FileManager.default.fileExists(atPath: "\(initDir)/config.json") {
-            try Student.writeAdapter(try Student.initialAdapter(s, teacher: teacherFile), s, shift: r.shift, dtype: .f32, to: initDir)
+            let start = try o.initAdapter.map { dir in
+                let store = try ArcFlowAdapter.load(dir).store
+                return try Dictionary(uniqueKeysWithValues: Student.layout(s).map { key, _ in (key, try store.tensor(key)) })
+            } ?? Student.initialAdapter(s, teacher: teacherFile)
+            try Student.writeAdapter(start, s, shift: r.shift, dtype: .f32, to: initDir)
         }
         let adapter = try ArcFlowAdapter.load(initDir)
         // The folder's init must be this student's (K, rank, LoRA targets): another run's would be
@@ -300,7 +333,8 @@ public struct DistillRun {
         let policy = PolicyRunner(try compile(try DistillGraphs.policy(s, teacher: teacherStore, adapter: adapter, batch: r.batch, weightsAsInputs: true)),
                                   student: s, batch: r.batch)
         let teacher = try compile(try DistillGraphs.teacherVelocity(s.teacher, teacher: teacherStore, batch: r.batch))
-        let lossGraph = try DistillGraphs.loss(s, teacher: teacherStore, adapter: adapter, evaluations: r.nfe * r.batch, intervals: r.intervals)
+        let lossGraph = try DistillGraphs.loss(s, teacher: teacherStore, adapter: adapter, evaluations: r.nfe * r.batch, intervals: r.intervals,
+                                               endpoint: r.endpointWeight > 0)
         let optimizer = OptimizerConfig(adamW: AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0), maxGradNorm: o.maxGradNorm)
         let step = try OptimizerStep.build(lossGraph: lossGraph, loss: "loss", parameters: Student.trainable(s), optimizer: optimizer)
         let session = try TrainingSession(step: step, executable: try compile(step.graph, ["train_step": step.hash]), initial: weights)
@@ -320,6 +354,8 @@ public struct DistillRun {
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights, "teacher_shape": TeacherShape.metadata(s.teacher.shape)]
+        if r.endpointWeight > 0 { trainer.metadata["endpoint_weight"] = String(r.endpointWeight) }
+        if let a = o.initAdapter { trainer.metadata["init_adapter"] = a }
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             try trainer.resume(from: trainer.statePath!)
             o.log("resumed at iteration \(session.stepCount)")

@@ -31,7 +31,11 @@ public struct CLIPTokenizer {
     private let vocab: [String: Int]
     /// Merge ranks keyed by "left right" (symbols never contain a space: bytes map to printable chars).
     private let ranks: [String: Int]
-    private let added: AddedTokens
+    /// Added tokens matched in the raw text, and (fast flavor only) those saved with
+    /// `"normalized": true`, which tokenizers matches in the normalized text: "!<|ENDOFTEXT|>"
+    /// ends in the end-of-text token there, as CLIP's are. transformers 4's slow tokenizer matches
+    /// every added token in the raw text.
+    private let rawAdded: AddedTokens, normalizedAdded: AddedTokens
     public let flavor: CLIPTokenizerFlavor
 
     /// Reads `vocab.json` + `merges.txt` (transformers 4's save of the slow tokenizer, FLUX.1's
@@ -39,12 +43,13 @@ public struct CLIPTokenizer {
     /// the same vocabulary, merges and added tokens from its BPE model. `flavor` nil: the one of the
     /// transformers that saved the folder (`CLIPTokenizerFlavor.saved(in:)`).
     public init(folder: String, flavor: CLIPTokenizerFlavor? = nil) throws {
-        self.flavor = flavor ?? CLIPTokenizerFlavor.saved(in: folder)
+        let chosen = flavor ?? CLIPTokenizerFlavor.saved(in: folder)
+        self.flavor = chosen
         let fm = FileManager.default
         let vocabSource: String
         var ranks: [String: Int] = [:]
         var vocabulary: [String: Int]
-        var fileAdded: [(content: String, id: Int, lstrip: Bool, rstrip: Bool)] = []
+        var fileAdded: [(content: String, id: Int, lstrip: Bool, rstrip: Bool, normalized: Bool)] = []
         // As transformers reads merges.txt: keep at most 49152 - 256 - 2 merges; a repeated pair
         // keeps its last rank.
         let maxMerges = 49152 - 256 - 2
@@ -68,7 +73,7 @@ public struct CLIPTokenizer {
                 guard let t = raw as? [String: Any], let id = t["id"] as? Int, let content = t["content"] as? String else {
                     throw json.error("malformed entry \(i) in 'added_tokens'")
                 }
-                fileAdded.append((content, id, t["lstrip"] as? Bool ?? false, t["rstrip"] as? Bool ?? false))
+                fileAdded.append((content, id, t["lstrip"] as? Bool ?? false, t["rstrip"] as? Bool ?? false, t["normalized"] as? Bool ?? false))
             }
         } else {
             let vocabFile = try JSONFile.require(folder, "vocab.json")
@@ -93,7 +98,13 @@ public struct CLIPTokenizer {
         // Special tokens: CLIP's defaults, then tokenizer_config.json, then special_tokens_map.json.
         var special = ["bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"]
-        var added = AddedTokens()
+        var raw = AddedTokens(), normalized = AddedTokens()
+        let fast = chosen == .fast
+        func add(_ content: String, id: Int, lstrip: Bool = false, rstrip: Bool = false, normalizedToken: Bool = false) {
+            if fast && normalizedToken {
+                normalized.add(fastNormalize(content), id: id, lstrip: lstrip, rstrip: rstrip)
+            } else { raw.add(content, id: id, lstrip: lstrip, rstrip: rstrip) }
+        }
         var addedIDs: [String: Int] = [:]
         var maxLength = 77
         if let config = try JSONFile.load(folder, "tokenizer_config.json", optional: true),
@@ -105,12 +116,13 @@ public struct CLIPTokenizer {
                     throw config.error("malformed entry '\(key)' in 'added_tokens_decoder'")
                 }
                 addedIDs[content] = id
-                added.add(content, id: id, lstrip: t["lstrip"] as? Bool ?? false, rstrip: t["rstrip"] as? Bool ?? false)
+                add(content, id: id, lstrip: t["lstrip"] as? Bool ?? false, rstrip: t["rstrip"] as? Bool ?? false,
+                    normalizedToken: t["normalized"] as? Bool ?? false)
             }
         }
         for t in fileAdded where addedIDs[t.content] == nil {
             addedIDs[t.content] = t.id
-            added.add(t.content, id: t.id, lstrip: t.lstrip, rstrip: t.rstrip)
+            add(t.content, id: t.id, lstrip: t.lstrip, rstrip: t.rstrip, normalizedToken: t.normalized)
         }
         if let map = try JSONFile.load(folder, "special_tokens_map.json", optional: true),
            let dict = map.root as? [String: Any] {
@@ -126,9 +138,9 @@ public struct CLIPTokenizer {
         (bosID, eosID, unkID, padID) = (try id("bos_token"), try id("eos_token"), try id("unk_token"), try id("pad_token"))
         // Special tokens are added tokens too, so the text is split on them (a pad of "!" included).
         for key in ["bos_token", "eos_token", "unk_token", "pad_token"] where addedIDs[special[key]!] == nil {
-            added.add(special[key]!, id: try id(key))
+            add(special[key]!, id: try id(key))
         }
-        self.added = added
+        (rawAdded, normalizedAdded) = (raw, normalized)
         self.maxLength = maxLength
     }
 
@@ -142,13 +154,17 @@ public struct CLIPTokenizer {
 
     /// Ids without BOS/EOS or padding.
     public func tokenize(_ text: String) -> [Int] {
-        added.split(text).flatMap { piece -> [Int] in
+        rawAdded.split(text).flatMap { piece -> [Int] in
             switch piece {
             case .token(let id): return [id]
+            case .text(let t) where flavor == .slow:
+                return clipWords(basicTokenize(t), foldCase: true).flatMap { bpe($0).map { vocab[$0] ?? unkID } }
             case .text(let t):
-                let words = flavor == .slow ? clipWords(basicTokenize(t), foldCase: true) : clipWords(fastNormalize(t), foldCase: false)
-                return words.flatMap { word -> [Int] in
-                    bpe(word).map { vocab[$0] ?? unkID }
+                return normalizedAdded.split(fastNormalize(t)).flatMap { inner -> [Int] in
+                    switch inner {
+                    case .token(let id): return [id]
+                    case .text(let n): return clipWords(n, foldCase: false).flatMap { bpe($0).map { vocab[$0] ?? unkID } }
+                    }
                 }
             }
         }
@@ -280,11 +296,15 @@ private func isNumber(_ s: Unicode.Scalar) -> Bool {
 /// `<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`,
 /// alternatives tried in order at each position. The slow tokenizer runs it with IGNORECASE, which
 /// only matters through simple case folding (`foldCase`): long s (ſ) matches `s`, so "it'ſ" keeps
-/// "'ſ" together as the regex module does; tokenizers' Split runs it case-sensitively. (Its
+/// "'ſ" together as the regex module does. Under IGNORECASE U+0345 (combining ypogegrammeni, a
+/// mark) also counts as ι, a letter, so it is in neither class: no alternative matches it, and it
+/// is skipped as findall skips it, ending the word on either side (the only such code point,
+/// checked against the regex module over all of Unicode). tokenizers' Split runs the pattern
+/// case-sensitively. (Its
 /// ByteLevel step then applies GPT-2's pattern to each word, which leaves every word of this
 /// pattern whole.)
 func clipWords(_ text: String, foldCase: Bool) -> [String] {
-    let s = Array(text.unicodeScalars)
+    let s = Array(text.unicodeScalars), ypogegrammeni: Unicode.Scalar = "\u{345}"
     func folded(_ c: Unicode.Scalar) -> Unicode.Scalar { !foldCase ? c : c.value == 0x17F ? "s" : c.value == 0x212A ? "k" : c }
     func matches(_ literal: String, at i: Int) -> Bool {
         let l = Array(literal.unicodeScalars)
@@ -300,8 +320,9 @@ func clipWords(_ text: String, foldCase: Bool) -> [String] {
             while end < s.count && isLetter(s[end]) { end += 1 }
         } else if isNumber(s[i]) {
             end = i + 1
-        } else if !s[i].properties.isWhitespace {
-            while end < s.count && !isLetter(s[end]) && !isNumber(s[end]) && !s[end].properties.isWhitespace { end += 1 }
+        } else if !s[i].properties.isWhitespace && !(foldCase && s[i] == ypogegrammeni) {
+            while end < s.count && !isLetter(s[end]) && !isNumber(s[end]) && !s[end].properties.isWhitespace
+                && !(foldCase && s[end] == ypogegrammeni) { end += 1 }
         } else { i += 1; continue }
         let word = String(String.UnicodeScalarView(s[i..<end]))
         words.append(String(word.utf8.map { byteToUnicode[Int($0)] }))

@@ -206,6 +206,28 @@ final class DistillTests: XCTestCase {
             // Zero targets: the loss is 15·Σ_m w_m·mean(ū²).
             let expected = (0..<2).map { m in 0.25 * u[(m * 2 * row)..<((m + 1) * 2 * row)].map { Double($0 * $0) }.reduce(0, +) / Double(2 * row) }.reduce(0, +) * 15
             XCTAssertEqual(Double(out["loss"]!.data[0]), expected, accuracy: 1e-4 * expected)
+
+            // The endpoint term: 15·Σ_m w_m·mean((x̂_m − end_m)²), x̂ where the Swift policy ends at σ_e.
+            var endRng = SeededGenerator(seed: 14)
+            let end = endRng.normals(2 * row), endWeight: [Float] = [0.5, 0.125], endSigma: [Float] = [0.3, 0]
+            let withEnd = try Interpreter.run(try DistillGraphs.loss(s, teacher: teacherStore, adapter: adapter, evaluations: 2, intervals: 2, endpoint: true),
+                                              inputs: [
+                "x_src": x, "sigma_src": sigma, "input_ids": ids,
+                "sigma_a": Tensor(.f32([2, 2]), sa), "sigma_b": Tensor(.f32([2, 2]), sb),
+                "target": Tensor(.f32([2, 2, c.imageTokens, c.tokenChannels]), [Float](repeating: 0, count: 4 * row)),
+                "pair_weight": Tensor(.f32([2]), [0.25, 0.25]),
+                "endpoint": Tensor(.f32([2, c.imageTokens, c.tokenChannels]), end), "endpoint_weight": Tensor(.f32([2]), endWeight),
+                "endpoint_sigma": Tensor(.f32([2]), endSigma),
+            ], weights: weights)
+            var reached = x.data
+            for m in 0..<2 { policy.advance(&reached, sample: m, from: Double(sigma.data[m]), to: Double(endSigma[m])) }
+            var endTerm = 0.0
+            for m in 0..<2 {
+                var sum = 0.0
+                for e in 0..<row { let d = Double(reached[m * row + e] - end[m * row + e]); sum += d * d }
+                endTerm += 15 * Double(endWeight[m]) * sum / Double(row)
+            }
+            XCTAssertEqual(Double(withEnd["loss"]!.data[0]), expected + endTerm, accuracy: 1e-4 * (expected + endTerm), "K=\(k): endpoint term")
         }
     }
 
@@ -226,6 +248,32 @@ final class DistillTests: XCTestCase {
         XCTAssertTrue(losses.allSatisfy(\.isFinite))
         let first = losses.prefix(3).reduce(0, +) / 3, last = losses.suffix(3).reduce(0, +) / 3
         XCTAssertLessThan(last, 0.7 * first, "loss \(first) → \(last)")
+    }
+
+    /// With an endpoint weight the rollout feeds each segment's teacher solution to the loss: from
+    /// the noise, the first is the teacher's own Euler path to the knot; and a short run trains.
+    func testEndpointLossBatchAndRun() throws {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        var o = options(dir, teacher: teacher, iterations: 2)
+        o.recipe.endpointWeight = 2
+        o.recipe.endpointSteps = 4
+        let run = try DistillRun.prepare(o)
+        let batch = try run.rollout.batch(step: 0)
+        let b = o.recipe.batch, row = Self.teacherConfig.imageTokens * Self.teacherConfig.tokenChannels
+        XCTAssertEqual(batch["endpoint_weight"], [Float](repeating: 1, count: 2 * b))
+        XCTAssertEqual(batch["endpoint_sigma"], [Float](repeating: 0.5, count: b) + [Float](repeating: 0, count: b))
+        // Segment 1 from x_src at σ = 1: two Euler steps of the guided teacher (σ 1 → 0.75 → 0.5).
+        let x = Array(batch["x_src"]![..<(b * row)]), ids = Array(batch["input_ids"]![..<(b * Self.teacherConfig.text.tokens)])
+        var y = x
+        for (a, z) in [(1.0, 0.75), (0.75, 0.5)] {
+            let u = try run.rollout.teacherVelocity(y, sigma: [a, a], ids: ids)
+            for e in y.indices { y[e] += u[e] * Float(z - a) }
+        }
+        XCTAssertEqual(Array(batch["endpoint"]![..<(b * row)]), y)
+        XCTAssertEqual(batch["endpoint"]?.count, 2 * b * row)
+        XCTAssertNil(try DistillRun.prepare(options("\(dir)/plain", teacher: teacher, iterations: 1)).rollout.batch(step: 0)["endpoint"])
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
     }
 
     /// 4 iterations straight equal 2 iterations, a save, a fresh process-like prepare with resume,

@@ -194,6 +194,10 @@ final class DefaultGenerateTests: XCTestCase {
         let arcCFG = try arcflow(["compile", "--transformer", "\(dir)/transformer", "--adapter", "\(dir)/arcflow", "--latent-size", "8x8",
                                   "--text-tokens", "12", "--true-cfg-scale", "3", "-o", "bad"], in: work)
         assertOneLineError(arcCFG, contains: "--true-cfg-scale needs --sampler euler")
+        // FluxPipeline guides only when true_cfg_scale > 1; a scale it would ignore is refused.
+        let weak = try arcflow(["compile", "--transformer", "\(dir)/transformer", "--sampler", "euler", "--latent-size", "8x8",
+                                "--text-tokens", "12", "--true-cfg-scale", "1", "-o", "bad"], in: work)
+        assertOneLineError(weak, contains: "--true-cfg-scale must be greater than 1, got 1.0")
         let cfg = try arcflow(["compile", "--transformer", "\(dir)/transformer", "--sampler", "euler", "--steps", "2", "--shift", "1", "--latent-size", "8x8",
                                "--text-tokens", "12", "--true-cfg-scale", "3", "--cache-dir", testCacheRoot, "-o", "cfg"], in: work)
         XCTAssertEqual(cfg.status, 0, cfg.err)

@@ -76,6 +76,26 @@ final class TokenizersTests: XCTestCase {
         compare("CLIP fast by default", Array(zip(prompts, ids)), saved.encode)
     }
 
+    /// Two cases a sweep of 2,495 unusual prompts found (ids from transformers 4.54.1's
+    /// CLIPTokenizer and CLIPTokenizerFast on this folder, tokenizers 0.21.4): the slow pattern
+    /// under IGNORECASE skips U+0345 and splits words at it; the fast pipeline matches the
+    /// `normalized` end-of-text token after lowercasing, so a capitalised spelling after
+    /// punctuation is that token, not "!<|" + letters.
+    func testCLIPIgnorecaseMarkAndNormalizedAddedTokens() throws {
+        let src = "\(fixtures)/tokenizer"
+        let slow = try CLIPTokenizer(folder: src, flavor: .slow), fast = try CLIPTokenizer(folder: src, flavor: .fast)
+        let cases: [(String, slow: [Int], fast: [Int])] = [
+            ("x\u{345}", [343], [343, 137, 483]),
+            ("a\u{345}\u{3B9} b", [320, 138, 373, 321], [320, 137, 483, 138, 373, 321]),
+            ("!<|ENDOFTEXT|>", [0, 27, 347, 68, 77, 67, 768, 83, 68, 87, 339, 91, 285], [256, 1713]),
+            ("a photo<|EndOfText|>of <|startoftext|>x", [320, 1196, 1713, 1049, 1712, 343], [320, 1196, 1713, 1049, 1712, 343]),
+        ]
+        for (prompt, s, f) in cases {
+            XCTAssertEqual(slow.tokenize(prompt), s, "slow \(prompt.debugDescription)")
+            XCTAssertEqual(fast.tokenize(prompt), f, "fast \(prompt.debugDescription)")
+        }
+    }
+
     /// A folder whose pad token is "!" (as several CLIP tokenizers): padding and "!" in the text.
     /// A folder as transformers 5 saves CLIPTokenizer: tokenizer.json alone (vocabulary and merges
     /// in its BPE model, pairs as arrays or as "left right" strings; the special tokens in

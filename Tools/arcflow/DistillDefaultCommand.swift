@@ -23,12 +23,15 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--lora-targets"], value: "T", help: "mlp (default: the reference's MLP and timestep targets) or mlp+attention (also q, k, v and output projections)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 3, the shipped teacher's)"),
+        OptionSpec(names: ["--endpoint-loss"], value: "W", help: "not the reference's: also fit where the last step's policy ends to the teacher's 28-step Euler solution from its start, weight W (default 0: π-ID only)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
         OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N iterations (default 50)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the head noise, LoRA init, prompts, noise and interval draws (default 0)"),
+        OptionSpec(names: ["--init-adapter"], value: "DIR", help: "start from this exported adapter of the same K, rank and targets (e.g. models/shapes/arcflow) instead of a fresh head"),
         OptionSpec(names: ["--resume"], value: nil, help: "continue from RUNDIR/state.safetensors when it exists (bit-exact)"),
         OptionSpec(names: ["--export-adapter"], value: "DIR", help: "only write the ArcFlow adapter (f16) of RUNDIR's EMA to DIR and exit"),
+        OptionSpec(names: ["--handoff"], value: "N", help: "only probe RUNDIR's EMA student on N report prompts per category: teacher, student, and each of its 2 steps handed to the teacher (table on stdout)"),
         threadsOption,
     ],
     details: """
@@ -66,13 +69,23 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
     guard o.recipe.shift > 0 else { throw UsageError("--shift must be positive", spec) }
     o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!
+    o.recipe.endpointWeight = try args.double("--endpoint-loss", spec, default: 0)!
+    guard o.recipe.endpointWeight >= 0 else { throw UsageError("--endpoint-loss must be at least 0", spec) }
     o.evalEvery = try args.int("--eval-every", spec, default: o.evalEvery, min: 0)!
     o.evalCount = try args.int("--eval-prompts", spec, default: o.evalCount, min: 1)!
     o.saveEvery = try args.int("--save-every", spec, default: o.saveEvery, min: 0)!
     o.recipe.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
     o.resume = args.has("--resume")
+    o.initAdapter = args.value("--init-adapter")
     o.threads = try threadCount(args, spec)
     let start = Date()
     o.log = { line in print(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + line) }
+    if let n = try args.int("--handoff", spec, min: 1) {
+        guard FileManager.default.fileExists(atPath: "\(dir)/state.safetensors") else { throw ArcError("\(dir) has no state.safetensors to probe") }
+        o.resume = true
+        let (columns, prompts) = try DistillHandoff.run(try DistillRun.prepare(o), perCategory: n, log: o.log)
+        print(DefaultReport.markdown(columns, prompts: prompts, seed: 1234, threads: o.threads, timed: false))
+        return
+    }
     try DistillRun.prepare(o).train()
 }
