@@ -77,6 +77,13 @@ final class AdaptedWeights {
     func checkAllLoRAUsed() throws {
         guard let a = adapter else { return }
         let unused = Set(a.lora.keys).subtracting(usedLoRA).sorted()
+        // A layer the checkpoint has but this graph never runs (the teacher's proj_out under the
+        // ArcFlow head): the adapter fits the architecture, yet its LoRA there would do nothing.
+        let idle = unused.filter { base.type(of: "\($0).weight") != nil }
+        if !idle.isEmpty {
+            throw ArcError("\(a.store.label): LoRA for \(idle.prefix(3).joined(separator: ", "))\(idle.count > 3 ? ", …" : "") targets a layer of the checkpoint "
+                           + "that this model does not run (the ArcFlow head replaces proj_out): the adapter would not be applied as saved")
+        }
         if !unused.isEmpty {
             let peft = unused.contains { $0.hasPrefix("base_model.model.") } ? " (a PeftModel's keys: drop the base_model.model. prefix)" : ""
             throw ArcError("\(a.store.label): LoRA for \(unused.prefix(3).joined(separator: ", "))\(unused.count > 3 ? ", …" : "") matches no layer of this transformer\(peft)")

@@ -205,6 +205,17 @@ final class FluxCLITests: XCTestCase {
         assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", k8,
                                         "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]),
                            contains: "the adapter's config.json says num_gaussians 8")
+        // LoRA on a layer the student never runs (the teacher's proj_out, which the head replaces)
+        // and on a layer the checkpoint does not have: each said for what it is.
+        let first = modules.sorted()[0]
+        func moved(to module: String) -> [(name: String, dtype: String, shape: [Int], bytes: Data)] {
+            entries + entries.filter { $0.name.hasPrefix("\(first).lora_") }
+                .map { ($0.name.replacingOccurrences(of: first, with: module), $0.dtype, $0.shape, $0.bytes) }
+        }
+        for (module, message) in [("proj_out", "targets a layer of the checkpoint that this model does not run"), ("no_such_layer", "matches no layer of this transformer")] {
+            assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", try adapter("lora-\(module)", moved(to: module)),
+                                            "--height", "48", "--width", "80", "--text-tokens", "7", "-o", "x"]), contains: message)
+        }
         // No LoRA at all: the head alone, said so.
         let (h, _) = try latents(try adapter("head-only", entries.filter { !$0.name.contains(".lora_") }), "h")
         XCTAssertEqual(h.status, 0, h.err)
