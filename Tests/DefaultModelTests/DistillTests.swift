@@ -5,6 +5,7 @@
 import ArcFlowGraphs
 @testable import DefaultModel
 import Foundation
+import Imaging
 import IR
 import Runtime
 import ShapesWorld
@@ -235,6 +236,39 @@ final class DistillTests: XCTestCase {
     struct FixedStep: BatchProvider {
         let inner: DistillRollout
         func batch(step: Int) throws -> [String: [Float]] { try inner.batch(step: 0) }
+    }
+
+    /// The handoff probe's columns: its student column is the 2-NFE sampler's image from the same
+    /// noise, its teacher column the guided Euler path; a knot off the teacher's schedule is refused.
+    func testHandoffColumns() throws {
+        let dir = try temporaryFolder()
+        let run = try DistillRun.prepare(options(dir, teacher: try teacherFile(dir), iterations: 2))
+        try run.train()
+        let (columns, prompts) = try DistillHandoff.run(run, perCategory: 1, steps: 4, log: { _ in })
+        XCTAssertEqual(columns.map(\.nfe), ["4 × 2", "2", "1 + 2 × 2", "2 × 2 + 1"])
+        XCTAssertTrue(columns.allSatisfy { $0.images.count == 3 && $0.verdicts.count == 3 })
+        let c = Self.teacherConfig, b = 2, side = TeacherConfig.side
+        var rng = SeededGenerator(seed: 1234)
+        var student: [Image8] = [], teacher: [Image8] = []
+        let ema: (String) throws -> UnsafeRawPointer = { try run.trainer.session.buffer(TrainNames.ema($0)) }
+        for start in stride(from: 0, to: 3, by: b) {
+            let ps = prompts[start..<min(start + b, 3)].map(\.prompt)
+            let ids = (ps.map { WorldVocabulary.encode($0) } + [[Int]](repeating: TeacherGraphs.emptyCaption, count: b - ps.count)).flatMap { $0.map(Float.init) }
+            let noise = Tokens.patchify(rng.normals(b * 3 * side * side), count: b, patch: c.patch)
+            let x = try run.rollout.sample(noise: noise, ids: ids, weight: ema)
+            student += TeacherEvaluator.images(Tokens.unpatchify(x, count: b, patch: c.patch), count: ps.count)
+            var y = noise
+            for (a, z) in zip([1, 0.75, 0.5, 0.25], [0.75, 0.5, 0.25, 0]) {
+                let u = try run.rollout.teacherVelocity(y, sigma: [a, a], ids: ids)
+                for e in y.indices { y[e] += u[e] * Float(z - a) }
+            }
+            teacher += TeacherEvaluator.images(Tokens.unpatchify(y, count: b, patch: c.patch), count: ps.count)
+        }
+        XCTAssertEqual(columns[1].images.map(\.pixels), student.map(\.pixels))
+        XCTAssertEqual(columns[0].images.map(\.pixels), teacher.map(\.pixels))
+        XCTAssertThrowsError(try DistillHandoff.run(run, perCategory: 1, steps: 3, log: { _ in })) {
+            XCTAssertTrue("\($0)".contains("not a point of the teacher's 3-step schedule"), "\($0)")
+        }
     }
 
     func testDistillationLossFalls() throws {

@@ -4,6 +4,7 @@
 import DefaultModel
 import Foundation
 import IR
+import Runtime
 
 let distillDefaultSpec = CommandSpec(
     name: "distill-default",
@@ -31,7 +32,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--init-adapter"], value: "DIR", help: "start from this exported adapter of the same K, rank and targets (e.g. models/shapes/arcflow) instead of a fresh head"),
         OptionSpec(names: ["--resume"], value: nil, help: "continue from RUNDIR/state.safetensors when it exists (bit-exact)"),
         OptionSpec(names: ["--export-adapter"], value: "DIR", help: "only write the ArcFlow adapter (f16) of RUNDIR's EMA to DIR and exit"),
-        OptionSpec(names: ["--handoff"], value: "N", help: "only probe RUNDIR's EMA student on N report prompts per category: teacher, student, and each of its 2 steps handed to the teacher (table on stdout)"),
+        OptionSpec(names: ["--handoff"], value: "N", help: "only probe RUNDIR's EMA student (its K, rank, targets and loss from the state) on N report prompts per category: teacher, student, and each of its 2 steps handed to the teacher (table on stdout)"),
         threadsOption,
     ],
     details: """
@@ -82,6 +83,14 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.log = { line in print(String(format: "[%6.0fs] ", Date().timeIntervalSince(start)) + line) }
     if let n = try args.int("--handoff", spec, min: 1) {
         guard FileManager.default.fileExists(atPath: "\(dir)/state.safetensors") else { throw ArcError("\(dir) has no state.safetensors to probe") }
+        // The run's own student and train step (resume checks its hash), unless given here.
+        let md = try SafeTensorsFile(path: "\(dir)/state.safetensors").metadata
+        if !args.has("--components"), let k = md["components"].flatMap(Int.init) { o.components = k }
+        if !args.has("--rank"), let r = md["rank"].flatMap(Int.init) { o.rank = r }
+        if !args.has("--lora-targets"), let a = md["lora_targets"].flatMap(StudentConfig.attentionLoRA(named:)) { o.attentionLoRA = a }
+        if !args.has("--endpoint-loss"), let w = md["endpoint_weight"].flatMap(Double.init) { o.recipe.endpointWeight = w }
+        if !args.has("--shift"), let v = md["shift"].flatMap(Double.init) { o.recipe.shift = v }
+        if !args.has("--guidance"), let v = md["guidance"].flatMap(Double.init) { o.recipe.guidance = v }
         o.resume = true
         let (columns, prompts) = try DistillHandoff.run(try DistillRun.prepare(o), perCategory: n, log: o.log)
         print(DefaultReport.markdown(columns, prompts: prompts, seed: 1234, threads: o.threads, timed: false))
