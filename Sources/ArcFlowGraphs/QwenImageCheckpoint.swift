@@ -38,7 +38,9 @@ public struct QwenImageConfig: Equatable {
         numAttentionHeads = try file.int("num_attention_heads")
         jointAttentionDim = try file.int("joint_attention_dim")
         inChannels = try file.int("in_channels", default: 64)
-        outChannels = try file.int("out_channels", default: 16)
+        // diffusers: `out_channels or in_channels`, so an explicit null means in_channels (which the
+        // 2×2 packing check below then refuses); absent means the signature's default, 16.
+        outChannels = file.json["out_channels"] is NSNull ? inChannels : try file.int("out_channels", default: 16)
         axesDimsRope = file.has("axes_dims_rope") ? try file.ints("axes_dims_rope") : [16, 56, 56]
         let patch = try file.int("patch_size", default: 2)
         guard patch == 2 else {

@@ -60,6 +60,14 @@ final class QwenImageParityTests: XCTestCase {
         let c = try QwenFixture("qwen-a")
         XCTAssertEqual(c.checkpoint.config, QwenImageConfig(numLayers: 2, attentionHeadDim: 32, numAttentionHeads: 2,
                                                            jointAttentionDim: 40, axesDimsRope: [8, 12, 12]))
+        // out_channels: absent is diffusers' default 16; null is `out_channels or in_channels`, which
+        // the 2×2 packing cannot take and is refused by name rather than read as 16.
+        let sizes: [String: Any] = ["num_layers": 1, "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 40,
+                                    "axes_dims_rope": [8, 12, 12]]
+        XCTAssertEqual(try QwenImageConfig(ConfigFile(path: "c.json", json: sizes)).outChannels, 16)
+        XCTAssertThrowsError(try QwenImageConfig(ConfigFile(path: "c.json", json: sizes.merging(["out_channels": NSNull()]) { $1 }))) { e in
+            XCTAssertTrue("\(e)".contains("in_channels 64 must be 4 × out_channels 64"), "\(e)")
+        }
         XCTAssertEqual(try TransformerFamily.of("\(fixtures)/qwen-a/transformer"), .qwenImage)
         XCTAssertEqual(try TransformerFamily.of("\(fixtures)/cfg-a/transformer"), .flux)
         XCTAssertEqual(try c.adapter(16).components, 16)
