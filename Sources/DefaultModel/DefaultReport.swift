@@ -76,10 +76,10 @@ public enum DefaultReport {
     }
 
     /// The markdown table: accuracy per category and overall, paired error to the teacher (the
-    /// first column), seconds per image and the speed-up over the teacher (without `timed`, as for
-    /// `DistillHandoff`'s columns, neither those two nor the footnote).
-    public static func markdown(_ columns: [Column], prompts: [(category: String, prompt: Prompt)], seed: Int, threads: Int,
-                                timed: Bool = true) -> String {
+    /// first column), seconds per image and the speed-up over the teacher (columns without
+    /// timings, as `DistillHandoff`'s, get neither those two nor the footnote).
+    public static func markdown(_ columns: [Column], prompts: [(category: String, prompt: Prompt)], seed: Int, threads: Int) -> String {
+        let timed = columns.allSatisfy { !$0.seconds.isEmpty }
         func mean(_ v: [Double]) -> Double { v.isEmpty ? .nan : v.reduce(0, +) / Double(v.count) }
         func accuracy(_ c: Column, _ category: String?) -> String {
             let idx = prompts.indices.filter { category == nil || prompts[$0].category == category }

@@ -33,21 +33,7 @@ public enum DistillHandoff {
         let nfes = ["\(steps) × 2", "2", "1 + \(steps - mid) × 2", "\(mid) × 2 + 1"]
         var columns = zip(names, nfes).map { DefaultReport.Column(name: $0, nfe: $1) }
         var rng = SeededGenerator(seed: seed)
-
-        /// Euler steps of the guided teacher from sigmas[from] to sigmas[to].
-        func teacher(_ x: inout [Float], ids: [Float], from: Int, to: Int) throws {
-            for i in from..<to {
-                let u = try rollout.teacherVelocity(x, sigma: [Double](repeating: sigmas[i], count: b), ids: ids)
-                let step = Float(sigmas[i + 1] - sigmas[i])
-                for e in x.indices { x[e] += u[e] * step }
-            }
-        }
-        /// One student segment from t to t − size, in closed form (as `DistillRollout.sample`).
-        func student(_ x: inout [Float], ids: [Float], t: Double, size: Double) throws {
-            let sigma = r.warp(t)
-            let pi = try rollout.policyAt(x, sigma: sigma, ids: ids, dropped: nil, weight: ema)
-            for k in 0..<b { pi.advance(&x, sample: k, from: Double(Float(sigma)), to: r.warp(t - size)) }
-        }
+        let (s0, s1) = (r.segments[0], r.segments[1])
 
         let t0 = monotonicSeconds()
         var lastLog = t0
@@ -56,18 +42,15 @@ public enum DistillHandoff {
             var ids = ps.flatMap { WorldVocabulary.encode($0).map(Float.init) }
             for _ in ps.count..<b { ids += TeacherGraphs.emptyCaption.map(Float.init) }
             let noise = Tokens.patchify(rng.normals(b * 3 * TeacherConfig.side * TeacherConfig.side), count: b, patch: c.patch)
-            var teacherMid = noise
-            try teacher(&teacherMid, ids: ids, from: 0, to: mid)
-            var teacherEnd = teacherMid
-            try teacher(&teacherEnd, ids: ids, from: mid, to: steps)
+            let teacherMid = try rollout.teacherSolution(noise, from: sigmas[0], to: sigmas[mid], ids: ids, steps: steps)
+            let teacherEnd = try rollout.teacherSolution(teacherMid, from: sigmas[mid], to: 0, ids: ids, steps: steps)
             var studentMid = noise
-            try student(&studentMid, ids: ids, t: 1, size: r.segments[0])
+            try rollout.studentSegment(&studentMid, ids: ids, t: 1, size: s0, weight: ema)
             var studentEnd = studentMid
-            try student(&studentEnd, ids: ids, t: 1 - r.segments[0], size: r.segments[1])
-            var handedToTeacher = studentMid
-            try teacher(&handedToTeacher, ids: ids, from: mid, to: steps)
+            try rollout.studentSegment(&studentEnd, ids: ids, t: 1 - s0, size: s1, weight: ema)
+            let handedToTeacher = try rollout.teacherSolution(studentMid, from: sigmas[mid], to: 0, ids: ids, steps: steps)
             var handedToStudent = teacherMid
-            try student(&handedToStudent, ids: ids, t: 1 - r.segments[0], size: r.segments[1])
+            try rollout.studentSegment(&handedToStudent, ids: ids, t: 1 - s0, size: s1, weight: ema)
             for (j, tokens) in [teacherEnd, studentEnd, handedToTeacher, handedToStudent].enumerated() {
                 let images = TeacherEvaluator.images(Tokens.unpatchify(tokens, count: b, patch: c.patch), count: ps.count)
                 columns[j].images += images

@@ -207,9 +207,10 @@ public final class DistillRollout: BatchProvider {
     }
 
     /// The guided teacher's Euler solution from states x at σ `from` to σ `to` (< from), stepping
-    /// through the points of its `endpointSteps`-step schedule in between.
-    func teacherSolution(_ x: [Float], from: Double, to: Double, ids: [Float]) throws -> [Float] {
-        let inside = Schedule.eulerSigmas(steps: recipe.endpointSteps, shift: recipe.shift).filter { $0 < from - 1e-9 && $0 > to + 1e-9 }
+    /// through the points of its `steps`-step schedule in between (default `endpointSteps`).
+    func teacherSolution(_ x: [Float], from: Double, to: Double, ids: [Float], steps: Int? = nil) throws -> [Float] {
+        let grid = Schedule.eulerSigmas(steps: steps ?? recipe.endpointSteps, shift: recipe.shift)
+        let inside = grid.filter { $0 < from - 1e-9 && $0 > to + 1e-9 }
         let sigmas = [from] + inside + [to]
         var y = x
         for (a, z) in zip(sigmas, sigmas.dropFirst()) {
@@ -227,12 +228,18 @@ public final class DistillRollout: BatchProvider {
         if let nfe { r.nfe = nfe }
         var x = noise, t = 1.0
         for size in r.segments {
-            let sigma = r.warp(t)
-            let pi = try policyAt(x, sigma: sigma, ids: ids, dropped: nil, weight: weight)
-            for k in 0..<r.batch { pi.advance(&x, sample: k, from: Double(Float(sigma)), to: r.warp(t - size)) }
+            try studentSegment(&x, ids: ids, t: t, size: size, weight: weight)
             t -= size
         }
         return x
+    }
+
+    /// One student segment from raw time t to t − size: one policy evaluation at x, integrated in
+    /// closed form (no dropout).
+    func studentSegment(_ x: inout [Float], ids: [Float], t: Double, size: Double, weight: (String) throws -> UnsafeRawPointer) throws {
+        let sigma = recipe.warp(t)
+        let pi = try policyAt(x, sigma: sigma, ids: ids, dropped: nil, weight: weight)
+        for k in 0..<recipe.batch { pi.advance(&x, sample: k, from: Double(Float(sigma)), to: recipe.warp(t - size)) }
     }
 }
 

@@ -93,7 +93,7 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--guidance"), let v = md["guidance"].flatMap(Double.init) { o.recipe.guidance = v }
         o.resume = true
         let (columns, prompts) = try DistillHandoff.run(try DistillRun.prepare(o), perCategory: n, log: o.log)
-        print(DefaultReport.markdown(columns, prompts: prompts, seed: 1234, threads: o.threads, timed: false))
+        print(DefaultReport.markdown(columns, prompts: prompts, seed: 1234, threads: o.threads))
         return
     }
     try DistillRun.prepare(o).train()
