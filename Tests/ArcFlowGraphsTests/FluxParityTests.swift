@@ -159,4 +159,31 @@ final class FluxParityTests: XCTestCase {
             XCTAssertLessThan(relativeL2(folded["latents"]!, primitive["latents"]!), 1e-6, "\(steps) steps")
         }
     }
+
+    /// cfg-c: no double-stream block (`num_layers` 0; the text only meets the image in the single
+    /// blocks), an f16 base and a prefixed f16 K = 8 adapter: one teacher evaluation, the Euler
+    /// teacher's final latents, and the student's heads and 2-NFE latents against diffusers.
+    func testNoDoubleBlocks() throws {
+        let c = try FixtureCase("cfg-c")
+        XCTAssertEqual(c.checkpoint.config.numLayers, 0)
+        let inputs = ["x": try c.input("noise"), "prompt_embeds": try c.input("prompt_embeds"),
+                      "pooled_prompt_embeds": try c.input("pooled_prompt_embeds")]
+        let teacher = try compileAndRun(try FluxModel.evaluation(c.checkpoint, adapter: nil, sigma: 1, options: c.options), inputs)
+        XCTAssertLessThan(relativeL2(teacher["velocity"]!, try c.expected("teacher_v_s1.000")), 1e-4)
+        let heads = try compileAndRun(try FluxModel.evaluation(c.checkpoint, adapter: try c.adapter(8), sigma: 1, options: c.options), inputs)
+        for head in ["means", "logweights", "gammas"] {
+            let err = relativeL2(heads[head]!, try c.expected("k8_\(head)_s1.000"))
+            print("cfg-c K=8 \(head): relative L2 \(err)")
+            XCTAssertLessThan(err, 1e-4, head)
+        }
+        for (sampler, steps, adapter, key) in [(Sampler.euler, 4, nil as ArcFlowAdapter?, "euler4_x4"), (.arc, 2, try c.adapter(8), "k8_arc2_x2")] {
+            var o = c.options
+            o.sampler = sampler
+            o.steps = steps
+            let out = try compileAndRun(try FluxModel.sampler(c.checkpoint, adapter: adapter, options: o), try samplerInputs(c))
+            let err = relativeL2(out["latents"]!, try c.expected(key))
+            print("cfg-c \(key): relative L2 \(err)")
+            XCTAssertLessThan(err, 1e-3, key)
+        }
+    }
 }
