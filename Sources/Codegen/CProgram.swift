@@ -194,6 +194,9 @@ public enum CCodegen {
         /// The fp32 FMA peak of this machine (GFLOP/s, all threads), measured, for benchmarks.
         double arcflow_fma_peak_gflops(void) { return af_fma_peak_gflops(); }
 
+        /// The bf16 dot-product peak (GFLOP/s, all threads; 0 without AVX-512 BF16), measured.
+        double arcflow_bf16_peak_gflops(void) { return af_bf16_peak_gflops(); }
+
         /// Which OpenBLAS kernels run (e.g. "Haswell", "SkylakeX"), for benchmark reports.
         const char *arcflow_blas_core(void) { return openblas_get_corename(); }
 

@@ -24,6 +24,8 @@ public final class NativeLibrary {
     public let stepNames: [String]
     private let setThreadsFunction: ThreadsFunction
     private let peakFunction: PeakFunction
+    /// Absent from libraries built before it was added (model folders are kept across versions).
+    private let bf16PeakFunction: PeakFunction?
     private let setProgressFunction: SetProgressFunction
     /// The OpenBLAS kernel family in use, e.g. "SkylakeX".
     public let blasCore: String
@@ -55,12 +57,36 @@ public final class NativeLibrary {
         stepNames = (0..<count).map { String(cString: name($0)!) }
         setThreadsFunction = try symbol("arcflow_set_threads", ThreadsFunction.self)
         peakFunction = try symbol("arcflow_fma_peak_gflops", PeakFunction.self)
+        bf16PeakFunction = dlsym(h, "arcflow_bf16_peak_gflops").map { unsafeBitCast($0, to: PeakFunction.self) }
         setProgressFunction = try symbol("arcflow_set_progress", SetProgressFunction.self)
         blasCore = (try symbol("arcflow_blas_core", StringFunction.self)()).map { String(cString: $0) } ?? "unknown"
     }
 
     /// Measures the machine's fp32 FMA peak with the current thread count (about 60 ms).
     public func fmaPeakGFLOPS() -> Double { peakFunction() }
+
+    /// Measures the bf16 dot-product (`vdpbf16ps`) peak with the current thread count; nil where
+    /// the library was built without AVX-512 BF16 or before the measurement existed.
+    public func bf16PeakGFLOPS() -> Double? {
+        guard let f = bf16PeakFunction else { return nil }
+        let peak = f()
+        return peak > 0 ? peak : nil
+    }
+
+    /// Where `--compute bf16` will not pay: a warning naming both measured peaks when the bf16
+    /// dot products are not at least 1.3× the f32 FMAs (on Zen 4 and 5 they are about 2×; on an
+    /// Intel Xeon with AMX, session 21 measured them level, and the mode ran at 0.54-0.77× f32).
+    public func computeBF16Warning() -> String? {
+        guard let bf16 = bf16PeakGFLOPS() else { return nil }
+        return NativeLibrary.computeBF16Warning(bf16Peak: bf16, fmaPeak: fmaPeakGFLOPS())
+    }
+
+    public static func computeBF16Warning(bf16Peak bf16: Double, fmaPeak f32: Double) -> String? {
+        guard bf16 < 1.3 * f32 else { return nil }
+        return String(format: "warning: --compute bf16 will likely be slower than --compute f32 on this CPU: its bf16 dot products "
+                      + "measured %.0f GFLOP/s against %.0f for f32 FMAs (%.2f×; the mode needs about 2× to pay for rounding "
+                      + "activations to bf16)", bf16, f32, bf16 / f32)
+    }
 
     // No dlclose: OpenMP worker threads of the library's libgomp outlive any run, and
     // unmapping the code under them crashes the process at exit. Libraries stay loaded.

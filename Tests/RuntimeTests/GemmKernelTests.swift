@@ -221,6 +221,28 @@ final class GemmKernelTests: KernelTestCase {
         #endif
     }
 
+    /// The bf16 dot-product peak a library measures: present where it was built for AVX-512 BF16,
+    /// absent from an AVX2 build; and the warning `compile --compute bf16` prints from the two peaks.
+    func testBF16PeakAndSlowBF16Warning() throws {
+        let b = GraphBuilder(name: "bf16_peak")
+        b.output("y", b.input("x", .f32([4])).apply(.exp))
+        let module = Module(try b.finish())
+        var options = CompileOptions()
+        options.cacheRoot = testCacheRoot
+        options.march = "x86-64-v3"
+        XCTAssertNil(try ModelCompiler.build(module, weights: TensorStore([:]), options: options).load().library.bf16PeakGFLOPS())
+        if ModelCompiler.cpuHasAVX512BF16() {
+            options.march = nil
+            let library = try ModelCompiler.build(module, weights: TensorStore([:]), options: options).load().library
+            let (bf16, f32) = (try XCTUnwrap(library.bf16PeakGFLOPS()), library.fmaPeakGFLOPS())
+            print("bf16 dot-product peak \(bf16) GFLOP/s, f32 FMA peak \(f32) GFLOP/s")
+            XCTAssertGreaterThan(bf16, 0)
+        }
+        XCTAssertNil(NativeLibrary.computeBF16Warning(bf16Peak: 400, fmaPeak: 200))
+        let warning = try XCTUnwrap(NativeLibrary.computeBF16Warning(bf16Peak: 210, fmaPeak: 200))
+        XCTAssertTrue(warning.contains("--compute bf16 will likely be slower") && warning.contains("210") && warning.contains("1.05×"), warning)
+    }
+
     /// `--compute bf16` with f32 or f16 panels is refused, naming the flags.
     func testComputeBF16NeedsBF16Panels() throws {
         let b = GraphBuilder(name: "compute_bf16_f32")

@@ -133,6 +133,7 @@ func compileCommand(_ argv: [String]) throws {
         let m = try PipelineCompiler.compile(pipeline: pipeline, adapter: args.value("--adapter"), options: o, output: out)
         print("compiled pipeline: \(m.sampler) sampler, \(m.steps) steps, \(m.width)×\(m.height) (width × height), \(m.textTokens) T5 tokens → \(out) "
               + "(\(String(format: "%.1f", monotonicSeconds() - start)) s)")
+        if gemmCompute == .bf16 { warnIfBF16Slow(try LoadedModel.load("\(out)/sampler")) }
         return
     }
     let module: Module, store: WeightStore
@@ -157,9 +158,10 @@ func compileCommand(_ argv: [String]) throws {
     let loadStart = monotonicSeconds()
     // What `generate` will do: checks the folder. Under the folder's lock, because a concurrent
     // compile to the same folder rewrites it under that lock (manifest removed first).
+    let model: LoadedModel
     do {
         let lock = try FileLock("\(out)/.lock"); defer { lock.unlock() }
-        do { _ = try LoadedModel.load(out) } catch {
+        do { model = try LoadedModel.load(out) } catch {
             // Not a model folder then: without its manifest nothing takes it for one.
             try? FileManager.default.removeItem(atPath: "\(out)/manifest.json")
             throw error
@@ -173,6 +175,13 @@ func compileCommand(_ argv: [String]) throws {
           + String(format: "%.2f GFLOP per run", p.flops / 1e9) + " → \(out)")
     print("library \(compiled.library.cacheHit ? "cache hit" : "built") \(compiled.library.key.prefix(16)); "
           + "compiled and loaded in \(formatMS(loaded - start)) (load \(formatMS(loaded - loadStart)))")
+    if gemmCompute == .bf16 { warnIfBF16Slow(model) }
+}
+
+/// `--compute bf16` on a CPU whose bf16 dot products are not much faster than its f32 FMAs
+/// (measured by the compiled library, on the default thread count): say so on stderr.
+func warnIfBF16Slow(_ model: LoadedModel) {
+    if let warning = model.executable.library.computeBF16Warning() { stderrLine("arcflow: \(warning)") }
 }
 
 /// The FLUX module for `compile --transformer`.

@@ -139,6 +139,7 @@ func benchCommand(_ argv: [String]) throws {
     let threads = try threadCount(args, benchSpec)
     let nfe = Double(m.model["nfe"] ?? "") ?? 0
     let peak = exe.library.fmaPeakGFLOPS()
+    let bf16Peak = exe.library.bf16PeakGFLOPS()
     let core = exe.library.blasCore
     if args.has("--json") {
         var obj: [String: Any] = [
@@ -147,6 +148,7 @@ func benchCommand(_ argv: [String]) throws {
             "ms_runs": full.map { $0 * 1000 },
             "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops, "fma_peak_gflop_per_s": peak, "openblas_core": core,
         ]
+        if let b = bf16Peak { obj["bf16_peak_gflop_per_s"] = b }
         if baseline {
             obj["gemm_ms_median"] = gmed * 1000
             obj["gemm_gflop_per_run"] = m.gemmFlops / 1e9
@@ -165,7 +167,7 @@ func benchCommand(_ argv: [String]) throws {
         print(String(decoding: data, as: UTF8.self))
     } else {
         print("@\(m.graph): \(runs) runs, \(threads) threads, OpenBLAS \(core) kernels, measured FMA peak "
-              + String(format: "%.0f GFLOP/s", peak))
+              + String(format: "%.0f GFLOP/s", peak) + (bf16Peak.map { String(format: " (bf16 dot products %.0f)", $0) } ?? ""))
         print(String(format: "  full graph : median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP)",
                      med * 1000, full.min()! * 1000, full.max()! * 1000, gflops, m.flops / 1e9))
         if nfe > 0 {

@@ -909,4 +909,38 @@ AF__UNUSED static double af_fma_peak_gflops(void) {
     return best;
 }
 
+/* The bf16 dot-product peak (`vdpbf16ps`, each lane two products and two sums) in GFLOP/s over
+ * all OpenMP threads, measured as af_fma_peak_gflops is; 0 without AVX-512 BF16.  `--compute
+ * bf16` pays off only where this is well above the f32 FMA peak: about twice it on Zen 4 and
+ * Zen 5, but about equal on the Intel Xeon measured in session 21, where the mode ran slower than
+ * f32 (the rounding of A to bf16 is extra work), so compile compares the two and says so. */
+AF__UNUSED static double af_bf16_peak_gflops(void) {
+#if defined(__AVX512BF16__)
+    const long iters = 1L << 21;
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        int threads = 1;
+        float sink = 0.0f;
+        const double t0 = AF_PEAK_CLOCK();
+        #pragma omp parallel reduction(+ : sink)
+        {
+            #pragma omp single
+            threads = omp_get_num_threads();
+            const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+            __m512 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
+            for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
+        }
+        const double t = AF_PEAK_CLOCK() - t0;
+        const double gflops = (double)threads * (double)iters * 12.0 * 16.0 * 4.0 / t / 1e9;
+        if (gflops > best && sink == sink) best = gflops;
+    }
+    return best;
+#else
+    return 0.0;
+#endif
+}
+
 #endif /* ARCFLOW_GEMM_H */
