@@ -30,6 +30,10 @@ public struct FluxOptions {
     public var textTokens: Int = 512
     /// Fed to the guidance embedder; nil means 3.5 when the model has one.
     public var guidance: Double?
+    /// The sampler reads the guidance embedder's scale from the input `guidance` f32[1] at run
+    /// time, and `guidance` above is only the manifest's default (what `arcflow compile` builds;
+    /// no effect without a guidance embedder). Off: the scale is compiled in.
+    public var guidanceInput = false
     /// A fixed shift for the σ schedule (default 3.2, ArcFlow's); ignored when `sigmas` is set.
     public var shift: Double?
     /// Also output the latents after every step ("x1", "x2", …), for parity tests.
@@ -91,8 +95,9 @@ public enum FluxModel {
 
     /// The sampler graph: inputs `noise` [1, C, H', W'], `prompt_embeds` [1, T, joint_attention_dim],
     /// `pooled_prompt_embeds` [1, pooled_projection_dim], and with `cfgScale` also
-    /// `negative_prompt_embeds` and `negative_pooled_prompt_embeds` (same shapes); output
-    /// `latents` [1, C, H', W'] (H' = H/8 unless `latentSize` gives it).
+    /// `negative_prompt_embeds` and `negative_pooled_prompt_embeds` (same shapes), and with
+    /// `guidanceInput` on a model with a guidance embedder `guidance` [1]; output `latents`
+    /// [1, C, H', W'] (H' = H/8 unless `latentSize` gives it).
     ///
     /// With `"arcflow_prediction": "x0"` the network's output is x̂0: the teacher's velocity is
     /// v = (x − x̂0)/σ and a student's component means are μ_k = (x − m_k)/σ_src, after which
@@ -100,6 +105,7 @@ public enum FluxModel {
     public static func sampler(_ checkpoint: FluxCheckpoint, adapter: ArcFlowAdapter?, options o: FluxOptions) throws -> FluxProgram {
         let (guidance, steps) = try validate(checkpoint.config, o, adapter: adapter)
         let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
+        let scale = guidance.map { o.guidanceInput ? FluxNetwork.GuidanceScale.input(b.input("guidance", .f32([1]))) : .fixed($0) }
         let config = checkpoint.config, c = config.latentChannels
         let prediction = adapter?.prediction ?? config.prediction
         let shift = o.shift ?? adapter?.shift ?? Schedule.shift
@@ -121,7 +127,7 @@ public enum FluxModel {
             // σ in f32, and step sizes as f32 differences of the f32 knots, as the reference computes them.
             let (sc, sn) = (Float(sigmas[i]), Float(sigmas[i + 1]))
             let input = o.cfgScale == nil ? x : b.concat([x, x], axis: 0)
-            let h = try net.trunk(packed: input, sigma: sc, guidance: guidance, context: context, pooled: conditioning)
+            let h = try net.trunk(packed: input, sigma: sc, guidance: scale, context: context, pooled: conditioning)
             switch o.sampler {
             case .euler:
                 var v = try net.teacherHead(h)
@@ -153,6 +159,7 @@ public enum FluxModel {
             "joint_attention_dim": String(config.jointAttentionDim), "pooled_projection_dim": String(config.pooledProjectionDim),
         ]
         if let g = guidance { manifest["guidance"] = String(g) }
+        if case .input = scale { manifest["guidance_input"] = "true" }
         if let g = o.cfgScale { manifest["true_cfg_scale"] = String(g) }
         if let p = config.imagePositions { manifest["image_positions"] = p.rawValue }
         if let a = adapter { manifest["components"] = String(a.components) }
@@ -168,7 +175,7 @@ public enum FluxModel {
         opts.sampler = adapter == nil ? .euler : .arc
         let (guidance, _) = try validate(checkpoint.config, opts, adapter: adapter)
         let (b, net, x, prompt, pooled) = setUp("flux_eval", "x", checkpoint, adapter, o)
-        let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance, context: try net.context(prompt), pooled: pooled)
+        let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance.map { .fixed($0) }, context: try net.context(prompt), pooled: pooled)
         if let a = adapter {
             for (name, v) in try studentHeads(net, h, components: a.components) { b.output(name, v) }
         } else {
@@ -212,7 +219,7 @@ public enum FluxModel {
         opts.sampler = .arc
         let (guidance, _) = try validate(checkpoint.config, opts, adapter: adapter)
         let (b, net, x, prompt, pooled) = setUp("flux_train_eval", "x", checkpoint, adapter, o)
-        let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance, context: try net.context(prompt), pooled: pooled)
+        let h = try net.trunk(packed: net.pack(x), sigma: Float(sigma), guidance: guidance.map { .fixed($0) }, context: try net.context(prompt), pooled: pooled)
         var loss: Value?
         for (name, head) in try studentHeads(net, h, components: adapter.components) {
             if keepHeads { b.output(name, head) }

@@ -79,6 +79,14 @@ public final class FluxNetwork {
         return try linear(h, "\(module).linear_2", out: width, in: width)
     }
 
+    /// The guidance embedder's scale g: compiled in (its embedding folds to a constant), or the
+    /// graph input `guidance` [1] (the embedder runs each evaluation, a few GEMVs, so that
+    /// `generate --guidance G` needs no new compile of a model the size of FLUX.1-dev).
+    enum GuidanceScale {
+        case fixed(Float)
+        case input(Value)
+    }
+
     /// temb = TE(proj(1000σ)) [+ GE(proj(1000g))] + TX(pooled). The model multiplies σ and g by
     /// 1000 in f32 (no bf16 rounding here; see the README).
     /// The in-graph `sinusoid` of a per-sample σ [B] (times 1000): [B, 256], for graphs whose σ is
@@ -96,11 +104,15 @@ public final class FluxNetwork {
         return temb + (try mlpEmbedder(pooled, "time_text_embed.text_embedder", in: config.pooledProjectionDim))
     }
 
-    func conditioning(sigma: Float, guidance: Float?, pooled: Value) throws -> Value {
+    func conditioning(sigma: Float, guidance: GuidanceScale?, pooled: Value) throws -> Value {
         let tproj = b.constant(FluxNetwork.sinusoid(sigma * 1000), shape: [1, 256])
         var temb = try mlpEmbedder(tproj, "time_text_embed.timestep_embedder", in: 256)
         if let g = guidance {
-            let gproj = b.constant(FluxNetwork.sinusoid(g * 1000), shape: [1, 256])
+            let gproj: Value
+            switch g {
+            case .fixed(let scale): gproj = b.constant(FluxNetwork.sinusoid(scale * 1000), shape: [1, 256])
+            case .input(let scale): gproj = sinusoid(scale)
+            }
             temb = temb + (try mlpEmbedder(gproj, "time_text_embed.guidance_embedder", in: 256))
         }
         return temb + (try mlpEmbedder(pooled, "time_text_embed.text_embedder", in: config.pooledProjectionDim))
@@ -242,7 +254,7 @@ public final class FluxNetwork {
 
     /// One transformer evaluation up to norm_out: image tokens [1, N, D].
     /// `context` is context_embedder(prompt_embeds), computed once per graph by the caller.
-    func trunk(packed x: Value, sigma: Float, guidance: Float?, context: Value, pooled: Value) throws -> Value {
+    func trunk(packed x: Value, sigma: Float, guidance: GuidanceScale?, context: Value, pooled: Value) throws -> Value {
         try trunk(packed: x, temb: try conditioning(sigma: sigma, guidance: guidance, pooled: pooled), context: context,
                   imagePositions: imagePositionValue())
     }

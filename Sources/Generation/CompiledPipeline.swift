@@ -133,6 +133,16 @@ public final class CompiledPipeline {
         sampler = try stage("sampler")
     }
 
+    /// The guidance embedder's scale for a sampler that reads it at run time (`takesGuidance`):
+    /// nil runs the compiled default, `manifest.guidance` (`generate --guidance G` sets it).
+    public var guidance: Double?
+
+    /// Whether the sampler reads its guidance scale at run time (the input `guidance`).
+    public var takesGuidance: Bool { sampler.executable.inputs.contains { $0.name == "guidance" } }
+
+    /// The guidance scale a generation uses: the one set, else the compiled one (nil: none).
+    public var effectiveGuidance: Double? { takesGuidance ? guidance ?? manifest.guidance ?? FluxModel.defaultGuidance : manifest.guidance }
+
     /// Whether the sampler runs classifier-free guidance (takes negative embeddings).
     public var takesNegative: Bool { sampler.executable.inputs.contains { $0.name == "negative_prompt_embeds" } }
 
@@ -198,6 +208,7 @@ public final class CompiledPipeline {
             while reported < done { reported += 1; progress(reported) }
         }) {
             var inputs = ["noise": noise, "prompt_embeds": e.promptEmbeds, "pooled_prompt_embeds": e.pooledPromptEmbeds]
+            if takesGuidance { inputs["guidance"] = Tensor(.f32([1]), [Float(effectiveGuidance!)]) }
             if takesNegative {
                 guard let n = e.negative else { throw ArcError("this sampler uses classifier-free guidance: it needs negative prompt embeddings") }
                 inputs["negative_prompt_embeds"] = n.promptEmbeds

@@ -55,6 +55,7 @@ public enum PipelineCompiler {
         flux.steps = steps
         flux.textTokens = o.textTokens
         flux.guidance = o.guidance
+        flux.guidanceInput = true   // `generate --guidance G` without a new compile
         flux.shift = o.shift
         if sampler == .euler && o.shift == nil {
             // The teacher steps through exactly FluxPipeline's schedule (dynamic shifting with μ from

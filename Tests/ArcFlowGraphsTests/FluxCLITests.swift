@@ -1,6 +1,7 @@
 // compile --transformer, generate and bench from the command line, and the one-line errors for
 // bad checkpoints, adapters, sizes and embeddings.
 
+import ArcFlowGraphs
 import Foundation
 import IR
 import Runtime
@@ -64,6 +65,36 @@ final class FluxCLITests: XCTestCase {
         let runs = try XCTUnwrap(obj["ms_runs"] as? [Double])
         XCTAssertEqual(runs.count, 2)
         XCTAssertEqual(runs.min(), obj["ms_min"] as? Double)
+    }
+
+    /// The embedded guidance is an input of a CLI-compiled sampler: `generate` runs the compiled
+    /// default (the reference's 3.5) or `--guidance G`, which must equal a sampler compiled with G
+    /// fixed; a model without a guidance embedder refuses the flag in one line.
+    func testGuidanceAtRunTime() throws {
+        let c = try compileA(["--sampler", "euler", "--steps", "4", "-o", "t", "--guidance", "3.5"], adapter: nil)
+        XCTAssertEqual(c.status, 0, c.err)
+        func latents(_ extra: [String]) throws -> Tensor {
+            let g = try arcflow(["generate", "--model", "t", "--embeddings", "\(a)/case.safetensors", "--noise", "\(a)/case.safetensors",
+                                 "--output-latents", "l.safetensors"] + extra)
+            XCTAssertEqual(g.status, 0, g.err)
+            return try SafeTensorsStore(path: "\(dir)/l.safetensors").tensor("latents")
+        }
+        XCTAssertLessThan(relativeL2(try latents([]), try FixtureCase("cfg-a").expected("euler4_x4")), 1e-3)
+        let fixture = try FixtureCase("cfg-a")
+        var o = fixture.options
+        (o.sampler, o.steps, o.guidance) = (.euler, 4, 4.5)
+        let fixed = try compileAndRun(try FluxModel.sampler(fixture.checkpoint, adapter: nil, options: o),
+                                      ["noise": try fixture.input("noise"), "prompt_embeds": try fixture.input("prompt_embeds"),
+                                       "pooled_prompt_embeds": try fixture.input("pooled_prompt_embeds")])["latents"]!
+        let atRunTime = try latents(["--guidance", "4.5"])
+        XCTAssertLessThan(relativeL2(atRunTime, fixed), 1e-5)
+        XCTAssertGreaterThan(relativeL2(atRunTime, try fixture.expected("euler4_x4")), 1e-2)
+
+        let b = try arcflow(["compile", "--transformer", "\(bcfg)/transformer", "--sampler", "euler", "--steps", "1", "--height", "112",
+                             "--width", "48", "--text-tokens", "5", "-o", "nb"])
+        XCTAssertEqual(b.status, 0, b.err)
+        assertOneLineError(try arcflow(["generate", "--model", "nb", "--embeddings", "\(bcfg)/case.safetensors", "--seed", "1",
+                                        "--guidance", "2", "--output-latents", "x.safetensors"]), contains: "takes no guidance scale at run time")
     }
 
     /// `--weights-dtype auto` on the bf16 checkpoint (f16 adapter, LoRA fused in f32 then rounded):

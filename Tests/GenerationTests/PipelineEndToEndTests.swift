@@ -137,6 +137,13 @@ final class PipelineEndToEndTests: XCTestCase {
         let image = try CompiledPipeline(folder: model, threads: 2).decode(latents)
         try assertImage(image, matches: "e2e_image_u8_1", "CLI prompt 1")
         XCTAssertEqual(idat(png), idat([UInt8](PNG.encode(image))), "the PNG holds the decoded latents")
+
+        // Another embedded guidance, at run time: the same folder, other latents, and the PNG says which.
+        let g = try runArcflow(["generate", "--model", model, "--prompt", prompt, "--noise", "noise.safetensors", "-o", "g.png",
+                                "--output-latents", "g.safetensors", "--guidance", "4.5", "--threads", "2"], in: work)
+        XCTAssertEqual(g.status, 0, g.err)
+        XCTAssertTrue(try XCTUnwrap(pngText(try bytes("\(work)/g.png"))["parameters"]).contains("Guidance: 4.5"))
+        XCTAssertGreaterThan(relativeL2(try SafeTensorsStore(path: "\(work)/g.safetensors").tensor("latents"), latents), 1e-3)
     }
 
     func testPromptsFileReportsEmptyLineAndShards() throws {

@@ -81,7 +81,7 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--height"], value: "H", help: "FLUX: image height in pixels, a multiple of 16"),
         OptionSpec(names: ["--width"], value: "W", help: "FLUX: image width in pixels, a multiple of 16"),
         OptionSpec(names: ["--text-tokens"], value: "T", help: "prompt tokens (FLUX: default 512, T5's padded length; Qwen-Image: required, the prompt's own length)"),
-        OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance (default 3.5; only for guidance-distilled models)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance, the default of `generate --guidance` (default 3.5; only for guidance-distilled models)"),
         OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
         OptionSpec(names: ["--clip-tokenizer"], value: "slow|fast", help: "--pipeline: the CLIP tokenizer to reproduce: transformers 4's CLIPTokenizer (slow) or the tokenizers library's, transformers 5's (fast); default: that of the transformers that saved tokenizer/ (fast when its tokenizer_config.json says \"backend\": \"tokenizers\")"),
         OptionSpec(names: ["--latent-size"], value: "HxW", help: "--transformer: the latent grid directly (pixel-space models such as the embedded default), instead of --height/--width ÷ 8"),
@@ -206,6 +206,7 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
     o.cfgScale = try args.double("--true-cfg-scale", spec)
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.guidance = try args.double("--guidance", spec)
+    o.guidanceInput = true   // `generate --guidance G` without a new compile
     let program = try FluxModel.sampler(checkpoint, adapter: adapter, options: o)
     // Said once the model is built, so that an error stays the only line.
     for note in adapter?.notes ?? [] { stderrLine("arcflow: note: \(note)") }

@@ -1,6 +1,7 @@
 // generate: prompts to PNG files through a compiled pipeline, or prompt embeddings to latents
 // through a compiled sampler; tokenize, encode and decode run single stages of a pipeline.
 
+import ArcFlowGraphs
 import Codegen
 import DefaultModel
 import Foundation
@@ -41,7 +42,7 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image: required; FLUX: else E's negative_*)"),
         OptionSpec(names: ["--teacher"], value: nil, help: "default model: the teacher (Euler with classifier-free guidance) instead of the ArcFlow student"),
         OptionSpec(names: ["--steps"], value: "N", help: "default model: the teacher's Euler steps (default 28, model.json's); a student's NFE (default 2, what it was distilled for; more to measure what the step count costs)"),
-        OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default: model.json's, 3 for the shipped model)"),
+        OptionSpec(names: ["--guidance"], value: "G", help: "default model, with --teacher: classifier-free guidance scale (default: model.json's, 3 for the shipped model); a compiled FLUX model with a guidance embedder: its embedded guidance (default: the compiled one, 3.5 unless compile --guidance said otherwise)"),
         OptionSpec(names: ["--baseline"], value: "linear", help: "default model: the linear 2-step student (K = 1) instead of ArcFlow's"),
         OptionSpec(names: ["--grid"], value: "PROMPTS_FILE", help: "default model: one PNG, rows = prompts, columns = teacher 28 | ArcFlow 2 | linear 2"),
         OptionSpec(names: ["--default-model"], value: "DIR", help: "the default model's folder (default $ARCFLOW_DEFAULT_MODEL, else models/shapes of this package)"),
@@ -57,7 +58,7 @@ let generateSpec = CommandSpec(
 func generateCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, generateSpec, maxPositional: 0)
     if !args.has("--model") { return try generateDefault(args) }
-    for flag in ["--teacher", "--steps", "--guidance", "--baseline", "--grid", "--default-model"] where args.has(flag) {
+    for flag in ["--teacher", "--steps", "--baseline", "--grid", "--default-model"] where args.has(flag) {
         throw UsageError("\(flag) is for the embedded default model (no --model); a compiled pipeline fixes its sampler when compiled", generateSpec)
     }
     let modelPath = try args.required("--model", generateSpec)
@@ -66,10 +67,24 @@ func generateCommand(_ argv: [String]) throws {
     let loadStart = monotonicSeconds()
     try checkPromptArguments(args)
     let pipeline = try CompiledPipeline(folder: modelPath, threads: try threadCount(args, generateSpec))
+    if let g = try guidanceOption(args, reads: pipeline.takesGuidance, folder: modelPath) { pipeline.guidance = g }
     let m = pipeline.manifest
     stderrLine(String(format: "arcflow: loaded %@ (%@ sampler, %d steps, %d×%d) in %.2f s", modelPath, m.sampler, m.steps,
                       m.width, m.height, monotonicSeconds() - loadStart))
     try generateImages(args, pipeline)
+}
+
+/// `--guidance G` for a compiled FLUX model, checked against the model: nil when not given; an
+/// error when the model has no guidance input (no guidance embedder, or compiled before the scale
+/// became an input, so it is fixed in the library).
+func guidanceOption(_ args: ParsedArguments, reads: Bool, folder: String) throws -> Double? {
+    guard let g = try args.double("--guidance", generateSpec) else { return nil }
+    guard g.isFinite else { throw UsageError("--guidance must be a finite number, got \(g)", generateSpec) }
+    guard reads else {
+        throw ArcError("--guidance: \(folder) takes no guidance scale at run time (its transformer has no guidance embedder, or it was "
+                       + "compiled with the scale fixed by an older arcflow: recompile it)")
+    }
+    return g
 }
 
 /// The checks of --prompt/--prompts/-o made before any (slow) load, so a mistake is the only line printed.
@@ -162,7 +177,7 @@ func render(_ p: CompiledPipeline, prompt: String, noise: Tensor, seedText: Stri
     let decoder = m.family == "shapes" ? "pixel decoder" : "VAE decoder"
     stderrLine(String(format: "arcflow:   sampler %.2f s (%.2f s/step), %@ %.2f s", sampling, sampling / Double(m.steps), decoder, lap()))
     let parameters = "\(prompt)\nSteps: \(m.steps), Sampler: \(m.sampler == "arc" ? "ArcFlow" : "Euler (flow matching)"), "
-        + (m.guidance.map { "Guidance: \($0), " } ?? "") + (m.cfgScale.map { "CFG scale: \($0), " } ?? "")
+        + (p.effectiveGuidance.map { "Guidance: \($0), " } ?? "") + (m.cfgScale.map { "CFG scale: \($0), " } ?? "")
         + "Seed: \(seedText), Size: \(m.width)x\(m.height), "
         + "Model hash: \(m.modelHash.prefix(10)), Model: \((m.source as NSString).lastPathComponent)"
         + (m.adapter.map { ", Adapter: \(($0 as NSString).lastPathComponent)" } ?? "")
@@ -241,6 +256,8 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     if args.has("--noise") == args.has("--seed") { throw UsageError("give exactly one of --noise and --seed", generateSpec) }
     let model = try loadModel(args, generateSpec)
     try checkNegativeEmbeddings(args, model)
+    let readsGuidance = model.executable.inputs.contains { $0.name == "guidance" }
+    let guidance = try guidanceOption(args, reads: readsGuidance, folder: try args.required("--model", generateSpec))
     if isQwenImageSampler(model) { return try generateQwenImageLatents(args, model, embeddings: embeddingsPath, output: outPath) }
     let m = model.manifest
     guard m.model["family"] == "flux", let nfe = Int(m.model["nfe"] ?? "") else {
@@ -250,6 +267,9 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     let hint = "the model was compiled for \(m.model["width"] ?? "?")×\(m.model["height"] ?? "?") pixels (width × height) and \(m.model["text_tokens"] ?? "?") text tokens"
     var inputs = ["prompt_embeds": try readTensor(embeddingsPath, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint),
                   "pooled_prompt_embeds": try readTensor(embeddingsPath, "pooled_prompt_embeds", want: binding("pooled_prompt_embeds").type, hint: hint)]
+    if readsGuidance {
+        inputs["guidance"] = Tensor(.f32([1]), [Float(guidance ?? m.model["guidance"].flatMap(Double.init) ?? FluxModel.defaultGuidance)])
+    }
     if model.executable.inputs.contains(where: { $0.name == negativeEmbeddingsInput }) {
         // A sampler compiled with --true-cfg-scale: the unconditional branch comes from
         // --negative-embeddings (negative_* names, or a file made for --embeddings), else from the
