@@ -16,9 +16,9 @@ let generateSpec = CommandSpec(
     generate --prompt TEXT [--seed S] -o IMG.png [--teacher [--steps N] [--guidance G] | [--baseline linear] [--steps N]]
            arcflow generate --prompts FILE [--seed S] -o DIR [--teacher … | --baseline linear]
            arcflow generate --grid PROMPTS_FILE [--seed S] -o GRID.png
-           arcflow generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors]
-           arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N]
-           arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors
+           arcflow generate --model OUT --prompt TEXT (--seed S | --noise N.safetensors) -o IMG.png [--output-latents L.safetensors] [--guidance G]
+           arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N] [--guidance G]
+           arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors [--guidance G]
            arcflow generate --model CFG_SAMPLER --embeddings E.safetensors [--negative-embeddings NE.safetensors]
                             (--noise N.safetensors | --seed S) --output-latents L.safetensors
     """,
