@@ -7,18 +7,17 @@ import Runtime
 /// The fields of a transformers `CLIPTextConfig` (text_encoder/config.json) the graph uses.
 /// `projection_dim` is irrelevant: `CLIPTextModel` has no projection (FLUX uses `pooler_output`).
 public struct CLIPTextConfig: Equatable {
-    public enum Activation: String { case quickGELU = "quick_gelu", gelu, geluNew = "gelu_new" }
-
     public var vocabSize: Int
     public var hiddenSize: Int
     public var numHiddenLayers: Int
     public var numAttentionHeads: Int
     public var intermediateSize: Int
     public var maxPositionEmbeddings: Int
-    public var hiddenAct: Activation
+    public var hiddenAct: NamedActivation
     public var layerNormEps: Double
     /// 2 selects transformers' legacy pooling (argmax of the ids); anything else, the first
-    /// position whose id equals it.
+    /// position whose id equals it. Absent from the config: 49407, transformers' CLIPTextConfig
+    /// default (with the real 49408-token vocabulary the last id, so both rules agree there).
     public var eosTokenId: Int
 
     public var headDim: Int { hiddenSize / numAttentionHeads }
@@ -30,13 +29,9 @@ public struct CLIPTextConfig: Equatable {
         numAttentionHeads = try c.int("num_attention_heads")
         intermediateSize = try c.int("intermediate_size")
         maxPositionEmbeddings = try c.int("max_position_embeddings")
-        let act = c.has("hidden_act") ? try c.string("hidden_act") : "quick_gelu"
-        guard let a = Activation(rawValue: act) else {
-            throw ArcError("\(c.path): hidden_act '\(act)' is not supported (quick_gelu, gelu or gelu_new)")
-        }
-        hiddenAct = a
+        hiddenAct = try NamedActivation.parse(c.has("hidden_act") ? try c.string("hidden_act") : "quick_gelu", key: "hidden_act", path: c.path)
         layerNormEps = c.has("layer_norm_eps") ? try c.double("layer_norm_eps") : 1e-5
-        eosTokenId = c.has("eos_token_id") ? try c.int("eos_token_id", allowZero: true) : 2
+        eosTokenId = c.has("eos_token_id") ? try c.int("eos_token_id", allowZero: true) : 49407
         guard hiddenSize % numAttentionHeads == 0 else {
             throw ArcError("\(c.path): hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)")
         }
@@ -103,7 +98,7 @@ public enum CLIPTextEncoderGraph {
                                 scale: 1 / Double(c.headDim).squareRoot(), causal: true)
             h = h + (try w.linear(o.reshaped([1, l, d]), "\(p).self_attn.out_proj", out: d, in: d))
             let y = try w.layerNorm(h, "\(p).layer_norm2", width: d, eps: c.layerNormEps)
-            let f = activation(c.hiddenAct, try w.linear(y, "\(p).mlp.fc1", out: c.intermediateSize, in: d))
+            let f = c.hiddenAct.apply(try w.linear(y, "\(p).mlp.fc1", out: c.intermediateSize, in: d))
             h = h + (try w.linear(f, "\(p).mlp.fc2", out: d, in: c.intermediateSize))
         }
         h = try w.layerNorm(h, "text_model.final_layer_norm", width: d, eps: c.layerNormEps)
@@ -129,18 +124,4 @@ public enum CLIPTextEncoderGraph {
         return b.binary(.greater_equal, score, b.reduce(.reduce_max, score, axes: [1], keepDims: true))
     }
 
-    /// transformers' ACT2FN: quick_gelu x·σ(1.702x); gelu exact 0.5x(1 + erf(x/√2)); gelu_new
-    /// the tanh approximation (our `gelu` op).
-    static func activation(_ a: CLIPTextConfig.Activation, _ x: Value) -> Value {
-        switch a {
-        case .quickGELU: return x * (x * 1.702).apply(.sigmoid)
-        case .geluNew: return x.apply(.gelu)
-        case .gelu: return exactGELU(x)
-        }
-    }
-}
-
-/// 0.5·x·(1 + erf(x/√2)), PyTorch's default `nn.GELU()`.
-func exactGELU(_ x: Value) -> Value {
-    0.5 * x * (1 + (x * Float(1 / 2.0.squareRoot())).apply(.erf))
 }

@@ -127,7 +127,8 @@ public struct FluxPipelineFolder {
 
     /// The three graphs of a prompt → image run (the transformer's comes from `FluxModel`):
     /// CLIP over 77 tokens, T5 over `textTokens`, the VAE decoder for height × width pixels.
-    public func textEncoderProgram(tokens: Int = 77) throws -> ComponentProgram {
+    /// CLIP at `tokens` ids: the CLIP tokenizer's padded length (`model_max_length`, 77 in FLUX.1).
+    public func textEncoderProgram(tokens: Int) throws -> ComponentProgram {
         try CLIPTextEncoderGraph.build(config: textEncoder.config, weights: textEncoder.store, tokens: tokens)
     }
 

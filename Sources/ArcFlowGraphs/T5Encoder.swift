@@ -8,8 +8,7 @@ import Runtime
 public struct T5EncoderConfig: Equatable {
     /// `feed_forward_proj`: "relu", "gelu", "silu" (one wi) or "gated-…" (wi_0, wi_1). transformers
     /// maps "gated-gelu" to gelu_new (the tanh approximation, our `gelu` op); plain "gelu" is exact.
-    public enum FeedForward: Equatable { case plain(Act), gated(Act) }
-    public enum Act: String { case relu, gelu, geluNew = "gelu_new", silu }
+    public enum FeedForward: Equatable { case plain(NamedActivation), gated(NamedActivation) }
 
     public var vocabSize: Int
     public var dModel: Int
@@ -33,13 +32,15 @@ public struct T5EncoderConfig: Equatable {
         numHeads = try c.int("num_heads")
         let proj = c.has("feed_forward_proj") ? try c.string("feed_forward_proj") : "relu"
         let parts = proj.split(separator: "-").map(String.init)
-        func act(_ s: String) -> Act? { s == "gelu" && parts.count == 2 ? .geluNew : Act(rawValue: s) }
+        // transformers maps "gated-gelu" to gelu_new (the tanh approximation), a legacy name.
+        func act(_ s: String) -> NamedActivation? { s == "gelu" && parts.count == 2 ? .geluNew : NamedActivation(rawValue: s) }
         if parts.count == 1, let a = act(parts[0]) {
             feedForward = .plain(a)
         } else if parts.count == 2, parts[0] == "gated", let a = act(parts[1]) {
             feedForward = .gated(a)
         } else {
-            throw ArcError("\(c.path): unknown feed_forward_proj '\(proj)' (expected relu, gelu, silu or gated-gelu, gated-silu, gated-relu)")
+            throw ArcError("\(c.path): unknown feed_forward_proj '\(proj)' (expected an activation or gated-<activation>, activations: "
+                           + NamedActivation.allCases.map(\.rawValue).joined(separator: ", ") + ")")
         }
         relativeAttentionNumBuckets = try c.int("relative_attention_num_buckets", default: 32)
         relativeAttentionMaxDistance = try c.int("relative_attention_max_distance", default: 128)
@@ -114,9 +115,9 @@ public enum T5EncoderGraph {
             let hidden: Value
             switch c.feedForward {
             case .plain(let a):
-                hidden = apply(a, try w.linear(m, "\(ff).wi", out: c.dFF, in: d, bias: false))
+                hidden = a.apply(try w.linear(m, "\(ff).wi", out: c.dFF, in: d, bias: false))
             case .gated(let a):
-                hidden = apply(a, try w.linear(m, "\(ff).wi_0", out: c.dFF, in: d, bias: false))
+                hidden = a.apply(try w.linear(m, "\(ff).wi_0", out: c.dFF, in: d, bias: false))
                     * (try w.linear(m, "\(ff).wi_1", out: c.dFF, in: d, bias: false))
             }
             x = x + (try w.linear(hidden, "\(ff).wo", out: d, in: c.dFF, bias: false))
@@ -124,15 +125,6 @@ public enum T5EncoderGraph {
         x = b.rmsNorm(x, scale: try w.weight("encoder.final_layer_norm.weight", [d]), eps: c.layerNormEpsilon)
         b.output("prompt_embeds", x)
         return ComponentProgram(module: Module(try b.finish()), weights: LayeredStore(generated, over: weights))
-    }
-
-    static func apply(_ a: T5EncoderConfig.Act, _ x: Value) -> Value {
-        switch a {
-        case .relu: return x.builder.binary(.max, x, x.builder.scalar(0))
-        case .gelu: return exactGELU(x)
-        case .geluNew: return x.apply(.gelu)
-        case .silu: return x.apply(.silu)
-        }
     }
 
     /// T5's bidirectional relative-position buckets, table[q][k] for relative position k − q:

@@ -8,6 +8,9 @@ import Runtime
 public struct VAEConfig: Equatable {
     public var latentChannels: Int
     public var outChannels: Int
+    /// The resnets' activation (`act_fn`, default silu); the one after `conv_norm_out` is SiLU
+    /// whatever it says (diffusers' Decoder fixes `conv_act`).
+    public var actFn: NamedActivation
     public var blockOutChannels: [Int]
     public var layersPerBlock: Int
     public var normNumGroups: Int
@@ -27,6 +30,7 @@ public struct VAEConfig: Equatable {
         blockOutChannels = try c.ints("block_out_channels")
         layersPerBlock = try c.int("layers_per_block")
         normNumGroups = try c.int("norm_num_groups", default: 32)
+        actFn = try NamedActivation.parse(c.has("act_fn") ? try c.string("act_fn") : "silu", key: "act_fn", path: c.path)
         usePostQuantConv = try c.bool("use_post_quant_conv", default: true)
         midBlockAddAttention = try c.bool("mid_block_add_attention", default: true)
         scalingFactor = try c.double("scaling_factor")
@@ -71,7 +75,8 @@ public struct VAEDecoder {
 /// Structure (diffusers `Decoder`): [post_quant_conv 1×1] → conv_in 3×3 → mid block (ResnetBlock2D,
 /// [single-head self-attention over the h·w positions], ResnetBlock2D) → up blocks over
 /// reversed(block_out_channels), each layers_per_block + 1 ResnetBlock2D and, except the last,
-/// nearest ×2 upsampling + 3×3 conv → GroupNorm → SiLU → conv_out 3×3. All GroupNorms use
+/// nearest ×2 upsampling + 3×3 conv → GroupNorm → SiLU → conv_out 3×3 (the resnets' activation is
+/// `act_fn`). All GroupNorms use
 /// norm_num_groups and eps 1e-6; every output_scale_factor / rescale_output_factor is 1.
 public enum VAEDecoderGraph {
     static let eps = 1e-6
@@ -86,13 +91,13 @@ public enum VAEDecoderGraph {
         if c.usePostQuantConv { x = try w.conv(x, "post_quant_conv", out: c.latentChannels, kernel: 1) }
         let top = c.blockOutChannels.last!
         x = try w.conv(x, "decoder.conv_in", out: top, kernel: 3)
-        x = try resnet(w, x, "decoder.mid_block.resnets.0", out: top, groups: c.normNumGroups)
+        x = try resnet(w, x, "decoder.mid_block.resnets.0", out: top, groups: c.normNumGroups, act: c.actFn)
         if c.midBlockAddAttention { x = try attention(w, x, "decoder.mid_block.attentions.0", groups: c.normNumGroups) }
-        x = try resnet(w, x, "decoder.mid_block.resnets.1", out: top, groups: c.normNumGroups)
+        x = try resnet(w, x, "decoder.mid_block.resnets.1", out: top, groups: c.normNumGroups, act: c.actFn)
         let reversed = Array(c.blockOutChannels.reversed())
         for (i, out) in reversed.enumerated() {
             for j in 0...c.layersPerBlock {
-                x = try resnet(w, x, "decoder.up_blocks.\(i).resnets.\(j)", out: out, groups: c.normNumGroups)
+                x = try resnet(w, x, "decoder.up_blocks.\(i).resnets.\(j)", out: out, groups: c.normNumGroups, act: c.actFn)
             }
             if i < reversed.count - 1 {
                 x = try w.conv(upsampleNearest2x(x), "decoder.up_blocks.\(i).upsamplers.0.conv", out: out, kernel: 3)
@@ -104,12 +109,12 @@ public enum VAEDecoderGraph {
         return ComponentProgram(module: Module(try b.finish()), weights: weights)
     }
 
-    /// ResnetBlock2D without time embedding: x' + conv2(SiLU(GN2(conv1(SiLU(GN1 x))))), x' = x or
-    /// its 1×1 `conv_shortcut` when the channel count changes.
-    static func resnet(_ w: WeightBinder, _ x: Value, _ p: String, out: Int, groups: Int) throws -> Value {
-        var h = try w.groupNorm(x, "\(p).norm1", groups: groups, eps: eps).apply(.silu)
+    /// ResnetBlock2D without time embedding: x' + conv2(act(GN2(conv1(act(GN1 x))))), x' = x or
+    /// its 1×1 `conv_shortcut` when the channel count changes; act is the config's `act_fn`.
+    static func resnet(_ w: WeightBinder, _ x: Value, _ p: String, out: Int, groups: Int, act: NamedActivation) throws -> Value {
+        var h = act.apply(try w.groupNorm(x, "\(p).norm1", groups: groups, eps: eps))
         h = try w.conv(h, "\(p).conv1", out: out, kernel: 3)
-        h = try w.groupNorm(h, "\(p).norm2", groups: groups, eps: eps).apply(.silu)
+        h = act.apply(try w.groupNorm(h, "\(p).norm2", groups: groups, eps: eps))
         h = try w.conv(h, "\(p).conv2", out: out, kernel: 3)
         let shortcut = x.shape[1] == out ? x : try w.conv(x, "\(p).conv_shortcut", out: out, kernel: 1)
         return shortcut + h

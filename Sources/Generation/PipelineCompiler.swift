@@ -41,6 +41,17 @@ public enum PipelineCompiler {
         // compile in a second instead of every later `generate`.
         let clip = try CLIPTokenizer(folder: folder.tokenizerDirectory, flavor: o.clipTokenizer)
         _ = try T5Tokenizer(folder: folder.tokenizer2Directory)
+        // CLIP runs at the tokenizer's padded length (FluxPipeline's tokenizer_max_length), which its
+        // position table must cover; the decoder's image must be RGB, what a PNG of it holds.
+        let clipPositions = folder.textEncoder.config.maxPositionEmbeddings
+        guard clip.maxLength <= clipPositions else {
+            throw ArcError("\(folder.tokenizerDirectory): model_max_length \(clip.maxLength) is more than text_encoder/config.json's "
+                           + "max_position_embeddings \(clipPositions)")
+        }
+        guard folder.vae.config.outChannels == 3 else {
+            throw ArcError("\(folder.vae.directory)/config.json: out_channels \(folder.vae.config.outChannels) is not supported "
+                           + "(arcflow writes RGB images: out_channels 3)")
+        }
         let sampler = o.sampler ?? (adapter == nil ? .euler : .arc)
         let steps = o.steps ?? sampler.defaultSteps
         // Latents are the VAE's 1/f of the image (f = 2^(levels − 1), 8 for FLUX.1's VAE, as
@@ -70,7 +81,7 @@ public enum PipelineCompiler {
 
         let samplerProgram = try FluxModel.sampler(folder.transformer, adapter: adapter, options: flux)
         let stages: [Stage] = [
-            ("text_encoder", { let p = try folder.textEncoderProgram(); return (p.module, p.weights, ["stage": "clip"]) }),
+            ("text_encoder", { let p = try folder.textEncoderProgram(tokens: clip.maxLength); return (p.module, p.weights, ["stage": "clip"]) }),
             ("text_encoder_2", { let p = try folder.textEncoder2Program(tokens: o.textTokens); return (p.module, p.weights, ["stage": "t5"]) }),
             ("sampler", { (samplerProgram.module, samplerProgram.weights, samplerProgram.manifest) }),
             ("vae_decoder", { let p = try folder.vaeDecoderProgram(height: o.height, width: o.width); return (p.module, p.weights, ["stage": "vae_decoder"]) }),

@@ -136,6 +136,48 @@ final class PipelineParityTests: XCTestCase {
         }
     }
 
+    /// Configs that name other activations (Fixtures/variants, Tools/fixtures/make_variant_fixtures.py):
+    /// the VAE's `act_fn` in its resnets (relu, mish), a relu CLIP whose config has no
+    /// `eos_token_id` (transformers' default 49407 applies: with no id equal to it, position 0
+    /// pools), a gated-silu T5; each against the library that wrote it.
+    func testActivationVariants() throws {
+        let dir = "\(fixtures)/variants"
+        for (name, act) in [("vae-relu", NamedActivation.relu), ("vae-mish", .mish)] {
+            let ref = try SafeTensorsStore(path: "\(dir)/\(name)/reference.safetensors")
+            var vae = try VAEDecoder.load("\(dir)/\(name)")
+            XCTAssertEqual(vae.config.actFn, act)
+            let inputs = ["latents": try ref.tensor("latents")]
+            let image = try runCompiledComponent(try VAEDecoderGraph.build(config: vae.config, weights: vae.store, latentHeight: 4, latentWidth: 6), inputs)["image"]!
+            let err = relativeL2(image, try ref.tensor("image"))
+            print("\(name): relative L2 \(err)")
+            XCTAssertLessThan(err, 1e-4, name)
+            vae.config.actFn = .silu   // what was built before act_fn was read: visibly wrong
+            let silu = try runCompiledComponent(try VAEDecoderGraph.build(config: vae.config, weights: vae.store, latentHeight: 4, latentWidth: 6), inputs)["image"]!
+            XCTAssertGreaterThan(relativeL2(silu, try ref.tensor("image")), 1e-2, name)
+        }
+        let clipRef = try SafeTensorsStore(path: "\(dir)/clip-relu-noeos/reference.safetensors")
+        let clip = try CLIPTextEncoder.load("\(dir)/clip-relu-noeos")
+        XCTAssertEqual([clip.config.eosTokenId, clip.config.maxPositionEmbeddings], [49407, 12])
+        XCTAssertEqual(clip.config.hiddenAct, .relu)
+        let program = try CLIPTextEncoderGraph.build(config: clip.config, weights: clip.store, tokens: 12)
+        let (ids, hidden, pooled) = (try clipRef.tensor("input_ids"), try clipRef.tensor("last_hidden_state"), try clipRef.tensor("pooler_output"))
+        for row in 0..<2 {
+            func rowOf(_ t: Tensor) -> Tensor {
+                let n = t.data.count / 2
+                return Tensor(.f32([1] + t.shape.dropFirst()), Array(t.data[(row * n)..<((row + 1) * n)]))
+            }
+            let out = try runCompiledComponent(program, ["input_ids": rowOf(ids)])
+            XCTAssertLessThan(relativeL2(out["last_hidden_state"]!, rowOf(hidden)), 1e-4, "CLIP row \(row)")
+            XCTAssertLessThan(relativeL2(out["pooled_prompt_embeds"]!, rowOf(pooled)), 1e-4, "CLIP pooled row \(row)")
+        }
+        let t5Ref = try SafeTensorsStore(path: "\(dir)/t5-gated-silu/reference.safetensors")
+        let t5 = try T5Encoder.load("\(dir)/t5-gated-silu")
+        XCTAssertEqual(t5.config.feedForward, .gated(.silu))
+        let t5Out = try runCompiledComponent(try T5EncoderGraph.build(config: t5.config, weights: t5.store, tokens: 10),
+                                             ["input_ids": try t5Ref.tensor("input_ids")])
+        XCTAssertLessThan(relativeL2(t5Out["prompt_embeds"]!, try t5Ref.tensor("last_hidden_state")), 1e-4)
+    }
+
     func testT5RelativePositionBuckets() {
         // transformers' _relative_position_bucket(bidirectional, 32 buckets, max 128), row q = 0 and q = 20.
         let t = T5EncoderGraph.relativePositionBuckets(tokens: 32, numBuckets: 32, maxDistance: 128)
@@ -156,7 +198,7 @@ final class PipelineParityTests: XCTestCase {
         let want = try PipelineReference().tensor("e2e_sigmas").data
         XCTAssertEqual(sigmas.count, want.count)
         for (a, b) in zip(sigmas, want) { XCTAssertEqual(Float(a), b, accuracy: 2e-7) }
-        XCTAssertNoThrow(try p.textEncoderProgram())
+        XCTAssertNoThrow(try p.textEncoderProgram(tokens: 77))
         XCTAssertNoThrow(try p.textEncoder2Program(tokens: 32))
         XCTAssertNoThrow(try p.vaeDecoderProgram(height: 48, width: 80))
         XCTAssertThrowsError(try p.vaeDecoderProgram(height: 44, width: 80))
@@ -167,7 +209,7 @@ final class PipelineParityTests: XCTestCase {
     func testEndToEndTeacher() throws {
         let ref = try PipelineReference()
         let p = try FluxPipelineFolder.load(pipelineFixture)
-        let clip = try p.textEncoderProgram(), t5 = try p.textEncoder2Program(tokens: 32)
+        let clip = try p.textEncoderProgram(tokens: 77), t5 = try p.textEncoder2Program(tokens: 32)
         let vae = try p.vaeDecoderProgram(height: 48, width: 80)
         var o = FluxOptions(height: 48, width: 80)
         o.sampler = .euler
@@ -233,8 +275,8 @@ final class PipelineParityTests: XCTestCase {
     func testUnknownFeedForwardProj() throws {
         let path = "\(pipelineFixture)/text_encoder_2/config.json"
         var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
-        json["feed_forward_proj"] = "gated-swish"
-        assertError({ _ = try T5EncoderConfig(ConfigFile(path: path, json: json)) }, contains: [path, "feed_forward_proj", "gated-swish"])
+        json["feed_forward_proj"] = "gated-softsign"
+        assertError({ _ = try T5EncoderConfig(ConfigFile(path: path, json: json)) }, contains: [path, "feed_forward_proj", "gated-softsign"])
         json["feed_forward_proj"] = "relu"
         XCTAssertEqual(try T5EncoderConfig(ConfigFile(path: path, json: json)).feedForward, .plain(.relu))
         json["d_model"] = nil

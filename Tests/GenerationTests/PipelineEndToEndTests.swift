@@ -275,8 +275,8 @@ final class PipelineEndToEndTests: XCTestCase {
     }
 
     func testCompileUnknownFeedForwardProj() throws {
-        let dir = try brokenCopy { d in try self.editJSON("\(d)/text_encoder_2/config.json") { $0["feed_forward_proj"] = "gated-swish" } }
-        try assertCompileFails(dir, contains: ["text_encoder_2/config.json", "feed_forward_proj", "gated-swish"])
+        let dir = try brokenCopy { d in try self.editJSON("\(d)/text_encoder_2/config.json") { $0["feed_forward_proj"] = "gated-softsign" } }
+        try assertCompileFails(dir, contains: ["text_encoder_2/config.json", "feed_forward_proj", "gated-softsign"])
     }
 
     func testGenerateUnwritableOutput() throws {
