@@ -855,13 +855,14 @@ static AF__UNUSED void af_gemm_f32(const float *restrict a, const float *restric
 #define AF_PEAK_CLOCK omp_get_wtime
 #endif
 
-/* The fp32 FMA peak of this machine in GFLOP/s over all OpenMP threads, measured: each thread
- * runs 12 independent chains of vector FMAs (enough to cover FMA latency on two pipes), best
- * of five runs of ~7 ms each (AVX-512 on Zen 4).  Benchmarks report GFLOP/s against this, not
- * against a data sheet.  Best of three ~2 ms runs read half the peak or less now and then on this
+/* A peak in GFLOP/s over all OpenMP threads, measured: each thread runs 12 independent chains
+ * of vector FMAs (enough to cover FMA latency on two pipes), or with `bf16` of `vdpbf16ps`
+ * (AVX-512 BF16 only: each lane two products and two sums), best of five runs of ~7 ms each
+ * (AVX-512 on Zen 4).  Best of three ~2 ms runs read half the peak or less now and then on this
  * shared host (one vCPU descheduled for a few ms in every run), which made a GEMM read above 100%
  * of it; longer and more runs make a low reading, never a high one, rarer. */
-AF__UNUSED static double af_fma_peak_gflops(void) {
+AF__UNUSED static double af__peak_gflops(int bf16) {
+    (void)bf16;   /* read only by the AVX-512 path */
     const long iters = 1L << 21;
     double best = 0.0;
     for (int rep = 0; rep < 5; rep++) {
@@ -873,11 +874,19 @@ AF__UNUSED static double af_fma_peak_gflops(void) {
             #pragma omp single
             threads = omp_get_num_threads();
 #if defined(__AVX512F__)
-            const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
             __m512 a[12];
             for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
-            for (long i = 0; i < iters; i++)
-                for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+            if (bf16) {
+#if defined(__AVX512BF16__)
+                const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+                for (long i = 0; i < iters; i++)
+                    for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
+#endif
+            } else {
+                const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+                for (long i = 0; i < iters; i++)
+                    for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+            }
             for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
 #elif defined(__AVX2__) && defined(__FMA__)
             const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
@@ -897,47 +906,29 @@ AF__UNUSED static double af_fma_peak_gflops(void) {
         }
         const double t = AF_PEAK_CLOCK() - t0;
 #if defined(__AVX512F__)
-        const double lanes = 16.0;
+        const double flops = bf16 ? 64.0 : 32.0;   /* per instruction: 16 lanes × (2 products + 2 sums), or × FMA */
 #elif defined(__AVX2__) && defined(__FMA__)
-        const double lanes = 8.0;
+        const double flops = 16.0;
 #else
-        const double lanes = 1.0;
+        const double flops = 2.0;
 #endif
-        const double gflops = (double)threads * (double)iters * 12.0 * lanes * 2.0 / t / 1e9;
+        const double gflops = (double)threads * (double)iters * 12.0 * flops / t / 1e9;
         if (gflops > best && sink == sink) best = gflops;
     }
     return best;
 }
 
-/* The bf16 dot-product peak (`vdpbf16ps`, each lane two products and two sums) in GFLOP/s over
- * all OpenMP threads, measured as af_fma_peak_gflops is; 0 without AVX-512 BF16.  `--compute
- * bf16` pays off only where this is well above the f32 FMA peak: about twice it on Zen 4 and
- * Zen 5, but about equal on the Intel Xeon measured in session 21, where the mode ran slower than
- * f32 (the rounding of A to bf16 is extra work), so compile compares the two and says so. */
+/* The fp32 FMA peak of this machine: benchmarks report GFLOP/s against this, not against a data
+ * sheet. */
+AF__UNUSED static double af_fma_peak_gflops(void) { return af__peak_gflops(0); }
+
+/* The bf16 dot-product peak (`vdpbf16ps`); 0 without AVX-512 BF16.  `--compute bf16` pays off
+ * only where this is well above the f32 FMA peak: about twice it on Zen 4 and Zen 5, but half of
+ * it on the Intel Xeon measured in session 21, where the mode ran slower than f32 (the rounding of
+ * A to bf16 is extra work), so compile compares the two and says so. */
 AF__UNUSED static double af_bf16_peak_gflops(void) {
 #if defined(__AVX512BF16__)
-    const long iters = 1L << 21;
-    double best = 0.0;
-    for (int rep = 0; rep < 5; rep++) {
-        int threads = 1;
-        float sink = 0.0f;
-        const double t0 = AF_PEAK_CLOCK();
-        #pragma omp parallel reduction(+ : sink)
-        {
-            #pragma omp single
-            threads = omp_get_num_threads();
-            const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
-            __m512 a[12];
-            for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
-            for (long i = 0; i < iters; i++)
-                for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
-            for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
-        }
-        const double t = AF_PEAK_CLOCK() - t0;
-        const double gflops = (double)threads * (double)iters * 12.0 * 16.0 * 4.0 / t / 1e9;
-        if (gflops > best && sink == sink) best = gflops;
-    }
-    return best;
+    return af__peak_gflops(1);
 #else
     return 0.0;
 #endif
