@@ -24,6 +24,9 @@ public struct FluxOptions {
     /// True classifier-free guidance (Euler only): each step evaluates the prompt and the
     /// negative prompt in one batch of 2 and uses v_u + G·(v_c − v_u). nil: no CFG.
     public var cfgScale: Double?
+    /// With `cfgScale`: G is read from the input `true_cfg_scale` f32[1] at run time, and
+    /// `cfgScale` is only the manifest's default (what `arcflow compile` builds). Off: compiled in.
+    public var cfgScaleInput = false
 
     public var latentHeight: Int { latentSize?.height ?? height / 8 }
     public var latentWidth: Int { latentSize?.width ?? width / 8 }
@@ -56,6 +59,9 @@ public struct FluxProgram {
     public var manifest: [String: String]
     public var sigmas: [Double]
 }
+
+/// The input a teacher compiled with run-time true CFG reads its scale from (f32[1]).
+public let trueCFGScaleInput = "true_cfg_scale"
 
 public enum FluxModel {
     public static let defaultGuidance = 3.5
@@ -95,8 +101,9 @@ public enum FluxModel {
 
     /// The sampler graph: inputs `noise` [1, C, H', W'], `prompt_embeds` [1, T, joint_attention_dim],
     /// `pooled_prompt_embeds` [1, pooled_projection_dim], and with `cfgScale` also
-    /// `negative_prompt_embeds` and `negative_pooled_prompt_embeds` (same shapes), and with
-    /// `guidanceInput` on a model with a guidance embedder `guidance` [1]; output `latents`
+    /// `negative_prompt_embeds` and `negative_pooled_prompt_embeds` (same shapes) and, with
+    /// `cfgScaleInput`, `true_cfg_scale` [1]; with `guidanceInput` on a model with a guidance
+    /// embedder `guidance` [1]; output `latents`
     /// [1, C, H', W'] (H' = H/8 unless `latentSize` gives it).
     ///
     /// With `"arcflow_prediction": "x0"` the network's output is x̂0: the teacher's velocity is
@@ -106,13 +113,14 @@ public enum FluxModel {
         let (guidance, steps) = try validate(checkpoint.config, o, adapter: adapter)
         let (b, net, noise, prompt, pooled) = setUp("flux_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let scale = guidance.map { o.guidanceInput ? FluxNetwork.GuidanceScale.input(b.input("guidance", .f32([1]))) : .fixed($0) }
+        let cfg = o.cfgScale.map { o.cfgScaleInput ? b.input(trueCFGScaleInput, .f32([1])) : b.scalar(Float($0)) }
         let config = checkpoint.config, c = config.latentChannels
         let prediction = adapter?.prediction ?? config.prediction
         let shift = o.shift ?? adapter?.shift ?? Schedule.shift
         let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: shift)
                                                    : Schedule.eulerSigmas(steps: steps, shift: shift))
-        if sigmas.count != steps + 1 || sigmas.last != 0 {
-            throw ArcError("the σ schedule must have \(steps + 1) knots ending in 0, got \(sigmas.count)")
+        if sigmas.count != steps + 1 || sigmas.last != 0 || !sigmas.allSatisfy(\.isFinite) {
+            throw ArcError("the σ schedule must have \(steps + 1) finite knots ending in 0, got \(sigmas)")
         }
         // CFG: prompt and negative prompt as one batch of 2 (rows 0 and 1) through every evaluation.
         var context = try net.context(prompt), conditioning = pooled
@@ -132,9 +140,9 @@ public enum FluxModel {
             case .euler:
                 var v = try net.teacherHead(h)
                 if prediction == .x0 { v = (input - v) / sc }
-                if let g = o.cfgScale {
+                if let g = cfg {
                     let (vc, vu) = (b.slice(v, axis: 0, 0..<1), b.slice(v, axis: 0, 1..<2))
-                    v = vu + Float(g) * (vc - vu)
+                    v = vu + g * (vc - vu)
                 }
                 x = x + (sn - sc) * v
             case .arc:
@@ -161,6 +169,7 @@ public enum FluxModel {
         if let g = guidance { manifest["guidance"] = String(g) }
         if case .input = scale { manifest["guidance_input"] = "true" }
         if let g = o.cfgScale { manifest["true_cfg_scale"] = String(g) }
+        if o.cfgScale != nil && o.cfgScaleInput { manifest["true_cfg_scale_input"] = "true" }
         if let p = config.imagePositions { manifest["image_positions"] = p.rawValue }
         if let a = adapter { manifest["components"] = String(a.components) }
         return FluxProgram(module: Module(graph), weights: store(checkpoint, adapter, net), manifest: manifest, sigmas: sigmas)

@@ -14,23 +14,36 @@ public struct FlowMatchSchedulerConfig: Equatable {
     public var maxShift: Double
     public var baseImageSeqLen: Int
     public var maxImageSeqLen: Int
-    /// nil: no stretch to a terminal value.
+    /// nil: no stretch to a terminal value (0 too: diffusers stretches only when it is truthy).
     public var shiftTerminal: Double?
+    /// The config file, for messages.
+    public var path: String
 
     public init(_ c: ConfigFile) throws {
+        path = c.path
         let name = try c.string("_class_name")
         guard name == "FlowMatchEulerDiscreteScheduler" else {
             throw ArcError("\(c.path): _class_name '\(name)' is not supported (FlowMatchEulerDiscreteScheduler)")
         }
         numTrainTimesteps = try c.int("num_train_timesteps", default: 1000)
+        // The scheduler's timesteps are σ·num_train_timesteps, and FluxPipeline feeds them to a
+        // transformer that embeds 1000·(t/1000): another count changes every timestep embedding.
+        guard numTrainTimesteps == 1000 else {
+            throw ArcError("\(c.path): num_train_timesteps \(numTrainTimesteps) is not supported (1000, which FLUX's timestep embedding assumes)")
+        }
         shift = c.has("shift") ? try c.double("shift") : 1
         useDynamicShifting = try c.bool("use_dynamic_shifting", default: false)
         baseShift = c.has("base_shift") ? try c.double("base_shift") : 0.5
         maxShift = c.has("max_shift") ? try c.double("max_shift") : 1.15
         baseImageSeqLen = try c.int("base_image_seq_len", default: 256)
         maxImageSeqLen = try c.int("max_image_seq_len", default: 4096)
-        shiftTerminal = try c.optionalDouble("shift_terminal")
-        for key in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling"]
+        shiftTerminal = try c.optionalDouble("shift_terminal").flatMap { $0 == 0 ? nil : $0 }
+        if useDynamicShifting && baseImageSeqLen == maxImageSeqLen {
+            throw ArcError("\(c.path): base_image_seq_len and max_image_seq_len are both \(baseImageSeqLen); dynamic shifting interpolates between them")
+        }
+        // use_flow_sigmas (a key of other schedulers' configs, kept by from_config) makes
+        // FluxPipeline pass no σ and the scheduler step linspace(σ_max, σ_min, N) instead.
+        for key in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling", "use_flow_sigmas"]
             where try c.bool(key, default: false) {
             throw ArcError("\(c.path): '\(key)' true is not supported")
         }
@@ -49,8 +62,9 @@ public struct FlowMatchSchedulerConfig: Equatable {
     /// The σ knots FluxPipeline steps through (N + 1 values, the last 0): t = linspace(1, 1/N, N)
     /// shifted by e^μ/(e^μ + 1/t − 1) with dynamic shifting, else s·t/(1 + (s − 1)·t), then
     /// stretched so the last non-zero σ is shift_terminal when set. In f64; the reference rounds
-    /// to f32 at the end (compare with f32 tolerance).
-    public func sigmas(steps n: Int, imageSeqLen: Int) -> [Double] {
+    /// to f32 at the end (compare with f32 tolerance). A schedule that is not finite and strictly
+    /// decreasing to 0 (shift_terminal with one step: 0/0, where diffusers' σ are NaN) is an error.
+    public func sigmas(steps n: Int, imageSeqLen: Int) throws -> [Double] {
         var t = (0..<n).map { n == 1 ? 1 : 1 - Double($0) * (1 - 1 / Double(n)) / Double(n - 1) }
         if useDynamicShifting {
             let e = Foundation.exp(mu(imageSeqLen: imageSeqLen))
@@ -62,7 +76,13 @@ public struct FlowMatchSchedulerConfig: Equatable {
             let scale = (1 - t.last!) / (1 - terminal)
             t = t.map { 1 - (1 - $0) / scale }
         }
-        return t + [0]
+        let knots = t + [0]
+        guard knots.allSatisfy(\.isFinite), zip(knots, knots.dropFirst()).allSatisfy({ $0 > $1 }) else {
+            let shown = knots.prefix(6).map { String(format: "%.4g", $0) }.joined(separator: ", ") + (knots.count > 6 ? ", …" : "")
+            throw ArcError("\(path) gives σ = [\(shown)] for \(n) step\(n == 1 ? "" : "s"), not finite and decreasing"
+                           + (shiftTerminal != nil && n == 1 ? " (shift_terminal needs at least 2 steps)" : ""))
+        }
+        return knots
     }
 }
 

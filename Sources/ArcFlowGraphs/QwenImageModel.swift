@@ -19,6 +19,9 @@ public struct QwenImageOptions {
     public var shift: Double?
     /// The teacher's true CFG (QwenImagePipeline's `true_cfg_scale`); nil: the prompt alone.
     public var trueCFGScale: Double?
+    /// With `trueCFGScale`: the scale is read from the input `true_cfg_scale` f32[1] at run time
+    /// and `trueCFGScale` is only the manifest's default (what `arcflow compile` builds).
+    public var trueCFGScaleInput = false
     /// Also output the latents after every step ("x1", "x2", …), for parity tests.
     public var intermediateOutputs = false
 
@@ -57,13 +60,15 @@ public enum QwenImageModel {
     }
 
     /// The sampler graph: inputs `noise` [1, C, H/8, W/8], `prompt_embeds` [1, T, joint_attention_dim]
-    /// (and `negative_prompt_embeds`, the same shape, with true CFG); output `latents` [1, C, H/8, W/8].
+    /// (and `negative_prompt_embeds`, the same shape, with true CFG, and `true_cfg_scale` [1] with
+    /// `trueCFGScaleInput`); output `latents` [1, C, H/8, W/8].
     public static func sampler(_ checkpoint: QwenImageCheckpoint, adapter: ArcFlowAdapter?, options o: QwenImageOptions) throws -> TransformerProgram {
         let steps = try validate(o, adapter: adapter)
         let (b, net, noise, context, negative) = try setUp("qwen_image_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let shift = o.shift ?? Schedule.shift
         let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: shift) : Schedule.eulerSigmas(steps: steps, shift: shift)
         let c = checkpoint.config.latentChannels
+        let cfg = o.trueCFGScale.map { o.trueCFGScaleInput ? b.input(trueCFGScaleInput, .f32([1])) : b.scalar(Float($0)) }
         var x = net.grid.pack(noise)
         for i in 0..<steps {
             // σ in f32, and step sizes as f32 differences of the f32 knots, as the reference computes them.
@@ -71,7 +76,7 @@ public enum QwenImageModel {
             let temb = try net.conditioning(sigma: sc)
             switch o.sampler {
             case .euler:
-                x = x + (sn - sc) * (try velocity(net, x: x, temb: temb, context: context, negative: negative, trueCFG: o.trueCFGScale))
+                x = x + (sn - sc) * (try velocity(net, x: x, temb: temb, context: context, negative: negative, trueCFG: cfg))
             case .arc:
                 let k = adapter!.components
                 let head = try net.weights.studentHead(try net.trunk(packed: x, temb: temb, context: context), components: k,
@@ -89,6 +94,7 @@ public enum QwenImageModel {
             "joint_attention_dim": String(checkpoint.config.jointAttentionDim),
         ]
         if let s = o.trueCFGScale { manifest["true_cfg_scale"] = String(s) }
+        if o.trueCFGScale != nil && o.trueCFGScaleInput { manifest["true_cfg_scale_input"] = "true" }
         if let n = negative { manifest["negative_text_tokens"] = String(n.net.textTokens) }
         if let a = adapter { manifest["components"] = String(a.components) }
         return TransformerProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net, negative?.net),
@@ -109,7 +115,8 @@ public enum QwenImageModel {
             let head = try net.arcHead(try net.trunk(packed: net.grid.pack(x), temb: temb, context: context), components: a.components)
             for (name, v) in net.grid.studentHeads(head, components: a.components) { b.output(name, v) }
         } else {
-            let v = try velocity(net, x: net.grid.pack(x), temb: temb, context: context, negative: negative, trueCFG: o.trueCFGScale)
+            let v = try velocity(net, x: net.grid.pack(x), temb: temb, context: context, negative: negative,
+                                 trueCFG: o.trueCFGScale.map { b.scalar(Float($0)) })
             b.output("velocity", net.grid.unpack(v, per: checkpoint.config.latentChannels))
         }
         try net.weights.checkAllLoRAUsed()
@@ -126,7 +133,7 @@ public enum QwenImageModel {
     /// the norms over each token's packed channels (torch.norm(dim=-1) on [B, N, 4C]), which keeps
     /// the guided prediction at the conditional prediction's per-token magnitude.
     static func velocity(_ net: QwenImageNetwork, x: Value, temb: Value, context: Value,
-                         negative: (net: QwenImageNetwork, context: Value)?, trueCFG: Double?) throws -> Value {
+                         negative: (net: QwenImageNetwork, context: Value)?, trueCFG: Value?) throws -> Value {
         let b = net.b
         guard let s = trueCFG else { return try net.teacherHead(try net.trunk(packed: x, temb: temb, context: context)) }
         let cond: Value, uncond: Value
@@ -137,7 +144,7 @@ public enum QwenImageModel {
             let both = try net.teacherHead(try net.trunk(packed: b.concat([x, x], axis: 0), temb: temb, context: context))
             (cond, uncond) = (b.slice(both, axis: 0, 0..<1), b.slice(both, axis: 0, 1..<2))
         }
-        let comb = uncond + Float(s) * (cond - uncond)
+        let comb = uncond + s * (cond - uncond)
         func norm(_ v: Value) -> Value { b.reduce(.reduce_sum, v * v, axes: [2], keepDims: true).apply(.sqrt) }
         return comb * (norm(cond) / norm(comb))
     }

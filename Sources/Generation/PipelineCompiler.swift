@@ -71,7 +71,7 @@ public enum PipelineCompiler {
         if sampler == .euler && o.shift == nil {
             // The teacher steps through exactly FluxPipeline's schedule (dynamic shifting with μ from
             // the packed image token count when the scheduler config asks for it).
-            flux.sigmas = folder.scheduler.sigmas(steps: steps, imageSeqLen: (o.height / (2 * f)) * (o.width / (2 * f)))
+            flux.sigmas = try folder.scheduler.sigmas(steps: steps, imageSeqLen: (o.height / (2 * f)) * (o.width / (2 * f)))
         }
         let fm = FileManager.default
         try fm.createDirectory(atPath: output, withIntermediateDirectories: true)

@@ -194,7 +194,7 @@ final class PipelineParityTests: XCTestCase {
         XCTAssertEqual(p.vae.config.scalingFactor, 0.3611)
         XCTAssertEqual(p.vae.config.shiftFactor, 0.1159)
         XCTAssertEqual(p.transformer.store.type(of: "x_embedder.weight")?.dtype, .bf16)
-        let sigmas = p.scheduler.sigmas(steps: 4, imageSeqLen: 15)
+        let sigmas = try p.scheduler.sigmas(steps: 4, imageSeqLen: 15)
         let want = try PipelineReference().tensor("e2e_sigmas").data
         XCTAssertEqual(sigmas.count, want.count)
         for (a, b) in zip(sigmas, want) { XCTAssertEqual(Float(a), b, accuracy: 2e-7) }
@@ -202,6 +202,31 @@ final class PipelineParityTests: XCTestCase {
         XCTAssertNoThrow(try p.textEncoder2Program(tokens: 32))
         XCTAssertNoThrow(try p.vaeDecoderProgram(height: 48, width: 80))
         XCTAssertThrowsError(try p.vaeDecoderProgram(height: 44, width: 80))
+    }
+
+    /// Scheduler configs at the edges of what FluxPipeline does with them (a sweep against
+    /// `pipe.scheduler.sigmas` found each): shift_terminal 0 is no stretch (diffusers tests it for
+    /// truth), a terminal stretch ends on the terminal σ and needs two steps, and keys that change
+    /// the steps or the timesteps are refused by name.
+    func testSchedulerConfigEdges() throws {
+        let base: [String: Any] = ["_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, "use_dynamic_shifting": false]
+        func config(_ extra: [String: Any]) throws -> FlowMatchSchedulerConfig {
+            try FlowMatchSchedulerConfig(ConfigFile(path: "s.json", json: base.merging(extra) { $1 }))
+        }
+        let plain = try config([:]).sigmas(steps: 4, imageSeqLen: 15)
+        XCTAssertEqual(plain.count, 5)
+        for (a, b) in zip(plain, [1, 0.9, 0.75, 0.5, 0]) { XCTAssertEqual(a, b, accuracy: 1e-12) }
+        XCTAssertEqual(try config(["shift_terminal": 0.0]).sigmas(steps: 4, imageSeqLen: 15), plain)
+        let stretched = try config(["shift_terminal": 0.02]).sigmas(steps: 4, imageSeqLen: 15)
+        XCTAssertEqual(stretched[0], 1, accuracy: 1e-12)
+        XCTAssertEqual(stretched[3], 0.02, accuracy: 1e-12)
+        assertError({ _ = try config(["shift_terminal": 0.02]).sigmas(steps: 1, imageSeqLen: 15) },
+                    contains: ["s.json gives σ", "for 1 step", "shift_terminal needs at least 2 steps"])
+        XCTAssertEqual(try config(["shift_terminal": 0.0]).sigmas(steps: 1, imageSeqLen: 15), [1, 0])
+        assertError({ _ = try config(["use_flow_sigmas": true]) }, contains: ["s.json", "'use_flow_sigmas' true is not supported"])
+        assertError({ _ = try config(["num_train_timesteps": 500]) }, contains: ["s.json", "num_train_timesteps 500 is not supported"])
+        assertError({ _ = try config(["use_dynamic_shifting": true, "base_image_seq_len": 64, "max_image_seq_len": 64]) },
+                    contains: ["base_image_seq_len and max_image_seq_len are both 64"])
     }
 
     /// Prompt ids → CLIP + T5 (interpreted) → FLUX Euler sampler with the pipeline's shifted σ
@@ -216,7 +241,7 @@ final class PipelineParityTests: XCTestCase {
         o.steps = 4
         o.textTokens = 32
         o.guidance = 3.5
-        o.sigmas = p.scheduler.sigmas(steps: 4, imageSeqLen: 15)
+        o.sigmas = try p.scheduler.sigmas(steps: 4, imageSeqLen: 15)
         let sampler = try FluxModel.sampler(p.transformer, adapter: nil, options: o)
         for i in 0..<2 {
             let pooled = try clip.interpret(["input_ids": try ref.tensor("clip_input_ids_\(i)")])["pooled_prompt_embeds"]!

@@ -2,6 +2,7 @@
 // from the command line: the dumps (fuse-lora, fold-arc-integral), parity of the written latents,
 // and the one-line errors.
 
+import ArcFlowGraphs
 import Foundation
 import IR
 import Runtime
@@ -96,6 +97,28 @@ final class QwenImageCLITests: XCTestCase {
         let err = relativeL2(try latents("lat.safetensors"), try reference("cfg_euler4_x4", b))
         print("qwen-b euler4 true CFG 4 generate: relative L2 \(err)")
         XCTAssertLessThan(err, 1e-3)
+
+        // The scale is an input: another one at run time equals a teacher compiled with it fixed
+        // (the library's default), and a scale the pipeline would not guide with is refused.
+        let g25 = try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
+                               "--noise", "\(b)/case.safetensors", "--true-cfg-scale", "2.5", "--output-latents", "lat25.safetensors"])
+        XCTAssertEqual(g25.status, 0, g25.err)
+        let qb = try QwenImageCheckpoint.load("\(b)/transformer")
+        var o = QwenImageOptions(height: 112, width: 48)
+        (o.sampler, o.steps, o.textTokens, o.trueCFGScale) = (.euler, 4, 5, 2.5)
+        var options = CompileOptions()
+        options.cacheRoot = testCacheRoot
+        let program = try QwenImageModel.sampler(qb, adapter: nil, options: o)
+        let caseFile = try SafeTensorsStore(path: "\(b)/case.safetensors")
+        let fixed = try ModelCompiler.build(program.module, weights: program.weights, options: options).load()
+            .run(["noise": try caseFile.tensor("noise"), "prompt_embeds": try caseFile.tensor("prompt_embeds"),
+                  "negative_prompt_embeds": try caseFile.tensor("negative_prompt_embeds")])["latents"]!
+        XCTAssertLessThan(relativeL2(try latents("lat25.safetensors"), fixed), 1e-5)
+        XCTAssertGreaterThan(relativeL2(try latents("lat25.safetensors"), try latents("lat.safetensors")), 1e-3)
+        let weak = try arcflow(["generate", "--model", "t", "--embeddings", "\(b)/case.safetensors", "--negative-embeddings", "\(b)/case.safetensors",
+                                "--seed", "1", "--true-cfg-scale", "1", "--output-latents", "l.safetensors"])
+        XCTAssertEqual(weak.status, 2)
+        XCTAssertTrue(weak.err.contains("--true-cfg-scale must be greater than 1, got 1.0"), weak.err)
 
         // A file holding only prompt_embeds works as the negative too (here: the prompt itself,
         // which makes the guidance a no-op: the prompt-only teacher's latents).

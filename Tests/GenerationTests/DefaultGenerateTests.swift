@@ -211,6 +211,14 @@ final class DefaultGenerateTests: XCTestCase {
         XCTAssertEqual(own.status, 0, own.err)
         let ownLatents = try SafeTensorsStore(path: "\(work)/own.safetensors").tensor("latents")
         XCTAssertLessThan(relativeL2(ownLatents, teacher), 1e-6)
+        // The scale is read at run time: another one changes nothing here (u_neg = u), and a model
+        // without true CFG refuses it in one line.
+        let scaled = try arcflow(["generate", "--model", "cfg", "--embeddings", "e.safetensors", "--negative-embeddings", "e.safetensors",
+                                  "--true-cfg-scale", "7", "--seed", "2", "--output-latents", "scaled.safetensors"], in: work)
+        XCTAssertEqual(scaled.status, 0, scaled.err)
+        XCTAssertLessThan(relativeL2(try SafeTensorsStore(path: "\(work)/scaled.safetensors").tensor("latents"), teacher), 1e-6)
+        assertOneLineError(try arcflow(["generate", "--model", "teacher", "--embeddings", "e.safetensors", "--true-cfg-scale", "3", "--seed", "2",
+                                        "--output-latents", "l.safetensors"], in: work), contains: "takes no true-CFG scale at run time")
         let e = try SafeTensorsStore(path: "\(work)/e.safetensors")
         try writeSafeTensors(try ["prompt_embeds", "pooled_prompt_embeds"].flatMap { name -> [TensorRecord] in
             let t = try e.tensor(name)

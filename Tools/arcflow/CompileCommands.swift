@@ -82,10 +82,10 @@ let compileSpec = CommandSpec(
         OptionSpec(names: ["--width"], value: "W", help: "FLUX: image width in pixels, a multiple of 16"),
         OptionSpec(names: ["--text-tokens"], value: "T", help: "prompt tokens (FLUX: default 512, T5's padded length; Qwen-Image: required, the prompt's own length)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "FLUX: embedded guidance, the default of `generate --guidance` (default 3.5; only for guidance-distilled models)"),
-        OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler)"),
+        OptionSpec(names: ["--shift"], value: "S", help: "FLUX: fixed σ shift instead of the default (the adapter's arcflow_shift, else 3.2, for arc; the scheduler config's for euler: --shift replaces that whole schedule, shift_terminal included)"),
         OptionSpec(names: ["--clip-tokenizer"], value: "slow|fast", help: "--pipeline: the CLIP tokenizer to reproduce: transformers 4's CLIPTokenizer (slow) or the tokenizers library's, transformers 5's (fast); default: that of the transformers that saved tokenizer/ (fast when its tokenizer_config.json says \"backend\": \"tokenizers\")"),
         OptionSpec(names: ["--latent-size"], value: "HxW", help: "--transformer: the latent grid directly (pixel-space models such as the embedded default), instead of --height/--width ÷ 8"),
-        OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does"),
+        OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "--transformer, --sampler euler: true classifier-free guidance with a negative prompt (negative_prompt_embeds, and FLUX's negative_pooled_prompt_embeds), combined as the family's diffusers pipeline does; the default of `generate --true-cfg-scale`"),
         OptionSpec(names: ["--negative-text-tokens"], value: "T2", help: "Qwen-Image, --true-cfg-scale: the negative prompt's tokens when not --text-tokens (QwenImagePipeline encodes each prompt at its own length; then two evaluations per step instead of one batch of 2)"),
         OptionSpec(names: ["--weights-dtype"], value: "auto|f32|bf16|f16|int8",
                    help: "storage type of the GEMM weight panels (default auto: the checkpoint's; f32 keeps weights exact; int8: symmetric, quantize-weights, --pass-option quantize-weights.group=32|channel)"),
@@ -204,6 +204,7 @@ func fluxProgram(_ args: ParsedArguments, transformer: String) throws -> FluxPro
         o = FluxOptions(height: height, width: width)
     }
     o.cfgScale = try args.double("--true-cfg-scale", spec)
+    o.cfgScaleInput = true   // `generate --true-cfg-scale S` without a new compile
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.guidance = try args.double("--guidance", spec)
     o.guidanceInput = true   // `generate --guidance G` without a new compile

@@ -30,7 +30,9 @@ func generateDefault(_ args: ParsedArguments) throws {
     for flag in ["--embeddings", "--noise", "--output-latents"] where args.has(flag) && args.has("--grid") {
         throw UsageError("\(flag) does not go with --grid", generateSpec)
     }
-    if args.has("--embeddings") { throw UsageError("--embeddings runs a compiled sampler: give it with --model", generateSpec) }
+    for flag in ["--embeddings", "--true-cfg-scale"] where args.has(flag) {
+        throw UsageError("\(flag) goes with a compiled sampler: give it with --model and --embeddings", generateSpec)
+    }
     if args.has("--teacher") && args.has("--baseline") { throw UsageError("give --teacher or --baseline, not both", generateSpec) }
     if args.has("--guidance") && !args.has("--teacher") {
         throw UsageError("--guidance goes with --teacher (the students absorbed the teacher's guidance; they take none)", generateSpec)

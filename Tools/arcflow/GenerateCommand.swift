@@ -39,6 +39,7 @@ let generateSpec = CommandSpec(
         OptionSpec(names: ["--shard"], value: "K/N", help: "with --prompts: render only the lines whose index mod N is K"),
         OptionSpec(names: ["--output-latents"], value: "L.safetensors", help: "also write the final latents [1, C, H/8, W/8]"),
         OptionSpec(names: ["--embeddings"], value: "E.safetensors", help: "sampler only: prompt_embeds and pooled_prompt_embeds instead of a prompt"),
+        OptionSpec(names: ["--true-cfg-scale"], value: "S", help: "sampler only, a teacher compiled with --true-cfg-scale: another scale (> 1) for this run (default: the compiled one)"),
         OptionSpec(names: ["--negative-embeddings"], value: "NE.safetensors", help: "sampler only, true CFG: the negative prompt's embeddings (Qwen-Image: required; FLUX: else E's negative_*)"),
         OptionSpec(names: ["--teacher"], value: nil, help: "default model: the teacher (Euler with classifier-free guidance) instead of the ArcFlow student"),
         OptionSpec(names: ["--steps"], value: "N", help: "default model: the teacher's Euler steps (default 28, model.json's); a student's NFE (default 2, what it was distilled for; more to measure what the step count costs)"),
@@ -63,7 +64,9 @@ func generateCommand(_ argv: [String]) throws {
     }
     let modelPath = try args.required("--model", generateSpec)
     if args.has("--embeddings") { return try generateLatentsFromEmbeddings(args) }
-    if args.has("--negative-embeddings") { throw UsageError("--negative-embeddings goes with --embeddings (a compiled sampler run alone)", generateSpec) }
+    for flag in ["--negative-embeddings", "--true-cfg-scale"] where args.has(flag) {
+        throw UsageError("\(flag) goes with --embeddings (a compiled sampler run alone)", generateSpec)
+    }
     let loadStart = monotonicSeconds()
     try checkPromptArguments(args)
     let pipeline = try CompiledPipeline(folder: modelPath, threads: try threadCount(args, generateSpec))
@@ -85,6 +88,26 @@ func guidanceOption(_ args: ParsedArguments, reads: Bool, folder: String) throws
                        + "compiled with the scale fixed by an older arcflow: recompile it)")
     }
     return g
+}
+
+/// The `true_cfg_scale` input of a teacher compiled with true CFG: `--true-cfg-scale S` (> 1, as
+/// the diffusers pipelines guide only then), else the compiled default; nil for a model without
+/// it, where the flag is an error (compiled without true CFG, or by an arcflow that fixed it).
+func trueCFGScaleOption(_ args: ParsedArguments, _ model: LoadedModel) throws -> Tensor? {
+    let reads = model.executable.inputs.contains { $0.name == trueCFGScaleInput }
+    let given = try args.double("--true-cfg-scale", generateSpec)
+    if let s = given {
+        guard s > 1, s.isFinite else { throw UsageError("--true-cfg-scale must be greater than 1, got \(s)", generateSpec) }
+        guard reads else {
+            throw ArcError("--true-cfg-scale: \(try args.required("--model", generateSpec)) takes no true-CFG scale at run time (compiled "
+                           + "without --true-cfg-scale, or with the scale fixed by an older arcflow: recompile it)")
+        }
+    }
+    guard reads else { return nil }
+    guard let s = given ?? model.manifest.model["true_cfg_scale"].flatMap(Double.init) else {
+        throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'true_cfg_scale'; give --true-cfg-scale S")
+    }
+    return Tensor(.f32([1]), [Float(s)])
 }
 
 /// The checks of --prompt/--prompts/-o made before any (slow) load, so a mistake is the only line printed.
@@ -258,7 +281,8 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     try checkNegativeEmbeddings(args, model)
     let readsGuidance = model.executable.inputs.contains { $0.name == "guidance" }
     let guidance = try guidanceOption(args, reads: readsGuidance, folder: try args.required("--model", generateSpec))
-    if isQwenImageSampler(model) { return try generateQwenImageLatents(args, model, embeddings: embeddingsPath, output: outPath) }
+    let cfgScale = try trueCFGScaleOption(args, model)
+    if isQwenImageSampler(model) { return try generateQwenImageLatents(args, model, embeddings: embeddingsPath, output: outPath, cfgScale: cfgScale) }
     let m = model.manifest
     guard m.model["family"] == "flux", let nfe = Int(m.model["nfe"] ?? "") else {
         throw ArcError("\(try args.required("--model", generateSpec)) is not a compiled FLUX sampler; use `arcflow run` for IR graphs")
@@ -267,6 +291,7 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     let hint = "the model was compiled for \(m.model["width"] ?? "?")×\(m.model["height"] ?? "?") pixels (width × height) and \(m.model["text_tokens"] ?? "?") text tokens"
     var inputs = ["prompt_embeds": try readTensor(embeddingsPath, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint),
                   "pooled_prompt_embeds": try readTensor(embeddingsPath, "pooled_prompt_embeds", want: binding("pooled_prompt_embeds").type, hint: hint)]
+    if let s = cfgScale { inputs[trueCFGScaleInput] = s }
     if readsGuidance {
         inputs["guidance"] = Tensor(.f32([1]), [Float(guidance ?? m.model["guidance"].flatMap(Double.init) ?? FluxModel.defaultGuidance)])
     }

@@ -35,6 +35,7 @@ func qwenImageProgram(_ args: ParsedArguments, transformer: String) throws -> Tr
     var o = QwenImageOptions(height: height, width: width)
     (o.sampler, o.shift, o.steps, o.textTokens) = try transformerSamplerFlags(args, hasAdapter: adapter != nil)
     o.trueCFGScale = try args.double("--true-cfg-scale", spec)
+    o.trueCFGScaleInput = true   // `generate --true-cfg-scale S` without a new compile
     o.negativeTextTokens = try args.int("--negative-text-tokens", spec, min: 1)
     let program = try QwenImageModel.sampler(checkpoint, adapter: adapter, options: o)
     // Said once the model is built, so that an error stays the only line.
@@ -63,7 +64,7 @@ func checkNegativeEmbeddings(_ args: ParsedArguments, _ model: LoadedModel) thro
 
 /// `generate --embeddings` for a compiled Qwen-Image sampler: `prompt_embeds` [1, T, D] (no pooled
 /// embedding), the negative prompt's with true CFG, noise or a seed → latents [1, C, H/8, W/8].
-func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, embeddings: String, output: String) throws {
+func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, embeddings: String, output: String, cfgScale: Tensor?) throws {
     let m = model.manifest
     guard let nfe = Int(m.model["nfe"] ?? "") else { throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'nfe'") }
     func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
@@ -87,8 +88,9 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
     } else {
         inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
+    if let s = cfgScale { inputs[trueCFGScaleInput] = s }
     for note in notes { stderrLine("arcflow: \(note)") }  // once every input has been read
-    let cfg = m.model["true_cfg_scale"].map {
+    let cfg = cfgScale.map { String($0.data[0]) }.map {
         ", true CFG \($0) (" + (m.model["negative_text_tokens"] != nil ? "a negative prompt of its own length: two evaluations per step" : "prompt and negative prompt batched") + ")"
     } ?? ""
     // A negative of its own length is a second evaluation per step (the manifest's nfe counts steps).
