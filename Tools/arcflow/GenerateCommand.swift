@@ -20,7 +20,7 @@ let generateSpec = CommandSpec(
            arcflow generate --model OUT --prompts FILE -o DIR [--seed S] [--shard K/N] [--guidance G]
            arcflow generate --model SAMPLER --embeddings E.safetensors (--noise N.safetensors | --seed S) --output-latents L.safetensors [--guidance G]
            arcflow generate --model CFG_SAMPLER --embeddings E.safetensors [--negative-embeddings NE.safetensors]
-                            (--noise N.safetensors | --seed S) --output-latents L.safetensors
+                            (--noise N.safetensors | --seed S) --output-latents L.safetensors [--true-cfg-scale S]
     """,
     summary: """
     Generate images: without --model, with the embedded default model (models/shapes: a 64×64 shapes-world
