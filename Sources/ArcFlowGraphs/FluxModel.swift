@@ -167,9 +167,7 @@ public enum FluxModel {
             "joint_attention_dim": String(config.jointAttentionDim), "pooled_projection_dim": String(config.pooledProjectionDim),
         ]
         if let g = guidance { manifest["guidance"] = String(g) }
-        if case .input = scale { manifest["guidance_input"] = "true" }
         if let g = o.cfgScale { manifest["true_cfg_scale"] = String(g) }
-        if o.cfgScale != nil && o.cfgScaleInput { manifest["true_cfg_scale_input"] = "true" }
         if let p = config.imagePositions { manifest["image_positions"] = p.rawValue }
         if let a = adapter { manifest["components"] = String(a.components) }
         return FluxProgram(module: Module(graph), weights: store(checkpoint, adapter, net), manifest: manifest, sigmas: sigmas)

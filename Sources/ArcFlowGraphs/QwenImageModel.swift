@@ -94,7 +94,6 @@ public enum QwenImageModel {
             "joint_attention_dim": String(checkpoint.config.jointAttentionDim),
         ]
         if let s = o.trueCFGScale { manifest["true_cfg_scale"] = String(s) }
-        if o.trueCFGScale != nil && o.trueCFGScaleInput { manifest["true_cfg_scale_input"] = "true" }
         if let n = negative { manifest["negative_text_tokens"] = String(n.net.textTokens) }
         if let a = adapter { manifest["components"] = String(a.components) }
         return TransformerProgram(module: Module(try b.finish()), weights: store(checkpoint, adapter, net, negative?.net),

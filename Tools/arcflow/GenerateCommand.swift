@@ -70,44 +70,43 @@ func generateCommand(_ argv: [String]) throws {
     let loadStart = monotonicSeconds()
     try checkPromptArguments(args)
     let pipeline = try CompiledPipeline(folder: modelPath, threads: try threadCount(args, generateSpec))
-    if let g = try guidanceOption(args, reads: pipeline.takesGuidance, folder: modelPath) { pipeline.guidance = g }
+    pipeline.guidance = try RunTimeScale.guidance.value(args, inputs: pipeline.sampler.executable.inputs, folder: modelPath,
+                                                        compiled: pipeline.manifest.guidance ?? FluxModel.defaultGuidance)
     let m = pipeline.manifest
     stderrLine(String(format: "arcflow: loaded %@ (%@ sampler, %d steps, %d×%d) in %.2f s", modelPath, m.sampler, m.steps,
                       m.width, m.height, monotonicSeconds() - loadStart))
     try generateImages(args, pipeline)
 }
 
-/// `--guidance G` for a compiled FLUX model, checked against the model: nil when not given; an
-/// error when the model has no guidance input (no guidance embedder, or compiled before the scale
-/// became an input, so it is fixed in the library).
-func guidanceOption(_ args: ParsedArguments, reads: Bool, folder: String) throws -> Double? {
-    guard let g = try args.double("--guidance", generateSpec) else { return nil }
-    guard g.isFinite else { throw UsageError("--guidance must be a finite number, got \(g)", generateSpec) }
-    guard reads else {
-        throw ArcError("--guidance: \(folder) takes no guidance scale at run time (its transformer has no guidance embedder, or it was "
-                       + "compiled with the scale fixed by an older arcflow: recompile it)")
-    }
-    return g
-}
+/// A scale a compiled sampler reads at run time from an input f32[1]: the two of them, FLUX's
+/// embedded guidance and a teacher's true-CFG scale, share the flag handling.
+struct RunTimeScale {
+    var flag: String, input: String
+    /// The flag's rule (nil: the value is fine), for the usage error.
+    var rule: (Double) -> String?
+    /// Why a model may lack the input, for the error when the flag is given anyway.
+    var missing: String
 
-/// The `true_cfg_scale` input of a teacher compiled with true CFG: `--true-cfg-scale S` (> 1, as
-/// the diffusers pipelines guide only then), else the compiled default; nil for a model without
-/// it, where the flag is an error (compiled without true CFG, or by an arcflow that fixed it).
-func trueCFGScaleOption(_ args: ParsedArguments, _ model: LoadedModel) throws -> Tensor? {
-    let reads = model.executable.inputs.contains { $0.name == trueCFGScaleInput }
-    let given = try args.double("--true-cfg-scale", generateSpec)
-    if let s = given {
-        guard s > 1, s.isFinite else { throw UsageError("--true-cfg-scale must be greater than 1, got \(s)", generateSpec) }
-        guard reads else {
-            throw ArcError("--true-cfg-scale: \(try args.required("--model", generateSpec)) takes no true-CFG scale at run time (compiled "
-                           + "without --true-cfg-scale, or with the scale fixed by an older arcflow: recompile it)")
+    static let guidance = RunTimeScale(flag: "--guidance", input: "guidance", rule: { $0.isFinite ? nil : "must be a finite number" },
+                                       missing: "takes no guidance scale at run time (its transformer has no guidance embedder, or it was "
+                                           + "compiled with the scale fixed by an older arcflow: recompile it)")
+    /// > 1, as the diffusers pipelines guide only then.
+    static let trueCFG = RunTimeScale(flag: "--true-cfg-scale", input: trueCFGScaleInput, rule: { $0 > 1 && $0.isFinite ? nil : "must be greater than 1" },
+                                      missing: "takes no true-CFG scale at run time (compiled without --true-cfg-scale, or with the scale fixed "
+                                          + "by an older arcflow: recompile it)")
+
+    /// The flag's value, else `compiled` (the manifest's default); nil for a model without the
+    /// input, where giving the flag is an error.
+    func value(_ args: ParsedArguments, inputs: [Binding], folder: String, compiled: Double?) throws -> Double? {
+        let given = try args.double(flag, generateSpec)
+        if let v = given, let why = rule(v) { throw UsageError("\(flag) \(why), got \(v)", generateSpec) }
+        guard inputs.contains(where: { $0.name == input }) else {
+            if given != nil { throw ArcError("\(flag): \(folder) \(missing)") }
+            return nil
         }
+        guard let v = given ?? compiled else { throw ArcError("\(folder): manifest has no default for \(input); give \(flag)") }
+        return v
     }
-    guard reads else { return nil }
-    guard let s = given ?? model.manifest.model["true_cfg_scale"].flatMap(Double.init) else {
-        throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'true_cfg_scale'; give --true-cfg-scale S")
-    }
-    return Tensor(.f32([1]), [Float(s)])
 }
 
 /// The checks of --prompt/--prompts/-o made before any (slow) load, so a mistake is the only line printed.
@@ -279,11 +278,16 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     if args.has("--noise") == args.has("--seed") { throw UsageError("give exactly one of --noise and --seed", generateSpec) }
     let model = try loadModel(args, generateSpec)
     try checkNegativeEmbeddings(args, model)
-    let readsGuidance = model.executable.inputs.contains { $0.name == "guidance" }
-    let guidance = try guidanceOption(args, reads: readsGuidance, folder: try args.required("--model", generateSpec))
-    let cfgScale = try trueCFGScaleOption(args, model)
-    if isQwenImageSampler(model) { return try generateQwenImageLatents(args, model, embeddings: embeddingsPath, output: outPath, cfgScale: cfgScale) }
     let m = model.manifest
+    // The run-time scales, as inputs [1] (those the model reads).
+    var scales: [String: Tensor] = [:]
+    for (scale, compiled) in [(RunTimeScale.guidance, m.model["guidance"].flatMap(Double.init) ?? FluxModel.defaultGuidance),
+                              (RunTimeScale.trueCFG, m.model["true_cfg_scale"].flatMap(Double.init))] {
+        if let v = try scale.value(args, inputs: model.executable.inputs, folder: try args.required("--model", generateSpec), compiled: compiled) {
+            scales[scale.input] = Tensor(.f32([1]), [Float(v)])
+        }
+    }
+    if isQwenImageSampler(model) { return try generateQwenImageLatents(args, model, embeddings: embeddingsPath, output: outPath, scales: scales) }
     guard m.model["family"] == "flux", let nfe = Int(m.model["nfe"] ?? "") else {
         throw ArcError("\(try args.required("--model", generateSpec)) is not a compiled FLUX sampler; use `arcflow run` for IR graphs")
     }
@@ -291,10 +295,7 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
     let hint = "the model was compiled for \(m.model["width"] ?? "?")×\(m.model["height"] ?? "?") pixels (width × height) and \(m.model["text_tokens"] ?? "?") text tokens"
     var inputs = ["prompt_embeds": try readTensor(embeddingsPath, "prompt_embeds", want: binding("prompt_embeds").type, hint: hint),
                   "pooled_prompt_embeds": try readTensor(embeddingsPath, "pooled_prompt_embeds", want: binding("pooled_prompt_embeds").type, hint: hint)]
-    if let s = cfgScale { inputs[trueCFGScaleInput] = s }
-    if readsGuidance {
-        inputs["guidance"] = Tensor(.f32([1]), [Float(guidance ?? m.model["guidance"].flatMap(Double.init) ?? FluxModel.defaultGuidance)])
-    }
+    inputs.merge(scales) { $1 }
     if model.executable.inputs.contains(where: { $0.name == negativeEmbeddingsInput }) {
         // A sampler compiled with --true-cfg-scale: the unconditional branch comes from
         // --negative-embeddings (negative_* names, or a file made for --embeddings), else from the

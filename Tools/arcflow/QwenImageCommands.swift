@@ -64,7 +64,7 @@ func checkNegativeEmbeddings(_ args: ParsedArguments, _ model: LoadedModel) thro
 
 /// `generate --embeddings` for a compiled Qwen-Image sampler: `prompt_embeds` [1, T, D] (no pooled
 /// embedding), the negative prompt's with true CFG, noise or a seed → latents [1, C, H/8, W/8].
-func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, embeddings: String, output: String, cfgScale: Tensor?) throws {
+func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, embeddings: String, output: String, scales: [String: Tensor]) throws {
     let m = model.manifest
     guard let nfe = Int(m.model["nfe"] ?? "") else { throw ArcError("\(try args.required("--model", generateSpec)): manifest has no 'nfe'") }
     func binding(_ name: String) -> Binding { model.executable.inputs.first { $0.name == name }! }
@@ -88,9 +88,9 @@ func generateQwenImageLatents(_ args: ParsedArguments, _ model: LoadedModel, emb
     } else {
         inputs["noise"] = seededNoise(binding("noise").type, seed: try args.int("--seed", generateSpec, min: 0)!)
     }
-    if let s = cfgScale { inputs[trueCFGScaleInput] = s }
+    inputs.merge(scales) { $1 }
     for note in notes { stderrLine("arcflow: \(note)") }  // once every input has been read
-    let cfg = cfgScale.map { String($0.data[0]) }.map {
+    let cfg = scales[trueCFGScaleInput].map { String($0.data[0]) }.map {
         ", true CFG \($0) (" + (m.model["negative_text_tokens"] != nil ? "a negative prompt of its own length: two evaluations per step" : "prompt and negative prompt batched") + ")"
     } ?? ""
     // A negative of its own length is a second evaluation per step (the manifest's nfe counts steps).
