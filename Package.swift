@@ -13,8 +13,9 @@ let package = Package(
         .target(name: "IR", path: "Sources/IR"),
         .target(name: "Passes", dependencies: ["IR"], path: "Sources/Passes"),
         .target(name: "Codegen", dependencies: ["IR"], path: "Sources/Codegen",
-                // The C prelude, one file per kernel family (CCodegen.preludeFamilies sets their order).
-                resources: ["common", "elementwise", "conversions", "norms", "gemm", "gemm_int8", "attention", "autodiff"]
+                // The C prelude, one file per kernel family (CCodegen.preludeFamilies sets their order), and
+                // api.h, the declarations generated code sees of the families it links (CCodegen.kernelHeader).
+                resources: ["common", "elementwise", "conversions", "norms", "gemm", "gemm_int8", "attention", "autodiff", "api"]
                     .map { .embedInCode("Prelude/\($0).h") }),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen"], path: "Sources/Runtime"),
         // Image files (PNG): not the compiler, so not Runtime; used by generation and training plots.

@@ -5,8 +5,10 @@ import IR
 
 /// A content-addressed cache of compiled libraries: `<root>/<key>/lib.so` with its SHA-256 in
 /// `lib.so.sha256`. The key hashes the C sources, the codegen version, the compiler identity and
-/// flags and the CPU features. Entries appear by directory rename, so a reader sees all or nothing;
-/// an entry whose library no longer matches its hash is deleted and rebuilt, never loaded.
+/// flags and the CPU features. The prelude object every library links is an entry too
+/// (`<root>/<key>/prelude.o`, keyed by its source and the same build identity). Entries appear by
+/// directory rename, so a reader sees all or nothing; an entry whose file no longer matches its
+/// hash is deleted and rebuilt, never loaded.
 /// Concurrent compiles of one library build it once: the builder holds `<root>/.<key>.lock`
 /// (flock, released by the kernel even if the builder is killed) and the others wait, then hit.
 /// Build folders are `.<key>.tmp.<pid>.<random>`; one whose process is dead is removed by the next build.
@@ -28,12 +30,29 @@ public struct BuildCache {
         return (env["HOME"] ?? NSTemporaryDirectory()) + "/.cache/arcflow"
     }
 
-    public func key(for program: CProgram) -> String {
+    /// The hash of what every entry depends on besides its sources: codegen version, compiler,
+    /// flags and CPU features.
+    private func hasher() -> SHA256 {
         var h = SHA256()
         h.update(codegenVersion)
         h.update(toolchain.identity)
         h.update((toolchain.compileFlags + toolchain.linkFlags).joined(separator: " "))
         h.update(cpuFeatureHash())
+        return h
+    }
+
+    /// The key of the prelude object `program` links.
+    public func preludeKey(for program: CProgram) -> String {
+        var h = hasher()
+        h.update("prelude object")
+        h.update(program.prelude.name)
+        h.update(program.prelude.text)
+        return SHA256.hex(h.finalize())
+    }
+
+    public func key(for program: CProgram) -> String {
+        var h = hasher()
+        h.update(preludeKey(for: program))
         for s in program.sources { h.update(s.name); h.update(s.text) }
         return SHA256.hex(h.finalize())
     }
@@ -48,70 +67,83 @@ public struct BuildCache {
     }
 
     /// Returns a verified library for `program`, building it if the cache has no valid entry.
+    /// The prelude object it links is an entry of its own (`prelude.o`), built by the first
+    /// library that needs it: the heavy kernel families compile once per compiler, flags and CPU.
     public func library(for program: CProgram) throws -> Entry {
+        let prelude = try entry(key: preludeKey(for: program), file: "prelude.o", what: "the kernel prelude") { tmp in
+            try program.prelude.text.write(toFile: "\(tmp)/\(program.prelude.name)", atomically: false, encoding: .utf8)
+            let compile = toolchain.compileCommand(source: "\(tmp)/\(program.prelude.name)", object: "\(tmp)/prelude.o")
+            try check(try runProcess(compile[0], Array(compile.dropFirst())), compile)
+            return [compile]
+        }
+        return try entry(key: key(for: program), file: "lib.so", what: "\(program.sources.count) translation units") { tmp in
+            // Compile every translation unit in parallel, then link them with the prelude object.
+            var commands: [[String]] = []
+            var objects: [String] = []
+            for s in program.sources {
+                try s.text.write(toFile: "\(tmp)/\(s.name)", atomically: false, encoding: .utf8)
+                let obj = "\(tmp)/\(s.name).o"
+                commands.append(toolchain.compileCommand(source: "\(tmp)/\(s.name)", object: obj))
+                objects.append(obj)
+            }
+            var results = [Result<ProcessResult, Error>?](repeating: nil, count: commands.count)
+            let lock = NSLock()
+            DispatchQueue.concurrentPerform(iterations: commands.count) { i in
+                let r = Result { try runProcess(commands[i][0], Array(commands[i].dropFirst())) }
+                lock.lock(); results[i] = r; lock.unlock()
+            }
+            for (i, r) in results.enumerated() {
+                try check(try r!.get(), commands[i])
+            }
+            let link = toolchain.linkCommand(objects: objects + [prelude.path], output: "\(tmp)/lib.so")
+            try check(try runProcess(link[0], Array(link.dropFirst())), link)
+            for o in objects { try? FileManager.default.removeItem(atPath: o) }
+            return prelude.commands + commands + [link]
+        }
+    }
+
+    /// The entry `key` holding `file`: the cached one if it is whole, else built by `build` (which
+    /// makes `file` in the folder it is given and returns the commands it ran). One builder per key
+    /// across processes: the others wait on the lock, then find its entry. The build folder is
+    /// published by rename, so a reader sees all or nothing.
+    private func entry(key: String, file: String, what: String, build: (_ folder: String) throws -> [[String]]) throws -> Entry {
         let fm = FileManager.default
-        let key = key(for: program)
         let dir = "\(root)/\(key)"
-        let lib = "\(dir)/lib.so"
-        if let hit = cachedEntry(key: key) { return hit }
+        if let hit = cachedEntry(key: key, file: file) { return hit }
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
-        // One builder per key across processes: the others wait on the lock, then find its entry.
         let buildLock = try FileLock("\(root)/.\(key).lock") { log("waiting for another process building \(key.prefix(16))") }
         defer { buildLock.unlock() }
-        if let hit = cachedEntry(key: key) { return hit }
+        if let hit = cachedEntry(key: key, file: file) { return hit }
         for name in TemporaryFiles.removeStale(in: root) { log("removed \(name), left by a build that did not finish") }
         let tmp = TemporaryFiles.path(for: dir)
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         defer { try? fm.removeItem(atPath: tmp) }
-        log("building \(key.prefix(16)) (\(program.sources.count) translation units)")
-
-        // Compile every translation unit in parallel, then link.
-        var commands: [[String]] = []
-        var objects: [String] = []
-        for s in program.sources {
-            try s.text.write(toFile: "\(tmp)/\(s.name)", atomically: false, encoding: .utf8)
-            let obj = "\(tmp)/\(s.name).o"
-            commands.append(toolchain.compileCommand(source: "\(tmp)/\(s.name)", object: obj))
-            objects.append(obj)
-        }
-        var results = [Result<ProcessResult, Error>?](repeating: nil, count: commands.count)
-        let lock = NSLock()
-        DispatchQueue.concurrentPerform(iterations: commands.count) { i in
-            let r = Result { try runProcess(commands[i][0], Array(commands[i].dropFirst())) }
-            lock.lock(); results[i] = r; lock.unlock()
-        }
-        for (i, r) in results.enumerated() {
-            try check(try r!.get(), commands[i])
-        }
-        let link = toolchain.linkCommand(objects: objects, output: "\(tmp)/lib.so")
-        commands.append(link)
-        try check(try runProcess(link[0], Array(link.dropFirst())), link)
-        try sha256(ofFile: "\(tmp)/lib.so").write(toFile: "\(tmp)/lib.so.sha256", atomically: false, encoding: .utf8)
+        log("building \(key.prefix(16)) (\(what))")
+        let commands = try build(tmp)
+        try sha256(ofFile: "\(tmp)/\(file)").write(toFile: "\(tmp)/\(file).sha256", atomically: false, encoding: .utf8)
         try commands.map { $0.joined(separator: " ") }.joined(separator: "\n")
             .write(toFile: "\(tmp)/commands.txt", atomically: false, encoding: .utf8)
-        for s in program.sources { try? fm.removeItem(atPath: "\(tmp)/\(s.name).o") }
-
         // Publish by rename; if another process won the race, use its entry.
-        if rename(tmp, dir) != 0 && !fm.fileExists(atPath: lib) {
+        if rename(tmp, dir) != 0 && !fm.fileExists(atPath: "\(dir)/\(file)") {
             throw ArcError("cannot publish cache entry \(dir): \(String(cString: strerror(errno)))")
         }
-        return Entry(path: lib, key: key, cacheHit: false, commands: commands)
+        return Entry(path: "\(dir)/\(file)", key: key, cacheHit: false, commands: commands)
     }
 
-    /// The entry for `key` if it is whole and its library matches its recorded SHA-256; a
+    /// The entry for `key` if it is whole and its `file` matches its recorded SHA-256; a
     /// corrupted entry (any file missing, unreadable or altered) is deleted and nil returned, so
     /// the caller rebuilds it. Cache entries are files on disk: this is a reader of untrusted input.
-    public func cachedEntry(key: String) -> Entry? {
+    public func cachedEntry(key: String, file: String = "lib.so") -> Entry? {
         let fm = FileManager.default
         let dir = "\(root)/\(key)"
-        let lib = "\(dir)/lib.so"
+        let path = "\(dir)/\(file)"
         guard fm.fileExists(atPath: dir) else { return nil }
-        if let data = try? readInputFile(lib + ".sha256", limit: 4096),
+        if let data = try? readInputFile(path + ".sha256", limit: 4096),
            let expected = String(data: data, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines),
-           let actual = try? sha256(ofFile: lib), expected == actual {
+           let actual = try? sha256(ofFile: path), expected == actual {
             let text = (try? readInputFile("\(dir)/commands.txt", limit: 1 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
             let commands = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
-            return Entry(path: lib, key: key, cacheHit: true, commands: commands)
+            return Entry(path: path, key: key, cacheHit: true, commands: commands)
         }
         log("cache entry \(key.prefix(16)) is corrupted; rebuilding")
         try? fm.removeItem(atPath: dir)

@@ -186,10 +186,11 @@ public enum ModelCompiler {
         return found
     }
 
+    /// Writes what the library is built from: the generated C and the prelude object's source.
     static func dumpC(_ program: CProgram, _ dir: String?) throws {
         guard let dir else { return }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        for s in program.sources { try writeAtomically(s.text, to: "\(dir)/\(s.name)") }
+        for s in program.sources + [program.prelude] { try writeAtomically(s.text, to: "\(dir)/\(s.name)") }
     }
 
     /// Writes the model folder: `model.so`, `weights.safetensors`, `manifest.json`, `model.ir`.

@@ -189,12 +189,16 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
         XCTAssertEqual(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"]).status, 0)
         let cache = "\(dir)/cache"
+        // Two entries: the library and the prelude object it links. Both corrupted, both rebuilt.
         let entries = try FileManager.default.contentsOfDirectory(atPath: cache).filter { !$0.hasPrefix(".") }
-        XCTAssertEqual(entries.count, 1)
-        try Data("garbage".utf8).write(to: URL(fileURLWithPath: "\(cache)/\(entries[0])/lib.so"))
+        XCTAssertEqual(entries.count, 2)
+        for e in entries {
+            let file = FileManager.default.fileExists(atPath: "\(cache)/\(e)/lib.so") ? "lib.so" : "prelude.o"
+            try Data("garbage".utf8).write(to: URL(fileURLWithPath: "\(cache)/\(e)/\(file)"))
+        }
         let r = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m", "-v"])
         XCTAssertEqual(r.status, 0, r.err)
-        XCTAssertTrue(r.err.contains("is corrupted; rebuilding"), r.err)
+        XCTAssertEqual(r.err.components(separatedBy: "is corrupted; rebuilding").count - 1, 2, r.err)
         XCTAssertTrue(r.out.contains("library built"), r.out)
         // A corrupted model folder is refused, not loaded.
         try Data("garbage".utf8).write(to: URL(fileURLWithPath: "\(dir)/m/model.so"))

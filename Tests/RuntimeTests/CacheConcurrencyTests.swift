@@ -58,10 +58,14 @@ final class CacheConcurrencyTests: XCTestCase {
         }
         XCTAssertEqual(built, 1, "exactly one process builds the library")
         XCTAssertEqual(hits, 7, "the others wait for it and hit the cache")
-        // The cache holds one entry and its lock file, no build folders; the model loads and runs.
+        // The cache holds two entries (the library and the prelude object it links) and their
+        // lock files, no build folders; the model loads and runs.
         let entries = try FileManager.default.contentsOfDirectory(atPath: cache).sorted()
-        XCTAssertEqual(entries.count, 2, "\(entries)")
-        XCTAssertEqual(entries.filter { $0.hasSuffix(".lock") }.count, 1, "\(entries)")
+        XCTAssertEqual(entries.count, 4, "\(entries)")
+        XCTAssertEqual(entries.filter { $0.hasSuffix(".lock") }.count, 2, "\(entries)")
+        let files = entries.filter { !$0.hasSuffix(".lock") }.map { try? FileManager.default.contentsOfDirectory(atPath: "\(cache)/\($0)") }
+        XCTAssertEqual(files.filter { $0?.contains("lib.so") == true }.count, 1, "\(files)")
+        XCTAssertEqual(files.filter { $0?.contains("prelude.o") == true }.count, 1, "\(files)")
         XCTAssertEqual(temporaries(in: "\(dir)/model"), [])
         let model = try LoadedModel.load("\(dir)/model")
         let y = try model.executable.run(["x": Tensor(.f32([8, 64]), [Float](repeating: 0.5, count: 512))])["y"]!

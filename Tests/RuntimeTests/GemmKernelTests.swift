@@ -15,6 +15,23 @@ final class GemmKernelTests: KernelTestCase {
         try assertPreludeCompilesWithoutWarnings(through: "gemm.h")
     }
 
+    /// What every library is built from compiles clean: the prelude object (every family with its
+    /// entry points external, then api.h, which the compiler checks against their definitions) and
+    /// the header of each generated translation unit (the inlined families and api.h). api.h
+    /// declares exactly the families' AF__API functions.
+    func testPreludeObjectAndKernelHeaderCompileWithoutWarnings() throws {
+        try assertCompilesWithoutWarnings(CCodegen.preludeObjectSource, name: "prelude")
+        try assertCompilesWithoutWarnings(CCodegen.kernelHeader, name: "kernel_header")
+        func entryPoints(_ text: String) throws -> Set<String> {
+            let re = try NSRegularExpression(pattern: "^AF__API [a-z]+ (af_[a-z0-9_]+)\\(", options: .anchorsMatchLines)
+            return Set(re.matches(in: text, range: NSRange(text.startIndex..., in: text)).map { String(text[Range($0.range(at: 1), in: text)!]) })
+        }
+        let api = CCodegen.preludeAPI
+        let defined = try entryPoints(CCodegen.preludeFamilies.map(\.text).joined(separator: "\n"))
+        XCTAssertEqual(defined.count, 20, "\(defined.sorted())")
+        XCTAssertEqual(try entryPoints(api), defined)
+    }
+
     func testMatmul() throws {
         // (a shape, b shape, transpose a, transpose b): plain, transposed, batched, unbatched right
         // operand, M = 1 (sgemv) both ways, odd sizes.
@@ -217,7 +234,7 @@ final class GemmKernelTests: KernelTestCase {
         try checkPackedGEMM(.bf16, compute: .bf16, march: "x86-64")
         guard ModelCompiler.cpuHasAVX512BF16() else { throw XCTSkip("this CPU lacks avx512_bf16") }
         let program = try checkPackedGEMM(.auto, compute: .bf16)
-        XCTAssertTrue(program.sources.contains { $0.text.contains("af__gemm_tile_dp") })
+        XCTAssertTrue(program.prelude.text.contains("af__gemm_tile_dp"))
         #endif
     }
 

@@ -109,11 +109,16 @@ func assertPreludeCompilesWithoutWarnings(through family: String, file: StaticSt
     guard let last = families.firstIndex(where: { $0.name == family }) else {
         return XCTFail("no prelude family \(family)", file: file, line: line)
     }
+    try assertCompilesWithoutWarnings(families[...last].map(\.text).joined(separator: "\n"), name: family, file: file, line: line)
+}
+
+/// `text` compiles with -Wall -Wextra -Werror for this CPU, x86-64-v3 and x86-64.
+func assertCompilesWithoutWarnings(_ text: String, name: String, file: StaticString = #filePath, line: UInt = #line) throws {
     let toolchain = try Toolchain.detect()
     let dir = try makeTemporaryDirectory("arcflow-prelude")
     defer { try? FileManager.default.removeItem(atPath: dir) }
-    let source = "\(dir)/\(family).c"
-    try families[...last].map(\.text).joined(separator: "\n").write(toFile: source, atomically: true, encoding: .utf8)
+    let source = "\(dir)/\(name).c"
+    try text.write(toFile: source, atomically: true, encoding: .utf8)
     #if arch(x86_64)
     let arches = ["native", "x86-64-v3", "x86-64"]
     #else
@@ -122,6 +127,6 @@ func assertPreludeCompilesWithoutWarnings(through family: String, file: StaticSt
     for arch in arches {
         let flags = toolchain.compileFlags.map { $0.hasPrefix("-march=") ? "-march=\(arch)" : $0 }
         let r = try runProcess(toolchain.compiler, flags + ["-Wall", "-Wextra", "-Werror", "-c", source, "-o", "\(dir)/out.o"])
-        XCTAssertEqual(r.status, 0, "\(family) with -march=\(arch): \(r.error)", file: file, line: line)
+        XCTAssertEqual(r.status, 0, "\(name) with -march=\(arch): \(r.error)", file: file, line: line)
     }
 }

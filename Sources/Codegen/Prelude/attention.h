@@ -494,24 +494,24 @@ static void af__attention(const float *restrict q, const float *restrict k, cons
     free(buf);
 }
 
-static AF__UNUSED void af_attention_ex(const float *restrict q, const float *restrict k,
-                                       const float *restrict v, const float *restrict bias,
-                                       float *restrict out, long B, long Sq, long Sk, long H,
-                                       long D, float scale, int causal) {
+AF__API void af_attention_ex(const float *restrict q, const float *restrict k,
+                             const float *restrict v, const float *restrict bias,
+                             float *restrict out, long B, long Sq, long Sk, long H,
+                             long D, float scale, int causal) {
     af__attention(q, k, v, bias, out, B, Sq, Sk, H, D, scale, causal, 0);
 }
 
 /* Plain attention with bf16 products (`--compute bf16`; f32 where the CPU has no AVX-512 BF16). */
-static AF__UNUSED void af_attention_bf16(const float *restrict q, const float *restrict k,
-                                         const float *restrict v, float *restrict out, long B, long Sq,
-                                         long Sk, long H, long D, float scale) {
+AF__API void af_attention_bf16(const float *restrict q, const float *restrict k,
+                               const float *restrict v, float *restrict out, long B, long Sq,
+                               long Sk, long H, long D, float scale) {
     af__attention(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0, AF__ATTN_DP);
 }
 
 /* Plain attention: no bias, no mask. */
-static AF__UNUSED void af_attention(const float *restrict q, const float *restrict k,
-                                    const float *restrict v, float *restrict out, long B, long Sq,
-                                    long Sk, long H, long D, float scale) {
+AF__API void af_attention(const float *restrict q, const float *restrict k,
+                          const float *restrict v, float *restrict out, long B, long Sq,
+                          long Sk, long H, long D, float scale) {
     af_attention_ex(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0);
 }
 

@@ -180,19 +180,19 @@ static void af__attention_bwd(const float *restrict q, const float *restrict k,
     free(stats);
 }
 
-static AF__UNUSED void af_attention_grad(const float *restrict q, const float *restrict k,
-                                         const float *restrict v, const float *restrict bias,
-                                         const float *restrict o, const float *restrict dout,
-                                         float *restrict out, long B, long Sq, long Sk, long H,
-                                         long D, float scale, int causal) {
+AF__API void af_attention_grad(const float *restrict q, const float *restrict k,
+                               const float *restrict v, const float *restrict bias,
+                               const float *restrict o, const float *restrict dout,
+                               float *restrict out, long B, long Sq, long Sk, long H,
+                               long D, float scale, int causal) {
     af__attention_bwd(q, k, v, bias, o, dout, out, B, Sq, Sk, H, D, scale, causal, 0);
 }
 
-static AF__UNUSED void af_attention_bias_grad(const float *restrict q, const float *restrict k,
-                                              const float *restrict v, const float *restrict bias,
-                                              const float *restrict o, const float *restrict dout,
-                                              float *restrict out, long B, long Sq, long Sk, long H,
-                                              long D, float scale, int causal) {
+AF__API void af_attention_bias_grad(const float *restrict q, const float *restrict k,
+                                    const float *restrict v, const float *restrict bias,
+                                    const float *restrict o, const float *restrict dout,
+                                    float *restrict out, long B, long Sq, long Sk, long H,
+                                    long D, float scale, int causal) {
     af__attention_bwd(q, k, v, bias, o, dout, out, B, Sq, Sk, H, D, scale, causal, 1);
 }
 
@@ -200,8 +200,8 @@ static AF__UNUSED void af_attention_bias_grad(const float *restrict q, const flo
  * deterministic; the columns of each row are split across threads when the table is wide.
  * An index outside [0, V) is skipped (the interpreter reports it; a kernel must not write
  * memory it does not own). */
-static AF__UNUSED void af_scatter_add(const float *restrict upd, const float *restrict idx,
-                                      float *restrict table, long P, long V, long W) {
+AF__API void af_scatter_add(const float *restrict upd, const float *restrict idx,
+                            float *restrict table, long P, long V, long W) {
     memset(table, 0, sizeof(float) * (size_t)(V * W));
     long chunks = W >= 4096 ? (W + 1023) / 1024 : 1;
 #pragma omp parallel for schedule(static) if (chunks > 1 && P * W >= AF_PAR_MIN_ELEMS)

@@ -1,9 +1,12 @@
 /*
  * arcflow kernel prelude: what every family file builds on.
  *
- * The prelude is one file per kernel family, concatenated in this order at the top of every
- * generated C11 translation unit (several TUs may be linked into one .so), so everything is
- * `static` / `static inline` and there is no global mutable state:
+ * The prelude is one file per kernel family, in this order.  A generated library starts each
+ * C11 translation unit with the light families (common, elementwise, conversions: inlined
+ * into the kernels) and api.h, the declarations of the heavy families' entry points, which
+ * it links from one prelude object (every family, compiled once and cached; see AF__API).
+ * Concatenated without AF_PRELUDE_SHARED the families are all `static` / `static inline`
+ * and build on their own.  There is no global mutable state:
  *   common.h        includes, helper macros, bit casts, the parallel threshold
  *   elementwise.h   af_exp af_expm1 af_tanh af_sigmoid af_silu af_gelu_tanh
  *   conversions.h   af_bf16_to_f32 af_f32_to_bf16 af_f16_to_f32 af_f32_to_f16, af_gather_rows
@@ -55,6 +58,19 @@
 #else
 #define AF__INLINE static inline
 #define AF__UNUSED
+#endif
+
+/* Linkage of the heavy kernels' entry points (norms, GEMM, attention, autodiff: AF__API).  A
+ * generated library compiles these families once, in its prelude object (AF_PRELUDE_SHARED
+ * defined: external functions, hidden inside the .so), cached per compiler, flags and CPU;
+ * its own translation units see only their declarations (api.h).  gcc spent 2 s (-O1) to
+ * 8 s (-O3) of every translation unit instantiating the GEMM and attention micro-kernels,
+ * which is most of what building a library took.  Without AF_PRELUDE_SHARED every entry
+ * point is static, so the concatenated families still build on their own (kernel-bench). */
+#ifdef AF_PRELUDE_SHARED
+#define AF__API __attribute__((visibility("hidden")))
+#else
+#define AF__API static AF__UNUSED
 #endif
 
 /* -std=c11 turns off floating-point contraction in gcc (-ffp-contract=off), so a*b+c is

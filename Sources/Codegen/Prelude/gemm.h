@@ -82,10 +82,10 @@ static void af__conv2d_direct(const float *restrict x, const float *restrict w,
 
 /* out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C, KH, KW]), strides sh, sw, padding ph, pw,
  * dilation dh, dw. */
-static AF__UNUSED void af_conv2d(const float *restrict x, const float *restrict w,
-                                 float *restrict out, long N, long C, long H, long W, long O,
-                                 long KH, long KW, long sh, long sw, long ph, long pw, long dh,
-                                 long dw) {
+AF__API void af_conv2d(const float *restrict x, const float *restrict w,
+                       float *restrict out, long N, long C, long H, long W, long O,
+                       long KH, long KW, long sh, long sw, long ph, long pw, long dh,
+                       long dw) {
     const long Ho = (H + 2 * ph - (KH - 1) * dh - 1) / sh + 1, Wo = (W + 2 * pw - (KW - 1) * dw - 1) / sw + 1;
     const long P = Ho * Wo, K = C * KH * KW;
     if (N <= 0 || O <= 0 || P <= 0) return;
@@ -800,9 +800,9 @@ static AF__UNUSED void af__gemv_i8(const float *restrict a, const void *restrict
  * Scratch: one MB x kc block of A per thread (112 or 344 KB), from the heap; where that fails, a
  * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile).
  * One row of f32 panels: af__gemv_f32. */
-static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
-                                      const float *restrict bias, int act, float *restrict c, long ldc,
-                                      long M, long N, long K) {
+AF__API void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
+                            const float *restrict bias, int act, float *restrict c, long ldc,
+                            long M, long N, long K) {
     if (M == 1 && dt == 0 && N > 0 && K > 0) af__gemv_f32(a, (const float *)b, bias, act, c, N, K);
     else af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, NULL);
 }
@@ -812,8 +812,8 @@ static AF__UNUSED void af_gemm_packed(const float *restrict a, long lda, const v
  * on each call, then the packed GEMM runs, so these GEMMs get the same micro-kernel as inference
  * and do not depend on which kernels OpenBLAS picked (OPENBLAS_CORETYPE).  The copy is O(N K)
  * against the GEMM's O(M N K): KernelEmitter.matmul routes here only where M is large. */
-static AF__UNUSED void af_gemm_f32(const float *restrict a, const float *restrict b, int tb, float *restrict c,
-                                   long M, long N, long K) {
+AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int tb, float *restrict c,
+                         long M, long N, long K) {
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
     float *p = (float *)aligned_alloc(64, (sizeof(float) * (size_t)(panels * K * AF_GEMM_NR) + 63) & ~(size_t)63);
     if (!p) {
@@ -920,13 +920,13 @@ AF__UNUSED static double af__peak_gflops(int bf16) {
 
 /* The fp32 FMA peak of this machine: benchmarks report GFLOP/s against this, not against a data
  * sheet. */
-AF__UNUSED static double af_fma_peak_gflops(void) { return af__peak_gflops(0); }
+AF__API double af_fma_peak_gflops(void) { return af__peak_gflops(0); }
 
 /* The bf16 dot-product peak (`vdpbf16ps`); 0 without AVX-512 BF16.  `--compute bf16` pays off
  * only where this is well above the f32 FMA peak: about twice it on Zen 4 and Zen 5, but half of
  * it on the Intel Xeon measured in session 21, where the mode ran slower than f32 (the rounding of
  * A to bf16 is extra work), so compile compares the two and says so. */
-AF__UNUSED static double af_bf16_peak_gflops(void) {
+AF__API double af_bf16_peak_gflops(void) {
 #if defined(__AVX512BF16__)
     return af__peak_gflops(1);
 #else

@@ -49,9 +49,9 @@ static void af__i8_unpack(const void *restrict b, long p, long K, long g, long k
 /* C[M, N] (row stride ldc) = act(A[M, K] (row stride lda) . B + bias), B int8 panels with
  * groups of g along K (g = K: per output channel) as described above; bias nullable; act an
  * AF_GEMM_ACT_*.  Opens its own parallel region above ~1 MFLOP.  One row: af__gemv_i8. */
-static AF__UNUSED void af_gemm_packed_int8(const float *restrict a, long lda, const void *restrict b, long g,
-                                           const float *restrict bias, int act, float *restrict c, long ldc,
-                                           long M, long N, long K) {
+AF__API void af_gemm_packed_int8(const float *restrict a, long lda, const void *restrict b, long g,
+                                 const float *restrict bias, int act, float *restrict c, long ldc,
+                                 long M, long N, long K) {
     if (M == 1 && N > 0 && K > 0) af__gemv_i8(a, b, af_i8_panel_bytes(K, g), g, bias, act, c, N, K); /* gemm.h */
     else af__gemm_packed_blocks(a, lda, b, 0, bias, act, c, ldc, M, N, K, g, af__i8_unpack);
 }

@@ -126,8 +126,8 @@ AF__INLINE void af__along_middle(af__row_fn row, af__cols_fn cols, const float *
 }
 
 /* y = softmax(x) along the middle axis (max-subtracted). */
-static AF__UNUSED void af_softmax(const float *restrict x, float *restrict y, long outer, long n,
-                                  long inner) {
+AF__API void af_softmax(const float *restrict x, float *restrict y, long outer, long n,
+                        long inner) {
     af__along_middle(af__softmax_row, af__softmax_cols, x, y, outer, n, inner);
 }
 
@@ -188,8 +188,8 @@ static void af__log_softmax_cols(const float *restrict x, float *restrict y, lon
 }
 
 /* y = log_softmax(x) along the middle axis. */
-static AF__UNUSED void af_log_softmax(const float *restrict x, float *restrict y, long outer,
-                                      long n, long inner) {
+AF__API void af_log_softmax(const float *restrict x, float *restrict y, long outer,
+                            long n, long inner) {
     af__along_middle(af__log_softmax_row, af__log_softmax_cols, x, y, outer, n, inner);
 }
 
@@ -293,18 +293,18 @@ static void af__reduce(const float *restrict x, float *restrict y, long outer, l
 }
 
 /* y[o, j] = sum_i x[o, i, j]   (y has shape [outer, inner]) */
-static AF__UNUSED void af_reduce_sum(const float *restrict x, float *restrict y, long outer, long n,
-                                     long inner) {
+AF__API void af_reduce_sum(const float *restrict x, float *restrict y, long outer, long n,
+                           long inner) {
     af__reduce(x, y, outer, n, inner, AF__RED_SUM);
 }
 /* y[o, j] = mean_i x[o, i, j] */
-static AF__UNUSED void af_reduce_mean(const float *restrict x, float *restrict y, long outer,
-                                      long n, long inner) {
+AF__API void af_reduce_mean(const float *restrict x, float *restrict y, long outer,
+                            long n, long inner) {
     af__reduce(x, y, outer, n, inner, AF__RED_MEAN);
 }
 /* y[o, j] = max_i x[o, i, j]  (NaN if any element is NaN) */
-static AF__UNUSED void af_reduce_max(const float *restrict x, float *restrict y, long outer, long n,
-                                     long inner) {
+AF__API void af_reduce_max(const float *restrict x, float *restrict y, long outer, long n,
+                           long inner) {
     af__reduce(x, y, outer, n, inner, AF__RED_MAX);
 }
 
@@ -328,9 +328,9 @@ AF__INLINE double af__mean_rstd(const float *restrict x, long n, float eps, floa
     return mean;
 }
 
-static AF__UNUSED void af_layer_norm(const float *restrict x, float *restrict y,
-                                     const float *restrict gamma, const float *restrict beta,
-                                     long rows, long n, float eps) {
+AF__API void af_layer_norm(const float *restrict x, float *restrict y,
+                           const float *restrict gamma, const float *restrict beta,
+                           long rows, long n, float eps) {
     if (rows <= 0 || n <= 0) return;
 #pragma omp parallel for schedule(static) if (rows > 1 && af__par_ok(rows * n))
     for (long r = 0; r < rows; r++) {
@@ -358,8 +358,8 @@ static AF__UNUSED void af_layer_norm(const float *restrict x, float *restrict y,
 
 /* RMS norm over contiguous rows: y = x / sqrt(mean(x^2) + eps) * gamma; sum of squares in
  * double. */
-static AF__UNUSED void af_rms_norm(const float *restrict x, float *restrict y,
-                                   const float *restrict gamma, long rows, long n, float eps) {
+AF__API void af_rms_norm(const float *restrict x, float *restrict y,
+                         const float *restrict gamma, long rows, long n, float eps) {
     if (rows <= 0 || n <= 0) return;
 #pragma omp parallel for schedule(static) if (rows > 1 && af__par_ok(rows * n))
     for (long r = 0; r < rows; r++) {
@@ -384,9 +384,9 @@ static AF__UNUSED void af_rms_norm(const float *restrict x, float *restrict y,
  * mean and biased variance in double (two passes, as af_layer_norm: a VAE group at 512x512
  * has 10^6 elements), then per channel y = (x - mean) * rstd * gamma[c] + beta[c].  Parallel
  * over (n, group); a single group runs on one thread. */
-static AF__UNUSED void af_group_norm(const float *restrict x, float *restrict y,
-                                     const float *restrict gamma, const float *restrict beta,
-                                     long N, long C, long spatial, long groups, float eps) {
+AF__API void af_group_norm(const float *restrict x, float *restrict y,
+                           const float *restrict gamma, const float *restrict beta,
+                           long N, long C, long spatial, long groups, float eps) {
     const long cpg = groups > 0 ? C / groups : 0, per = cpg * spatial;
     if (N <= 0 || per <= 0) return;
 #pragma omp parallel for schedule(static) if (N * groups > 1 && af__par_ok(N * C * spatial))
