@@ -32,6 +32,12 @@ public enum DefaultVariant: Equatable, CustomStringConvertible {
         switch self { case .student(let a, _): return .student(adapter: a, steps: steps); case .teacher: return self }
     }
 
+    /// What a compile of the variant is called: the teacher's guidance is chosen at run time.
+    public var compiledName: String {
+        if case .teacher(let s, _) = self { return "teacher (\(s) Euler steps, CFG set at run time)" }
+        return description
+    }
+
     public var description: String {
         switch self {
         case .student(let a, let n): return "\(a == "arcflow" ? "ArcFlow" : a) \(n)-step student"
@@ -66,6 +72,7 @@ public enum DefaultPipeline {
             o.sampler = .euler
             o.steps = steps
             o.cfgScale = g
+            o.cfgScaleInput = true   // one compile serves every guidance (CompiledPipeline.cfgScale)
             o.shift = folder.info.teacher.shift
         case .student(_, let steps):
             o.sampler = .arc
@@ -78,8 +85,12 @@ public enum DefaultPipeline {
     /// the content of every file the variant is compiled from, the variant, the codegen version
     /// and the arcflow executable (size and modification time: a rebuilt arcflow may build other
     /// graphs), so an edited model or a new arcflow never reuses a stale folder.
-    public static func compiled(_ folder: DefaultModelFolder, _ variant: DefaultVariant, cacheRoot: String = BuildCache.defaultRoot(),
+    /// The teacher's guidance is an input of its sampler, so one folder serves every scale: it is
+    /// compiled (and keyed) with the folder's default, and `CompiledPipeline.cfgScale` sets another.
+    public static func compiled(_ folder: DefaultModelFolder, _ requested: DefaultVariant, cacheRoot: String = BuildCache.defaultRoot(),
                                 options: CompileOptions = CompileOptions(), progress: (String) -> Void = { _ in }) throws -> String {
+        var variant = requested
+        if case .teacher(let steps, _) = requested { variant = .teacher(steps: steps, guidance: folder.info.teacher.guidance) }
         var adapterDir: String?
         if let name = variant.adapterName {
             guard let dir = folder.adapterDirectory(name) else {
@@ -102,7 +113,7 @@ public enum DefaultPipeline {
         let output = "\(cacheRoot)/default/\(key.prefix(24))"
         if PipelineManifest.isPipeline(output) { return output }
 
-        progress("compiling the \(variant) (first use; cached in \(output))")
+        progress("compiling the \(variant.compiledName) (first use; cached in \(output))")
         let fm = FileManager.default
         // A staging folder named like the build cache's temporaries, so that the ones a killed
         // compile (Ctrl-C on first use) left behind are removed here by the next one.
@@ -131,6 +142,14 @@ public enum DefaultPipeline {
             throw ArcError("cannot publish \(output): \(String(cString: strerror(errno)))")
         }
         return output
+    }
+
+    /// `variant` compiled (on first use) and loaded, its guidance set: what generating with it takes.
+    public static func pipeline(_ folder: DefaultModelFolder, _ variant: DefaultVariant, threads: Int, cacheRoot: String = BuildCache.defaultRoot(),
+                                options: CompileOptions = CompileOptions(), progress: (String) -> Void = { _ in }) throws -> CompiledPipeline {
+        let p = try CompiledPipeline(folder: try compiled(folder, variant, cacheRoot: cacheRoot, options: options, progress: progress), threads: threads)
+        if case .teacher(_, let g) = variant { p.cfgScale = g }
+        return p
     }
 
     /// The running executable's path (Linux: /proc/self/exe, so a PATH lookup is resolved too).

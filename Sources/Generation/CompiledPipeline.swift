@@ -143,6 +143,16 @@ public final class CompiledPipeline {
     /// The guidance scale a generation uses: the one set, else the compiled one (nil: none).
     public var effectiveGuidance: Double? { takesGuidance ? guidance ?? manifest.guidance ?? FluxModel.defaultGuidance : manifest.guidance }
 
+    /// The true-CFG scale for a sampler that reads it at run time (`takesCFGScale`): nil runs the
+    /// compiled default, `manifest.cfgScale` (the default model's teacher at another guidance).
+    public var cfgScale: Double?
+
+    /// Whether the sampler reads its classifier-free guidance scale at run time (`true_cfg_scale`).
+    public var takesCFGScale: Bool { sampler.executable.inputs.contains { $0.name == trueCFGScaleInput } }
+
+    /// The classifier-free guidance scale a generation uses: the one set, else the compiled one (nil: none).
+    public var effectiveCFGScale: Double? { takesCFGScale ? cfgScale ?? manifest.cfgScale : manifest.cfgScale }
+
     /// Whether the sampler runs classifier-free guidance (takes negative embeddings).
     public var takesNegative: Bool { sampler.executable.inputs.contains { $0.name == "negative_prompt_embeds" } }
 
@@ -209,6 +219,10 @@ public final class CompiledPipeline {
         }) {
             var inputs = ["noise": noise, "prompt_embeds": e.promptEmbeds, "pooled_prompt_embeds": e.pooledPromptEmbeds]
             if takesGuidance { inputs["guidance"] = Tensor(.f32([1]), [Float(effectiveGuidance!)]) }
+            if takesCFGScale {
+                guard let s = effectiveCFGScale else { throw ArcError("this sampler reads its CFG scale at run time, and none is set or compiled") }
+                inputs[trueCFGScaleInput] = Tensor(.f32([1]), [Float(s)])
+            }
             if takesNegative {
                 guard let n = e.negative else { throw ArcError("this sampler uses classifier-free guidance: it needs negative prompt embeddings") }
                 inputs["negative_prompt_embeds"] = n.promptEmbeds

@@ -53,7 +53,7 @@ final class DefaultPipelineTests: XCTestCase {
         XCTAssertEqual(folder.transformer.config.imagePositions, .sincos2d)
 
         let (steps, g) = (3, 4.0)
-        let pipeline = try CompiledPipeline(folder: try DefaultPipeline.compiled(folder, .teacher(steps: steps, guidance: g), cacheRoot: testCacheRoot), threads: 1)
+        let pipeline = try DefaultPipeline.pipeline(folder, .teacher(steps: steps, guidance: g), threads: 1, cacheRoot: testCacheRoot)
         XCTAssertTrue(pipeline.takesNegative)
         let prompt = "a small blue square at the top left"
         let noise = pipeline.noise(seed: 7)

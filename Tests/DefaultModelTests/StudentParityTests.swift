@@ -129,7 +129,7 @@ final class StudentParityTests: XCTestCase {
             }
 
             let folder = try DefaultModelFolder.load(folderDir)
-            let pipeline = try CompiledPipeline(folder: try DefaultPipeline.compiled(folder, variant, cacheRoot: testCacheRoot), threads: 1)
+            let pipeline = try DefaultPipeline.pipeline(folder, variant, threads: 1, cacheRoot: testCacheRoot)
             XCTAssertEqual(pipeline.manifest.sigmas.map(Float.init), [1, 0.5, 0], "the recipe's knots at shift 1")
             let distilled = try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids)
             let distilledImages = Tokens.unpatchify(distilled, count: 2, patch: c.patch)
@@ -154,7 +154,7 @@ final class StudentParityTests: XCTestCase {
             }
             // `--steps 3` / `--student-steps 3`: the student at 3 NFE, the rollout's sampler on 3 segments.
             guard k == 3 else { continue }
-            let three = try CompiledPipeline(folder: try DefaultPipeline.compiled(folder, variant.studentSteps(3), cacheRoot: testCacheRoot), threads: 1)
+            let three = try DefaultPipeline.pipeline(folder, variant.studentSteps(3), threads: 1, cacheRoot: testCacheRoot)
             XCTAssertEqual(three.manifest.steps, 3)
             XCTAssertEqual(three.manifest.sigmas.map(Float.init), [1, Float(2.0 / 3), Float(1.0 / 3), 0])
             let sampled3 = Tokens.unpatchify(try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids, nfe: 3),
@@ -186,8 +186,7 @@ final class StudentParityTests: XCTestCase {
         let (steps, g) = (3, 5.0)
         let evaluator = TeacherEvaluator(config: c, count: 3, chunk: 2, steps: steps, shift: folder.info.teacher.shift, guidance: g)
         let samples = try evaluator.sample(weights: TensorStore(weights), threads: 1)
-        let pipeline = try CompiledPipeline(folder: try DefaultPipeline.compiled(folder, .teacher(steps: steps, guidance: g), cacheRoot: testCacheRoot),
-                                            threads: 1)
+        let pipeline = try DefaultPipeline.pipeline(folder, .teacher(steps: steps, guidance: g), threads: 1, cacheRoot: testCacheRoot)
         XCTAssertEqual(pipeline.manifest.sigmas, evaluator.sigmas, "one σ schedule")
         let plane = 3 * TeacherConfig.side * TeacherConfig.side
         let noise = evaluator.noiseChunks()

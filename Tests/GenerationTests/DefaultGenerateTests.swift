@@ -66,6 +66,17 @@ final class DefaultGenerateTests: XCTestCase {
         XCTAssertEqual(guided.status, 2, "a usage error")
         XCTAssertTrue(guided.err.contains("--guidance goes with --teacher"), guided.err)
         XCTAssertTrue(try parameters("\(work)/teacher.png").contains("CFG scale: 5.0"))
+        // Another guidance runs the same compiled teacher (its scale is an input), and changes the image.
+        let t2 = try arcflow(["generate", "--prompt", prompt, "--seed", "5", "--teacher", "--steps", "3", "--guidance", "2", "-o", "t2.png"], in: work)
+        XCTAssertEqual(t2.status, 0, t2.err)
+        func folder(_ err: String) -> String? { err.split(separator: "\n").first { $0.contains("ready in") }?.components(separatedBy: "(").last }
+        let t5 = try arcflow(["generate", "--prompt", prompt, "--seed", "5", "--teacher", "--steps", "3", "-o", "t5.png"], in: work)
+        XCTAssertNotNil(folder(t2.err), t2.err)
+        XCTAssertEqual(folder(t2.err), folder(t5.err), "one compiled teacher for both scales")
+        XCTAssertFalse(t2.err.contains("compiling") || t5.err.contains("compiling"), t2.err + t5.err)
+        XCTAssertTrue(try parameters("\(work)/t2.png").contains("CFG scale: 2.0"))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(work)/t5.png")), try Data(contentsOf: URL(fileURLWithPath: "\(work)/teacher.png")))
+        XCTAssertNotEqual(try Data(contentsOf: URL(fileURLWithPath: "\(work)/t2.png")), try Data(contentsOf: URL(fileURLWithPath: "\(work)/teacher.png")))
         XCTAssertTrue(try parameters("\(work)/arc.png").contains("Adapter: arcflow"))
 
         // Determinism: the same seed again gives the same bytes; another seed other noise.

@@ -20,9 +20,8 @@ func defaultModelFolder(_ args: ParsedArguments) throws -> DefaultModelFolder {
 /// A variant compiled (or found in the cache) and loaded, with a line saying so.
 func loadDefault(_ folder: DefaultModelFolder, _ variant: DefaultVariant, threads: Int, options: CompileOptions = CompileOptions()) throws -> CompiledPipeline {
     let t0 = monotonicSeconds()
-    let dir = try DefaultPipeline.compiled(folder, variant, cacheRoot: options.cacheRoot, options: options) { stderrLine("arcflow: \($0)") }
-    let p = try CompiledPipeline(folder: dir, threads: threads)
-    stderrLine(String(format: "arcflow: %@ ready in %.2f s (%@)", "\(variant)", monotonicSeconds() - t0, dir))
+    let p = try DefaultPipeline.pipeline(folder, variant, threads: threads, cacheRoot: options.cacheRoot, options: options) { stderrLine("arcflow: \($0)") }
+    stderrLine(String(format: "arcflow: %@ ready in %.2f s (%@)", "\(variant)", monotonicSeconds() - t0, p.folder))
     return p
 }
 

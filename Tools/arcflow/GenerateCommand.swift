@@ -199,7 +199,7 @@ func render(_ p: CompiledPipeline, prompt: String, noise: Tensor, seedText: Stri
     let decoder = m.family == "shapes" ? "pixel decoder" : "VAE decoder"
     stderrLine(String(format: "arcflow:   sampler %.2f s (%.2f s/step), %@ %.2f s", sampling, sampling / Double(m.steps), decoder, lap()))
     let parameters = "\(prompt)\nSteps: \(m.steps), Sampler: \(m.sampler == "arc" ? "ArcFlow" : "Euler (flow matching)"), "
-        + (p.effectiveGuidance.map { "Guidance: \($0), " } ?? "") + (m.cfgScale.map { "CFG scale: \($0), " } ?? "")
+        + (p.effectiveGuidance.map { "Guidance: \($0), " } ?? "") + (p.effectiveCFGScale.map { "CFG scale: \($0), " } ?? "")
         + "Seed: \(seedText), Size: \(m.width)x\(m.height), "
         + "Model hash: \(m.modelHash.prefix(10)), Model: \((m.source as NSString).lastPathComponent)"
         + (m.adapter.map { ", Adapter: \(($0 as NSString).lastPathComponent)" } ?? "")
