@@ -224,7 +224,8 @@ func runTarget(_ args: [String]) -> Int32 {
         let (member, bytes) = corpus.input(i, seed: seed)
         try? FileManager.default.createDirectory(atPath: crashers, withIntermediateDirectories: true)
         let path = "\(crashers)/\(crasherName(member, bytes))"
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        // Atomically, as every output; a crasher that cannot be saved still counts as a finding.
+        try? Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic)
         return path
     }
     while next < cases && Date().timeIntervalSince(start) < seconds {
