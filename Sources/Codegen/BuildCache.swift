@@ -30,31 +30,24 @@ public struct BuildCache {
         return (env["HOME"] ?? NSTemporaryDirectory()) + "/.cache/arcflow"
     }
 
-    /// The hash of what every entry depends on besides its sources: codegen version, compiler,
-    /// flags and CPU features.
-    private func hasher() -> SHA256 {
-        var h = SHA256()
-        h.update(codegenVersion)
-        h.update(toolchain.identity)
-        h.update((toolchain.compileFlags + toolchain.linkFlags).joined(separator: " "))
-        h.update(cpuFeatureHash())
-        return h
-    }
-
-    /// The key of the prelude object `program` links.
-    public func preludeKey(for program: CProgram) -> String {
-        var h = hasher()
-        h.update("prelude object")
-        h.update(program.prelude.name)
-        h.update(program.prelude.text)
-        return SHA256.hex(h.finalize())
-    }
-
-    public func key(for program: CProgram) -> String {
-        var h = hasher()
-        h.update(preludeKey(for: program))
-        for s in program.sources { h.update(s.name); h.update(s.text) }
-        return SHA256.hex(h.finalize())
+    /// The keys of `program`'s prelude object and library. Both start from what every entry
+    /// depends on besides its sources (codegen version, compiler, flags, CPU features), hashed
+    /// once; the library's key includes the prelude object's.
+    public func keys(for program: CProgram) -> (prelude: String, library: String) {
+        var identity = SHA256()
+        identity.update(codegenVersion)
+        identity.update(toolchain.identity)
+        identity.update((toolchain.compileFlags + toolchain.linkFlags).joined(separator: " "))
+        identity.update(cpuFeatureHash())
+        var p = identity
+        p.update("prelude object")
+        p.update(program.prelude.name)
+        p.update(program.prelude.text)
+        let prelude = SHA256.hex(p.finalize())
+        var l = identity
+        l.update(prelude)
+        for s in program.sources { l.update(s.name); l.update(s.text) }
+        return (prelude, SHA256.hex(l.finalize()))
     }
 
     /// Result of `library(for:)`: the path of a verified library and whether it came from the cache.
@@ -70,13 +63,14 @@ public struct BuildCache {
     /// The prelude object it links is an entry of its own (`prelude.o`), built by the first
     /// library that needs it: the heavy kernel families compile once per compiler, flags and CPU.
     public func library(for program: CProgram) throws -> Entry {
-        let prelude = try entry(key: preludeKey(for: program), file: "prelude.o", what: "the kernel prelude") { tmp in
+        let keys = keys(for: program)
+        let prelude = try entry(key: keys.prelude, file: "prelude.o", what: "the kernel prelude") { tmp in
             try program.prelude.text.write(toFile: "\(tmp)/\(program.prelude.name)", atomically: false, encoding: .utf8)
             let compile = toolchain.compileCommand(source: "\(tmp)/\(program.prelude.name)", object: "\(tmp)/prelude.o")
             try check(try runProcess(compile[0], Array(compile.dropFirst())), compile)
             return [compile]
         }
-        return try entry(key: key(for: program), file: "lib.so", what: "\(program.sources.count) translation units") { tmp in
+        return try entry(key: keys.library, file: "lib.so", what: "\(program.sources.count) translation units") { tmp in
             // Compile every translation unit in parallel, then link them with the prelude object.
             var commands: [[String]] = []
             var objects: [String] = []

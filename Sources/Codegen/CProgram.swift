@@ -75,16 +75,14 @@ public enum CCodegen {
     /// file still reads and compiles on its own; the library links the rest from the prelude object.
     /// (Each unit used to carry every family: gcc then spent 2 s at -O1 and 8 s at -O3 per unit
     /// instantiating the GEMM and attention micro-kernels, most of a library's build.)
-    public static var kernelHeader: String {
+    public static let kernelHeader =
         (["#define AF_PRELUDE_SHARED 1"] + preludeFamilies.filter { inlinedFamilies.contains($0.name) }.map(\.text) + [preludeAPI])
             .joined(separator: "\n")
-    }
 
     /// The prelude object: every family, its entry points external (hidden in the library), then
     /// `api.h`, so that the compiler checks each declaration against its definition.
-    public static var preludeObjectSource: String {
+    public static let preludeObjectSource =
         (["#define AF_PRELUDE_SHARED 1"] + preludeFamilies.map(\.text) + [preludeAPI]).joined(separator: "\n")
-    }
 
     /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).

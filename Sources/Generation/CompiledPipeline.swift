@@ -133,28 +133,21 @@ public final class CompiledPipeline {
         sampler = try stage("sampler")
     }
 
-    /// The guidance embedder's scale for a sampler that reads it at run time (`takesGuidance`):
-    /// nil runs the compiled default, `manifest.guidance` (`generate --guidance G` sets it).
+    /// The scales a sampler may read at run time, each an input f32[1]; nil runs the compiled
+    /// default. `guidance`: FLUX's embedded guidance (`generate --guidance G`); `cfgScale`: the
+    /// true-CFG scale (the default model's teacher at another guidance).
     public var guidance: Double?
-
-    /// Whether the sampler reads its guidance scale at run time (the input `guidance`).
-    public var takesGuidance: Bool { sampler.executable.inputs.contains { $0.name == "guidance" } }
-
-    /// The guidance scale a generation uses: the one set, else the compiled one (nil: none).
-    public var effectiveGuidance: Double? { takesGuidance ? guidance ?? manifest.guidance ?? FluxModel.defaultGuidance : manifest.guidance }
-
-    /// The true-CFG scale for a sampler that reads it at run time (`takesCFGScale`): nil runs the
-    /// compiled default, `manifest.cfgScale` (the default model's teacher at another guidance).
     public var cfgScale: Double?
 
-    /// Whether the sampler reads its classifier-free guidance scale at run time (`true_cfg_scale`).
-    public var takesCFGScale: Bool { sampler.executable.inputs.contains { $0.name == trueCFGScaleInput } }
+    /// Whether the sampler has the input `name`.
+    func reads(_ name: String) -> Bool { sampler.executable.inputs.contains { $0.name == name } }
 
-    /// The classifier-free guidance scale a generation uses: the one set, else the compiled one (nil: none).
-    public var effectiveCFGScale: Double? { takesCFGScale ? cfgScale ?? manifest.cfgScale : manifest.cfgScale }
+    /// The scales a generation uses: the one set, else the compiled one (nil: none).
+    public var effectiveGuidance: Double? { reads("guidance") ? guidance ?? manifest.guidance ?? FluxModel.defaultGuidance : manifest.guidance }
+    public var effectiveCFGScale: Double? { reads(trueCFGScaleInput) ? cfgScale ?? manifest.cfgScale : manifest.cfgScale }
 
     /// Whether the sampler runs classifier-free guidance (takes negative embeddings).
-    public var takesNegative: Bool { sampler.executable.inputs.contains { $0.name == "negative_prompt_embeds" } }
+    public var takesNegative: Bool { reads("negative_prompt_embeds") }
 
     /// The latent shape the sampler takes as noise: [1, C, H/8, W/8] (shapes: [1, 3p²/4, 2g, 2g]).
     public var noiseType: TensorType { sampler.executable.inputs.first { $0.name == "noise" }!.type }
@@ -218,10 +211,9 @@ public final class CompiledPipeline {
             while reported < done { reported += 1; progress(reported) }
         }) {
             var inputs = ["noise": noise, "prompt_embeds": e.promptEmbeds, "pooled_prompt_embeds": e.pooledPromptEmbeds]
-            if takesGuidance { inputs["guidance"] = Tensor(.f32([1]), [Float(effectiveGuidance!)]) }
-            if takesCFGScale {
-                guard let s = effectiveCFGScale else { throw ArcError("this sampler reads its CFG scale at run time, and none is set or compiled") }
-                inputs[trueCFGScaleInput] = Tensor(.f32([1]), [Float(s)])
+            for (name, value) in [("guidance", effectiveGuidance), (trueCFGScaleInput, effectiveCFGScale)] where reads(name) {
+                guard let v = value else { throw ArcError("this sampler reads '\(name)' at run time, and no value is set or compiled") }
+                inputs[name] = Tensor(.f32([1]), [Float(v)])
             }
             if takesNegative {
                 guard let n = e.negative else { throw ArcError("this sampler uses classifier-free guidance: it needs negative prompt embeddings") }
