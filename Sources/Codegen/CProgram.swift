@@ -82,7 +82,7 @@ public enum CCodegen {
     /// The prelude object: every family, its entry points external (hidden in the library), then
     /// `api.h`, so that the compiler checks each declaration against its definition.
     public static let preludeObjectSource =
-        (["#define AF_PRELUDE_SHARED 1"] + preludeFamilies.map(\.text) + [preludeAPI]).joined(separator: "\n")
+        (["#define AF_PRELUDE_SHARED 1", "#define AF_PRELUDE_OBJECT 1"] + preludeFamilies.map(\.text) + [preludeAPI]).joined(separator: "\n")
 
     /// Generates C for `graph`, which must carry `offset` attributes (plan-memory).
     /// `translationUnits` caps how many kernel files are written (compiled in parallel).

@@ -45,6 +45,9 @@ public struct Toolchain {
         if isClang, let omp = llvmOpenMP() {
             compileFlags += ["-I", omp.include]
             linkFlags += ["-L", omp.lib, "-Wl,-rpath,\(omp.lib)"]
+            if !exports("\(omp.lib)/libomp.so", "__kmpc_dispatch_deinit") {
+                compileFlags.append("-DAF_OMP_DISPATCH_DEINIT_SHIM") // common.h says why
+            }
         }
         return Toolchain(compiler: compiler, identity: identity, compileFlags: compileFlags, linkFlags: linkFlags)
     }
@@ -95,6 +98,13 @@ public struct Toolchain {
             }
         }
         return nil
+    }
+
+    /// Whether the shared library at `path` loads and defines `symbol`.
+    static func exports(_ path: String, _ symbol: String) -> Bool {
+        guard let handle = dlopen(path, RTLD_LAZY | RTLD_LOCAL) else { return false }
+        defer { dlclose(handle) }
+        return dlsym(handle, symbol) != nil
     }
 
     /// The command for one translation unit (for messages and the manifest).

@@ -56,17 +56,37 @@ final class CLITests: XCTestCase {
         let r = try arcflow(["run", "--model", "model", "--inputs", "in.safetensors", "-o", "out.safetensors", "--profile"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.err.contains("attention"), "profile lists kernels: \(r.err)")
-
-        let module = try Parser.parseVerified(try String(contentsOfFile: blockIR, encoding: .utf8))
-        let weights = try SafeTensorsStore(path: "\(dir)/w.safetensors"), inputs = try SafeTensorsStore(path: "\(dir)/in.safetensors")
-        let expected = try Interpreter.run(module, inputs: ["x": try inputs.tensor("x")]) { k, _ in try weights.tensor(k) }
-        let got = try SafeTensorsStore(path: "\(dir)/out.safetensors").tensor("y")
-        let err = relativeL2(got, expected["y"]!)
-        XCTAssertLessThan(err, 1e-5, "relative L2 \(err)")
+        try assertBlockOutputMatchesInterpreter("out.safetensors")
 
         // Same IR again: a cache hit.
         let again = try arcflow(["compile", blockIR, "--weights", "w.safetensors", "-o", "model2"])
         XCTAssertTrue(again.out.contains("library cache hit"), again.out)
+    }
+
+    /// The block's output `y` in `file` against the interpreter on w.safetensors and in.safetensors.
+    func assertBlockOutputMatchesInterpreter(_ file: String, line: UInt = #line) throws {
+        let module = try Parser.parseVerified(try String(contentsOfFile: blockIR, encoding: .utf8))
+        let weights = try SafeTensorsStore(path: "\(dir)/w.safetensors"), inputs = try SafeTensorsStore(path: "\(dir)/in.safetensors")
+        let expected = try Interpreter.run(module, inputs: ["x": try inputs.tensor("x")]) { k, _ in try weights.tensor(k) }
+        let err = relativeL2(try SafeTensorsStore(path: "\(dir)/\(file)").tensor("y"), expected["y"]!)
+        XCTAssertLessThan(err, 1e-5, "relative L2 \(err)", line: line)
+    }
+
+    /// clang builds link and run: a clang newer than the libomp found (the Swift toolchain's clang
+    /// 21 beside Debian's libomp 14) calls __kmpc_dispatch_deinit after every dynamically scheduled
+    /// loop (the GEMM's and attention's), which the prelude object then defines (common.h).
+    func testClangBuildsLinkAndMatchInterpreter() throws {
+        guard let clang = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":").map({ "\($0)/clang" })
+            .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { throw XCTSkip("no clang in PATH") }
+        XCTAssertEqual(try arcflow(["random-weights", blockIR, "-o", "w.safetensors", "--seed", "3"]).status, 0)
+        XCTAssertEqual(try arcflow(["random-inputs", blockIR, "-o", "in.safetensors", "--seed", "4"]).status, 0)
+        let c = try arcflow(["compile", blockIR, "--weights", "w.safetensors", "-o", "model"], env: ["ARCFLOW_CC": clang])
+        XCTAssertEqual(c.status, 0, c.err)
+        let compiles = try LoadedModel.readManifest("\(dir)/model").commands.filter { $0.contains(" -c ") }
+        XCTAssertTrue(!compiles.isEmpty && compiles.allSatisfy { $0.hasPrefix(clang + " ") }, "\(compiles)")
+        let r = try arcflow(["run", "--model", "model", "--inputs", "in.safetensors", "-o", "out.safetensors", "--threads", "2"])
+        XCTAssertEqual(r.status, 0, r.err)
+        try assertBlockOutputMatchesInterpreter("out.safetensors")
     }
 
     func testHelpOnEveryCommand() throws {
