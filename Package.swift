@@ -38,7 +38,7 @@ let package = Package(
         // Deterministic mutation fuzzing of every reader (Tools/fuzz.sh runs it; FuzzTests in CI).
         .executableTarget(name: "arcflow-fuzz", dependencies: ["IR", "Codegen", "Runtime", "ArcFlowGraphs", "Tokenizers", "Generation"],
                           path: "Tools/fuzz", exclude: ["libfuzzer"]),
-        .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/Support"),
+        .target(name: "TestSupport", dependencies: ["IR", "Runtime"], path: "Tests/Support"),
         .testTarget(name: "IRTests", dependencies: ["IR"], path: "Tests/IRTests"),
         .testTarget(name: "PassesTests", dependencies: ["IR", "Passes"], path: "Tests/PassesTests",
                     exclude: ["Golden"]),

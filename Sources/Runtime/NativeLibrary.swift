@@ -138,19 +138,3 @@ func chooseOpenBLASKernels() {
         setenv("OPENBLAS_CORETYPE", "SkylakeX", 0)
     }
 }
-
-/// Physical cores of this machine (the default thread count): distinct (package, core) pairs.
-public func physicalCoreCount() -> Int {
-    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else {
-        return ProcessInfo.processInfo.activeProcessorCount
-    }
-    var cores = Set<String>()
-    var physical = "0"
-    for line in info.split(separator: "\n") {
-        let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-        guard parts.count == 2 else { continue }
-        if parts[0] == "physical id" { physical = parts[1] }
-        if parts[0] == "core id" { cores.insert("\(physical):\(parts[1])") }
-    }
-    return cores.isEmpty ? ProcessInfo.processInfo.activeProcessorCount : cores.count
-}

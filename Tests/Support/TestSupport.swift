@@ -2,6 +2,7 @@
 
 import Foundation
 import IR
+import Runtime
 import XCTest
 
 /// A finished arcflow process.
@@ -22,12 +23,15 @@ public func arcflowExecutable() -> URL {
 }
 
 /// Runs the arcflow binary built next to the test bundle, in `directory`, with extra environment.
+/// OMP_NUM_THREADS is the physical cores unless `extra` says otherwise, so that what a command
+/// prints and how many threads it runs do not depend on what else the test machine is running
+/// (without it arcflow runs fewer threads beside busy CPUs and says so: `ThreadChoice`).
 public func runArcflow(_ args: [String], in directory: String, environment extra: [String: String] = [:]) throws -> CommandResult {
     let p = Process()
     p.executableURL = arcflowExecutable()
     p.arguments = args
     p.currentDirectoryURL = URL(fileURLWithPath: directory)
-    p.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
+    p.environment = ProcessInfo.processInfo.environment.merging(["OMP_NUM_THREADS": "\(physicalCoreCount())"].merging(extra) { _, new in new }) { _, new in new }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err

@@ -5,11 +5,23 @@ import Foundation
 import IR
 import Runtime
 
-let threadsOption = OptionSpec(names: ["--threads"], value: "N", help: "threads for kernels and BLAS (default: physical cores)")
+let threadsOption = OptionSpec(names: ["--threads"], value: "N",
+                               help: "threads for kernels and BLAS (default: $OMP_NUM_THREADS, else the physical cores, fewer when other processes keep CPUs busy)")
 
-/// `--threads N`, default the number of physical cores.
+/// `--threads N`, else `OMP_NUM_THREADS` (its first number, as OpenMP reads it), else the
+/// physical cores, fewer when other processes hold CPUs (`ThreadChoice` says why), which it then
+/// says on stderr.
 func threadCount(_ args: ParsedArguments, _ spec: CommandSpec) throws -> Int {
-    try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    if let n = try args.int("--threads", spec, min: 1) { return n }
+    if let v = ProcessInfo.processInfo.environment["OMP_NUM_THREADS"],
+       let n = v.split(separator: ",").first.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }), n >= 1 {
+        return n
+    }
+    let c = ThreadChoice.measure()
+    if c.threads < c.cores {
+        stderrLine("arcflow: \(c.busyCPUs) of \(c.allowedCPUs) CPUs busy with other processes: running \(c.threads) thread\(c.threads == 1 ? "" : "s") instead of \(c.cores) (--threads N to choose)")
+    }
+    return c.threads
 }
 
 let runSpec = CommandSpec(

@@ -80,7 +80,7 @@ func trainDefaultCommand(_ argv: [String]) throws {
     o.shift = try args.double("--shift", spec, default: o.shift)!
     o.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
     o.initWeights = args.value("--init-weights")
-    o.threads = try args.int("--threads", spec, default: physicalCoreCount(), min: 1)!
+    o.threads = try threadCount(args, spec)
     let shapeOptions = ["--patch", "--width", "--double-blocks", "--single-blocks"]
     if shapeOptions.contains(where: args.has) {
         let standard = TeacherShape()
