@@ -45,9 +45,7 @@ public struct Toolchain {
         if isClang, let omp = llvmOpenMP() {
             compileFlags += ["-I", omp.include]
             linkFlags += ["-L", omp.lib, "-Wl,-rpath,\(omp.lib)"]
-            if !exports("\(omp.lib)/libomp.so", "__kmpc_dispatch_deinit") {
-                compileFlags.append("-DAF_OMP_DISPATCH_DEINIT_SHIM") // common.h says why
-            }
+            if omp.version < 19 { compileFlags.append("-DAF_OMP_DISPATCH_DEINIT_SHIM") } // common.h says why
         }
         return Toolchain(compiler: compiler, identity: identity, compileFlags: compileFlags, linkFlags: linkFlags)
     }
@@ -86,25 +84,18 @@ public struct Toolchain {
         return (library, directory, include)
     }
 
-    /// LLVM's omp.h and libomp (libomp-dev), for clang, which ships neither.
-    static func llvmOpenMP() -> (include: String, lib: String)? {
+    /// LLVM's omp.h and libomp (libomp-dev), for clang, which ships neither; the newest found.
+    static func llvmOpenMP() -> (include: String, lib: String, version: Int)? {
         let fm = FileManager.default
-        for v in ["19", "18", "17", "16", "15", "14"] {
+        for v in (14...21).reversed() {
             let lib = "/usr/lib/llvm-\(v)/lib"
             guard fm.fileExists(atPath: "\(lib)/libomp.so"),
                   let clangDirs = try? fm.contentsOfDirectory(atPath: "\(lib)/clang") else { continue }
             for d in clangDirs where fm.fileExists(atPath: "\(lib)/clang/\(d)/include/omp.h") {
-                return ("\(lib)/clang/\(d)/include", lib)
+                return ("\(lib)/clang/\(d)/include", lib, v)
             }
         }
         return nil
-    }
-
-    /// Whether the shared library at `path` loads and defines `symbol`.
-    static func exports(_ path: String, _ symbol: String) -> Bool {
-        guard let handle = dlopen(path, RTLD_LAZY | RTLD_LOCAL) else { return false }
-        defer { dlclose(handle) }
-        return dlsym(handle, symbol) != nil
     }
 
     /// The command for one translation unit (for messages and the manifest).

@@ -77,7 +77,7 @@
  * which LLVM's libomp gained only in 19: a newer clang with an older libomp (Debian 12's libomp
  * 14 beside the Swift toolchain's clang) emits a call that no library defines, and the link
  * fails.  Those runtimes need no such call (the clang they shipped with never made it), so when
- * Toolchain finds none in the libomp it links (AF_OMP_DISPATCH_DEINIT_SHIM) the prelude object
+ * the libomp Toolchain links is older than 19 (AF_OMP_DISPATCH_DEINIT_SHIM) the prelude object
  * defines it as a no-op, hidden inside the library. */
 #if defined(AF_PRELUDE_OBJECT) && defined(AF_OMP_DISPATCH_DEINIT_SHIM)
 __attribute__((visibility("hidden"))) void __kmpc_dispatch_deinit(void *loc, int gtid);
