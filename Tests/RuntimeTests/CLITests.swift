@@ -2,6 +2,7 @@
 // (non-zero exit, no stack trace) for every kind of bad input.
 
 import Foundation
+@testable import Codegen
 import IR
 import Passes
 import Runtime
@@ -76,8 +77,7 @@ final class CLITests: XCTestCase {
     /// 21 beside Debian's libomp 14) calls __kmpc_dispatch_deinit after every dynamically scheduled
     /// loop (the GEMM's and attention's), which the prelude object then defines (common.h).
     func testClangBuildsLinkAndMatchInterpreter() throws {
-        guard let clang = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":").map({ "\($0)/clang" })
-            .first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { throw XCTSkip("no clang in PATH") }
+        guard let clang = resolveExecutable("clang", ProcessInfo.processInfo.environment) else { throw XCTSkip("no clang in PATH") }
         XCTAssertEqual(try arcflow(["random-weights", blockIR, "-o", "w.safetensors", "--seed", "3"]).status, 0)
         XCTAssertEqual(try arcflow(["random-inputs", blockIR, "-o", "in.safetensors", "--seed", "4"]).status, 0)
         let c = try arcflow(["compile", blockIR, "--weights", "w.safetensors", "-o", "model"], env: ["ARCFLOW_CC": clang])

@@ -31,7 +31,9 @@ public func runArcflow(_ args: [String], in directory: String, environment extra
     p.executableURL = arcflowExecutable()
     p.arguments = args
     p.currentDirectoryURL = URL(fileURLWithPath: directory)
-    p.environment = ProcessInfo.processInfo.environment.merging(["OMP_NUM_THREADS": "\(physicalCoreCount())"].merging(extra) { _, new in new }) { _, new in new }
+    var environment = ProcessInfo.processInfo.environment
+    environment["OMP_NUM_THREADS"] = "\(physicalCoreCount())"
+    p.environment = environment.merging(extra) { _, new in new }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
