@@ -79,6 +79,38 @@ public enum DistillGraphs {
         return try b.finish()
     }
 
+    /// The fake score of `DistillRecipe.dmd` (distribution matching, not the reference's): a
+    /// copy of the teacher trained on the student's own images. `fakeScore` is its x0 prediction
+    /// at tokens `x` [B, N, 4C], `sigma` [B], `input_ids` [B, L] (output `x0`, conditional, no
+    /// guidance), with the trained tensors as inputs (read in place from the fake's session);
+    /// `fakeLoss` the teacher's flow-matching loss on the student's images `x0` with `noise`
+    /// (tokens) at `sigma`, captions always kept. The text encoder stays the teacher's.
+    public static func fakeScore(_ c: TeacherConfig, teacher: WeightStore, batch n: Int) throws -> Graph {
+        let b = GraphBuilder(name: "distill_fake_score")
+        let x = b.input("x", .f32([n, c.imageTokens, c.tokenChannels]))
+        let sigma = b.input("sigma", .f32([n]))
+        let ids = b.input("input_ids", .f32([n, c.text.tokens]))
+        let text = TeacherGraphs.textEncoder(b, c.text, ids: ids)
+        b.output("x0", try TeacherGraphs.predictX0(b, TeacherGraphs.network(b, c, teacher), c, x: x, sigma: sigma, text: text))
+        return try promote(try b.finish(), keys: Set(fakeTrainable(c)))
+    }
+
+    public static func fakeLoss(_ c: TeacherConfig, teacher: WeightStore, batch n: Int) throws -> Graph {
+        let b = GraphBuilder(name: "distill_fake_loss")
+        let x0 = b.input("x0", .f32([n, c.imageTokens, c.tokenChannels]))
+        let noise = b.input("noise", .f32([n, c.imageTokens, c.tokenChannels]))
+        let sigma = b.input("sigma", .f32([n]))
+        let ids = b.input("input_ids", .f32([n, c.text.tokens]))
+        let text = TeacherGraphs.textEncoder(b, c.text, ids: ids)
+        b.output("loss", try TeacherGraphs.flowMatchingLoss(b, TeacherGraphs.network(b, c, teacher), c, x0: x0, noise: noise, sigma: sigma, text: text))
+        return try b.finish()
+    }
+
+    /// The fake score's trained tensors: the teacher's transformer (its text encoder is shared).
+    public static func fakeTrainable(_ c: TeacherConfig) -> [String] {
+        TeacherWeights.trainable(c).filter { !$0.hasPrefix("text_model.") }
+    }
+
     /// The training loss (§6.3–6.4) over M = nfe·B student evaluations, each with I intervals:
     /// inputs `x_src` [M, N, 4C], `sigma_src` [M], `input_ids` [M, L], `sigma_a` and `sigma_b`
     /// [M, I] (each interval [σ_b, σ_a], σ_b = warp(t_b − ω)), `target` [M, I, N, 4C] (the
@@ -94,9 +126,9 @@ public enum DistillGraphs {
     /// 15 · Σ_m endpoint_weight_m · mean_{N,4C}(x̂_m − endpoint_m)², where
     /// x̂ = x_src − (σ_src − σ_e)·ū(σ_src → σ_e) is where the student's policy itself ends.
     public static func loss(_ s: StudentConfig, teacher: WeightStore, adapter: ArcFlowAdapter, evaluations m: Int, intervals: Int,
-                            meanVelocity: Bool = false, endpoint: Bool = false) throws -> Graph {
+                            meanVelocity: Bool = false, endpoint: Bool = false, generator: Int? = nil, nfe: Int = 2) throws -> Graph {
         let b = GraphBuilder(name: "distill_loss_k\(s.components)")
-        let c = s.teacher, n = c.imageTokens, ch = s.channels, k = s.components, i = intervals
+        let c = s.teacher, n = c.imageTokens, ch = s.channels, i = intervals
         let x = b.input("x_src", .f32([m, n, ch]))
         let sigma = b.input("sigma_src", .f32([m]))
         let ids = b.input("input_ids", .f32([m, c.text.tokens]))
@@ -105,11 +137,53 @@ public enum DistillGraphs {
         let target = b.input("target", .f32([m, i, n, ch]))
         let pairWeight = b.input("pair_weight", .f32([m]))
         let net = studentNetwork(b, s, teacher: teacher, adapter: adapter)
-        let head = try studentHead(b, net, s, x: x, sigma: sigma, ids: ids)
+        let averaged = policyAverage(b, s, head: try studentHead(b, net, s, x: x, sigma: sigma, ids: ids), x: x, sigma: sigma)
+        let u = averaged(sa, sb, i)
+        if meanVelocity { b.output("mean_velocity", u) }
+        let d = u - target
+        let perEvaluation = b.reduce(.reduce_mean, d * d, axes: [1, 2, 3])
+        var total = b.reduce(.reduce_sum, perEvaluation * pairWeight, axes: [0])
+        if endpoint {
+            let endSigma = b.input("endpoint_sigma", .f32([m]))
+            let end = b.input("endpoint", .f32([m, n, ch]))
+            let endWeight = b.input("endpoint_weight", .f32([m]))
+            let travelled = averaged(sigma.reshaped([m, 1]), endSigma.reshaped([m, 1]), 1).reshaped([m, n, ch])
+            let reached = x - (sigma - endSigma).reshaped([m, 1, 1]) * travelled
+            let e = reached - end
+            total = total + b.reduce(.reduce_sum, b.reduce(.reduce_mean, e * e, axes: [1, 2]) * endWeight, axes: [0])
+        }
+        if let g = generator {
+            // The student's whole nfe-step sample from `gen_noise` through the knots `gen_sigmas`
+            // [nfe + 1], with gradient through every step (not the reference's: the score term of
+            // `DistillRecipe.scoreAllSteps`): + 15 · gen_weight · mean((x̂ − gen_target)²).
+            let noise = b.input("gen_noise", .f32([g, n, ch]))
+            let genIDs = b.input("gen_ids", .f32([g, c.text.tokens]))
+            let knots = b.input("gen_sigmas", .f32([nfe + 1]))
+            let genTarget = b.input("gen_target", .f32([g, n, ch]))
+            let genWeight = b.input("gen_weight", .f32([1]))
+            var y = noise
+            for k in 0..<nfe {
+                let from = b.broadcast(b.slice(knots, axis: 0, k..<(k + 1)), to: [g])
+                let to = b.broadcast(b.slice(knots, axis: 0, (k + 1)..<(k + 2)), to: [g])
+                let step = policyAverage(b, s, head: try studentHead(b, net, s, x: y, sigma: from, ids: genIDs), x: y, sigma: from)
+                y = y - (from - to).reshaped([g, 1, 1]) * step(from.reshaped([g, 1]), to.reshaped([g, 1]), 1).reshaped([g, n, ch])
+            }
+            let e = y - genTarget
+            total = total + b.reduce(.reduce_mean, e * e, axes: [0, 1, 2]).reshaped([1]) * genWeight
+        }
+        b.output("loss", total * lossScale)
+        return try b.finish()
+    }
+
+    /// The policy of a student head evaluated at (x [m, N, 4C], σ [m]) as a function of intervals
+    /// [σ_b, σ_a] ([m, j] each, and j): its mean velocity ū over each, [m, j, N, 4C] (§3.3), with
+    /// velocity means μ_k = (x − m_k)/σ from the x0 means m_k.
+    static func policyAverage(_ b: GraphBuilder, _ s: StudentConfig, head: (means: Value, logWeights: Value?, rates: Value?),
+                              x: Value, sigma: Value) -> (Value, Value, Int) -> Value {
+        let m = x.shape[0], n = x.shape[1], ch = s.channels, k = s.components
         let means = head.means.reshaped([m, n, k, ch / 4, 4])
         let mu = (x.reshaped([m, n, 1, ch / 4, 4]) - means) / sigma.reshaped([m, 1, 1, 1, 1])
-        /// ū over the intervals [σ_b, σ_a] ([m, j] each), [m, j, n, ch].
-        func averaged(over sa: Value, _ sb: Value, intervals j: Int) -> Value {
+        return { sa, sb, j in
             if k == 1 { return b.broadcast(mu.reshaped([m, 1, n, ch]), to: [m, j, n, ch]) }
             let w = b.softmax(head.logWeights!.reshaped([m, 1, n, k, 1, 4]), axis: 3)
             let rates = head.rates!.reshaped([m, 1, n, k - 1, 1, 4])
@@ -122,22 +196,6 @@ public enum DistillGraphs {
             let factors = b.concat([b.constant(1, shape: [m, j, n, 1, 1, 4]), decay * (zc.apply(.expm1) / zc)], axis: 3)
             return b.reduce(.reduce_sum, (w * factors) * mu.reshaped([m, 1, n, k, ch / 4, 4]), axes: [3]).reshaped([m, j, n, ch])
         }
-        let u = averaged(over: sa, sb, intervals: i)
-        if meanVelocity { b.output("mean_velocity", u) }
-        let d = u - target
-        let perEvaluation = b.reduce(.reduce_mean, d * d, axes: [1, 2, 3])
-        var total = b.reduce(.reduce_sum, perEvaluation * pairWeight, axes: [0])
-        if endpoint {
-            let endSigma = b.input("endpoint_sigma", .f32([m]))
-            let end = b.input("endpoint", .f32([m, n, ch]))
-            let endWeight = b.input("endpoint_weight", .f32([m]))
-            let travelled = averaged(over: sigma.reshaped([m, 1]), endSigma.reshaped([m, 1]), intervals: 1).reshaped([m, n, ch])
-            let reached = x - (sigma - endSigma).reshaped([m, 1, 1]) * travelled
-            let e = reached - end
-            total = total + b.reduce(.reduce_sum, b.reduce(.reduce_mean, e * e, axes: [1, 2]) * endWeight, axes: [0])
-        }
-        b.output("loss", total * lossScale)
-        return try b.finish()
     }
 
     /// A copy of `g` in which the weights named in `keys` are inputs of the same name and type.

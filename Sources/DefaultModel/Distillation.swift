@@ -43,7 +43,47 @@ public struct DistillRecipe: Equatable {
     /// along the way, never that state. Measured: closer images, the same judge accuracy (README).
     public var endpointWeight = 0.0
     public var endpointSteps = 28
+    /// Not the reference's (0: off): the weight of a mode-seeking term on the student's final
+    /// image x̂ (the last segment's end, σ = 0). x̂ is noised to a σ' drawn uniformly from
+    /// [`scoreSigma`/10, `scoreSigma`], and x̂'s target (the endpoint input of
+    /// `DistillGraphs.loss`, stopped) is x̂ − g, so the gradient is g:
+    /// - without `dmd`, g = x̂ − x̂0_teacher(x̂_σ') (score distillation: DreamFusion's SDS);
+    /// - with `dmd`, g = x̂0_fake(x̂_σ') − x̂0_teacher(x̂_σ') (distribution matching, DMD/DMD2),
+    ///   the fake score (`FakeScore`) a copy of the teacher trained on the student's images.
+    /// x̂0_teacher is guided (CFG), the fake's is not. Why: π-ID and the endpoint term regress
+    /// onto averages of the teacher's outcomes, and what 2-step students get wrong is what an
+    /// average draws (blurred edges, split or doubled objects). SDS moves x̂ up the teacher's
+    /// density but also toward the mean of nearby student images; DMD's fake term cancels that.
+    public var scoreWeight = 0.0
+    public var scoreSigma = 0.5
+    public var dmd = false
+    /// The fake score's AdamW rate and its updates per iteration (DMD2 uses 5 per generator step).
+    public var fakeLR = 1e-4
+    public var fakeSteps = 1
+    /// Iterations at the start whose score term has weight 0 while the fake score learns the
+    /// student's images: a fake that starts as the unguided teacher would otherwise push the
+    /// student (which absorbed the guidance) toward guidance on top of its own.
+    public var fakeWarmup = 0
+    /// The score term's gradient reaches the student through every step of its sample from the
+    /// iteration's noise (`DistillGraphs.loss`'s generator), not only through the last segment:
+    /// what the handoff probes say the first step decides (how many objects, where) then learns
+    /// from the final image too.
+    public var scoreAllSteps = false
     public init() {}
+
+    /// The score term's weight at 0-based iteration `step` (0 during the fake's warm-up).
+    public func scoreWeight(step: Int) -> Double { dmd && step < fakeWarmup ? 0 : scoreWeight }
+
+    /// Whether the loss graph has the endpoint inputs (either term that uses them).
+    public var usesEndpoint: Bool { endpointWeight > 0 || (scoreWeight > 0 && !scoreAllSteps) }
+    /// Whether the loss graph has the generator inputs.
+    public var usesGenerator: Bool { scoreWeight > 0 && scoreAllSteps }
+
+    /// The σ knots of the student's nfe steps, [σ(1), …, σ(0)], as the sampler visits them.
+    public var knots: [Double] {
+        var t = 1.0
+        return [warp(t)] + segments.map { t -= $0; return warp(t) }
+    }
 
     /// ρ of 0-based iteration `step`.
     public func teacherRatio(step: Int) -> Double {
@@ -63,16 +103,14 @@ public struct DistillRecipe: Equatable {
 /// (the session's current weights, their EMA, or a store), in place.
 public final class PolicyRunner {
     public let executable: Executable
-    public let student: StudentConfig
     public let batch: Int
     private var data: [String: UnsafeMutableRawPointer] = [:]
     private let outputs: [UnsafeMutableRawPointer]
 
-    public init(_ executable: Executable, student: StudentConfig, batch: Int) {
-        self.executable = executable; self.student = student; self.batch = batch
-        for b in executable.inputs where !b.name.hasPrefix("adapter:") {
-            data[b.name] = UnsafeMutableRawPointer.allocate(byteCount: max(b.type.byteCount, 1), alignment: 64)
-        }
+    /// `executable`: a forward graph whose trained tensors are inputs named `adapter:…` or by
+    /// their keys (the fake score's), read through `weight` at each call.
+    public init(_ executable: Executable, batch: Int) {
+        self.executable = executable; self.batch = batch
         outputs = executable.allocateOutputs()
     }
 
@@ -82,19 +120,25 @@ public final class PolicyRunner {
     /// two nil for K = 1). `weight` maps a graph key (`adapter:…`) to its current values.
     public func run(x: [Float], sigma: [Float], ids: [Float], weight: (String) throws -> UnsafeRawPointer) throws
         -> (means: [Float], logWeights: [Float]?, rates: [Float]?) {
-        for (name, values) in [("x", x), ("sigma", sigma), ("input_ids", ids)] {
-            guard let p = data[name], let b = executable.inputs.first(where: { $0.name == name }) else { throw ArcError("policy graph has no input '\(name)'") }
-            guard values.count == b.type.count else { throw ArcError("policy input '\(name)' has \(values.count) values, expected \(b.type)") }
-            values.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        }
+        let out = try outputs(["x": x, "sigma": sigma, "input_ids": ids], weight: weight)
+        return (out["means"]!, out["logweights"], out["rates"])
+    }
+
+    /// Every output by name, for the data inputs `values` (by name); any other input is a trained
+    /// tensor that `weight` maps to its current values.
+    public func outputs(_ values: [String: [Float]], weight: (String) throws -> UnsafeRawPointer) throws -> [String: [Float]] {
         let inputs: [UnsafeRawPointer?] = try executable.inputs.map { b in
-            if let p = data[b.name] { return UnsafeRawPointer(p) }
-            return try weight(b.name)
+            guard let v = values[b.name] else { return try weight(b.name) }
+            guard v.count == b.type.count else { throw ArcError("input '\(b.name)' has \(v.count) values, expected \(b.type)") }
+            let p = data[b.name] ?? UnsafeMutableRawPointer.allocate(byteCount: max(b.type.byteCount, 1), alignment: 64)
+            data[b.name] = p
+            v.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            return UnsafeRawPointer(p)
         }
         try executable.runRaw(inputs: inputs, outputs: outputs.map { Optional($0) })
         var out: [String: [Float]] = [:]
         for (k, b) in executable.outputs.enumerated() { out[b.name] = decodeFloats(outputs[k], b.type) }
-        return (out["means"]!, out["logweights"], out["rates"])
+        return out
     }
 }
 
@@ -105,14 +149,16 @@ public final class DistillRollout: BatchProvider {
     public let recipe: DistillRecipe
     let policy: PolicyRunner
     let teacher: Executable
+    /// DMD's fake score (`DistillRecipe.dmd`), nil otherwise.
+    public let fake: FakeScore?
     /// The trained tensors the rollout policy uses (the session's current weights).
     public var weight: (String) throws -> UnsafeRawPointer
     /// Wall seconds spent in `batch` (rollouts: policy, teacher, integration), for progress lines.
     public private(set) var seconds = 0.0
 
-    public init(student: StudentConfig, recipe: DistillRecipe, policy: PolicyRunner, teacher: Executable,
+    public init(student: StudentConfig, recipe: DistillRecipe, policy: PolicyRunner, teacher: Executable, fake: FakeScore? = nil,
                 weight: @escaping (String) throws -> UnsafeRawPointer) {
-        self.student = student; self.recipe = recipe; self.policy = policy; self.teacher = teacher; self.weight = weight
+        self.student = student; self.recipe = recipe; self.policy = policy; self.teacher = teacher; self.fake = fake; self.weight = weight
     }
 
     var tokens: Int { student.teacher.imageTokens }
@@ -148,14 +194,31 @@ public final class DistillRollout: BatchProvider {
         let ids = prompts(step: step).flatMap { WorldVocabulary.encode($0).map(Float.init) }
         let rho = r.teacherRatio(step: step)
         var x = rng.normals(b * row)
-        var t = 1.0
         var out: [String: [Float]] = ["x_src": [], "sigma_src": [], "input_ids": [], "sigma_a": [], "sigma_b": [], "target": [], "pair_weight": []]
-        for size in r.segments {
+        if r.usesGenerator {
+            let noise = x
+            out["gen_noise"] = noise
+            out["gen_ids"] = ids
+            out["gen_sigmas"] = r.knots.map(Float.init)
+            out["gen_target"] = try scoreTarget(try sample(noise: noise, ids: ids, weight: weight), ids: ids, step: step)
+            out["gen_weight"] = [Float(r.scoreWeight(step: step))]
+        }
+        var t = 1.0
+        for (segment, size) in r.segments.enumerated() {
             let sigmaSource = r.warp(t)
             if r.endpointWeight > 0 {
                 out["endpoint", default: []] += try teacherSolution(x, from: Double(Float(sigmaSource)), to: r.warp(t - size), ids: ids)
+            } else if r.usesEndpoint {
+                // The score term on the last segment only; earlier ones carry weight 0.
+                var end = x
+                let last = segment == r.segments.count - 1
+                if last { try studentSegment(&end, ids: ids, t: t, size: size, weight: weight) }
+                out["endpoint", default: []] += last ? try scoreTarget(end, ids: ids, step: step) : x
+            }
+            if r.usesEndpoint {
+                let w = r.endpointWeight > 0 ? r.endpointWeight : (segment == r.segments.count - 1 ? r.scoreWeight(step: step) : 0)
                 out["endpoint_sigma", default: []] += [Float](repeating: Float(r.warp(t - size)), count: b)
-                out["endpoint_weight", default: []] += [Float](repeating: Float(r.endpointWeight / Double(b)), count: b)
+                out["endpoint_weight", default: []] += [Float](repeating: Float(w / Double(b)), count: b)
             }
             let dropped = ArcPolicy.dropout(batch: b, components: student.components, p: r.dropout, rng: &rng)
             let pi = try policyAt(x, sigma: sigmaSource, ids: ids, dropped: dropped, weight: weight)
@@ -219,6 +282,47 @@ public final class DistillRollout: BatchProvider {
             for e in y.indices { y[e] += u[e] * step }
         }
         return y
+    }
+
+    /// The score term's target x̂ − g for the student's final images `end` (`DistillRecipe.scoreWeight`;
+    /// no dropout, the session's weights), noised per sample to x_σ' = (1 − σ')·x̂ + σ'·ε;
+    /// x̂0_teacher = x_σ' − σ'·v with v the guided teacher's velocity. With a fake score,
+    /// g = x̂0_fake − x̂0_teacher, and then the fake learns from this x̂ (after g, so g uses the
+    /// fake of the iteration's start). The draws come from a generator of their own, so the
+    /// rollout's are unchanged.
+    func scoreTarget(_ end: [Float], ids: [Float], step: Int) throws -> [Float] {
+        let b = recipe.batch, row = tokens * channels
+        var (sigmas, noise, rng) = scoreDraws(step: step)
+        var y = end
+        for k in 0..<b {
+            let s = Float(sigmas[k])
+            for e in (k * row)..<((k + 1) * row) { y[e] = (1 - s) * y[e] + s * noise[e] }
+        }
+        let v = try teacherVelocity(y, sigma: sigmas, ids: ids)
+        guard let fake else {
+            for k in 0..<b {
+                let s = Float(sigmas[k])
+                for e in (k * row)..<((k + 1) * row) { y[e] -= s * v[e] }
+            }
+            return y
+        }
+        let fakeX0 = try fake.predictX0(y, sigma: sigmas, ids: ids)
+        var target = end
+        for k in 0..<b {
+            let s = Float(sigmas[k])
+            for e in (k * row)..<((k + 1) * row) { target[e] -= fakeX0[e] - (y[e] - s * v[e]) }
+        }
+        try fake.train(x0: end, ids: ids, sigmaMax: recipe.scoreSigma, rng: &rng)
+        return target
+    }
+
+    /// Iteration `step`'s σ' per sample and noise [B, N, 4C] for `scoreTarget`, and the generator
+    /// after them (the fake score's draws continue it).
+    func scoreDraws(step: Int) -> (sigmas: [Double], noise: [Float], rng: SeededGenerator) {
+        var rng = SeededGenerator(seed: (recipe.seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ 0x5A4E_C0DE_5D15_7111)
+        let top = recipe.scoreSigma
+        let sigmas = (0..<recipe.batch).map { _ in Double(Float(top / 10 + Double(rng.uniform()) * top * 0.9)) }
+        return (sigmas, rng.normals(recipe.batch * tokens * channels), rng)
     }
 
     /// The student's 2-NFE (the recipe's nfe, or `nfe`) sampler from tokens `noise` [B, N, 4C]:
@@ -308,6 +412,9 @@ public struct DistillRun {
         guard s.components >= 1 else { throw ArcError("--components must be at least 1, got \(s.components)") }
         guard r.batch >= 1, r.intervals >= 1, r.nfe >= 1 else { throw ArcError("--batch must be at least 1") }
         guard r.shift > 0 else { throw ArcError("--shift must be positive, got \(r.shift)") }
+        guard r.endpointWeight == 0 || r.scoreWeight == 0 else { throw ArcError("--endpoint-loss cannot be combined with --sharpen-loss or --dmd-loss (each sets the loss's endpoint)") }
+        guard r.scoreSigma > 0, r.scoreSigma <= 1 else { throw ArcError("--score-sigma must be in (0, 1], got \(r.scoreSigma)") }
+        guard r.fakeSteps >= 1, r.fakeLR > 0 else { throw ArcError("--fake-steps must be at least 1 and --fake-lr positive") }
         if !o.resume { try Trainer.checkFreshStart(dir, resume: "--resume") }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
@@ -339,10 +446,10 @@ public struct DistillRun {
             return exe
         }
         let policy = PolicyRunner(try compile(try DistillGraphs.policy(s, teacher: teacherStore, adapter: adapter, batch: r.batch, weightsAsInputs: true)),
-                                  student: s, batch: r.batch)
+                                  batch: r.batch)
         let teacher = try compile(try DistillGraphs.teacherVelocity(s.teacher, teacher: teacherStore, batch: r.batch))
         let lossGraph = try DistillGraphs.loss(s, teacher: teacherStore, adapter: adapter, evaluations: r.nfe * r.batch, intervals: r.intervals,
-                                               endpoint: r.endpointWeight > 0)
+                                               endpoint: r.usesEndpoint, generator: r.usesGenerator ? r.batch : nil, nfe: r.nfe)
         let optimizer = OptimizerConfig(adamW: AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0), maxGradNorm: o.maxGradNorm)
         let step = try OptimizerStep.build(lossGraph: lossGraph, loss: "loss", parameters: Student.trainable(s), optimizer: optimizer)
         let session = try TrainingSession(step: step, executable: try compile(step.graph, ["train_step": step.hash]), initial: weights)
@@ -350,7 +457,9 @@ public struct DistillRun {
         o.log(String(format: "student K=%d rank %d: %d trained parameters; batch %d, nfe %d, %d intervals; graphs compiled in %.0f s",
                      s.components, s.rank, trained, r.batch, r.nfe, r.intervals, monotonicSeconds() - t0))
 
-        let rollout = DistillRollout(student: s, recipe: r, policy: policy, teacher: teacher) { try session.buffer($0) }
+        let fake = r.dmd && r.scoreWeight > 0
+            ? try FakeScore(s.teacher, teacher: teacherStore, batch: r.batch, lr: r.fakeLR, steps: r.fakeSteps, compile: compile) : nil
+        let rollout = DistillRollout(student: s, recipe: r, policy: policy, teacher: teacher, fake: fake) { try session.buffer($0) }
         let schedule = LRSchedule(lr: o.lr, warmupSteps: o.warmup, warmupStartFactor: 0.001, cosine: o.decayStart != nil,
                                   minFactor: 0.05, totalSteps: o.iterations, decayStart: o.decayStart ?? 0)
         var config = TrainConfig(steps: o.iterations, schedule: schedule,
@@ -363,9 +472,22 @@ public struct DistillRun {
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights, "teacher_shape": TeacherShape.metadata(s.teacher.shape)]
         if r.endpointWeight > 0 { trainer.metadata["endpoint_weight"] = String(r.endpointWeight) }
+        if r.scoreWeight > 0 {
+            trainer.metadata[r.dmd ? "dmd_weight" : "sharpen_weight"] = String(r.scoreWeight)
+            trainer.metadata["score_sigma"] = String(r.scoreSigma)
+            if r.scoreAllSteps { trainer.metadata["score_all_steps"] = "1" }
+        }
+        if let fake {
+            trainer.metadata["fake_lr"] = String(r.fakeLR)
+            trainer.metadata["fake_steps"] = String(r.fakeSteps)
+            trainer.metadata["fake_warmup"] = String(r.fakeWarmup)
+            // The fake's state goes beside the run's, whenever the run's is saved.
+            trainer.afterSave = { try fake.session.save(to: "\(dir)/fake.safetensors") }
+        }
         if let a = o.initAdapter { trainer.metadata["init_adapter"] = a }
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             try trainer.resume(from: trainer.statePath!)
+            try fake?.session.restore(from: "\(dir)/fake.safetensors")
             o.log("resumed at iteration \(session.stepCount)")
         }
         return DistillRun(trainer: trainer, rollout: rollout, student: s, teacherFile: teacherFile, options: o)

@@ -104,18 +104,22 @@ public enum TeacherGraphs {
         let keep = b.input("keep", .f32([n])).reshaped([n, 1])
         let empty = b.constant(emptyCaption.map(Float.init), shape: [1, l])
         let captions = ids * keep + empty * (1 - keep)
-        let net = network(b, c, weights)
         let text = textEncoder(b, c.text, ids: captions)
-        let target = patchify(x0, c), eps = patchify(noise, c)
-        let sg = sigma.reshaped([n, 1, 1])
-        let xt = (1 - sg) * target + sg * eps
-        let pred = try predictX0(b, net, c, x: xt, sigma: sigma, text: text)
-        let d = pred - target
+        b.output("loss", try flowMatchingLoss(b, network(b, c, weights), c, x0: patchify(x0, c), noise: patchify(noise, c), sigma: sigma, text: text))
+        return try b.finish()
+    }
+
+    /// `loss`'s scalar on tokens x0 and noise [B, N, C] at σ [B]: the x0 MSE per sample weighted
+    /// by 1/max(σ², σ_floor²), averaged (the distillation's fake score trains on it too).
+    static func flowMatchingLoss(_ b: GraphBuilder, _ net: FluxNetwork, _ c: TeacherConfig, x0: Value, noise: Value, sigma: Value,
+                                 text: (hidden: Value, pooled: Value)) throws -> Value {
+        let sg = sigma.reshaped([sigma.shape[0], 1, 1])
+        let pred = try predictX0(b, net, c, x: (1 - sg) * x0 + sg * noise, sigma: sigma, text: text)
+        let d = pred - x0
         let perSample = b.reduce(.reduce_mean, d * d, axes: [1, 2])
         let floor = Float(c.sigmaFloor * c.sigmaFloor)
         let weight = b.scalar(1) / b.binary(.max, sigma * sigma, b.scalar(floor))
-        b.output("loss", b.reduce(.reduce_mean, perSample * weight, axes: [0]))
-        return try b.finish()
+        return b.reduce(.reduce_mean, perSample * weight, axes: [0])
     }
 
     // MARK: Sampler

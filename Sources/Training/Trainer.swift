@@ -155,6 +155,8 @@ public final class Trainer {
     /// Called after every step (after any periodic save), e.g. to log or evaluate; a long hook
     /// delays training but never changes it (batches are functions of the step).
     public var afterStep: ((StepRecord) throws -> Void)?
+    /// Called after every save, e.g. to save state the run keeps beside the session's.
+    public var afterSave: (() throws -> Void)?
 
     public init(session: TrainingSession, batches: BatchProvider, config: TrainConfig, directory: String?) {
         self.session = session
@@ -246,6 +248,7 @@ public final class Trainer {
         try session.save(to: "\(dir)/state.safetensors", metadata: md)
         try writeAtomically(csv(), to: "\(dir)/train.csv")
         try writeAtomically(PNG.encode(LossPlot.draw(history, logScale: logScalePlot), text: [("Software", "arcflow train")]), to: "\(dir)/loss.png")
+        try afterSave?()
     }
 
     public func csv() -> String {

@@ -310,6 +310,134 @@ final class DistillTests: XCTestCase {
         XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
     }
 
+    /// The score term's x̂0 predictions at the final images `end` noised with iteration `step`'s
+    /// draws (x_σ' = (1 − σ')·x̂ + σ'·ε): the guided teacher's, x_σ' − σ'·v, and the rollout's
+    /// fake score's (DMD) at its current weights.
+    func scoreX0(_ rollout: DistillRollout, end: [Float], ids: [Float], step: Int) throws -> (teacher: [Float], fake: [Float]?) {
+        let (sigmas, noise, _) = rollout.scoreDraws(step: step)
+        let row = end.count / sigmas.count
+        var y = end
+        for e in y.indices { let s = Float(sigmas[e / row]); y[e] = (1 - s) * y[e] + s * noise[e] }
+        let fake = try rollout.fake?.predictX0(y, sigma: sigmas, ids: ids)
+        let v = try rollout.teacherVelocity(y, sigma: sigmas, ids: ids)
+        for e in y.indices { y[e] -= Float(sigmas[e / row]) * v[e] }
+        return (y, fake)
+    }
+
+    /// With a sharpen weight only the last segment's evaluations carry the term, and their target is
+    /// the guided teacher's x̂0 at the student's own final image noised to the drawn σ' (recomputed
+    /// here from the student's segment and the teacher graph); a short run trains.
+    func testSharpenLossBatchAndRun() throws {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        var o = options(dir, teacher: teacher, iterations: 2)
+        o.recipe.scoreWeight = 2
+        o.recipe.scoreSigma = 0.4
+        let run = try DistillRun.prepare(o)
+        let batch = try run.rollout.batch(step: 1)
+        let b = o.recipe.batch, row = Self.teacherConfig.imageTokens * Self.teacherConfig.tokenChannels
+        XCTAssertEqual(batch["endpoint_weight"], [Float](repeating: 0, count: b) + [Float](repeating: 1, count: b))
+        XCTAssertEqual(batch["endpoint_sigma"], [Float](repeating: 0.5, count: b) + [Float](repeating: 0, count: b))
+        let sigmas = run.rollout.scoreDraws(step: 1).sigmas
+        XCTAssertTrue(sigmas.allSatisfy { $0 >= 0.04 && $0 <= 0.4 }, "\(sigmas)")
+        XCTAssertNotEqual(sigmas, run.rollout.scoreDraws(step: 2).sigmas)
+        let x = Array(batch["x_src"]![(b * row)...]), ids = Array(batch["input_ids"]![..<(b * Self.teacherConfig.text.tokens)])
+        var end = x
+        try run.rollout.studentSegment(&end, ids: ids, t: 0.5, size: 0.5, weight: run.rollout.weight)
+        XCTAssertEqual(Array(batch["endpoint"]![(b * row)...]), try scoreX0(run.rollout, end: end, ids: ids, step: 1).teacher)
+        var both = o
+        both.directory = "\(dir)/both"
+        both.recipe.endpointWeight = 1
+        XCTAssertThrowsError(try DistillRun.prepare(both)) { XCTAssertTrue("\($0)".contains("cannot be combined"), "\($0)") }
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+    }
+
+    /// DMD: the last segment's target is x̂ − (x̂0_fake − x̂0_teacher) at the noised x̂, with the
+    /// fake of the iteration's start (an identical run that has not rolled out yet recomputes it);
+    /// the rollout then trains the fake; and a resumed run equals a straight one, fake included.
+    func testDMDLossTargetFakeTrainingAndResume() throws {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        func dmd(_ name: String, iterations: Int) -> DistillOptions {
+            var o = options("\(dir)/\(name)", teacher: teacher, iterations: iterations)
+            o.recipe.scoreWeight = 2
+            o.recipe.dmd = true
+            o.recipe.fakeSteps = 2
+            o.saveEvery = 0
+            return o
+        }
+        let run = try DistillRun.prepare(dmd("a", iterations: 2)), twin = try DistillRun.prepare(dmd("b", iterations: 2))
+        let fake = try XCTUnwrap(run.rollout.fake), key = DistillGraphs.fakeTrainable(Self.teacherConfig)[0]
+        let before = try fake.session.bytes(key)
+        let batch = try run.rollout.batch(step: 0)
+        XCTAssertNotEqual(try fake.session.bytes(key), before, "the rollout trains the fake")
+        XCTAssertEqual(fake.session.stepCount, 2)
+        let b = 2, row = Self.teacherConfig.imageTokens * Self.teacherConfig.tokenChannels
+        let x = Array(batch["x_src"]![(b * row)...]), ids = Array(batch["input_ids"]![..<(b * Self.teacherConfig.text.tokens)])
+        var end = x
+        try twin.rollout.studentSegment(&end, ids: ids, t: 0.5, size: 0.5, weight: twin.rollout.weight)
+        let x0 = try scoreX0(twin.rollout, end: end, ids: ids, step: 0)
+        let fakeX0 = try XCTUnwrap(x0.fake)
+        for e in end.indices { end[e] -= fakeX0[e] - x0.teacher[e] }
+        XCTAssertEqual(Array(batch["endpoint"]![(b * row)...]), end)
+        XCTAssertEqual(batch["endpoint_weight"], [0, 0, 1, 1])
+        var warm = run.options.recipe
+        warm.fakeWarmup = 3
+        XCTAssertEqual([2, 3].map(warm.scoreWeight(step:)), [0, 2], "the fake's warm-up holds the DMD term at 0")
+
+        let straight = try DistillRun.prepare(dmd("straight", iterations: 4))
+        try straight.train()
+        try DistillRun.prepare(dmd("resumed", iterations: 2)).train()
+        var o = dmd("resumed", iterations: 4)
+        o.resume = true
+        let resumed = try DistillRun.prepare(o)
+        try resumed.train()
+        XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
+        XCTAssertTrue(straight.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        let fakes = try [straight, resumed].map { try XCTUnwrap($0.rollout.fake).session }
+        XCTAssertEqual(fakes[1].stepCount, 8)
+        for name in fakes[0].step.stateNames { XCTAssertEqual(try fakes[0].bytes(name), try fakes[1].bytes(name), name) }
+    }
+
+    /// `scoreAllSteps`: the batch carries the iteration's noise, the knots and the score target at
+    /// the student's own 2-step sample; the loss graph's generator reproduces that sample (its term
+    /// vanishes with the sample as target and is 15·W·δ² with the target moved by δ), so the
+    /// gradient flows through both steps; a short run trains.
+    func testScoreThroughAllStepsBatchGraphAndRun() throws {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        var o = options(dir, teacher: teacher, iterations: 2)
+        o.recipe.scoreWeight = 2
+        o.recipe.scoreAllSteps = true
+        let run = try DistillRun.prepare(o)
+        let batch = try run.rollout.batch(step: 0)
+        let c = Self.teacherConfig, b = o.recipe.batch, row = c.imageTokens * c.tokenChannels
+        XCTAssertNil(batch["endpoint"])
+        XCTAssertEqual(batch["gen_sigmas"], [1, 0.5, 0])
+        XCTAssertEqual(batch["gen_noise"], Array(batch["x_src"]![..<(b * row)]))
+        let noise = batch["gen_noise"]!, ids = batch["gen_ids"]!
+        let sample = try run.rollout.sample(noise: noise, ids: ids, weight: run.rollout.weight)
+        XCTAssertEqual(batch["gen_target"], try run.rollout.scoreTarget(sample, ids: ids, step: 0))
+
+        let adapter = try ArcFlowAdapter.load("\(dir)/init-adapter")
+        let teacherStore = TeacherGraphs.store(c, trained: try SafeTensorsStore(path: teacher))
+        let store = StudentWeights(teacher: teacherStore, adapter: adapter.store)
+        let graph = try DistillGraphs.loss(run.student, teacher: teacherStore, adapter: adapter, evaluations: 2 * b, intervals: o.recipe.intervals,
+                                           generator: b, nfe: 2)
+        func loss(target: [Float], weight: Float) throws -> Double {
+            var inputs = batch
+            inputs["gen_target"] = target
+            inputs["gen_weight"] = [weight]
+            let tensors = Dictionary(uniqueKeysWithValues: graph.inputs.map { id in
+                (graph.nodes[id].name!, Tensor(graph.nodes[id].type, inputs[graph.nodes[id].name!]!))
+            })
+            return Double(try Interpreter.run(graph, inputs: tensors, weights: { key, _ in try store.tensor(key) })["loss"]!.data[0])
+        }
+        let base = try loss(target: sample, weight: 0)
+        XCTAssertEqual(try loss(target: sample, weight: 1), base, accuracy: 1e-6 * base, "the graph's 2-step sample is the Swift sampler's")
+        XCTAssertEqual(try loss(target: sample.map { $0 + 0.1 }, weight: 1) - base, 15 * 0.01, accuracy: 1e-3)
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+    }
+
     /// 4 iterations straight equal 2 iterations, a save, a fresh process-like prepare with resume,
     /// and 2 more: every state tensor byte and every logged loss.
     func testResumeIsBitExactAndExportLoads() throws {

@@ -25,6 +25,13 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 3, the shipped teacher's)"),
         OptionSpec(names: ["--endpoint-loss"], value: "W", help: "not the reference's: also fit where the last step's policy ends to the teacher's 28-step Euler solution from its start, weight W (default 0: π-ID only)"),
+        OptionSpec(names: ["--sharpen-loss"], value: "W", help: "not the reference's: also pull the student's final image toward the guided teacher's denoising of it, noised to σ' ≤ --score-sigma (score distillation, SDS), weight W (default 0)"),
+        OptionSpec(names: ["--dmd-loss"], value: "W", help: "not the reference's: distribution matching (DMD): move the final image by the difference of a fake score (a teacher copy trained on the student's images) and the guided teacher at σ' ≤ --score-sigma, weight W (default 0)"),
+        OptionSpec(names: ["--score-sigma"], value: "S", help: "the largest σ' of --sharpen-loss or --dmd-loss; σ' is uniform in [S/10, S] (default 0.5)"),
+        OptionSpec(names: ["--score-all-steps"], value: nil, help: "--sharpen-loss/--dmd-loss: backpropagate through every step of the student's sample from noise, not only the last"),
+        OptionSpec(names: ["--fake-lr"], value: "LR", help: "--dmd-loss: the fake score's AdamW rate (default 1e-4)"),
+        OptionSpec(names: ["--fake-steps"], value: "N", help: "--dmd-loss: fake-score updates per iteration (default 1)"),
+        OptionSpec(names: ["--fake-warmup"], value: "N", help: "--dmd-loss: the first N iterations train the fake score only (the DMD term's weight 0; default 0)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
         OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N iterations (default 50)"),
@@ -72,6 +79,17 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!
     o.recipe.endpointWeight = try args.double("--endpoint-loss", spec, default: 0)!
     guard o.recipe.endpointWeight >= 0 else { throw UsageError("--endpoint-loss must be at least 0", spec) }
+    guard !(args.has("--sharpen-loss") && args.has("--dmd-loss")) else { throw UsageError("--sharpen-loss and --dmd-loss exclude each other", spec) }
+    o.recipe.dmd = args.has("--dmd-loss")
+    o.recipe.scoreWeight = try args.double(o.recipe.dmd ? "--dmd-loss" : "--sharpen-loss", spec, default: 0)!
+    guard o.recipe.scoreWeight >= 0 else { throw UsageError("--sharpen-loss and --dmd-loss must be at least 0", spec) }
+    o.recipe.scoreSigma = try args.double("--score-sigma", spec, default: o.recipe.scoreSigma)!
+    guard o.recipe.scoreSigma > 0, o.recipe.scoreSigma <= 1 else { throw UsageError("--score-sigma must be in (0, 1]", spec) }
+    o.recipe.fakeLR = try args.double("--fake-lr", spec, default: o.recipe.fakeLR)!
+    guard o.recipe.fakeLR > 0 else { throw UsageError("--fake-lr must be positive", spec) }
+    o.recipe.fakeSteps = try args.int("--fake-steps", spec, default: o.recipe.fakeSteps, min: 1)!
+    o.recipe.scoreAllSteps = args.has("--score-all-steps")
+    o.recipe.fakeWarmup = try args.int("--fake-warmup", spec, default: 0, min: 0)!
     o.evalEvery = try args.int("--eval-every", spec, default: o.evalEvery, min: 0)!
     o.evalCount = try args.int("--eval-prompts", spec, default: o.evalCount, min: 1)!
     o.saveEvery = try args.int("--save-every", spec, default: o.saveEvery, min: 0)!
@@ -89,6 +107,15 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--rank"), let r = md["rank"].flatMap(Int.init) { o.rank = r }
         if !args.has("--lora-targets"), let a = md["lora_targets"].flatMap(StudentConfig.attentionLoRA(named:)) { o.attentionLoRA = a }
         if !args.has("--endpoint-loss"), let w = md["endpoint_weight"].flatMap(Double.init) { o.recipe.endpointWeight = w }
+        if !args.has("--sharpen-loss"), !args.has("--dmd-loss") {
+            if let w = md["sharpen_weight"].flatMap(Double.init) { o.recipe.scoreWeight = w }
+            if let w = md["dmd_weight"].flatMap(Double.init) { o.recipe.scoreWeight = w; o.recipe.dmd = true }
+        }
+        if !args.has("--score-sigma"), let v = md["score_sigma"].flatMap(Double.init) { o.recipe.scoreSigma = v }
+        if !args.has("--fake-lr"), let v = md["fake_lr"].flatMap(Double.init) { o.recipe.fakeLR = v }
+        if !args.has("--fake-steps"), let v = md["fake_steps"].flatMap(Int.init) { o.recipe.fakeSteps = v }
+        if md["score_all_steps"] == "1" { o.recipe.scoreAllSteps = true }
+        if !args.has("--fake-warmup"), let v = md["fake_warmup"].flatMap(Int.init) { o.recipe.fakeWarmup = v }
         if !args.has("--shift"), let v = md["shift"].flatMap(Double.init) { o.recipe.shift = v }
         if !args.has("--guidance"), let v = md["guidance"].flatMap(Double.init) { o.recipe.guidance = v }
         o.resume = true
