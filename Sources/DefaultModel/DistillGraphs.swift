@@ -125,6 +125,11 @@ public enum DistillGraphs {
     /// teacher's Euler solution from x_src at σ_src to σ_e) and `endpoint_weight` [M], add
     /// 15 · Σ_m endpoint_weight_m · mean_{N,4C}(x̂_m − endpoint_m)², where
     /// x̂ = x_src − (σ_src − σ_e)·ū(σ_src → σ_e) is where the student's policy itself ends.
+    ///
+    /// With `generator` (B; not the reference's: `DistillRecipe.scoreAllSteps`), the student's
+    /// whole `nfe`-step sample from `gen_noise` [B, N, 4C] (prompts `gen_ids`, knots `gen_sigmas`)
+    /// is built too, with gradient through every step, and 15 · gen_weight · mean((x̂ − gen_target)²)
+    /// is added.
     public static func loss(_ s: StudentConfig, teacher: WeightStore, adapter: ArcFlowAdapter, evaluations m: Int, intervals: Int,
                             meanVelocity: Bool = false, endpoint: Bool = false, generator: Int? = nil, nfe: Int = 2) throws -> Graph {
         let b = GraphBuilder(name: "distill_loss_k\(s.components)")

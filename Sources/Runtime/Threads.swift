@@ -19,19 +19,34 @@ public func physicalCoreCount() -> Int {
 }
 
 /// The default thread count: the physical cores, but no more than the CPUs this process may run
-/// on that other processes left idle, and at least one.
+/// on that other processes left idle, nor than its cgroup's CPU quota allows, and at least one.
 ///
 /// Why not always the cores: every kernel is an OpenMP fork-join region that ends at a barrier
 /// (thousands per image), and a barrier waits for its slowest thread. A thread whose CPU another
 /// process holds makes every barrier wait for the scheduler to hand that CPU back. Measured on
 /// this project's 2-core machine with two single-threaded jobs running: the default model's
-/// 28-step teacher sampled in 8.03 s with 2 threads and 0.32 s with 1.
+/// 28-step teacher sampled in 8.03 s with 2 threads and 0.32 s with 1. A container's CPU quota
+/// (Docker's `--cpus`, a Kubernetes CPU limit) does the same to more threads than it allows: the
+/// kernel stops the whole group for the rest of each 100 ms period once the quota is spent, and
+/// the affinity list does not show it (every host CPU stays allowed).
 public struct ThreadChoice: Equatable {
     public var threads: Int
     public var cores: Int
     /// CPUs this process may run on (its affinity list), and how many of them were busy.
     public var allowedCPUs: Int
     public var busyCPUs: Int
+    /// CPUs' worth of time the cgroup CPU bandwidth limit allows (quota / period), nil: no limit.
+    public var quotaCPUs: Double? = nil
+
+    /// Why `threads` is below `cores`, for the CLI's note; nil when it is not.
+    public var reason: String? {
+        guard threads < cores else { return nil }
+        if let q = quotaCPUs, Self.threads(quota: q) == threads, threads < allowedCPUs - busyCPUs {
+            return "the CPU quota of this process's cgroup allows \(String(format: "%g", q)) CPU\(q == 1 ? "" : "s")"
+        }
+        if busyCPUs > 0 { return "\(busyCPUs) of \(allowedCPUs) CPUs busy with other processes" }
+        return "this process may run on \(allowedCPUs) CPU\(allowedCPUs == 1 ? "" : "s")"
+    }
 
     /// Samples /proc/stat twice, `sample` seconds apart (50 ms: five 10 ms ticks per CPU).
     public static func measure(sample: TimeInterval = 0.05) -> ThreadChoice {
@@ -44,7 +59,48 @@ public struct ThreadChoice: Equatable {
         guard let after = try? String(contentsOfFile: "/proc/stat", encoding: .utf8) else {
             return ThreadChoice(threads: cores, cores: cores, allowedCPUs: cpus.count, busyCPUs: 0)
         }
-        return choose(cores: cores, allowed: cpus, before: cpuTimes(before), after: cpuTimes(after))
+        var c = choose(cores: cores, allowed: cpus, before: cpuTimes(before), after: cpuTimes(after))
+        if let cgroup = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8),
+           let q = quotaCPUs(cgroup: cgroup, read: { try? String(contentsOfFile: $0, encoding: .utf8) }) {
+            c.quotaCPUs = q
+            c.threads = min(c.threads, Self.threads(quota: q))
+        }
+        return c
+    }
+
+    /// Threads a quota of q CPUs keeps busy without running out within a period: ⌊q⌋, at least 1.
+    static func threads(quota q: Double) -> Int { max(1, Int(q)) }
+
+    /// The tightest CPU bandwidth limit on this process's cgroups, in CPUs (quota / period), from
+    /// `/proc/self/cgroup` and the files `read` returns (nil: absent): cgroup v2's `cpu.max`
+    /// ("max 100000" or "150000 100000") or v1's `cpu.cfs_quota_us` (−1: none) and
+    /// `cpu.cfs_period_us`, at the process's cgroup and each parent up to the mount (inside a
+    /// container the listed path may be the host's while the mount's root is the container's own).
+    static func quotaCPUs(cgroup: String, read: (String) -> String?) -> Double? {
+        var limits: [Double] = []
+        func number(_ text: String?) -> Double? { text.flatMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) } }
+        for line in cgroup.split(separator: "\n") {
+            let f = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 3 else { continue }
+            let controllers = f[1].split(separator: ",")
+            let mounts = f[0] == "0" && f[1].isEmpty ? ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                : controllers.contains("cpu") ? ["/sys/fs/cgroup/\(f[1])", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"] : []
+            for mount in mounts {
+                var parts = f[2].split(separator: "/").map(String.init)
+                while true {
+                    let dir = ([mount] + parts).joined(separator: "/")
+                    if let max = read("\(dir)/cpu.max") {
+                        let v = max.split(whereSeparator: \.isWhitespace)
+                        if v.count == 2, let q = Double(v[0]), let p = Double(v[1]), q > 0, p > 0 { limits.append(q / p) }
+                    } else if let q = number(read("\(dir)/cpu.cfs_quota_us")), let p = number(read("\(dir)/cpu.cfs_period_us")), q > 0, p > 0 {
+                        limits.append(q / p)
+                    }
+                    if parts.isEmpty { break }
+                    parts.removeLast()
+                }
+            }
+        }
+        return limits.min()
     }
 
     /// A CPU counts as busy when it was idle for less than half of the ticks between the two

@@ -33,6 +33,27 @@ final class ThreadChoiceTests: XCTestCase {
         XCTAssertEqual(ThreadChoice.choose(cores: 4, allowed: [0, 1, 2, 3], before: before, after: allBusy).threads, 1)
     }
 
+    /// The cgroup CPU quota: v2's cpu.max and v1's cfs files, the tightest along the path up to the
+    /// mount (a container's own root when the listed path is the host's), none when unlimited.
+    func testCgroupQuotaCapsTheCount() {
+        func quota(_ cgroup: String, _ files: [String: String]) -> Double? { ThreadChoice.quotaCPUs(cgroup: cgroup, read: { files[$0] }) }
+        XCTAssertEqual(quota("0::/kubepods/pod1/c1\n", ["/sys/fs/cgroup/kubepods/pod1/c1/cpu.max": "150000 100000\n",
+                                                          "/sys/fs/cgroup/kubepods/cpu.max": "400000 100000\n"]), 1.5)
+        XCTAssertEqual(quota("0::/docker/abc\n", ["/sys/fs/cgroup/cpu.max": "200000 100000\n"]), 2, "the container's root")
+        XCTAssertNil(quota("0::/user.slice\n", ["/sys/fs/cgroup/user.slice/cpu.max": "max 100000\n"]))
+        XCTAssertEqual(quota("4:memory:/x\n3:cpu,cpuacct:/docker/abc\n", ["/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",
+                                                                            "/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"]), 1)
+        XCTAssertNil(quota("1:cpu:/\n", ["/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"]))
+        XCTAssertNil(quota("", [:]))
+        var c = ThreadChoice(threads: 1, cores: 4, allowedCPUs: 8, busyCPUs: 0, quotaCPUs: 1.5)
+        XCTAssertEqual(c.reason, "the CPU quota of this process's cgroup allows 1.5 CPUs")
+        c = ThreadChoice(threads: 3, cores: 4, allowedCPUs: 4, busyCPUs: 1)
+        XCTAssertEqual(c.reason, "1 of 4 CPUs busy with other processes")
+        c = ThreadChoice(threads: 1, cores: 4, allowedCPUs: 1, busyCPUs: 0)
+        XCTAssertEqual(c.reason, "this process may run on 1 CPU")
+        XCTAssertNil(ThreadChoice(threads: 4, cores: 4, allowedCPUs: 4, busyCPUs: 0).reason)
+    }
+
     /// With every CPU busy in a spinning process, a run without --threads (or OMP_NUM_THREADS)
     /// takes one thread and says so; --threads and OMP_NUM_THREADS still decide.
     func testRunOnBusyMachineTakesOneThreadAndSaysSo() throws {

@@ -276,7 +276,7 @@ func generateLatentsFromEmbeddings(_ args: ParsedArguments) throws {
         throw UsageError("\(flag) does not go with --embeddings (which runs a compiled sampler alone)", generateSpec)
     }
     if args.has("--noise") == args.has("--seed") { throw UsageError("give exactly one of --noise and --seed", generateSpec) }
-    let model = try loadModel(args, generateSpec)
+    let (model, _) = try loadModel(args, generateSpec)
     try checkNegativeEmbeddings(args, model)
     let m = model.manifest
     // The run-time scales, as inputs [1] (those the model reads).

@@ -6,7 +6,7 @@ import IR
 import Runtime
 
 let threadsOption = OptionSpec(names: ["--threads"], value: "N",
-                               help: "threads for kernels and BLAS (default: $OMP_NUM_THREADS, else the physical cores, fewer when other processes keep CPUs busy)")
+                               help: "threads for kernels and BLAS (default: $OMP_NUM_THREADS, else the physical cores, fewer when other processes keep CPUs busy or a cgroup CPU quota allows fewer)")
 
 /// `--threads N`, else `OMP_NUM_THREADS` (its first number, as OpenMP reads it), else the
 /// physical cores, fewer when other processes hold CPUs (`ThreadChoice` says why), which it then
@@ -18,8 +18,8 @@ func threadCount(_ args: ParsedArguments, _ spec: CommandSpec) throws -> Int {
         return n
     }
     let c = ThreadChoice.measure()
-    if c.threads < c.cores {
-        stderrLine("arcflow: \(c.busyCPUs) of \(c.allowedCPUs) CPUs busy with other processes: running \(c.threads) thread\(c.threads == 1 ? "" : "s") instead of \(c.cores) (--threads N to choose)")
+    if let reason = c.reason {
+        stderrLine("arcflow: \(reason): running \(c.threads) thread\(c.threads == 1 ? "" : "s") instead of \(c.cores) (--threads N to choose)")
     }
     return c.threads
 }
@@ -35,16 +35,17 @@ let runSpec = CommandSpec(
         OptionSpec(names: ["--profile"], value: nil, help: "print time per kernel (to stderr)"),
     ])
 
-func loadModel(_ args: ParsedArguments, _ spec: CommandSpec) throws -> LoadedModel {
+/// The compiled model of `--model`, set to run with `threadCount`'s threads (also returned).
+func loadModel(_ args: ParsedArguments, _ spec: CommandSpec) throws -> (LoadedModel, threads: Int) {
     let model = try LoadedModel.load(try args.required("--model", spec))
     let threads = try threadCount(args, spec)
     model.executable.setThreads(threads)
-    return model
+    return (model, threads)
 }
 
 func runCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, runSpec, maxPositional: 0)
-    let model = try loadModel(args, runSpec)
+    let (model, _) = try loadModel(args, runSpec)
     let inputsPath = try args.required("--inputs", runSpec)
     let outPath = try args.required("--output", runSpec)
     let file = try SafeTensorsStore(path: inputsPath)
@@ -122,7 +123,7 @@ let benchSpec = CommandSpec(
 
 func benchCommand(_ argv: [String]) throws {
     let args = try parseArguments(argv, benchSpec, maxPositional: 0)
-    let model = try loadModel(args, benchSpec)
+    let (model, threads) = try loadModel(args, benchSpec)
     let runs = try args.int("--runs", benchSpec, default: 10, min: 1)!
     let warmup = try args.int("--warmup", benchSpec, default: 2, min: 0)!
     let seed = try args.int("--seed", benchSpec, default: 0, min: 0)!
@@ -148,7 +149,6 @@ func benchCommand(_ argv: [String]) throws {
     let m = model.manifest
     let med = median(full), gmed = median(gemm)
     let gflops = m.flops / med / 1e9, gemmGflops = m.gemmFlops / gmed / 1e9
-    let threads = try threadCount(args, benchSpec)
     let nfe = Double(m.model["nfe"] ?? "") ?? 0
     let peak = exe.library.fmaPeakGFLOPS()
     let bf16Peak = exe.library.bf16PeakGFLOPS()
