@@ -11,7 +11,6 @@ import Training
 public final class FakeScore {
     public let session: TrainingSession
     let forward: PolicyRunner
-    let config: TeacherConfig
     let lr: Double
     let steps: Int
 
@@ -19,7 +18,7 @@ public final class FakeScore {
     /// EMA), its weights starting at the teacher's.
     public init(_ c: TeacherConfig, teacher: WeightStore, batch: Int, lr: Double, steps: Int,
                 compile: (Graph, [String: String]) throws -> Executable) throws {
-        config = c; self.lr = lr; self.steps = steps
+        self.lr = lr; self.steps = steps
         forward = PolicyRunner(try compile(try DistillGraphs.fakeScore(c, teacher: teacher, batch: batch), [:]), batch: batch)
         let optimizer = OptimizerConfig(adamW: AdamW(beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0), maxGradNorm: 1)
         let step = try OptimizerStep.build(lossGraph: try DistillGraphs.fakeLoss(c, teacher: teacher, batch: batch), loss: "loss",
