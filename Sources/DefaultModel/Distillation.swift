@@ -205,18 +205,18 @@ public final class DistillRollout: BatchProvider {
         }
         var t = 1.0
         for (segment, size) in r.segments.enumerated() {
-            let sigmaSource = r.warp(t)
+            let sigmaSource = r.warp(t), last = segment == r.segments.count - 1
             if r.endpointWeight > 0 {
                 out["endpoint", default: []] += try teacherSolution(x, from: Double(Float(sigmaSource)), to: r.warp(t - size), ids: ids)
-            } else if r.usesEndpoint {
-                // The score term on the last segment only; earlier ones carry weight 0.
+            } else if r.usesEndpoint && last {
                 var end = x
-                let last = segment == r.segments.count - 1
-                if last { try studentSegment(&end, ids: ids, t: t, size: size, weight: weight) }
-                out["endpoint", default: []] += last ? try scoreTarget(end, ids: ids, step: step) : x
+                try studentSegment(&end, ids: ids, t: t, size: size, weight: weight)
+                out["endpoint", default: []] += try scoreTarget(end, ids: ids, step: step)
+            } else if r.usesEndpoint {
+                out["endpoint", default: []] += x   // the score term is on the last segment only: weight 0 here
             }
             if r.usesEndpoint {
-                let w = r.endpointWeight > 0 ? r.endpointWeight : (segment == r.segments.count - 1 ? r.scoreWeight(step: step) : 0)
+                let w = r.endpointWeight > 0 ? r.endpointWeight : (last ? r.scoreWeight(step: step) : 0)
                 out["endpoint_sigma", default: []] += [Float](repeating: Float(r.warp(t - size)), count: b)
                 out["endpoint_weight", default: []] += [Float](repeating: Float(w / Double(b)), count: b)
             }
@@ -291,29 +291,15 @@ public final class DistillRollout: BatchProvider {
     /// fake of the iteration's start). The draws come from a generator of their own, so the
     /// rollout's are unchanged.
     func scoreTarget(_ end: [Float], ids: [Float], step: Int) throws -> [Float] {
-        let b = recipe.batch, row = tokens * channels
         var (sigmas, noise, rng) = scoreDraws(step: step)
-        var y = end
-        for k in 0..<b {
-            let s = Float(sigmas[k])
-            for e in (k * row)..<((k + 1) * row) { y[e] = (1 - s) * y[e] + s * noise[e] }
-        }
-        let v = try teacherVelocity(y, sigma: sigmas, ids: ids)
-        guard let fake else {
-            for k in 0..<b {
-                let s = Float(sigmas[k])
-                for e in (k * row)..<((k + 1) * row) { y[e] -= s * v[e] }
-            }
-            return y
-        }
-        let fakeX0 = try fake.predictX0(y, sigma: sigmas, ids: ids)
-        var target = end
-        for k in 0..<b {
-            let s = Float(sigmas[k])
-            for e in (k * row)..<((k + 1) * row) { target[e] -= fakeX0[e] - (y[e] - s * v[e]) }
-        }
+        let row = tokens * channels, sigma = sigmas.flatMap { [Float](repeating: Float($0), count: row) }
+        let noised = end.indices.map { (1 - sigma[$0]) * end[$0] + sigma[$0] * noise[$0] }
+        let v = try teacherVelocity(noised, sigma: sigmas, ids: ids)
+        let teacherX0 = end.indices.map { noised[$0] - sigma[$0] * v[$0] }
+        guard let fake else { return teacherX0 }
+        let fakeX0 = try fake.predictX0(noised, sigma: sigmas, ids: ids)
         try fake.train(x0: end, ids: ids, sigmaMax: recipe.scoreSigma, rng: &rng)
-        return target
+        return end.indices.map { end[$0] - (fakeX0[$0] - teacherX0[$0]) }
     }
 
     /// Iteration `step`'s σ' per sample and noise [B, N, 4C] for `scoreTarget`, and the generator
