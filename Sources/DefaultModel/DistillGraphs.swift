@@ -59,7 +59,8 @@ public enum DistillGraphs {
     }
 
     /// The teacher's classifier-free-guided velocity at a batch of states: inputs `x` [B, N, 4C],
-    /// `sigma` [B] (> 0), `input_ids` [B, L], `guidance_scale` [1]; output `velocity` [B, N, 4C]
+    /// `sigma` [B] (> 0), `input_ids` [B, L], `guidance_scale` [B] (per sample: the scale may
+    /// depend on σ, `DistillRecipe.guidance(at:)`); output `velocity` [B, N, 4C]
     /// = (x − x̂0_guided)/σ, x̂0_guided = x̂0_u + G(x̂0_c − x̂0_u), cond and uncond (the empty
     /// caption) in one batch of 2B, as `TeacherGraphs.sampler` guides.
     public static func teacherVelocity(_ c: TeacherConfig, teacher: WeightStore, batch n: Int) throws -> Graph {
@@ -68,13 +69,13 @@ public enum DistillGraphs {
         let x = b.input("x", .f32([n, c.imageTokens, c.tokenChannels]))
         let sigma = b.input("sigma", .f32([n]))
         let ids = b.input("input_ids", .f32([n, l]))
-        let g = b.input("guidance_scale", .f32([1]))
+        let g = b.input("guidance_scale", .f32([n]))
         let empty = b.broadcast(b.constant(TeacherGraphs.emptyCaption.map(Float.init), shape: [1, l]), to: [n, l])
         let net = TeacherGraphs.network(b, c, teacher)
         let text = TeacherGraphs.textEncoder(b, c.text, ids: b.concat([ids, empty], axis: 0))
         let x0 = try TeacherGraphs.predictX0(b, net, c, x: b.concat([x, x], axis: 0), sigma: b.concat([sigma, sigma], axis: 0), text: text)
         let cond = b.slice(x0, axis: 0, 0..<n), uncond = b.slice(x0, axis: 0, n..<(2 * n))
-        let guided = uncond + g.reshaped([1, 1, 1]) * (cond - uncond)
+        let guided = uncond + g.reshaped([n, 1, 1]) * (cond - uncond)
         b.output("velocity", (x - guided) / sigma.reshaped([n, 1, 1]))
         return try b.finish()
     }

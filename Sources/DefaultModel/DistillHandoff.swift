@@ -29,7 +29,7 @@ public enum DistillHandoff {
             throw ArcError("the student's knot σ = \(knot) is not a point of the teacher's \(steps)-step schedule")
         }
         let prompts = DefaultReport.prompts(perCategory: n)
-        let names = ["teacher (Euler, CFG \(r.guidance))", "student (2 NFE)", "student step 1 → teacher", "teacher → student step 2"]
+        let names = ["teacher (Euler, CFG \(r.guidanceLabel))", "student (2 NFE)", "student step 1 → teacher", "teacher → student step 2"]
         let nfes = ["\(steps) × 2", "2", "1 + \(steps - mid) × 2", "\(mid) × 2 + 1"]
         var columns = zip(names, nfes).map { DefaultReport.Column(name: $0, nfe: $1) }
         var rng = SeededGenerator(seed: seed)

@@ -31,6 +31,12 @@ public struct DistillRecipe: Equatable {
     public var shift = 1.0
     /// The guided teacher's scale: the shipped teacher's (`DefaultTeacherSampling.guidance`).
     public var guidance = DefaultTeacherSampling.guidance
+    /// Not the reference's (nil: one scale): the teacher's scale at σ > `guidanceSplit`, where
+    /// a flow model settles the layout (`guidance` below, where it draws the shapes). Why: at
+    /// CFG 5 the shipped teacher misplaces fewer two-object scenes than at 3 but overshoots
+    /// sizes and shape edges more (README, session 25), so one scale cannot have both.
+    public var earlyGuidance: Double?
+    public var guidanceSplit = 0.5
     /// D: the teacher ratio falls linearly from 1 to 0 over D iterations (reference: 2000 of 10 000).
     public var decayIterations = 600
     public var dropout = 0.1
@@ -70,6 +76,17 @@ public struct DistillRecipe: Equatable {
     /// from the final image too.
     public var scoreAllSteps = false
     public init() {}
+
+    /// The teacher's guidance scale at noise level σ.
+    public func guidance(at sigma: Double) -> Double {
+        if let early = earlyGuidance, sigma > guidanceSplit { return early }
+        return guidance
+    }
+
+    /// How the teacher is guided, for labels: "3.0", or "5.0 above σ 0.5, 3.0 below".
+    public var guidanceLabel: String {
+        earlyGuidance.map { "\($0) above σ \(guidanceSplit), \(guidance) below" } ?? "\(guidance)"
+    }
 
     /// The score term's weight at 0-based iteration `step` (0 during the fake's warm-up).
     public func scoreWeight(step: Int) -> Double { dmd && step < fakeWarmup ? 0 : scoreWeight }
@@ -173,7 +190,8 @@ public final class DistillRollout: BatchProvider {
     func teacherVelocity(_ x: [Float], sigma: [Double], ids: [Float]) throws -> [Float] {
         let b = recipe.batch, l = student.teacher.text.tokens
         let out = try teacher.run(["x": Tensor(.f32([b, tokens, channels]), x), "sigma": Tensor(.f32([b]), sigma.map(Float.init)),
-                                   "input_ids": Tensor(.f32([b, l]), ids), "guidance_scale": Tensor(.f32([1]), [Float(recipe.guidance)])])
+                                   "input_ids": Tensor(.f32([b, l]), ids),
+                                   "guidance_scale": Tensor(.f32([b]), sigma.map { Float(recipe.guidance(at: $0)) })])
         return out["velocity"]!.data
     }
 
@@ -457,6 +475,10 @@ public struct DistillRun {
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights, "teacher_shape": TeacherShape.metadata(s.teacher.shape)]
+        if let g = r.earlyGuidance {
+            trainer.metadata["early_guidance"] = String(g)
+            trainer.metadata["guidance_split"] = String(r.guidanceSplit)
+        }
         if r.endpointWeight > 0 { trainer.metadata["endpoint_weight"] = String(r.endpointWeight) }
         if r.scoreWeight > 0 {
             trainer.metadata[r.dmd ? "dmd_weight" : "sharpen_weight"] = String(r.scoreWeight)

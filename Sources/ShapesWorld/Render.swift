@@ -57,6 +57,9 @@ public enum ShapesWorld {
     /// Placement keeps centres this far inside the cells and the relation thresholds (16 px),
     /// so a judge measuring the pixel bounding box (±0.5 px from anti-aliasing) agrees.
     public static let placementMargin = 1.5
+    /// The largest offset across a relation that `layout` draws by default: the world's 16 px
+    /// less `placementMargin`. Training may ask for less (`layout(_:rng:across:)`).
+    public static let acrossLimit = 16 - placementMargin
 
     /// Column or row (0, 1, 2) of a continuous coordinate.
     public static func cell(_ v: Double) -> Int { v < cellEdges.0 ? 0 : v < cellEdges.1 ? 1 : 2 }
@@ -83,8 +86,9 @@ public enum ShapesWorld {
         }
     }
 
-    /// Whether "a <relation> b" holds with `placementMargin` to spare on both thresholds.
-    static func holdsWithMargin(_ r: Prompt.Relation, _ a: Scene.Item, _ b: Scene.Item) -> Bool {
+    /// Whether "a <relation> b" holds with `placementMargin` to spare on both thresholds and the
+    /// offset across the relation is at most `across` (≤ `acrossLimit`).
+    static func holdsWithMargin(_ r: Prompt.Relation, _ a: Scene.Item, _ b: Scene.Item, across limit: Double = acrossLimit) -> Bool {
         let m = placementMargin
         let (along, across): (Double, Double)
         switch r {
@@ -93,13 +97,15 @@ public enum ShapesWorld {
         case .above: (along, across) = (b.y - a.y, a.x - b.x)
         case .below: (along, across) = (a.y - b.y, a.x - b.x)
         }
-        return along >= 16 + m && abs(across) <= 16 - m
+        return along >= 16 + m && abs(across) <= min(limit, acrossLimit)
     }
 
     /// Places the prompt's objects: sizes uniform in their range, centres by rejection sampling
     /// (uniform over the canvas, kept when the position, relation and gap hold), so placement is
-    /// uniform over everything the prompt allows. Deterministic for a generator state.
-    public static func layout<G: RandomNumberGenerator>(_ prompt: Prompt, rng: inout G) -> Scene {
+    /// uniform over everything the prompt allows. Deterministic for a generator state. `across`
+    /// narrows a relation's offset across it (default: all the world allows); a training layout
+    /// prior, never a change to what the prompt means (the judge keeps 16 px).
+    public static func layout<G: RandomNumberGenerator>(_ prompt: Prompt, rng: inout G, across: Double = acrossLimit) -> Scene {
         let objects = prompt.objects
         let sizes = objects.map { rng.uniform(sizeRange($0.size)) }
         for _ in 0..<100_000 {
@@ -107,7 +113,7 @@ public enum ShapesWorld {
                 Scene.Item(o.colour, o.shape, x: rng.uniform(fit(s)), y: rng.uniform(fit(s)), size: s)
             }
             if let relation = prompt.relation {
-                if holdsWithMargin(relation, items[0], items[1]) && items[0].gap(to: items[1]) >= minimumGap {
+                if holdsWithMargin(relation, items[0], items[1], across: across) && items[0].gap(to: items[1]) >= minimumGap {
                     return Scene(items)
                 }
             } else if let p = objects[0].position {
@@ -156,8 +162,8 @@ public enum ShapesWorld {
     }
 
     /// A random image of the prompt.
-    public static func render<G: RandomNumberGenerator>(_ prompt: Prompt, rng: inout G) -> Image8 {
-        rasterize(layout(prompt, rng: &rng))
+    public static func render<G: RandomNumberGenerator>(_ prompt: Prompt, rng: inout G, across: Double = acrossLimit) -> Image8 {
+        rasterize(layout(prompt, rng: &rng, across: across))
     }
 
     public static func render(_ prompt: Prompt, seed: UInt64) -> Image8 {
@@ -180,8 +186,8 @@ public enum ShapesWorld {
     }
 
     /// A training batch: one random render per prompt, as `tensor` lays it out.
-    public static func renderBatch<G: RandomNumberGenerator>(_ prompts: [Prompt], rng: inout G) -> [Float] {
-        tensor(prompts.map { render($0, rng: &rng) })
+    public static func renderBatch<G: RandomNumberGenerator>(_ prompts: [Prompt], rng: inout G, across: Double = acrossLimit) -> [Float] {
+        tensor(prompts.map { render($0, rng: &rng, across: across) })
     }
 
     /// Renders tiled into a grid (⌈√n⌉ columns) with 2 px grey separators, for a README or a

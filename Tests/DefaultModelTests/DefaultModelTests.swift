@@ -107,6 +107,33 @@ final class DefaultModelTests: XCTestCase {
         XCTAssertTrue(TeacherWeights.frozen(.tiny()).isEmpty, "the tiny config has a single block that reads the text rows")
     }
 
+    /// `train-default --relation-across`: the layout prior shapes a run's batches, so a resumed
+    /// run must keep its own; another one is refused with both values named.
+    func testResumeKeepsTheRunsRelationPrior() throws {
+        let dir = NSTemporaryDirectory() + "arcflow-across-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = TeacherRunOptions(directory: dir)
+        o.shape = TeacherShape(patch: 32, width: 64, doubleBlocks: 1, singleBlocks: 1)
+        (o.batch, o.steps, o.warmup, o.evalEvery, o.saveEvery, o.threads) = (2, 2, 0, 0, 1, 1)
+        o.relationAcross = 6
+        o.log = { _ in }
+        try TeacherRun.run(o)
+        o.resume = true
+        o.steps = 3
+        o.relationAcross = nil
+        XCTAssertThrowsError(try TeacherRun.prepare(o)) {
+            XCTAssertTrue("\($0)".contains("--relation-across 6.0, not unset"), "\($0)")
+        }
+        o.relationAcross = 6
+        XCTAssertEqual(try TeacherRun.prepare(o).trainer.session.stepCount, 2)
+        // The batches differ from the world's prior exactly in the two-object scenes.
+        let c = try TeacherConfig.make(o.shape!, batch: 16)
+        var narrow = TeacherBatches(config: c, seed: 3)
+        narrow.relationAcross = 6
+        XCTAssertNotEqual(try narrow.batch(step: 0)["x0"], try TeacherBatches(config: c, seed: 3).batch(step: 0)["x0"])
+        XCTAssertEqual(narrow.prompts(step: 0), TeacherBatches(config: c, seed: 3).prompts(step: 0))
+    }
+
     /// `train-default --init-weights`: every weight read from a file, checked against the layout.
     func testInitWeightsFromAFile() throws {
         let c = TeacherConfig.tiny()

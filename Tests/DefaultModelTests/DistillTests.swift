@@ -584,13 +584,26 @@ final class DistillTests: XCTestCase {
             "sigmas": Tensor(.f32([2]), [0.75, 0.25]), "guidance_scale": Tensor(.f32([1]), [4]),
         ], weights: weights)["images"]!.data
         let x = Tokens.patchify(images, count: 2, patch: c.patch)
-        let v = try Interpreter.run(try DistillGraphs.teacherVelocity(c, teacher: store, batch: 2), inputs: [
-            "x": Tensor(.f32([2, c.imageTokens, c.tokenChannels]), x), "sigma": Tensor(.f32([2]), [0.75, 0.75]),
-            "input_ids": ids, "guidance_scale": Tensor(.f32([1]), [4]),
-        ], weights: weights)["velocity"]!.data
+        let graph = try DistillGraphs.teacherVelocity(c, teacher: store, batch: 2)
+        func velocity(_ scales: [Float]) throws -> [Float] {
+            try Interpreter.run(graph, inputs: [
+                "x": Tensor(.f32([2, c.imageTokens, c.tokenChannels]), x), "sigma": Tensor(.f32([2]), [0.75, 0.75]),
+                "input_ids": ids, "guidance_scale": Tensor(.f32([2]), scales),
+            ], weights: weights)["velocity"]!.data
+        }
+        let v = try velocity([4, 4])
         let moved = Tokens.patchify(stepped, count: 2, patch: c.patch)
         let err = zip(zip(moved, x), v).map { abs(($0.0 - $0.1) / -0.5 - $1) }.max()!
         XCTAssertLessThan(err, 1e-3 * max(v.map(abs).max()!, 1))
+        // The scale is per sample (a σ-dependent guidance): each row is guided by its own.
+        let half = v.count / 2, mixed = try velocity([4, 2]), two = try velocity([2, 2])
+        XCTAssertEqual(Array(mixed[..<half]), Array(v[..<half]))
+        XCTAssertEqual(Array(mixed[half...]), Array(two[half...]))
+        var r = DistillRecipe()
+        XCTAssertEqual([0.9, 0.5, 0.2].map(r.guidance(at:)), [3, 3, 3])
+        (r.earlyGuidance, r.guidanceSplit) = (5, 0.5)
+        XCTAssertEqual([0.9, 0.51, 0.5, 0.2].map(r.guidance(at:)), [5, 5, 3, 3])
+        XCTAssertEqual(r.guidanceLabel, "5.0 above σ 0.5, 3.0 below")
     }
 
     /// The Swift patchify is the graph's.

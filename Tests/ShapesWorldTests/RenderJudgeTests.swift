@@ -35,6 +35,30 @@ final class RenderJudgeTests: XCTestCase {
         XCTAssertEqual(ShapesWorld.renderBatch(prompts(8, seed: 1), rng: &a), ShapesWorld.renderBatch(prompts(8, seed: 1), rng: &b))
     }
 
+    /// A narrower training prior (`across`): two-object scenes keep the offset across their
+    /// relation within it and still pass the judge; one-object scenes draw exactly as before.
+    func testNarrowerRelationPriorBoundsTheOffsetAcross() throws {
+        var narrow = SplitMix64(seed: 21), wide = SplitMix64(seed: 21)
+        var widest = 0.0
+        for p in prompts(400, seed: 5) {
+            let scene = ShapesWorld.layout(p, rng: &narrow, across: 6)
+            let plain = ShapesWorld.layout(p, rng: &wide)
+            guard let relation = p.relation else {
+                XCTAssertEqual(scene.items.map(\.x), plain.items.map(\.x), "\(p)")
+                XCTAssertEqual(scene.items.map(\.y), plain.items.map(\.y), "\(p)")
+                narrow = wide   // a two-object draw may consume a different number of values
+                continue
+            }
+            let (a, b) = (scene.items[0], scene.items[1])
+            let across = relation == .above || relation == .below ? a.x - b.x : a.y - b.y
+            XCTAssertLessThanOrEqual(abs(across), 6, "\(p)")
+            widest = max(widest, abs(across))
+            XCTAssertTrue(ShapesWorld.judge(ShapesWorld.rasterize(scene), p).passed, "\(p)")
+            narrow = wide
+        }
+        XCTAssertGreaterThan(widest, 4, "the prior narrows the offsets, it does not pin them")
+    }
+
     func testImagesFollowTheCanvasRules() throws {
         var rng = SplitMix64(seed: 12)
         for p in prompts(300, seed: 4) {

@@ -24,6 +24,8 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--lora-targets"], value: "T", help: "mlp (default: the reference's MLP and timestep targets) or mlp+attention (also q, k, v and output projections)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
         OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 3, the shipped teacher's)"),
+        OptionSpec(names: ["--early-guidance"], value: "G", help: "not the reference's: the teacher's guidance scale at σ > --guidance-split, where the layout is settled (--guidance below; default: --guidance throughout)"),
+        OptionSpec(names: ["--guidance-split"], value: "S", help: "the σ where --early-guidance hands over to --guidance (default 0.5)"),
         OptionSpec(names: ["--endpoint-loss"], value: "W", help: "not the reference's: also fit where the last step's policy ends to the teacher's 28-step Euler solution from its start, weight W (default 0: π-ID only)"),
         OptionSpec(names: ["--sharpen-loss"], value: "W", help: "not the reference's: also pull the student's final image toward the guided teacher's denoising of it, noised to σ' ≤ --score-sigma (score distillation, SDS), weight W (default 0)"),
         OptionSpec(names: ["--dmd-loss"], value: "W", help: "not the reference's: distribution matching (DMD): move the final image by the difference of a fake score (a teacher copy trained on the student's images) and the guided teacher at σ' ≤ --score-sigma, weight W (default 0)"),
@@ -77,6 +79,9 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
     guard o.recipe.shift > 0 else { throw UsageError("--shift must be positive", spec) }
     o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!
+    o.recipe.earlyGuidance = try args.double("--early-guidance", spec)
+    o.recipe.guidanceSplit = try args.double("--guidance-split", spec, default: o.recipe.guidanceSplit)!
+    guard o.recipe.guidanceSplit > 0, o.recipe.guidanceSplit < 1 else { throw UsageError("--guidance-split must be in (0, 1)", spec) }
     o.recipe.endpointWeight = try args.double("--endpoint-loss", spec, default: 0)!
     guard o.recipe.endpointWeight >= 0 else { throw UsageError("--endpoint-loss must be at least 0", spec) }
     guard !(args.has("--sharpen-loss") && args.has("--dmd-loss")) else { throw UsageError("--sharpen-loss and --dmd-loss exclude each other", spec) }
@@ -118,6 +123,8 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--fake-warmup"), let v = md["fake_warmup"].flatMap(Int.init) { o.recipe.fakeWarmup = v }
         if !args.has("--shift"), let v = md["shift"].flatMap(Double.init) { o.recipe.shift = v }
         if !args.has("--guidance"), let v = md["guidance"].flatMap(Double.init) { o.recipe.guidance = v }
+        if !args.has("--early-guidance"), let v = md["early_guidance"].flatMap(Double.init) { o.recipe.earlyGuidance = v }
+        if !args.has("--guidance-split"), let v = md["guidance_split"].flatMap(Double.init) { o.recipe.guidanceSplit = v }
         o.resume = true
         let (columns, prompts) = try DistillHandoff.run(try DistillRun.prepare(o), perCategory: n, log: o.log)
         print(DefaultReport.markdown(columns, prompts: prompts, seed: 1234, threads: o.threads))

@@ -25,6 +25,7 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--guidance"], value: "G", help: "classifier-free guidance scale of the evaluation sampler (default 5, the run's history); with --export-teacher: the shipped teacher's (default 3)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ-schedule shift of the 28 Euler steps (default 1)"),
         OptionSpec(names: ["--seed"], value: "S", help: "seed of the initial weights and of the batches (default 0)"),
+        OptionSpec(names: ["--relation-across"], value: "PX", help: "training layouts of two-object prompts keep the offset across the relation within PX (default 14.5: all the world allows, its 16 px less a 1.5 px margin); the judge keeps 16"),
         OptionSpec(names: ["--patch"], value: "P", help: "a fresh run's teacher: pixels per image-token side (default 8: 64 tokens; 4: 256 tokens)"),
         OptionSpec(names: ["--width"], value: "W", help: "a fresh run's teacher: transformer width, heads of 64 (default 192)"),
         OptionSpec(names: ["--double-blocks"], value: "N", help: "a fresh run's teacher: joint (double-stream) blocks (default 4)"),
@@ -79,6 +80,12 @@ func trainDefaultCommand(_ argv: [String]) throws {
     o.guidance = try args.double("--guidance", spec, default: o.guidance)!
     o.shift = try args.double("--shift", spec, default: o.shift)!
     o.seed = UInt64(try args.int("--seed", spec, default: 0, min: 0)!)
+    if let across = try args.double("--relation-across", spec) {
+        guard across > 0, across <= ShapesWorld.acrossLimit else {
+            throw ArcError("--relation-across \(across): expected a width in (0, \(ShapesWorld.acrossLimit)] pixels")
+        }
+        o.relationAcross = across
+    }
     o.initWeights = args.value("--init-weights")
     o.threads = try threadCount(args, spec)
     let shapeOptions = ["--patch", "--width", "--double-blocks", "--single-blocks"]
