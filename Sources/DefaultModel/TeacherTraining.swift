@@ -50,6 +50,9 @@ public final class TeacherEvaluator {
     public let config: TeacherConfig
     public let prompts: [Prompt]
     public var guidance: Double
+    /// The scale at each step's starting σ when set (a σ-dependent guidance, as
+    /// `DistillRecipe.guidance(at:)`); `guidance` throughout otherwise.
+    public var guidanceAt: ((Double) -> Double)?
     public var sigmas: [Double]
     public let shift: Double
     public let chunk: Int
@@ -116,7 +119,7 @@ public final class TeacherEvaluator {
             for i in 0..<(sigmas.count - 1) {
                 let out = try exe.run(["noise": x, "input_ids": Tensor(.f32([chunk, l]), ids),
                                        "sigmas": Tensor(.f32([2]), [Float(sigmas[i]), Float(sigmas[i + 1])]),
-                                       "guidance_scale": Tensor(.f32([1]), [Float(guidance)])])
+                                       "guidance_scale": Tensor(.f32([1]), [Float(guidanceAt?(sigmas[i]) ?? guidance)])])
                 x = out["images"]!
             }
             return x.data

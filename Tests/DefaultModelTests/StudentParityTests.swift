@@ -201,5 +201,12 @@ final class StudentParityTests: XCTestCase {
             XCTAssertLessThan(err, Self.tolerance, "'\(prompt)': compiled teacher vs the evaluator's sampler")
             XCTAssertGreaterThan(relativeL2(Tensor(want.type, image), want), 100 * Self.tolerance, "the sampler moved the noise")
         }
+        // A σ-dependent scale (`distill-default --early-guidance`) applies at each step's start:
+        // constant, it is the plain evaluator; lowered below σ 0.5, the last step differs.
+        evaluator.guidanceAt = { _ in g }
+        XCTAssertEqual(try evaluator.sample(weights: TensorStore(weights), threads: 1), samples)
+        evaluator.guidanceAt = { $0 > 0.5 ? g : 1 }
+        XCTAssertEqual(evaluator.sigmas.filter { $0 > 0 && $0 <= 0.5 }.count, 1)
+        XCTAssertNotEqual(try evaluator.sample(weights: TensorStore(weights), threads: 1), samples)
     }
 }
