@@ -145,8 +145,10 @@ public struct TeacherRunOptions {
     public var shift = 1.0
     public var seed: UInt64 = 0
     /// Training layouts draw two-object scenes with at most this offset across the relation
-    /// (nil: all the world allows, 14.5 px). A smooth model's offsets spread past what it was
-    /// shown; the judge allows 16 px, so a narrower prior keeps more of that spread inside.
+    /// (nil: all the world allows, 14.5 px). Why it was tried: the teacher's relation failures
+    /// are all pairs placed more than 16 px apart across the relation, as if its offsets spread
+    /// past what it was shown. Measured (README, session 25): a 3,000-step fine-tune at 6 px moved
+    /// the bulk of the offsets inward but not the tail past 16 px, which is what fails.
     public var relationAcross: Double?
     /// Start from these weights (a default-model folder or a flat f32 file, as distill-default's
     /// `--teacher-weights`) instead of the seed's random init; the optimizer state starts fresh.
