@@ -495,11 +495,28 @@ public struct DistillRun {
         }
         if let a = o.initAdapter { trainer.metadata["init_adapter"] = a }
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
+            let saved = try SafeTensorsFile(path: trainer.statePath!).metadata
+            for line in Self.resumeNotes(saved: saved, now: trainer.metadata) { o.log(line) }
             try trainer.resume(from: trainer.statePath!)
             try fake?.session.restore(from: "\(dir)/fake.safetensors")
             o.log("resumed at iteration \(session.stepCount)")
         }
         return DistillRun(trainer: trainer, rollout: rollout, student: s, teacherFile: teacherFile, options: o)
+    }
+
+    /// The recipe settings a saved run records that do not change its train step's graph (resume
+    /// checks that by hash): changing one on resume is allowed (a run extended with a later
+    /// decay, say), but it changes the run from there on, so it is said, not silent.
+    static let resumableSettings = ["guidance", "early_guidance", "guidance_split", "shift", "decay_iterations", "lr", "warmup",
+                                    "lr_decay_start", "teacher_weights", "endpoint_weight", "sharpen_weight", "dmd_weight",
+                                    "score_sigma", "score_all_steps", "fake_lr", "fake_steps", "fake_warmup", "init_adapter"]
+
+    /// One line per setting whose value `now` differs from the saved run's (absent: "unset").
+    static func resumeNotes(saved: [String: String], now: [String: String]) -> [String] {
+        resumableSettings.compactMap { key in
+            let (was, is_) = (saved[key] ?? "unset", now[key] ?? "unset")
+            return was == is_ ? nil : "note: resuming with \(key) \(is_) where the run so far had \(was); the new value applies from here"
+        }
     }
 
     /// The teacher as f32 tensors: a flat safetensors file (a teacher run's `ema.safetensors`) or

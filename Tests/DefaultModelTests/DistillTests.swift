@@ -449,7 +449,10 @@ final class DistillTests: XCTestCase {
         try DistillRun.prepare(o).train()
         o.iterations = 4
         o.resume = true
+        var notes: [String] = []
+        o.log = { notes.append($0) }
         let resumed = try DistillRun.prepare(o)
+        XCTAssertFalse(notes.contains { $0.hasPrefix("note:") }, "\(notes)")
         XCTAssertEqual(resumed.trainer.session.stepCount, 2)
         try resumed.train()
         XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
@@ -479,6 +482,16 @@ final class DistillTests: XCTestCase {
         var expected = Self.teacherConfig.flux
         expected.prediction = .x0
         XCTAssertEqual(try FluxConfig(json: json, path: "config.json"), expected)
+    }
+
+    /// A resumed run says which recorded settings it now runs with differently.
+    func testResumeNotesNameChangedSettings() {
+        let saved = ["guidance": "3.0", "shift": "1.0", "early_guidance": "5.0", "step": "2"]
+        XCTAssertEqual(DistillRun.resumeNotes(saved: saved, now: ["guidance": "3.0", "shift": "1.0", "early_guidance": "5.0"]), [])
+        XCTAssertEqual(DistillRun.resumeNotes(saved: saved, now: ["guidance": "4.0", "shift": "1.0"]), [
+            "note: resuming with guidance 4.0 where the run so far had 3.0; the new value applies from here",
+            "note: resuming with early_guidance unset where the run so far had 5.0; the new value applies from here",
+        ])
     }
 
     /// The linear baseline: one component, no γ layer; it trains, exports and loads.
