@@ -579,7 +579,7 @@ public final class DistillEvaluator {
         let r = run.options.recipe
         teacherEval = TeacherEvaluator(config: run.student.teacher, count: run.options.evalCount, chunk: r.batch, steps: 28,
                                        shift: 1, guidance: r.guidance)
-        if r.earlyGuidance != nil { teacherEval.guidanceAt = r.guidance(at:) }
+        teacherEval.guidanceAt = r.guidance(at:)   // `guidance` throughout unless --early-guidance
     }
 
     /// The EMA student's images for the prompts, from the evaluator's noise: pixel-space N(0, 1)
