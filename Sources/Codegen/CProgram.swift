@@ -97,7 +97,7 @@ public enum CCodegen {
         let names = Printer.valueNames(graph)
         var inputIndex: [ValueID: Int] = [:], weightIndex: [ValueID: Int] = [:]
         var inputs: [Binding] = [], weights: [Binding] = []
-        let packed = packedWeights(graph, storage: weightStorage)
+        let packed = packedWeights(graph, storage: weightStorage, pairs: compute == .bf16)
         for (i, n) in graph.nodes.enumerated() {
             if n.op == .input { inputIndex[i] = inputs.count; inputs.append(Binding(name: n.key!, type: n.type)) }
             if n.op == .weight {

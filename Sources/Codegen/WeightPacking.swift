@@ -32,13 +32,34 @@ public struct WeightPacking: Equatable, Codable {
     public var transposed: Bool
     /// Set for int8 panels (quantize-weights): elements of K per scale (K: per output channel).
     public var group: Int?
+    /// bf16 panels for `--compute bf16`, stored in pairs of k: element (k, j) of a panel at
+    /// (k/2)·2·panel + 2j + k%2, K padded with zeros to `paddedK` (gemm.h, dt 3). That is the
+    /// operand layout of both bf16 kernels (vdpbf16ps takes a pair row as it is; AMX reads its B
+    /// tiles in place), which otherwise interleave rows per K block at run time.
+    public var pairs = false
+
+    public init(panel: Int, source: [Int], transposed: Bool, group: Int? = nil, pairs: Bool = false) {
+        (self.panel, self.source, self.transposed, self.group, self.pairs) = (panel, source, transposed, group, pairs)
+    }
 
     public var k: Int { transposed ? source[1] : source[0] }
     public var n: Int { transposed ? source[0] : source[1] }
     public var panels: Int { (n + panel - 1) / panel }
+    /// Rows of k per panel: K, or for pair panels K rounded up to 32 (AF__GPAIRK, one AMX tile).
+    public var paddedK: Int { pairs ? (k + 31) / 32 * 32 : k }
     public func physicalType(_ dtype: DType) -> TensorType {
-        guard dtype == .i8, let g = group else { return TensorType(dtype, [panels, k, panel]) }
+        guard dtype == .i8, let g = group else { return TensorType(dtype, [panels, paddedK, panel]) }
         return TensorType(.i8, [panels, int8PanelBytes(k: k, group: g, panel: panel)])
+    }
+
+    private enum CodingKeys: String, CodingKey { case panel, source, transposed, group, pairs }
+
+    /// A manifest written before pair panels existed has no `pairs`: plain rows.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(panel: try c.decode(Int.self, forKey: .panel), source: try c.decode([Int].self, forKey: .source),
+                  transposed: try c.decode(Bool.self, forKey: .transposed), group: try c.decodeIfPresent(Int.self, forKey: .group),
+                  pairs: try c.decodeIfPresent(Bool.self, forKey: .pairs) ?? false)
     }
 }
 
@@ -49,7 +70,7 @@ public let gemmPanelWidth = 32
 /// operand of a matmul (itself or the GEMM head of a fusion) with A not transposed and one
 /// orientation, f32 and rank 2 in the graph, and for which `storage` names a type (nil: leave it).
 /// A weight also read otherwise (element-wise, reshaped, as an output) keeps its plain layout.
-func packedWeights(_ graph: Graph, storage: (String) -> DType?) -> [ValueID: (packing: WeightPacking, dtype: DType)] {
+func packedWeights(_ graph: Graph, storage: (String) -> DType?, pairs: Bool = false) -> [ValueID: (packing: WeightPacking, dtype: DType)] {
     var transposedOf: [ValueID: Bool] = [:]
     var unpackable = Set(graph.outputs.map(\.value))
     for n in graph.nodes {
@@ -68,6 +89,7 @@ func packedWeights(_ graph: Graph, storage: (String) -> DType?) -> [ValueID: (pa
             result[w] = (packing, .i8)
             continue
         }
+        packing.pairs = pairs && dtype == .bf16
         result[w] = (packing, dtype)
     }
     return result

@@ -148,10 +148,17 @@ public enum ModelCompiler {
     }
 
     /// Whether /proc/cpuinfo lists avx512_bf16 among this CPU's flags.
-    public static func cpuHasAVX512BF16() -> Bool {
+    public static func cpuHasAVX512BF16() -> Bool { cpuHasFlag("avx512_bf16") }
+
+    /// AMX with bf16 tiles (Intel Xeons since Sapphire Rapids): `--compute bf16` GEMMs run on the
+    /// tile unit there, and its attention keeps f32 products (gemm.h, attention.h).
+    public static func cpuHasAMXBF16() -> Bool { cpuHasFlag("amx_bf16") && cpuHasFlag("amx_tile") }
+
+    /// Whether /proc/cpuinfo lists `flag` for this CPU (false where it cannot be read).
+    static func cpuHasFlag(_ flag: String) -> Bool {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
         return info.split(separator: "\n").contains { line in
-            line.hasPrefix("flags") && line.split(whereSeparator: { $0 == " " || $0 == "\t" }).contains("avx512_bf16")
+            line.hasPrefix("flags") && line.split(whereSeparator: { $0 == " " || $0 == "\t" }).contains(Substring(flag))
         }
     }
 
@@ -313,14 +320,14 @@ public func packWeightPanels(_ w: UnsafeBufferPointer<Float>, _ packing: WeightP
 /// intermediate copy, since a compile packs weights of hundreds of MB one after another.
 public func packWeightPanels(_ w: UnsafePointer<Float>, _ packing: WeightPacking, dtype: DType, into out: UnsafeMutableRawPointer) {
     func pack<T>(_ out: UnsafeMutablePointer<T>, zero: T, _ convert: (Float) -> T) {
-        let (k, n, nr) = (packing.k, packing.n, packing.panel)
-        out.initialize(repeating: zero, count: packing.panels * k * nr)
+        let (k, n, nr, kp) = (packing.k, packing.n, packing.panel, packing.paddedK)
+        out.initialize(repeating: zero, count: packing.panels * kp * nr)
+        let (pairs, transposed) = (packing.pairs, packing.transposed)
         for j in 0..<n {
-            let base = (j / nr) * k * nr + j % nr
-            if packing.transposed {
-                for kk in 0..<k { out[base + kk * nr] = convert(w[j * k + kk]) }
-            } else {
-                for kk in 0..<k { out[base + kk * nr] = convert(w[kk * n + j]) }
+            // Element (kk, j): row kk of its panel, or in a pair panel half kk % 2 of pair row kk / 2.
+            let column = (j / nr) * kp * nr + (pairs ? 2 * (j % nr) : j % nr)
+            for kk in 0..<k {
+                out[pairs ? column + kk / 2 * 2 * nr + kk % 2 : column + kk * nr] = convert(transposed ? w[j * k + kk] : w[kk * n + j])
             }
         }
     }

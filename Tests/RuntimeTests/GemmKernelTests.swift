@@ -238,6 +238,32 @@ final class GemmKernelTests: KernelTestCase {
         #endif
     }
 
+    /// `--compute bf16` panels are stored in pairs of k (the operand layout of vdpbf16ps and of
+    /// AMX's B tiles), K padded with zeros to a multiple of 32; the program says so, and a
+    /// manifest written before pair panels existed still reads (plain rows).
+    func testComputeBF16PanelsHoldPairsOfK() throws {
+        // W [N = 3, K = 5] (x·Wᵀ): one panel, K padded to 32 pair-rows' worth (16 pairs).
+        let w = (0..<15).map { Float($0 + 1) }
+        let packing = WeightPacking(panel: 32, source: [3, 5], transposed: true, pairs: true)
+        XCTAssertEqual(packing.physicalType(.bf16), TensorType(.bf16, [1, 32, 32]))
+        let bytes = w.withUnsafeBufferPointer { packWeightPanels($0, packing, dtype: .bf16) }
+        let panel = bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+        XCTAssertEqual(panel.count, 32 * 32)
+        for j in 0..<32 {
+            for k in 0..<32 {
+                let expected = j < 3 && k < 5 ? bf16Bits(w[j * 5 + k]) : 0
+                XCTAssertEqual(panel[k / 2 * 64 + 2 * j + k % 2], expected, "k \(k) j \(j)")
+            }
+        }
+        let b = GraphBuilder(name: "pairs")
+        b.output("y", b.linear(b.input("x", .f32([4, 5])), weight: b.weight("w", .f32([3, 5])), bias: nil))
+        let program = try CCodegen.generate(planArena(try b.finish(), reuse: false), weightStorage: { _ in .bf16 }, compute: .bf16)
+        XCTAssertEqual(program.weights.first?.packing?.pairs, true)
+        XCTAssertEqual(program.weights.first?.type, TensorType(.bf16, [1, 32, 32]))
+        let old = #"{"panel": 32, "source": [3, 5], "transposed": true}"#
+        XCTAssertEqual(try JSONDecoder().decode(WeightPacking.self, from: Data(old.utf8)), WeightPacking(panel: 32, source: [3, 5], transposed: true))
+    }
+
     /// The bf16 dot-product peak a library measures: present where it was built for AVX-512 BF16,
     /// absent from an AVX2 build; and the warning `compile --compute bf16` prints from the two peaks.
     func testBF16PeakAndSlowBF16Warning() throws {
@@ -254,6 +280,9 @@ final class GemmKernelTests: KernelTestCase {
             let (bf16, f32) = (try XCTUnwrap(library.bf16PeakGFLOPS()), library.fmaPeakGFLOPS())
             print("bf16 dot-product peak \(bf16) GFLOP/s, f32 FMA peak \(f32) GFLOP/s")
             XCTAssertGreaterThan(bf16, 0)
+            // With AMX the bf16 peak is the tile unit's (16 times a vdpbf16ps per instruction): the
+            // process got the tile state from the kernel and ran TDPBF16PS.
+            if ModelCompiler.cpuHasAMXBF16() { XCTAssertGreaterThan(bf16, 4 * f32, "the AMX peak") }
         }
         XCTAssertNil(NativeLibrary.computeBF16Warning(bf16Peak: 400, fmaPeak: 200))
         let warning = try XCTUnwrap(NativeLibrary.computeBF16Warning(bf16Peak: 210, fmaPeak: 200))

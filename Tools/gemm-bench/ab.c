@@ -113,11 +113,13 @@ int main(int argc, char **argv) {
                 }
             }
             for (int q = 0; q < nc && dt != 4; q++) {
-                x.w[q] = calloc((size_t)(P * K * NR), es);
+                /* dt 3: bf16 in pairs of k, K padded to a multiple of 32 (gemm.h) */
+                const long Kp = dt == 3 ? (K + 31) / 32 * 32 : K;
+                x.w[q] = calloc((size_t)(P * Kp * NR), es);
                 for (long j = 0; j < N; j++)
                     for (long k = 0; k < K; k++) {
                         const float v = uniform(&r);
-                        const long at = (j / NR) * K * NR + k * NR + j % NR;
+                        const long at = (j / NR) * Kp * NR + (dt == 3 ? k / 2 * 2 * NR + 2 * (j % NR) + k % 2 : k * NR + j % NR);
                         if (dt == 3) { uint32_t u; memcpy(&u, &v, 4); ((uint16_t *)x.w[q])[at] = (uint16_t)(u >> 16); }
                         else ((float *)x.w[q])[at] = v;
                     }

@@ -14,15 +14,16 @@
  *   gemm-bench [RUNS [THREADS [M N K]...]]
  */
 
-/* B^T ([N, K] row-major) as AF_GEMM_NR-column panels of dtype dt (0 f32, 1 bf16), like the
- * compiler's packWeightPanels. */
+/* B^T ([N, K] row-major) as AF_GEMM_NR-column panels of dtype dt (0 f32, 1 bf16, 3 bf16 in
+ * pairs of k, K padded to AF__GPAIRK), like the compiler's packWeightPanels. */
 static void *bench_pack(const float *w, long N, long K, int dt) {
-    const long P = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+    const long P = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, Kp = dt == 3 ? AF__GPAIRK(K) : K;
     const size_t es = dt == 0 ? 4 : 2;
-    char *out = calloc((size_t)(P * K * AF_GEMM_NR), es);
+    char *out = calloc((size_t)(P * Kp * AF_GEMM_NR), es);
     for (long j = 0; j < N; j++)
         for (long k = 0; k < K; k++) {
-            const long at = (j / AF_GEMM_NR) * K * AF_GEMM_NR + k * AF_GEMM_NR + j % AF_GEMM_NR;
+            const long at = (j / AF_GEMM_NR) * Kp * AF_GEMM_NR + (dt == 3 ? k / 2 * 2 * AF_GEMM_NR + 2 * (j % AF_GEMM_NR) + k % 2
+                                                                           : k * AF_GEMM_NR + j % AF_GEMM_NR);
             if (dt == 0) ((float *)out)[at] = w[j * K + k];
             else ((uint16_t *)out)[at] = af_f32_to_bf16(w[j * K + k]);
         }
@@ -63,7 +64,7 @@ int main(int argc, char **argv) {
         uint32_t r = 12345;
         for (long i = 0; i < M * K; i++) { r = r * 1664525u + 1013904223u; a[i] = (float)(r >> 8) / 16777216.0f - 0.5f; }
         for (long i = 0; i < N * K; i++) { r = r * 1664525u + 1013904223u; w[i] = af_bf16_to_f32(af_f32_to_bf16((float)(r >> 8) / 16777216.0f - 0.5f)); }
-        void *pf = bench_pack(w, N, K, 0), *ph = bench_pack(w, N, K, 1);
+        void *pf = bench_pack(w, N, K, 0), *ph = bench_pack(w, N, K, 1), *pp = bench_pack(w, N, K, 3);
         double best[4] = {1e30, 1e30, 1e30, 1e30};
         for (int rep = 0; rep < runs; rep++) {
             double t = bench_now();
@@ -73,7 +74,7 @@ int main(int argc, char **argv) {
             af_gemm_packed(a, K, ph, 1, NULL, AF_GEMM_ACT_NONE, c1, N, M, N, K);
             t = bench_now() - t; if (t < best[1]) best[1] = t;
             t = bench_now();
-            af_gemm_packed(a, K, ph, 3, NULL, AF_GEMM_ACT_NONE, c2, N, M, N, K);
+            af_gemm_packed(a, K, pp, 3, NULL, AF_GEMM_ACT_NONE, c2, N, M, N, K);
             t = bench_now() - t; if (t < best[3]) best[3] = t;
             t = bench_now();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, w, (int)K, 0.0f, c0, (int)N);
@@ -92,7 +93,7 @@ int main(int argc, char **argv) {
         printf("%5ld %5ld %5ld | %9.1f %9.1f %9.1f %9.1f | %7.2f %6.0f%% %6.0f%% %6.0f%% %7.2f   (bf16 compute rel. L2 %.1e)\n", M, N, K,
                fl / best[0], fl / best[1], fl / best[3], fl / best[2], best[2] / best[0], 100 * fl / best[0] / peak,
                100 * fl / best[1] / peak, 100 * fl / best[3] / peak, best[0] / best[3], err2);
-        free(a); free(w); free(c0); free(c1); free(c2); free(pf); free(ph);
+        free(a); free(w); free(c0); free(c1); free(c2); free(pf); free(ph); free(pp);
     }
     return status;
 }

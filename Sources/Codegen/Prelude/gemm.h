@@ -138,7 +138,10 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  * panels follow each other (panel p starts at p*K*NR).  Stored as f32, bf16 or f16 (dt 0, 1,
  * 2): a 16-bit panel is widened to f32 in registers as it is loaded, so memory traffic halves
  * and the arithmetic stays f32 (products and sums are exactly those of the f32 GEMM on the
- * rounded weights).
+ * rounded weights).  dt 3 (bf16 compute) stores bf16 panels in pairs of k: element (k, j) at
+ * panel + (k/2)*2*NR + 2*j + k%2, K padded with zeros to AF__GPAIRK(K) rows (a multiple of 32,
+ * the k of one AMX tile), so panel p starts at p*AF__GPAIRK(K)*NR: both bf16 kernels (vdpbf16ps,
+ * AMX) multiply such pairs as they are stored.
  *
  * Register tile: AF__GMR rows x AF__GW columns of C held in AF__GMR * AF__GNV vector
  * accumulators over a K block.  Per k: AF__GNV loads of B (the panel row, contiguous), then
@@ -165,6 +168,7 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  * ==================================================================================== */
 
 #define AF_GEMM_NR 32
+#define AF__GPAIRK(K) (((K) + 31L) & ~31L) /* rows of k in a dt-3 (pair) panel */
 
 #if defined(__AVX512F__)
 typedef __m512 af__gv;
@@ -428,15 +432,15 @@ AF__GEMM_ROWS(af__gemm_rows_bf16, 1)
 AF__GEMM_ROWS(af__gemm_rows_f16, 2)
 
 /* bf16 compute (dt 3, `--compute bf16`): bf16 panels times A rounded to bf16, products summed
- * in f32 by vdpbf16ps (AVX-512 BF16), two k per instruction, so twice the FMA rate.  A is packed
- * as bf16 pairs: element (q, r) of a micro-panel, at q*AF__GMR + r, is the 32-bit pair
- * (a[r][2q], a[r][2q+1]) (an odd kc ends with (a[r][kc-1], 0)).  The panel rows 2q and 2q+1
- * are interleaved in registers (vpunpckl/hwd): within each 128-bit lane that yields columns
- * 0-3 and 4-7 of the lane's 8 in the two accumulators, so the accumulators hold the columns
- * in the order {0-3, 8-11, 16-19, 24-27} and {4-7, 12-15, ...}, put back in order once per tile.
- * vdpbf16ps rounds to nearest even and treats denormals as zero.  Without AVX-512 BF16 (a
- * -march build for another CPU) dt 3 runs the bf16-panel kernel on A rounded to bf16 (the same
- * products, summed one k at a time). */
+ * in f32 by vdpbf16ps (AVX-512 BF16), two k per instruction, so twice the FMA rate on Zen 4 and
+ * Zen 5.  Its panels are stored in pairs (af__gemm_pair_panel): row q holds, for each of the 32
+ * columns j, the bf16 pair (b[2q][j], b[2q+1][j]), which is the operand vdpbf16ps takes, so a
+ * pair row is two plain loads.  A is packed as bf16 pairs: element (q, r) of a micro-panel, at
+ * q*AF__GMR + r, is the 32-bit pair (a[r][2q], a[r][2q+1]) (an odd kc ends with (a[r][kc-1], 0),
+ * whose zero meets the panel's zero padding past K).  vdpbf16ps rounds to nearest even and
+ * treats denormals as zero.  Without AVX-512 BF16 (a -march build for another CPU) each K block
+ * of a panel is widened to f32 rows (af__gemm_pairs_unpack) for the f32 kernel, on A rounded to
+ * bf16: the same products, summed one k at a time. */
 #if defined(__AVX512BF16__) && AF__GMR == 14
 #define AF__GEMM_DPBF16 1
 AF__INLINE void af__gemm_tile_dp(const int mr, long kc, const float *restrict a, const void *restrict b,
@@ -449,29 +453,19 @@ AF__INLINE void af__gemm_tile_dp(const int mr, long kc, const float *restrict a,
     const uint16_t *bh = (const uint16_t *)b;
     const long kp = (kc + 1) / 2;
     for (long q = 0; q < kp; q++) {
-        const __m512i r0 = _mm512_loadu_si512((const void *)(bh + 2 * q * AF_GEMM_NR));
-        /* an odd kc's last pair: row kc-1 with zeros (row kc is past this K block, maybe past K) */
-        const __m512i r1 = 2 * q + 1 < kc ? _mm512_loadu_si512((const void *)(bh + (2 * q + 1) * AF_GEMM_NR)) : _mm512_setzero_si512();
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bh + 2 * q * AF_GEMM_NR));
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bh + 2 * q * AF_GEMM_NR + AF_GEMM_NR));
 #if AF_GEMM_PFB > 0
-        _mm_prefetch((const char *)(bh + (2 * q + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
-        _mm_prefetch((const char *)(bh + (2 * q + 1 + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bh + 2 * (q + AF_GEMM_PFB) * AF_GEMM_NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bh + 2 * (q + AF_GEMM_PFB) * AF_GEMM_NR + AF_GEMM_NR), _MM_HINT_T0);
 #endif
-        const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(r0, r1), hi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
         const uint32_t *aq = ap + q * AF__GMR;
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++) {
             const __m512bh av = (__m512bh)_mm512_set1_epi32((int)aq[r]);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, lo);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, hi);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
         }
-    }
-    const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-#pragma GCC unroll 16
-    for (int r = 0; r < mr; r++) {
-        const __m512 x = acc[r][0], y = acc[r][1];
-        acc[r][0] = _mm512_permutex2var_ps(x, i0, y);
-        acc[r][1] = _mm512_permutex2var_ps(x, i1, y);
     }
     af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
 }
@@ -621,6 +615,137 @@ static AF__UNUSED void af__gemm_pack_a_pairs(const float *restrict a, long lda, 
     }
 }
 
+/* ======================================================================================
+ * bf16 compute on Intel AMX (`--compute bf16` where the CPU has AMX-BF16: Sapphire Rapids and
+ * later Xeons).  There vdpbf16ps runs at half the f32 FMA rate (af_bf16_peak_gflops), so the
+ * dt-3 GEMM uses the tile unit instead: TDPBF16PS multiplies a 16 x 32 bf16 tile of A by a
+ * 32 x 16 bf16 tile of B (K pairs interleaved, "VNNI" rows) into a 16 x 16 f32 tile, 16 times
+ * the work of a vdpbf16ps per instruction.  The products are the same as af__gemm_tile_dp's
+ * (bf16 A and B, sums in f32); only the order of the sums differs.
+ *
+ * Blocking: a task is (row block of AF__AMX_MB rows, panel group).  Its A rows are rounded to
+ * bf16 once, row-major with K padded with zeros to a multiple of 32.  The weight panels are
+ * already the B tiles' layout (dt 3 pair panels, zero past K): a B tile is 16 pair rows of 16
+ * columns, read in place.  (Reshaping bf16 panels of plain rows into pairs per task had taken
+ * half of the GEMM's time at 1088 x 3072 x 768: 1.0 against 2.0 TFLOP/s on one core without it.)
+ * Register tiles: 32 rows x 32 columns of C in four tiles (tmm0-3), two A tiles (tmm4-5) and two
+ * B tiles (tmm6-7); every C tile sums the whole of K before it is stored, so C is written once,
+ * and each C element is summed by one tile in k order: results do not depend on the thread count.
+ * Linux hands the tile state to a process only on request (arch_prctl ARCH_REQ_XCOMP_PERM);
+ * where that is refused the dt-3 GEMM keeps the vdpbf16ps kernel.
+ * ==================================================================================== */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__) && AF__GMR == 14
+#define AF__GEMM_AMX 1
+#ifndef AF__AMX_MB
+#define AF__AMX_MB 128L /* rows per task: the bf16 A block is MB x K x 2 bytes (L2) */
+#endif
+extern long syscall(long number, ...);
+
+/* 1 once this process may use the AMX tile state, 0 where the kernel refuses it. */
+static int af__amx_ready(void) {
+    static int state = -1; /* -1 not asked yet */
+    int s;
+#pragma omp atomic read
+    s = state;
+    if (s < 0) {
+        /* arch_prctl (158 on x86-64) ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+        s = syscall(158L, 0x1023L, 18L) == 0;
+#pragma omp atomic write
+        state = s;
+    }
+    return s;
+}
+
+/* The tile shapes of this kernel: palette 1, tiles 0-7 of 16 rows x 64 bytes (colsb little-endian
+ * 16-bit at byte 16 + 2t, rows at byte 48 + t).  A constant: gcc 12 drops stores into a local
+ * array that only ldtilecfg reads (the loaded configuration then had no tiles: #UD). */
+static const unsigned char af__amx_cfg[64] __attribute__((aligned(64))) = {
+    [0] = 1,
+    [16] = 64, [18] = 64, [20] = 64, [22] = 64, [24] = 64, [26] = 64, [28] = 64, [30] = 64,
+    [48] = 16, [49] = 16, [50] = 16, [51] = 16, [52] = 16, [53] = 16, [54] = 16, [55] = 16,
+};
+AF__INLINE void af__amx_configure(void) { _tile_loadconfig(af__amx_cfg); }
+
+/* C[M, N] = act(A . B + bias) over bf16 panels b (dt 3), M >= 1; see the section comment. */
+static void af__gemm_amx(const float *restrict a, long lda, const uint16_t *restrict b, const float *restrict bias,
+                         int act, float *restrict c, long ldc, long M, long N, long K) {
+    const long Kp = AF__GPAIRK(K), panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+    const long MB = AF__AMX_MB, mblocks = (M + MB - 1) / MB;
+    const int nth = omp_get_max_threads();
+    const int big = (double)M * (double)N * (double)K >= 1e6 && nth > 1;
+    long groups = big ? (AF_GEMM_TPT * nth + mblocks - 1) / mblocks : 1;
+    groups = groups < panels ? groups : panels;
+    const long ng = (panels + groups - 1) / groups;
+    groups = (panels + ng - 1) / ng;
+#pragma omp parallel if (big && mblocks * groups > 1)
+    {
+        /* A block (MB rows, 32-row tiles padded with zero rows), a C tile */
+        uint16_t *abuf = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(MB * Kp));
+        float ct[16 * 16] __attribute__((aligned(64)));
+        if (abuf) af__amx_configure();
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (long mb = 0; mb < mblocks; mb++)
+            for (long g = 0; g < groups; g++) {
+                if (!abuf) continue; /* out of memory: C stays unwritten (never in practice) */
+                const long i0 = mb * MB, i1 = M < i0 + MB ? M : i0 + MB, rows = (i1 - i0 + 31) & ~31L;
+                for (long r = 0; r < rows; r++) { /* row r: K values as bf16, zeros to Kp (and for padding rows) */
+                    uint16_t *d = abuf + r * Kp;
+                    const long k = i0 + r < i1 ? 2 * ((K + 1) / 2) : 0;
+                    if (k) af_f32_to_bf16_pairs(a + (i0 + r) * lda, K, (uint32_t *)(void *)d);
+                    memset(d + k, 0, sizeof(uint16_t) * (size_t)(Kp - k));
+                }
+                const long p1 = panels < (g + 1) * ng ? panels : (g + 1) * ng;
+                for (long p = g * ng; p < p1; p++) {
+                    const uint16_t *panel = b + (size_t)p * (size_t)Kp * AF_GEMM_NR; /* pair rows, as stored */
+                    const long j0 = p * AF_GEMM_NR, ncols = N - j0 < AF_GEMM_NR ? N - j0 : AF_GEMM_NR;
+                    for (long i = i0; i < i1; i += 32) {
+                        const uint16_t *at = abuf + (i - i0) * Kp;
+                        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                        for (long k = 0; k < Kp; k += 32) {
+                            _tile_loadd(4, at + k, Kp * 2);
+                            _tile_loadd(5, at + 16 * Kp + k, Kp * 2);
+                            _tile_loadd(6, panel + k * AF_GEMM_NR, 4 * AF_GEMM_NR);
+                            _tile_loadd(7, panel + k * AF_GEMM_NR + AF_GEMM_NR, 4 * AF_GEMM_NR);
+                            _tile_dpbf16ps(0, 4, 6);
+                            _tile_dpbf16ps(1, 4, 7);
+                            _tile_dpbf16ps(2, 5, 6);
+                            _tile_dpbf16ps(3, 5, 7);
+                        }
+                        const long mr = i1 - i < 32 ? i1 - i : 32;
+                        /* whole 16 x 16 tiles straight into C, partial ones through ct */
+#define AF__AMX_PUT(T, R, J)                                                                          \
+                        if (mr > (R) && ncols > (J)) {                                                \
+                            float *cp = c + (i + (R)) * ldc + j0 + (J);                              \
+                            if (mr >= (R) + 16 && ncols >= (J) + 16) _tile_stored(T, cp, ldc * 4);   \
+                            else {                                                                    \
+                                _tile_stored(T, ct, 64);                                              \
+                                for (long r = 0; r < 16 && (R) + r < mr; r++)                         \
+                                    for (long j = 0; j < 16 && (J) + j < ncols; j++) cp[r * ldc + j] = ct[r * 16 + j]; \
+                            }                                                                         \
+                        }
+                        AF__AMX_PUT(0, 0, 0)
+                        AF__AMX_PUT(1, 0, 16)
+                        AF__AMX_PUT(2, 16, 0)
+                        AF__AMX_PUT(3, 16, 16)
+#undef AF__AMX_PUT
+                        if (bias) /* the last K block's store of af__gemm_put: + bias, then the activation */
+                            for (long r = 0; r < mr; r++) {
+                                float *cr = c + (i + r) * ldc + j0;
+#pragma omp simd
+                                for (long j = 0; j < ncols; j++) cr[j] += bias[j0 + j];
+                            }
+                        if (act != AF_GEMM_ACT_NONE) af__gemm_store(NULL, (int)mr, c + i * ldc + j0, ldc, ncols, 0, 1, NULL, act);
+                    }
+                }
+            }
+        _tile_release();
+        free(abuf);
+    }
+}
+#else
+#define AF__GEMM_AMX 0
+#endif
+
 /* C = act(bias) (0 without one): a GEMM over an empty K, for every packed GEMM. */
 static AF__UNUSED void af_gemm_empty_k(const float *restrict bias, int act, float *restrict c, long ldc, long M, long N) {
     for (long i = 0; i < M; i++)
@@ -634,6 +759,16 @@ static AF__UNUSED void af_gemm_empty_k(const float *restrict bias, int act, floa
  * from weights stored otherwise: gemm_int8.h's dequantization. */
 typedef void (*af__gemm_panel_fn)(const void *restrict b, long p, long K, long g, long k0, long kc, float *restrict out);
 
+/* A K block of dt-3 panel p (pairs of k, see above) as f32 rows: the bf16 compute of a build
+ * without AVX-512 BF16 runs the f32 kernel on it (g unused). */
+static AF__UNUSED void af__gemm_pairs_unpack(const void *restrict b, long p, long K, long g, long k0, long kc, float *restrict out) {
+    (void)g;
+    const uint16_t *panel = (const uint16_t *)b + (size_t)p * (size_t)AF__GPAIRK(K) * AF_GEMM_NR;
+    for (long k = k0; k < k0 + kc; k++)
+        for (long j = 0; j < AF_GEMM_NR; j++)
+            out[(k - k0) * AF_GEMM_NR + j] = af_bf16_to_f32(panel[(k / 2) * 2 * AF_GEMM_NR + 2 * j + k % 2]);
+}
+
 /* af_gemm_packed, or with `unpack` non-null: B is in unpack's format (groups of qgroup along K), and
  * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
  * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
@@ -645,11 +780,12 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
     const long MB = unpack ? AF_GEMM_MB_UNPACK : M >= 2 * AF_GEMM_MB_TALL ? AF_GEMM_MB_TALL : AF_GEMM_MB;
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + MB - 1) / MB;
-    const size_t esize = dt == 0 ? sizeof(float) : sizeof(uint16_t);
+    const size_t esize = dt == 0 || unpack ? sizeof(float) : sizeof(uint16_t); /* of the rows the kernel reads */
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
-    const long KC = dt == 0 ? AF_GEMM_KC : pairs ? AF_GEMM_KCDP : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
+    const long KC = dt == 0 || unpack ? AF_GEMM_KC : pairs ? AF_GEMM_KCDP : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
+    const long Kstride = dt == 3 ? AF__GPAIRK(K) : K; /* rows of k per panel */
     void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
-                 const float *restrict, int) = dt == 0 ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
+                 const float *restrict, int) = dt == 0 || unpack ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
 #if AF__GEMM_DPBF16
     if (pairs) rows = af__gemm_rows_dpbf16;
 #endif
@@ -695,7 +831,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                         if (pairs) af__gemm_pack_a_pairs(a + s0 * lda + k0, lda, s1 - s0, kc, (uint32_t *)(void *)abuf);
                         else af__gemm_pack_a(a + s0 * lda + k0, lda, s1 - s0, kc, round, abuf);
                         for (long p = p0; p < p1; p++) {
-                            const char *panel = (const char *)b + ((size_t)p * (size_t)K + (size_t)k0) * AF_GEMM_NR * esize;
+                            const char *panel = (const char *)b + ((size_t)p * (size_t)Kstride + (size_t)k0) * AF_GEMM_NR * esize;
                             if (unpack) { unpack(b, p, K, qgroup, k0, kc, unpacked); panel = (const char *)unpacked; }
                             for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
                                 const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
@@ -804,7 +940,10 @@ AF__API void af_gemm_packed(const float *restrict a, long lda, const void *restr
                             const float *restrict bias, int act, float *restrict c, long ldc,
                             long M, long N, long K) {
     if (M == 1 && dt == 0 && N > 0 && K > 0) af__gemv_f32(a, (const float *)b, bias, act, c, N, K);
-    else af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, NULL);
+#if AF__GEMM_AMX
+    else if (dt == 3 && M >= 16 && N > 0 && K > 0 && af__amx_ready()) af__gemm_amx(a, lda, (const uint16_t *)b, bias, act, c, ldc, M, N, K);
+#endif
+    else af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, dt == 3 && !AF__GEMM_DPBF16 ? af__gemm_pairs_unpack : NULL);
 }
 
 /* C[M, N] = A[M, K] . op(B) for an f32 B that is not a packed weight (training: activations,
@@ -922,11 +1061,45 @@ AF__UNUSED static double af__peak_gflops(int bf16) {
  * sheet. */
 AF__API double af_fma_peak_gflops(void) { return af__peak_gflops(0); }
 
-/* The bf16 dot-product peak (`vdpbf16ps`); 0 without AVX-512 BF16.  `--compute bf16` pays off
+#if AF__GEMM_AMX
+/* The tile unit's bf16 peak: four independent TDPBF16PS chains per thread, best of five runs. */
+static double af__amx_peak_gflops(void) {
+    const long iters = 1L << 14;
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        int threads = 1;
+        const double t0 = AF_PEAK_CLOCK();
+#pragma omp parallel
+        {
+#pragma omp single
+            threads = omp_get_num_threads();
+            af__amx_configure();
+            _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+            for (long i = 0; i < iters; i++) {
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_release();
+        }
+        const double t = AF_PEAK_CLOCK() - t0;
+        const double gflops = (double)threads * (double)iters * 4.0 * 16.0 * 16.0 * 32.0 * 2.0 / t / 1e9;
+        if (gflops > best) best = gflops;
+    }
+    return best;
+}
+#endif
+
+/* The bf16 dot-product peak (`vdpbf16ps`, or the AMX tile unit where the dt-3 GEMM runs on it);
+ * 0 without AVX-512 BF16.  `--compute bf16` pays off
  * only where this is well above the f32 FMA peak: about twice it on Zen 4 and Zen 5, but half of
  * it on the Intel Xeon measured in session 21, where the mode ran slower than f32 (the rounding of
  * A to bf16 is extra work), so compile compares the two and says so. */
 AF__API double af_bf16_peak_gflops(void) {
+#if AF__GEMM_AMX
+    if (af__amx_ready()) return af__amx_peak_gflops();
+#endif
 #if defined(__AVX512BF16__)
     return af__peak_gflops(1);
 #else
