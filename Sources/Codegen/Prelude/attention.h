@@ -501,19 +501,193 @@ AF__API void af_attention_ex(const float *restrict q, const float *restrict k,
     af__attention(q, k, v, bias, out, B, Sq, Sk, H, D, scale, causal, 0);
 }
 
+/* ======================================================================================
+ * bf16 attention on Intel AMX (`--compute bf16` where the GEMMs run on the tile unit, gemm.h).
+ * The same products as the vdpbf16ps path: q and k rounded to bf16 for the scores, P and v for
+ * the output, sums in f32; the softmax, its sums (in double across key blocks) and the output
+ * stay f32.  Both products take their B operand as 16 x 16 tiles of bf16 pairs, made once per
+ * call: kt[b, h] = K^T in pairs along d (word (q, j) = (k[j][2q], k[j][2q+1]), Kp keys per row),
+ * vp[b, h] = V in pairs of consecutive keys (word (t, d) = (v[2t][d], v[2t+1][d]), Dp per row);
+ * d is padded with zeros to Dp (a multiple of 32) and keys to Kp (a multiple of AF__AK), whose
+ * scores are masked to -inf.  Work unit: (b, h, 16 queries); per block of 64 keys the scores
+ * are four 16 x 16 tiles (tmm0-3 from the query tile tmm4 and K^T tiles tmm5), then the online
+ * softmax in f32 on them, then O (f32, 16 x Dp in memory, rescaled per block) += P . V in
+ * chunks of 64 columns (tmm0-3, P tmm4, V tmm5).
+ * ==================================================================================== */
+#if AF__GEMM_AMX
+#ifndef AF__AK
+#define AF__AK 64L /* keys per block: a multiple of 64 (128 measured slower) */
+#endif
+
+/* Scores of keys j0 .. j0 + AF__AK - 1 into s (16 x AF__AK, unscaled), 64 at a time. */
+AF__INLINE void af__attn_amx_scores(const uint16_t *restrict qb, const uint32_t *restrict kt, long Dp, long Kp, long j0,
+                                    float *restrict s) {
+    for (long h = 0; h < AF__AK; h += 64) {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (long d = 0; d < Dp; d += 32) {
+            _tile_loadd(4, qb + d, Dp * 2);
+            const uint32_t *kq = kt + d / 2 * Kp + j0 + h; /* pair rows d/2 .. d/2 + 15 */
+            _tile_loadd(5, kq, Kp * 4); _tile_dpbf16ps(0, 4, 5);
+            _tile_loadd(5, kq + 16, Kp * 4); _tile_dpbf16ps(1, 4, 5);
+            _tile_loadd(5, kq + 32, Kp * 4); _tile_dpbf16ps(2, 4, 5);
+            _tile_loadd(5, kq + 48, Kp * 4); _tile_dpbf16ps(3, 4, 5);
+        }
+        _tile_stored(0, s + h, AF__AK * 4); _tile_stored(1, s + h + 16, AF__AK * 4);
+        _tile_stored(2, s + h + 32, AF__AK * 4); _tile_stored(3, s + h + 48, AF__AK * 4);
+    }
+}
+
+/* One work unit: 16 queries (rq valid) of one head against all its keys.  The scores of the
+ * next key block are computed between a block's softmax and its P . V, so that the tile loads of
+ * P do not wait for the vector stores that wrote it (store forwarding into a tile load had cost
+ * a fifth of the kernel's time).  s: two score buffers, then a 16 x 64 scratch. */
+static void af__attn_amx_task(const float *restrict q, float *restrict out, const uint32_t *restrict kt,
+                              const uint32_t *restrict vp, long ld, long D, long Dp, long Sk, long Kp, long rq,
+                              float scale, uint16_t *restrict qb, float *restrict s, uint16_t *restrict pb,
+                              float *restrict o) {
+    float m[16] __attribute__((aligned(64))), mb[16] __attribute__((aligned(64))), al[16] __attribute__((aligned(64)));
+    double l[16];
+    float *tmp = s + 2 * 16 * AF__AK;
+    for (long i = 0; i < 16; i++) { /* the query tile: rows of bf16 along d, zero past D and rq */
+        memset(qb + i * Dp, 0, sizeof(uint16_t) * (size_t)Dp);
+        if (i < rq) af_f32_to_bf16_pairs(q + i * ld, D, (uint32_t *)(void *)(qb + i * Dp));
+        m[i] = -INFINITY;
+        l[i] = 0.0;
+    }
+    memset(o, 0, sizeof(float) * (size_t)(16 * Dp));
+    af__attn_amx_scores(qb, kt, Dp, Kp, 0, s);
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (long j0 = 0; j0 < Kp; j0 += AF__AK) {
+        float *sj = s + (j0 / AF__AK % 2) * 16 * AF__AK;
+        /* online softmax per query row: logits scale*s (keys past Sk: -inf), the new maxima
+         * and the rescale of the old state for all 16 rows at once */
+        const long valid = Sk - j0 < AF__AK ? Sk - j0 : AF__AK;
+        for (long i = 0; i < 16; i++) {
+            float *si = sj + i * AF__AK;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (long c = 0; c < AF__AK; c += 16) {
+                const __mmask16 live = valid - c >= 16 ? (__mmask16)0xFFFF : valid > c ? (__mmask16)((1u << (valid - c)) - 1u) : 0;
+                const __m512 x = _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), live, sc, _mm512_loadu_ps(si + c));
+                _mm512_storeu_ps(si + c, x);
+                mx = _mm512_max_ps(mx, x);
+            }
+            mb[i] = _mm512_reduce_max_ps(mx);
+        }
+        const __m512 mo = _mm512_load_ps(m), mn0 = _mm512_max_ps(_mm512_load_ps(mb), mo);
+        /* no finite logit yet: a reference of 0 keeps exp's argument finite */
+        const __m512 mn = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mn0, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ), mn0, _mm512_setzero_ps());
+        _mm512_store_ps(al, af__exp16(_mm512_sub_ps(mo, mn)));
+        _mm512_store_ps(m, mn);
+        for (long i = 0; i < 16; i++) {
+            float *si = sj + i * AF__AK;
+            const __m512 mi = _mm512_set1_ps(m[i]);
+            __m512 sum = _mm512_setzero_ps();
+            for (long c = 0; c < AF__AK; c += 32) {
+                const __m512 p0 = af__exp16(_mm512_sub_ps(_mm512_loadu_ps(si + c), mi));
+                const __m512 p1 = af__exp16(_mm512_sub_ps(_mm512_loadu_ps(si + c + 16), mi));
+                sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
+                _mm512_storeu_si512((void *)(pb + i * AF__AK + c), (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+            }
+            l[i] = l[i] * (double)al[i] + (double)_mm512_reduce_add_ps(sum);
+        }
+        if (j0 + AF__AK < Kp) af__attn_amx_scores(qb, kt, Dp, Kp, j0 + AF__AK, s + ((j0 / AF__AK + 1) % 2) * 16 * AF__AK);
+        /* O = al * O + P . V, 64 columns of d at a time: the block's product in fresh tiles,
+         * added to O in vector registers */
+        for (long d0 = 0; d0 < Dp; d0 += 64) {
+            const long nt = Dp - d0 < 64 ? 2 : 4; /* Dp is a multiple of 32 */
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (long c = 0; c < AF__AK; c += 32) {
+                _tile_loadd(4, pb + c, AF__AK * 2);
+                const uint32_t *vq = vp + (j0 + c) / 2 * Dp + d0; /* key pairs (j0 + c)/2 .. + 15 */
+                _tile_loadd(5, vq, Dp * 4); _tile_dpbf16ps(0, 4, 5);
+                _tile_loadd(5, vq + 16, Dp * 4); _tile_dpbf16ps(1, 4, 5);
+                if (nt > 2) {
+                    _tile_loadd(5, vq + 32, Dp * 4); _tile_dpbf16ps(2, 4, 5);
+                    _tile_loadd(5, vq + 48, Dp * 4); _tile_dpbf16ps(3, 4, 5);
+                }
+            }
+            _tile_stored(0, tmp, 64 * 4); _tile_stored(1, tmp + 16, 64 * 4);
+            if (nt > 2) { _tile_stored(2, tmp + 32, 64 * 4); _tile_stored(3, tmp + 48, 64 * 4); }
+            for (long i = 0; i < 16; i++) {
+                const __m512 a = _mm512_set1_ps(al[i]);
+                for (long d = 0; d < 16 * nt; d += 16)
+                    _mm512_storeu_ps(o + i * Dp + d0 + d, _mm512_fmadd_ps(a, _mm512_loadu_ps(o + i * Dp + d0 + d), _mm512_loadu_ps(tmp + i * 64 + d)));
+            }
+        }
+    }
+    for (long i = 0; i < rq; i++) {
+        const float inv = (float)(1.0 / l[i]);
+        for (long d = 0; d < D; d++) out[i * ld + d] = o[i * Dp + d] * inv;
+    }
+}
+
+/* af_attention_bf16 on the tile unit (see above); 0 where its buffers cannot be allocated (the
+ * caller then runs the vdpbf16ps path). */
+static int af__attention_amx(const float *restrict q, const float *restrict k, const float *restrict v,
+                             float *restrict out, long B, long Sq, long Sk, long H, long D, float scale) {
+    const long Dp = (D + 31) & ~31L, Kp = (Sk + AF__AK - 1) / AF__AK * AF__AK, ld = H * D;
+    const size_t per = (size_t)(B * H) * (size_t)(Dp * Kp / 2); /* words of kt (and of vp) per call */
+    uint32_t *kt = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * per), *vp = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * per);
+    if (!kt || !vp) { free(kt); free(vp); return 0; }
+    const long nqt = (Sq + 15) / 16, ntask = B * H * nqt;
+    const int par = 4.0 * (double)B * (double)H * (double)Sq * (double)Sk * (double)D >= 2.0e6 && omp_get_max_threads() > 1;
+#pragma omp parallel if (par)
+    {
+        uint32_t row[512]; /* one key's d pairs (D <= 1024) */
+        uint16_t *qb = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(16 * Dp));
+        uint16_t *pb = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(16 * AF__AK));
+        float *s = (float *)aligned_alloc(64, sizeof(float) * (size_t)(2 * 16 * AF__AK + 16 * 64));
+        float *o = (float *)aligned_alloc(64, sizeof(float) * (size_t)(16 * Dp));
+#pragma omp for schedule(static)
+        for (long r = 0; r < B * H * Kp; r++) { /* key j of (b, h): its column of kt, and (even j) its pair row of vp */
+            const long bh = r / Kp, j = r % Kp, b = bh / H, h = bh % H;
+            uint32_t *kc = kt + (size_t)bh * (size_t)(Dp / 2 * Kp) + j;
+            if (j < Sk) af_f32_to_bf16_pairs(k + (b * Sk + j) * ld + h * D, D, row);
+            for (long w = 0; w < Dp / 2; w++) kc[w * Kp] = j < Sk && 2 * w < D ? row[w] : 0u;
+            if (j % 2) continue;
+            uint32_t *vr = vp + (size_t)bh * (size_t)(Kp / 2 * Dp) + j / 2 * Dp;
+            const float *v0 = v + (b * Sk + j) * ld + h * D;
+            if (j < Sk) af_f32_to_bf16_zip(v0, j + 1 < Sk ? v0 + ld : NULL, D, vr);
+            for (long d = j < Sk ? D : 0; d < Dp; d++) vr[d] = 0u;
+        }
+        if (qb && pb && s && o) {
+            af__amx_configure();
+#pragma omp for schedule(static)
+            for (long t = 0; t < ntask; t++) {
+                const long bh = t / nqt, i0 = (t % nqt) * 16, b = bh / H, h = bh % H;
+                const long rq = Sq - i0 < 16 ? Sq - i0 : 16;
+                af__attn_amx_task(q + (b * Sq + i0) * ld + h * D, out + (b * Sq + i0) * ld + h * D,
+                                  kt + (size_t)bh * (size_t)(Dp / 2 * Kp), vp + (size_t)bh * (size_t)(Kp / 2 * Dp),
+                                  ld, D, Dp, Sk, Kp, rq, scale, qb, s, pb, o);
+            }
+            _tile_release();
+        }
+        free(qb); free(pb); free(s); free(o);
+    }
+    free(kt);
+    free(vp);
+    return 1;
+}
+#endif
+
 /* Plain attention with bf16 products (`--compute bf16`; f32 where the CPU has no AVX-512 BF16).
- * Also f32 where the GEMMs run on AMX (gemm.h): those Intel Xeons execute vdpbf16ps at half the
- * f32 FMA rate, and in the width-768 FLUX NFE at 1024 tokens this kernel ran at 122 GFLOP/s with
- * bf16 pairs against about 150 in f32 (session 26, Xeon family 6 model 207). */
+ * On the tile unit where the GEMMs run on AMX (gemm.h): those Intel Xeons execute vdpbf16ps at
+ * half the f32 FMA rate (session 26, FLUX's 1088 tokens x 12 heads of 64 on 2 threads: AMX 580
+ * GFLOP/s, f32 310, vdpbf16ps about 120 in the NFE). */
 AF__API void af_attention_bf16(const float *restrict q, const float *restrict k,
                                const float *restrict v, float *restrict out, long B, long Sq,
                                long Sk, long H, long D, float scale) {
 #if AF__GEMM_AMX
-    const int dp = af__amx_ready() ? 0 : AF__ATTN_DP;
-#else
-    const int dp = AF__ATTN_DP;
+    if (af__amx_ready()) {
+        /* heads of a multiple of 32 (the k of a tile; 64 and 128 in the models here) on the tile
+         * unit, others (padding would multiply the work) in f32 */
+        if (D % 32 != 0 || D > 1024 || B <= 0 || Sq <= 0 || Sk <= 0 || H <= 0 ||
+            !af__attention_amx(q, k, v, out, B, Sq, Sk, H, D, scale))
+            af__attention(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0, 0);
+        return;
+    }
 #endif
-    af__attention(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0, dp);
+    af__attention(q, k, v, NULL, out, B, Sq, Sk, H, D, scale, 0, AF__ATTN_DP);
 }
 
 /* Plain attention: no bias, no mask. */
