@@ -1092,10 +1092,10 @@ static double af__amx_peak_gflops(void) {
 #endif
 
 /* The bf16 dot-product peak (`vdpbf16ps`, or the AMX tile unit where the dt-3 GEMM runs on it);
- * 0 without AVX-512 BF16.  `--compute bf16` pays off
- * only where this is well above the f32 FMA peak: about twice it on Zen 4 and Zen 5, but half of
- * it on the Intel Xeon measured in session 21, where the mode ran slower than f32 (the rounding of
- * A to bf16 is extra work), so compile compares the two and says so. */
+ * 0 without AVX-512 BF16.  `--compute bf16` pays off only where this is well above the f32 FMA
+ * peak: about twice it on Zen 4 and Zen 5 (vdpbf16ps), 13-17 times on the AMX Xeon of session 26;
+ * vdpbf16ps alone there runs at half the FMA rate (session 21: the mode ran slower than f32 before
+ * AMX), so compile compares the two and says so. */
 AF__API double af_bf16_peak_gflops(void) {
 #if AF__GEMM_AMX
     if (af__amx_ready()) return af__amx_peak_gflops();
