@@ -215,6 +215,9 @@ public enum CCodegen {
         /// The bf16 dot-product peak (GFLOP/s, all threads; 0 without AVX-512 BF16), measured.
         double arcflow_bf16_peak_gflops(void) { return af_bf16_peak_gflops(); }
 
+        /// Which unit runs `--compute bf16` here: 2 AMX tiles, 1 vdpbf16ps, 0 f32 FMAs (emulated).
+        int arcflow_bf16_compute_unit(void) { return af_bf16_compute_unit(); }
+
         /// Which OpenBLAS kernels run (e.g. "Haswell", "SkylakeX"), for benchmark reports.
         const char *arcflow_blas_core(void) { return openblas_get_corename(); }
 

@@ -26,6 +26,8 @@ public final class NativeLibrary {
     private let peakFunction: PeakFunction
     /// Absent from libraries built before it was added (model folders are kept across versions).
     private let bf16PeakFunction: PeakFunction?
+    /// Absent from libraries built before it was added.
+    private let bf16UnitFunction: IntFunction?
     private let setProgressFunction: SetProgressFunction
     /// The OpenBLAS kernel family in use, e.g. "SkylakeX".
     public let blasCore: String
@@ -58,6 +60,7 @@ public final class NativeLibrary {
         setThreadsFunction = try symbol("arcflow_set_threads", ThreadsFunction.self)
         peakFunction = try symbol("arcflow_fma_peak_gflops", PeakFunction.self)
         bf16PeakFunction = dlsym(h, "arcflow_bf16_peak_gflops").map { unsafeBitCast($0, to: PeakFunction.self) }
+        bf16UnitFunction = dlsym(h, "arcflow_bf16_compute_unit").map { unsafeBitCast($0, to: IntFunction.self) }
         setProgressFunction = try symbol("arcflow_set_progress", SetProgressFunction.self)
         blasCore = (try symbol("arcflow_blas_core", StringFunction.self)()).map { String(cString: $0) } ?? "unknown"
     }
@@ -71,6 +74,18 @@ public final class NativeLibrary {
         guard let f = bf16PeakFunction else { return nil }
         let peak = f()
         return peak > 0 ? peak : nil
+    }
+
+    /// What runs `--compute bf16` in this process: "amx" (the tile unit, where the CPU has AMX-BF16
+    /// and Linux grants the tile state), "vdpbf16ps", or "f32" (a build without AVX-512 BF16
+    /// emulates it); nil for a library built before this existed.
+    public func bf16ComputeUnit() -> String? {
+        guard let f = bf16UnitFunction else { return nil }
+        switch f() {
+        case 2: return "amx"
+        case 1: return "vdpbf16ps"
+        default: return "f32"
+        }
     }
 
     /// Where `--compute bf16` will not pay: a warning naming both measured peaks when the bf16

@@ -161,6 +161,7 @@ func benchCommand(_ argv: [String]) throws {
             "gflop_per_run": m.flops / 1e9, "gflop_per_s": gflops, "fma_peak_gflop_per_s": peak, "openblas_core": core,
         ]
         if let b = bf16Peak { obj["bf16_peak_gflop_per_s"] = b }
+        if let u = exe.library.bf16ComputeUnit() { obj["bf16_compute_unit"] = u }
         if baseline {
             obj["gemm_ms_median"] = gmed * 1000
             obj["gemm_gflop_per_run"] = m.gemmFlops / 1e9
@@ -179,7 +180,8 @@ func benchCommand(_ argv: [String]) throws {
         print(String(decoding: data, as: UTF8.self))
     } else {
         print("@\(m.graph): \(runs) runs, \(threads) threads, OpenBLAS \(core) kernels, measured FMA peak "
-              + String(format: "%.0f GFLOP/s", peak) + (bf16Peak.map { String(format: " (bf16 dot products %.0f)", $0) } ?? ""))
+              + String(format: "%.0f GFLOP/s", peak)
+              + (bf16Peak.map { String(format: " (bf16 %@ %.0f)", exe.library.bf16ComputeUnit() == "amx" ? "on AMX tiles" : "dot products", $0) } ?? ""))
         print(String(format: "  full graph : median %8.3f ms  (min %.3f, max %.3f)  %7.1f GFLOP/s  (%.3f GFLOP)",
                      med * 1000, full.min()! * 1000, full.max()! * 1000, gflops, m.flops / 1e9))
         if nfe > 0 {

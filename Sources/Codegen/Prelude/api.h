@@ -31,6 +31,7 @@ AF__API void af_gemm_packed_int8(const float *restrict a, long lda, const void *
                                  long K);
 AF__API double af_fma_peak_gflops(void);
 AF__API double af_bf16_peak_gflops(void);
+AF__API int af_bf16_compute_unit(void);
 
 /* attention.h */
 AF__API void af_attention_ex(const float *restrict q, const float *restrict k, const float *restrict v,

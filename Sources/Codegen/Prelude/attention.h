@@ -511,8 +511,8 @@ AF__API void af_attention_ex(const float *restrict q, const float *restrict k,
  * d is padded with zeros to Dp (a multiple of 32) and keys to Kp (a multiple of AF__AK), whose
  * scores are masked to -inf.  Work unit: (b, h, 16 queries); per block of 64 keys the scores
  * are four 16 x 16 tiles (tmm0-3 from the query tile tmm4 and K^T tiles tmm5), then the online
- * softmax in f32 on them, then O (f32, 16 x Dp in memory, rescaled per block) += P . V in
- * chunks of 64 columns (tmm0-3, P tmm4, V tmm5).
+ * softmax in f32 on them, then O (f32, 16 x Dp in memory) = al * O + P . V, P . V in chunks of 64
+ * columns (tmm0-3, P tmm4, V tmm5) added to O in vector registers.
  * ==================================================================================== */
 #if AF__GEMM_AMX
 #ifndef AF__AK
@@ -621,23 +621,28 @@ static void af__attn_amx_task(const float *restrict q, float *restrict out, cons
     }
 }
 
-/* af_attention_bf16 on the tile unit (see above); 0 where its buffers cannot be allocated (the
- * caller then runs the vdpbf16ps path). */
+/* af_attention_bf16 on the tile unit (see above); 0 (nothing written) where its buffers cannot be
+ * allocated: the caller then runs the f32 kernel. */
 static int af__attention_amx(const float *restrict q, const float *restrict k, const float *restrict v,
                              float *restrict out, long B, long Sq, long Sk, long H, long D, float scale) {
     const long Dp = (D + 31) & ~31L, Kp = (Sk + AF__AK - 1) / AF__AK * AF__AK, ld = H * D;
     const size_t per = (size_t)(B * H) * (size_t)(Dp * Kp / 2); /* words of kt (and of vp) per call */
     uint32_t *kt = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * per), *vp = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * per);
-    if (!kt || !vp) { free(kt); free(vp); return 0; }
     const long nqt = (Sq + 15) / 16, ntask = B * H * nqt;
     const int par = 4.0 * (double)B * (double)H * (double)Sq * (double)Sk * (double)D >= 2.0e6 && omp_get_max_threads() > 1;
-#pragma omp parallel if (par)
+    const int team = par ? omp_get_max_threads() : 1;
+    /* per thread: the query tile (16 x Dp bf16), P (16 x AF__AK bf16), two score blocks and a
+     * 16 x 64 scratch (f32), O (16 x Dp f32); in 4-byte units, each a multiple of 16 (64 bytes) */
+    const size_t wq = (size_t)(8 * Dp), wp = (size_t)(8 * AF__AK), ws = (size_t)(2 * 16 * AF__AK + 16 * 64), wo = (size_t)(16 * Dp);
+    const size_t wt = wq + wp + ws + wo;
+    float *scratch = (float *)aligned_alloc(64, sizeof(float) * wt * (size_t)team);
+    if (!kt || !vp || !scratch) { free(kt); free(vp); free(scratch); return 0; }
+#pragma omp parallel num_threads(team) if (par)
     {
         uint32_t row[512]; /* one key's d pairs (D <= 1024) */
-        uint16_t *qb = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(16 * Dp));
-        uint16_t *pb = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(16 * AF__AK));
-        float *s = (float *)aligned_alloc(64, sizeof(float) * (size_t)(2 * 16 * AF__AK + 16 * 64));
-        float *o = (float *)aligned_alloc(64, sizeof(float) * (size_t)(16 * Dp));
+        float *mine = scratch + (size_t)omp_get_thread_num() * wt;
+        uint16_t *qb = (uint16_t *)(void *)mine, *pb = (uint16_t *)(void *)(mine + wq);
+        float *s = mine + wq + wp, *o = mine + wq + wp + ws;
 #pragma omp for schedule(static)
         for (long r = 0; r < B * H * Kp; r++) { /* key j of (b, h): its column of kt, and (even j) its pair row of vp */
             const long bh = r / Kp, j = r % Kp, b = bh / H, h = bh % H;
@@ -650,22 +655,20 @@ static int af__attention_amx(const float *restrict q, const float *restrict k, c
             if (j < Sk) af_f32_to_bf16_zip(v0, j + 1 < Sk ? v0 + ld : NULL, D, vr);
             for (long d = j < Sk ? D : 0; d < Dp; d++) vr[d] = 0u;
         }
-        if (qb && pb && s && o) {
-            af__amx_configure();
+        af__amx_configure();
 #pragma omp for schedule(static)
-            for (long t = 0; t < ntask; t++) {
-                const long bh = t / nqt, i0 = (t % nqt) * 16, b = bh / H, h = bh % H;
-                const long rq = Sq - i0 < 16 ? Sq - i0 : 16;
-                af__attn_amx_task(q + (b * Sq + i0) * ld + h * D, out + (b * Sq + i0) * ld + h * D,
-                                  kt + (size_t)bh * (size_t)(Dp / 2 * Kp), vp + (size_t)bh * (size_t)(Kp / 2 * Dp),
-                                  ld, D, Dp, Sk, Kp, rq, scale, qb, s, pb, o);
-            }
-            _tile_release();
+        for (long t = 0; t < ntask; t++) {
+            const long bh = t / nqt, i0 = (t % nqt) * 16, b = bh / H, h = bh % H;
+            const long rq = Sq - i0 < 16 ? Sq - i0 : 16;
+            af__attn_amx_task(q + (b * Sq + i0) * ld + h * D, out + (b * Sq + i0) * ld + h * D,
+                              kt + (size_t)bh * (size_t)(Dp / 2 * Kp), vp + (size_t)bh * (size_t)(Kp / 2 * Dp),
+                              ld, D, Dp, Sk, Kp, rq, scale, qb, s, pb, o);
         }
-        free(qb); free(pb); free(s); free(o);
+        _tile_release();
     }
     free(kt);
     free(vp);
+    free(scratch);
     return 1;
 }
 #endif

@@ -666,9 +666,10 @@ static const unsigned char af__amx_cfg[64] __attribute__((aligned(64))) = {
 };
 AF__INLINE void af__amx_configure(void) { _tile_loadconfig(af__amx_cfg); }
 
-/* C[M, N] = act(A . B + bias) over bf16 panels b (dt 3), M >= 1; see the section comment. */
-static void af__gemm_amx(const float *restrict a, long lda, const uint16_t *restrict b, const float *restrict bias,
-                         int act, float *restrict c, long ldc, long M, long N, long K) {
+/* C[M, N] = act(A . B + bias) over bf16 panels b (dt 3), M >= 1; see the section comment.  0
+ * (nothing written) where the A blocks cannot be allocated: the caller runs the vdpbf16ps path. */
+static int af__gemm_amx(const float *restrict a, long lda, const uint16_t *restrict b, const float *restrict bias,
+                        int act, float *restrict c, long ldc, long M, long N, long K) {
     const long Kp = AF__GPAIRK(K), panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR;
     const long MB = AF__AMX_MB, mblocks = (M + MB - 1) / MB;
     const int nth = omp_get_max_threads();
@@ -677,16 +678,18 @@ static void af__gemm_amx(const float *restrict a, long lda, const uint16_t *rest
     groups = groups < panels ? groups : panels;
     const long ng = (panels + groups - 1) / groups;
     groups = (panels + ng - 1) / ng;
-#pragma omp parallel if (big && mblocks * groups > 1)
+    const int par = big && mblocks * groups > 1, team = par ? nth : 1;
+    /* per thread: an A block (MB rows, 32-row tiles padded with zero rows) */
+    uint16_t *ablocks = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(MB * Kp) * (size_t)team);
+    if (!ablocks) return 0;
+#pragma omp parallel num_threads(team) if (par)
     {
-        /* A block (MB rows, 32-row tiles padded with zero rows), a C tile */
-        uint16_t *abuf = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * (size_t)(MB * Kp));
+        uint16_t *abuf = ablocks + (size_t)omp_get_thread_num() * (size_t)(MB * Kp);
         float ct[16 * 16] __attribute__((aligned(64)));
-        if (abuf) af__amx_configure();
+        af__amx_configure();
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (long mb = 0; mb < mblocks; mb++)
             for (long g = 0; g < groups; g++) {
-                if (!abuf) continue; /* out of memory: C stays unwritten (never in practice) */
                 const long i0 = mb * MB, i1 = M < i0 + MB ? M : i0 + MB, rows = (i1 - i0 + 31) & ~31L;
                 for (long r = 0; r < rows; r++) { /* row r: K values as bf16, zeros to Kp (and for padding rows) */
                     uint16_t *d = abuf + r * Kp;
@@ -739,8 +742,9 @@ static void af__gemm_amx(const float *restrict a, long lda, const uint16_t *rest
                 }
             }
         _tile_release();
-        free(abuf);
     }
+    free(ablocks);
+    return 1;
 }
 #else
 #define AF__GEMM_AMX 0
@@ -935,15 +939,20 @@ static AF__UNUSED void af__gemv_i8(const float *restrict a, const void *restrict
  * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
  * Scratch: one MB x kc block of A per thread (112 or 344 KB), from the heap; where that fails, a
  * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile).
- * One row of f32 panels: af__gemv_f32. */
+ * One row of f32 panels: af__gemv_f32.  dt 3 from 16 rows on a CPU with AMX: af__gemm_amx. */
 AF__API void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
                             const float *restrict bias, int act, float *restrict c, long ldc,
                             long M, long N, long K) {
-    if (M == 1 && dt == 0 && N > 0 && K > 0) af__gemv_f32(a, (const float *)b, bias, act, c, N, K);
+    if (M == 1 && dt == 0 && N > 0 && K > 0) {
+        af__gemv_f32(a, (const float *)b, bias, act, c, N, K);
+        return;
+    }
 #if AF__GEMM_AMX
-    else if (dt == 3 && M >= 16 && N > 0 && K > 0 && af__amx_ready()) af__gemm_amx(a, lda, (const uint16_t *)b, bias, act, c, ldc, M, N, K);
+    /* bf16 compute on the tile unit, where this process may use it (a 32-row tile pair pays from 16 rows) */
+    if (dt == 3 && M >= 16 && N > 0 && K > 0 && af__amx_ready() && af__gemm_amx(a, lda, (const uint16_t *)b, bias, act, c, ldc, M, N, K))
+        return;
 #endif
-    else af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, dt == 3 && !AF__GEMM_DPBF16 ? af__gemm_pairs_unpack : NULL);
+    af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, dt == 3 && !AF__GEMM_DPBF16 ? af__gemm_pairs_unpack : NULL);
 }
 
 /* C[M, N] = A[M, K] . op(B) for an f32 B that is not a packed weight (training: activations,
@@ -1090,6 +1099,15 @@ static double af__amx_peak_gflops(void) {
     return best;
 }
 #endif
+
+/* Which unit runs `--compute bf16` in this process: 2 the AMX tile unit, 1 vdpbf16ps, 0 f32 FMAs
+ * on A rounded to bf16 (a build without AVX-512 BF16). */
+AF__API int af_bf16_compute_unit(void) {
+#if AF__GEMM_AMX
+    if (af__amx_ready()) return 2;
+#endif
+    return AF__GEMM_DPBF16 ? 1 : 0;
+}
 
 /* The bf16 dot-product peak (`vdpbf16ps`, or the AMX tile unit where the dt-3 GEMM runs on it);
  * 0 without AVX-512 BF16.  `--compute bf16` pays off only where this is well above the f32 FMA
