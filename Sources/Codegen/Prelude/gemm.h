@@ -433,7 +433,7 @@ AF__GEMM_ROWS(af__gemm_rows_f16, 2)
 
 /* bf16 compute (dt 3, `--compute bf16`): bf16 panels times A rounded to bf16, products summed
  * in f32 by vdpbf16ps (AVX-512 BF16), two k per instruction, so twice the FMA rate on Zen 4 and
- * Zen 5.  Its panels are stored in pairs (af__gemm_pair_panel): row q holds, for each of the 32
+ * Zen 5.  Its panels are stored in pairs (the dt-3 layout above): row q holds, for each of the 32
  * columns j, the bf16 pair (b[2q][j], b[2q+1][j]), which is the operand vdpbf16ps takes, so a
  * pair row is two plain loads.  A is packed as bf16 pairs: element (q, r) of a micro-panel, at
  * q*AF__GMR + r, is the 32-bit pair (a[r][2q], a[r][2q+1]) (an odd kc ends with (a[r][kc-1], 0),
