@@ -513,10 +513,7 @@ public struct DistillRun {
 
     /// One line per setting whose value `now` differs from the saved run's (absent: "unset").
     static func resumeNotes(saved: [String: String], now: [String: String]) -> [String] {
-        resumableSettings.compactMap { key in
-            let (was, is_) = (saved[key] ?? "unset", now[key] ?? "unset")
-            return was == is_ ? nil : "note: resuming with \(key) \(is_) where the run so far had \(was); the new value applies from here"
-        }
+        Trainer.resumeNotes(saved: saved, now: now, keys: resumableSettings)
     }
 
     /// The teacher as f32 tensors: a flat safetensors file (a teacher run's `ema.safetensors`) or

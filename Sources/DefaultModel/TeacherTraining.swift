@@ -211,7 +211,9 @@ public enum TeacherRun {
         var batches = TeacherBatches(config: c, seed: o.seed)
         if let across = o.relationAcross { batches.relationAcross = across }
         let trainer = Trainer(session: session, batches: batches, config: config, directory: dir)
-        trainer.metadata = ["model": "shapes-teacher", "batch": String(c.batch), "lr": String(o.lr)]
+        trainer.metadata = ["model": "shapes-teacher", "batch": String(c.batch), "lr": String(o.lr), "steps": String(o.steps),
+                            "warmup": String(o.warmup), "decay_start": String(schedule.decayStart), "ema_beta": String(o.emaBeta),
+                            "guidance": String(o.guidance), "shift": String(o.shift)]
         if let path = o.initWeights { trainer.metadata["init_weights"] = path }
         if let across = o.relationAcross { trainer.metadata["relation_across"] = String(across) }
         if resuming {
@@ -221,12 +223,21 @@ public enum TeacherRun {
                 throw ArcError("\(statePath) was trained with --relation-across \(saved.map { String($0) } ?? "unset"), "
                                + "not \(o.relationAcross.map { String($0) } ?? "unset"): resume with the run's own layouts")
             }
+            let recorded = try SafeTensorsFile(path: statePath).metadata
+            // Runs saved before these were recorded lack them: nothing to compare.
+            for line in Trainer.resumeNotes(saved: recorded, now: trainer.metadata, keys: resumableSettings.filter { recorded[$0] != nil }) {
+                o.log(line)
+            }
             try trainer.resume(from: statePath)
             o.log("resumed at step \(session.stepCount)")
         }
         let frozen = Set(TeacherWeights.frozen(c))
         return (trainer, compiled, c, initial.filter { frozen.contains($0.key) })
     }
+
+    /// The settings a teacher run records that may change on resume (the schedule, the EMA, the
+    /// evaluation's sampler), each said when it does (`Trainer.resumeNotes`).
+    static let resumableSettings = ["lr", "steps", "warmup", "decay_start", "ema_beta", "guidance", "shift"]
 
     /// The run's teacher: a resumed run's from its own `init.safetensors`, a run from
     /// `--init-weights` that file's, else `o.shape` (the standard teacher when nil). A `o.shape`

@@ -176,6 +176,17 @@ public final class Trainer {
                        + "or choose another output folder (nothing was overwritten)")
     }
 
+    /// One line per setting in `keys` whose value in `now` (this run's metadata) differs from the
+    /// saved run's, "unset" where absent: a setting that does not change the train step's graph
+    /// (resume checks that by hash) may change on resume, but it changes the run from there on,
+    /// so it is said, not silent.
+    public static func resumeNotes(saved: [String: String], now: [String: String], keys: [String]) -> [String] {
+        keys.compactMap { key in
+            let (was, is_) = (saved[key] ?? "unset", now[key] ?? "unset")
+            return was == is_ ? nil : "note: resuming with \(key) \(is_) where the run so far had \(was); the new value applies from here"
+        }
+    }
+
     /// Continues from a saved state; the log of the run that saved it (rows up to its step) is
     /// read back from `train.csv` in the output folder when there is one.
     public func resume(from path: String) throws {

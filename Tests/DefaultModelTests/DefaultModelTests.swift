@@ -125,7 +125,15 @@ final class DefaultModelTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("--relation-across 6.0, not unset"), "\($0)")
         }
         o.relationAcross = 6
+        o.guidance = 4
+        var lines: [String] = []
+        o.log = { lines.append($0) }
         XCTAssertEqual(try TeacherRun.prepare(o).trainer.session.stepCount, 2)
+        // The settings that changed are said (the decay start, 2 for 2 and for 3 steps, did not).
+        XCTAssertEqual(lines.filter { $0.hasPrefix("note:") }, [
+            "note: resuming with steps 3 where the run so far had 2; the new value applies from here",
+            "note: resuming with guidance 4.0 where the run so far had 5.0; the new value applies from here",
+        ])
         // The batches differ from the world's prior exactly in the two-object scenes.
         let c = try TeacherConfig.make(o.shape!, batch: 16)
         var narrow = TeacherBatches(config: c, seed: 3)
