@@ -91,7 +91,7 @@ public final class NativeLibrary {
     /// Where `--compute bf16` will not pay: a warning naming both measured peaks when the bf16
     /// dot products are not at least 1.3× the f32 FMAs (on Zen 4 and 5 they are about 2×; on an
     /// Intel Xeon, session 21 measured vdpbf16ps at 0.50× and the mode at 0.54-0.77× f32; with AMX
-    /// the library measures the tile unit instead, 13-17× the FMA peak in session 26).
+    /// the library measures the tile unit instead, 15-17× the FMA peak in session 26).
     public func computeBF16Warning() -> String? {
         guard let bf16 = bf16PeakGFLOPS() else { return nil }
         return NativeLibrary.computeBF16Warning(bf16Peak: bf16, fmaPeak: fmaPeakGFLOPS())

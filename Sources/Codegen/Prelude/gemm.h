@@ -1111,7 +1111,7 @@ AF__API int af_bf16_compute_unit(void) {
 
 /* The bf16 dot-product peak (`vdpbf16ps`, or the AMX tile unit where the dt-3 GEMM runs on it);
  * 0 without AVX-512 BF16.  `--compute bf16` pays off only where this is well above the f32 FMA
- * peak: about twice it on Zen 4 and Zen 5 (vdpbf16ps), 13-17 times on the AMX Xeon of session 26;
+ * peak: about twice it on Zen 4 and Zen 5 (vdpbf16ps), 15-17 times on the AMX Xeon of session 26;
  * vdpbf16ps alone there runs at half the FMA rate (session 21: the mode ran slower than f32 before
  * AMX), so compile compares the two and says so. */
 AF__API double af_bf16_peak_gflops(void) {
