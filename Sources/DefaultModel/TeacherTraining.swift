@@ -217,13 +217,13 @@ public enum TeacherRun {
         if let path = o.initWeights { trainer.metadata["init_weights"] = path }
         if let across = o.relationAcross { trainer.metadata["relation_across"] = String(across) }
         if resuming {
+            let recorded = try SafeTensorsFile(path: statePath).metadata
             // The batches are a function of the layout prior too: a resumed run keeps its own.
-            let saved = try SafeTensorsStore(path: statePath).files.first?.metadata["relation_across"].flatMap(Double.init)
+            let saved = recorded["relation_across"].flatMap(Double.init)
             guard saved == o.relationAcross else {
                 throw ArcError("\(statePath) was trained with --relation-across \(saved.map { String($0) } ?? "unset"), "
                                + "not \(o.relationAcross.map { String($0) } ?? "unset"): resume with the run's own layouts")
             }
-            let recorded = try SafeTensorsFile(path: statePath).metadata
             // Runs saved before these were recorded lack them: nothing to compare.
             for line in Trainer.resumeNotes(saved: recorded, now: trainer.metadata, keys: resumableSettings.filter { recorded[$0] != nil }) {
                 o.log(line)

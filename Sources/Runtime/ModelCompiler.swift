@@ -148,19 +148,11 @@ public enum ModelCompiler {
     }
 
     /// Whether /proc/cpuinfo lists avx512_bf16 among this CPU's flags.
-    public static func cpuHasAVX512BF16() -> Bool { cpuHasFlag("avx512_bf16") }
+    public static func cpuHasAVX512BF16() -> Bool { cpuFlags().contains("avx512_bf16") }
 
-    /// AMX with bf16 tiles (Intel Xeons since Sapphire Rapids): `--compute bf16` GEMMs run on the
-    /// tile unit there, and its attention keeps f32 products (gemm.h, attention.h).
-    public static func cpuHasAMXBF16() -> Bool { cpuHasFlag("amx_bf16") && cpuHasFlag("amx_tile") }
-
-    /// Whether /proc/cpuinfo lists `flag` for this CPU (false where it cannot be read).
-    static func cpuHasFlag(_ flag: String) -> Bool {
-        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
-        return info.split(separator: "\n").contains { line in
-            line.hasPrefix("flags") && line.split(whereSeparator: { $0 == " " || $0 == "\t" }).contains(Substring(flag))
-        }
-    }
+    /// AMX with bf16 tiles (Intel Xeons since Sapphire Rapids): `--compute bf16` GEMMs and plain
+    /// attention run on the tile unit there (gemm.h, attention.h).
+    public static func cpuHasAMXBF16() -> Bool { cpuFlags().isSuperset(of: ["amx_bf16", "amx_tile"]) }
 
     /// The storage type of each packed weight: the one asked for, or with `auto` the checkpoint's.
     /// A weight `@prologue` computes (LoRA fused in f32, a cast) takes the type of its largest

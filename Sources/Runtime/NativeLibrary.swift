@@ -146,11 +146,16 @@ private final class ProgressBox {
 /// measured). Where the CPU has the AVX-512 subsets those kernels use, ask for them, unless the
 /// user chose a core type. OpenBLAS reads this once, when the first library loads it.
 func chooseOpenBLASKernels() {
-    guard getenv("OPENBLAS_CORETYPE") == nil,
-          let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
-    let flags = Set(flagsLine.split(separator: " ").map(String.init))
-    if ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd"].allSatisfy(flags.contains) {
+    guard getenv("OPENBLAS_CORETYPE") == nil else { return }
+    if cpuFlags().isSuperset(of: ["avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd"]) {
         setenv("OPENBLAS_CORETYPE", "SkylakeX", 0)
     }
+}
+
+/// This CPU's feature flags, from the first `flags` line of /proc/cpuinfo (empty where it cannot
+/// be read).
+func cpuFlags() -> Set<String> {
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
+    return Set(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init))
 }

@@ -1009,9 +1009,13 @@ AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int t
  * (AVX-512 on Zen 4).  Best of three ~2 ms runs read half the peak or less now and then on this
  * shared host (one vCPU descheduled for a few ms in every run), which made a GEMM read above 100%
  * of it; longer and more runs make a low reading, never a high one, rarer. */
-AF__UNUSED static double af__peak_gflops(int bf16) {
+/* The peak of one unit, all threads, best of five timed runs: unit 0 f32 FMAs (12 independent
+ * chains per thread), 1 vdpbf16ps (the same), 2 the AMX tile unit (four independent TDPBF16PS
+ * chains: each does 16 x 16 x 32 products). */
+AF__UNUSED static double af__peak_gflops(int unit) {
+    const int bf16 = unit == 1;
     (void)bf16;   /* read only by the AVX-512 path */
-    const long iters = 1L << 21;
+    const long iters = unit == 2 ? 1L << 14 : 1L << 21;
     double best = 0.0;
     for (int rep = 0; rep < 5; rep++) {
         int threads = 1;
@@ -1021,36 +1025,51 @@ AF__UNUSED static double af__peak_gflops(int bf16) {
         {
             #pragma omp single
             threads = omp_get_num_threads();
+#if AF__GEMM_AMX
+            if (unit == 2) {
+                af__amx_configure();
+                _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+                for (long i = 0; i < iters; i++) {
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                _tile_release();
+            } else
+#endif
+            {
 #if defined(__AVX512F__)
-            __m512 a[12];
-            for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
-            if (bf16) {
+                __m512 a[12];
+                for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
+                if (bf16) {
 #if defined(__AVX512BF16__)
-                const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
-                for (long i = 0; i < iters; i++)
-                    for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
+                    const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+                    for (long i = 0; i < iters; i++)
+                        for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
 #endif
-            } else {
-                const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
-                for (long i = 0; i < iters; i++)
-                    for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
-            }
-            for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
+                } else {
+                    const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+                    for (long i = 0; i < iters; i++)
+                        for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+                }
+                for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
 #elif defined(__AVX2__) && defined(__FMA__)
-            const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-            __m256 a[12];
-            for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1.0f + (float)j);
-            for (long i = 0; i < iters; i++)
-                for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
-            float lanes[8];
-            for (int j = 0; j < 12; j++) { _mm256_storeu_ps(lanes, a[j]); for (int l = 0; l < 8; l++) sink += lanes[l]; }
+                const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+                __m256 a[12];
+                for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1.0f + (float)j);
+                for (long i = 0; i < iters; i++)
+                    for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
+                float lanes[8];
+                for (int j = 0; j < 12; j++) { _mm256_storeu_ps(lanes, a[j]); for (int l = 0; l < 8; l++) sink += lanes[l]; }
 #else
-            float a[12];
-            for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j;
-            for (long i = 0; i < iters; i++)
-                for (int j = 0; j < 12; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
-            for (int j = 0; j < 12; j++) sink += a[j];
+                float a[12];
+                for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j;
+                for (long i = 0; i < iters; i++)
+                    for (int j = 0; j < 12; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
+                for (int j = 0; j < 12; j++) sink += a[j];
 #endif
+            }
         }
         const double t = AF_PEAK_CLOCK() - t0;
 #if defined(__AVX512F__)
@@ -1060,7 +1079,8 @@ AF__UNUSED static double af__peak_gflops(int bf16) {
 #else
         const double flops = 2.0;
 #endif
-        const double gflops = (double)threads * (double)iters * 12.0 * flops / t / 1e9;
+        const double per_iter = unit == 2 ? 4.0 * 16.0 * 16.0 * 32.0 * 2.0 : 12.0 * flops;
+        const double gflops = (double)threads * (double)iters * per_iter / t / 1e9;
         if (gflops > best && sink == sink) best = gflops;
     }
     return best;
@@ -1069,36 +1089,6 @@ AF__UNUSED static double af__peak_gflops(int bf16) {
 /* The fp32 FMA peak of this machine: benchmarks report GFLOP/s against this, not against a data
  * sheet. */
 AF__API double af_fma_peak_gflops(void) { return af__peak_gflops(0); }
-
-#if AF__GEMM_AMX
-/* The tile unit's bf16 peak: four independent TDPBF16PS chains per thread, best of five runs. */
-static double af__amx_peak_gflops(void) {
-    const long iters = 1L << 14;
-    double best = 0.0;
-    for (int rep = 0; rep < 5; rep++) {
-        int threads = 1;
-        const double t0 = AF_PEAK_CLOCK();
-#pragma omp parallel
-        {
-#pragma omp single
-            threads = omp_get_num_threads();
-            af__amx_configure();
-            _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-            for (long i = 0; i < iters; i++) {
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            _tile_release();
-        }
-        const double t = AF_PEAK_CLOCK() - t0;
-        const double gflops = (double)threads * (double)iters * 4.0 * 16.0 * 16.0 * 32.0 * 2.0 / t / 1e9;
-        if (gflops > best) best = gflops;
-    }
-    return best;
-}
-#endif
 
 /* Which unit runs `--compute bf16` in this process: 2 the AMX tile unit, 1 vdpbf16ps, 0 f32 FMAs
  * on A rounded to bf16 (a build without AVX-512 BF16). */
@@ -1116,7 +1106,7 @@ AF__API int af_bf16_compute_unit(void) {
  * AMX), so compile compares the two and says so. */
 AF__API double af_bf16_peak_gflops(void) {
 #if AF__GEMM_AMX
-    if (af__amx_ready()) return af__amx_peak_gflops();
+    if (af__amx_ready()) return af__peak_gflops(2);
 #endif
 #if defined(__AVX512BF16__)
     return af__peak_gflops(1);
