@@ -143,14 +143,14 @@ final class GemmKernelTests: KernelTestCase {
         let cases: [(a: [Int], n: Int, transposed: Bool)] = [
             ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
             ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
-            // 18 row tiles over 3 row blocks (6 each, the last one short) × 24 panels in 4 groups
-            // (the count that splits 12 tiles evenly over 2 threads).
+            // 18 row tiles in one row block (the last tile 12 rows) × 24 panels in 2 groups.
             ([250, 40], 768, true),
             // Three K blocks of bf16 compute (512, 512, then an odd 7) and five of f32 and 16-bit.
             ([20, 1031], 40, true),
             // M = 1 in parallel (f32: af__gemv): 35 panels, four at a time, the last pass partial.
             ([1, 1000], 1100, true),
-            // M ≥ 2 × AF_GEMM_MB_TALL: the taller row blocks (51 row tiles over 2 blocks), three K blocks.
+            // 50 row tiles over 3 row blocks (17 + 17 + 16) × 3 panels in 2 groups (the count that
+            // splits the tiles evenly over 2 threads: 3 × 1 would leave one waiting), three K blocks.
             ([700, 600], 70, true),
         ]
         let b = GraphBuilder(name: "packed_gemm_\(dtype.rawValue)")

@@ -155,13 +155,13 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  *    panel and stays in L1 while the tile walks down a row block.
  *  - Rows in blocks of AF_GEMM_MB: each thread copies its MB x kc block of A into micro-panels
  *    of AF__GMR rows (element (k, r) at k*AF__GMR + r), so the kernel reads A contiguously
- *    from L2 (MB x kc floats = 112 KB, 344 KB for the taller blocks of a large M) instead of AF__GMR rows lda apart: with lda a multiple
+ *    from L2 (MB x kc floats = 344 KB) instead of AF__GMR rows lda apart: with lda a multiple
  *    of 1024 floats those rows alias in the same L1 sets, which had capped the unpacked kernel
  *    at a third of the FMA peak on the big square GEMMs.
  *  - Panels in groups: one packed A block serves every panel of the group (at most
  *    AF_GEMM_NGMAX panels, so the group's C block stays in L2), which amortizes the packing.
- * Threads take (row block, panel group) tiles; there are about 4 per thread where M allows
- * (fewer, larger groups when M has many row blocks).  Each C element is summed by one thread
+ * Threads take (row block, panel group) tiles, about one per thread where M allows (AF_GEMM_TPT:
+ * every panel group of a row block packs its A block again).  Each C element is summed by one thread
  * in one order (k ascending, K blocks in turn), so results do not depend on the thread count.
  * C is written at the first K block and accumulated after; the bias and activation are applied
  * with the last block, in the store.
@@ -239,36 +239,46 @@ typedef float af__gv;
 #ifndef AF_GEMM_KCDP
 #define AF_GEMM_KCDP 512L
 #endif
+/* Rows of A per packed block, whole row tiles (a GEMM's row blocks share its row tiles evenly).
+ * 336 on AVX-512 (24 tiles; the A block is 336 x 256 floats = 344 KB of L2): each slice of a
+ * weight panel brought into L1/L2 then serves up to 24 row tiles before the next row block
+ * streams it in again.  Measured with Tools/gemm-bench/ab.sh (2 threads, 16 weight copies):
+ * against 112 rows for M >= 672, 1.03-1.09x at 1088 x {768, 3072} x {768, 3072} (AMD, 120
+ * alternations); for every M (session 27, Intel, 40 alternations, with AF_GEMM_TPT 1) 1.06-1.08x
+ * at M = 128, 256 and 320 where N or K is 3072, 1.00-1.02x at 768 x 768 and at M = 448 and
+ * 1088.  (With 4 tiles per thread a short M's single block had been packed by 8 panel groups:
+ * 0.96-1.03x at M = 320 then, so M < 672 had kept 112 rows.)  AVX2 keeps 108 (not measured). */
 #ifndef AF_GEMM_MB
-#define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR) /* rows of A per packed block, whole row tiles */
-#endif
-/* Rows per packed block where M has room for two or more of them: each slice of a weight panel
- * brought into L2 then serves 3x the row tiles before the next row block streams it in again.
- * Measured with Tools/gemm-bench/ab.sh (2 threads, 16 weight copies, 120 alternations, against
- * AF_GEMM_MB everywhere): 1.03x, 1.03x and 1.09x at 1088 x 768 x 768, 1088 x 3072 x 768 and
- * 1088 x 768 x 3072 (224 rows: 1.02-1.03x); at M = 320 it measured 0.96-1.03x, so shorter M keeps
- * AF_GEMM_MB.  AVX-512 only (where it was measured); the A block is 336 x 256 floats = 344 KB. */
-#ifndef AF_GEMM_MB_TALL
 #if AF__GMR == 14
-#define AF_GEMM_MB_TALL ((336L / AF__GMR) * AF__GMR)
+#define AF_GEMM_MB ((336L / AF__GMR) * AF__GMR)
 #else
-#define AF_GEMM_MB_TALL AF_GEMM_MB
+#define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR)
 #endif
 #endif
 /* Row blocks of a GEMM whose panels are expanded per thread first (int8): each row block expands
- * every weight it uses once, so 4x taller blocks make a quarter of the conversions (the A block,
- * 448 x 256 floats, still fits the L2).  Measured on the width-768 FLUX NFE (1024 tokens): with
- * AF_GEMM_MB the int8 NFE was 2.5% slower than f32's. */
+ * every weight it uses once, so taller blocks make fewer conversions (the A block, 448 x 256
+ * floats, still fits the L2).  Measured on the width-768 FLUX NFE (1024 tokens): with 112-row
+ * blocks the int8 NFE was 2.5% slower than f32's. */
 #ifndef AF_GEMM_MB_UNPACK
-#define AF_GEMM_MB_UNPACK (4 * AF_GEMM_MB)
+#define AF_GEMM_MB_UNPACK (4 * ((112L / AF__GMR) * AF__GMR))
 #endif
 #ifndef AF_GEMM_NGMAX
 #define AF_GEMM_NGMAX 32L
 #endif
-/* Tiles per thread the panel groups aim at (more absorb a stalled thread at the end of a GEMM,
- * fewer pack each A block fewer times). */
+/* Tiles per thread the panel groups aim at: more absorb a stalled thread at the end of a GEMM,
+ * fewer pack each A block fewer times (every group of a row block packs it again).  1: one task
+ * per thread where the row blocks allow, so M = 1088 against N = 768 packs its A once, not twice.
+ * Measured on an Intel Xeon (2 MB L2; session 27) with Tools/gemm-bench/ab.sh (2 threads, 16
+ * weight copies, 40 alternations, against 4): 1.05-1.10x at 1088 x 768 x 768 and 1088 x 768 x
+ * 3072, 1.03-1.08x at M = 320, 0.98-1.04x (level) at N = 3072; the width-768 FLUX NFE 1.04-1.12x
+ * at 1024 tokens and 1.01-1.11x at 256 (6 alternations each).  4 was the default before, never
+ * measured against 1 on the AMD hosts; `FLAGS_B=-DAF_GEMM_TPT=4` compares them there. */
 #ifndef AF_GEMM_TPT
-#define AF_GEMM_TPT 4L
+#define AF_GEMM_TPT 1L
+#endif
+/* The same for the AMX GEMM (128-row tasks), where 1 measured 0.95-0.98x at M = 320 (DT=3 ab.sh). */
+#ifndef AF__AMX_TPT
+#define AF__AMX_TPT 4L
 #endif
 /* The same for GEMMs whose panels are expanded per thread (int8): their row blocks are 4x taller,
  * so each panel group packs a 4x larger A block, and fewer, wider groups pay off. Measured with
@@ -674,7 +684,7 @@ static int af__gemm_amx(const float *restrict a, long lda, const uint16_t *restr
     const long MB = AF__AMX_MB, mblocks = (M + MB - 1) / MB;
     const int nth = omp_get_max_threads();
     const int big = (double)M * (double)N * (double)K >= 1e6 && nth > 1;
-    long groups = big ? (AF_GEMM_TPT * nth + mblocks - 1) / mblocks : 1;
+    long groups = big ? (AF__AMX_TPT * nth + mblocks - 1) / mblocks : 1;
     groups = groups < panels ? groups : panels;
     const long ng = (panels + groups - 1) / groups;
     groups = (panels + ng - 1) / ng;
@@ -782,7 +792,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                    long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
-    const long MB = unpack ? AF_GEMM_MB_UNPACK : M >= 2 * AF_GEMM_MB_TALL ? AF_GEMM_MB_TALL : AF_GEMM_MB;
+    const long MB = unpack ? AF_GEMM_MB_UNPACK : AF_GEMM_MB;
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + MB - 1) / MB;
     const size_t esize = dt == 0 || unpack ? sizeof(float) : sizeof(uint16_t); /* of the rows the kernel reads */
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
@@ -798,10 +808,11 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     /* Row blocks share the row tiles evenly (M = 256 is 7 + 6 + 6 tiles of 14, not 112 + 112 + 32
      * rows), so no block is a short straggler. */
     const long rtiles = (M + AF__GMR - 1) / AF__GMR;
-    /* Panel groups: about 4 tiles per thread, as few groups as that allows (each group packs
-     * its A blocks once), none wider than AF_GEMM_NGMAX panels; then, up to twice that many,
-     * the first count whose tiles split evenly over the threads (M = 320, N = 768 on 2
-     * threads: 12 tiles, not 9, where one thread would do 5 while the other waits after 4). */
+    /* Panel groups: about AF_GEMM_TPT tiles per thread, as few groups as that allows (each
+     * group packs its A blocks once), none wider than AF_GEMM_NGMAX panels; then, up to twice
+     * that many, the first count whose tiles split evenly over the threads (M = 320 on 2
+     * threads: 3 row blocks, so 2 groups and 6 tiles, not 1 group where one thread would do 2
+     * while the other waits after 1). */
     const long tpt = unpack ? AF_GEMM_TPT_UNPACK : AF_GEMM_TPT;
     long groups = big ? (tpt * nth + mblocks - 1) / mblocks : 1;
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
