@@ -226,7 +226,7 @@ typedef float af__gv;
 
 /* Block sizes (overridable with -D for tuning: Tools/gemm-bench's CFLAGS_EXTRA).  kc = 256 for
  * both storage types: a 32-column slice is 32 KB in f32, 16 KB in 16 bits (measured on Zen 4,
- * 32 KB L1: 128 and 384 were no better for f32).  AF_GEMM_PFB: rows of B prefetched ahead. */
+ * 32 KB L1: 128 and 384 were no better for f32). */
 #ifndef AF_GEMM_KC
 #define AF_GEMM_KC 256L
 #endif
@@ -290,8 +290,13 @@ typedef float af__gv;
 #ifndef AF_GEMM_PFC
 #define AF_GEMM_PFC 32L /* rows of k before a tile's end at which its C rows are prefetched */
 #endif
+/* 32 rows (4 KB of an f32 panel) ahead: a weight slice is first read from memory by a row block's
+ * first tile, and 8 rows (about 30 ns of its FMAs) had not covered the latency.  ab.sh (session 27,
+ * Intel, 2 threads, 16 weight copies, 40 alternations) against 8: 1.04-1.09x at M = 64, 1.01-1.05x
+ * at M = 320, level at M = 1088; 16 read half that, 48 and 64 level with 32.  Past a slice's end
+ * it reaches into the same panel's next K block and then the next panel (panels are contiguous). */
 #ifndef AF_GEMM_PFB
-#define AF_GEMM_PFB 8
+#define AF_GEMM_PFB 32
 #endif
 #define AF__GKCMAX0 (AF_GEMM_KC > AF_GEMM_KC16 ? AF_GEMM_KC : AF_GEMM_KC16)
 #define AF__GKCMAX (AF__GKCMAX0 > (AF_GEMM_KCDP + 1) / 2 ? AF__GKCMAX0 : (AF_GEMM_KCDP + 1) / 2) /* floats per packed A row */
