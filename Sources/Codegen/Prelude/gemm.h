@@ -276,6 +276,11 @@ typedef float af__gv;
 #ifndef AF_GEMM_TPT
 #define AF_GEMM_TPT 1L
 #endif
+/* The same for a GEMM of one row block, whose A all tasks share (packed once): 4 tiles per thread
+ * absorb a stalled thread at no packing cost. */
+#ifndef AF_GEMM_TPT_SHARED
+#define AF_GEMM_TPT_SHARED 4L
+#endif
 /* The same for the AMX GEMM (128-row tasks), where 1 measured 0.95-0.98x at M = 320 (DT=3 ab.sh). */
 #ifndef AF__AMX_TPT
 #define AF__AMX_TPT 4L
@@ -792,6 +797,13 @@ static AF__UNUSED void af__gemm_pairs_unpack(const void *restrict b, long p, lon
  * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
  * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
  * conversion per weight per row block). */
+/* Rows 0..rows-1 (at most a row block), columns 0..kc-1 of A into micro-panels: bf16 pairs for
+ * the vdpbf16ps kernel, else floats (rounded to bf16 where that kernel is emulated). */
+static void af__gemm_pack_any(const float *restrict a, long lda, long rows, long kc, int pairs, int round, float *restrict dst) {
+    if (pairs) af__gemm_pack_a_pairs(a, lda, rows, kc, (uint32_t *)(void *)dst);
+    else af__gemm_pack_a(a, lda, rows, kc, round, dst);
+}
+
 static void af__gemm_packed_blocks(const float *restrict a, long lda, const void *restrict b, int dt,
                                    const float *restrict bias, int act, float *restrict c, long ldc,
                                    long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
@@ -813,12 +825,19 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     /* Row blocks share the row tiles evenly (M = 256 is 7 + 6 + 6 tiles of 14, not 112 + 112 + 32
      * rows), so no block is a short straggler. */
     const long rtiles = (M + AF__GMR - 1) / AF__GMR;
+    /* One row block of 8 or more row tiles (M in 99..AF_GEMM_MB): its A is packed once, before
+     * the tasks, into a buffer they all read, instead of once per panel group, and the groups can
+     * be as many as balance asks (AF_GEMM_TPT_SHARED).  ab.sh (session 27, Intel, 2 threads, 60
+     * alternations) against packing per group: 1.01-1.05x at M = 256 and 320; at M = 64, whose
+     * packing is cheap, 0.95-0.97x with N = 768 (its tasks then read tiles packed by the other
+     * core), so a short M packs per group as before. */
+    const int share = big && mblocks == 1 && rtiles >= 8;
     /* Panel groups: about AF_GEMM_TPT tiles per thread, as few groups as that allows (each
      * group packs its A blocks once), none wider than AF_GEMM_NGMAX panels; then, up to twice
-     * that many, the first count whose tiles split evenly over the threads (M = 320 on 2
+     * that many, the first count whose tiles split evenly over the threads (M = 700 on 2
      * threads: 3 row blocks, so 2 groups and 6 tiles, not 1 group where one thread would do 2
      * while the other waits after 1). */
-    const long tpt = unpack ? AF_GEMM_TPT_UNPACK : AF_GEMM_TPT;
+    const long tpt = share ? AF_GEMM_TPT_SHARED : unpack ? AF_GEMM_TPT_UNPACK : AF_GEMM_TPT;
     long groups = big ? (tpt * nth + mblocks - 1) / mblocks : 1;
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
     if (groups > panels) groups = panels;
@@ -829,13 +848,28 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const long ng = (panels + groups - 1) / groups;
     groups = (panels + ng - 1) / ng;
     const int par = big && mblocks * groups > 1;
+    /* The shared A (share): K block kb's micro-panels at shared + kb * rtiles * AF__GMR * KCu, row
+     * tile t at t * AF__GMR * at within it; NULL (allocation failed) packs per task as below. */
+    const long KCu = pairs ? (KC + 1) / 2 : KC, kblocks = (K + KC - 1) / KC; /* 4-byte units per full packed row */
+    const size_t region = (size_t)rtiles * AF__GMR * (size_t)KCu;
+    float *shared = share ? (float *)aligned_alloc(64, (sizeof(float) * region * (size_t)kblocks + 63) & ~(size_t)63) : NULL;
 #pragma omp parallel if (par)
     {
-        float *heap = (float *)aligned_alloc(64, (sizeof(float) * (size_t)(MB * AF__GKCMAX) + 63) & ~(size_t)63);
+        if (shared) {
+#pragma omp for collapse(2) schedule(static)
+            for (long kb = 0; kb < kblocks; kb++)
+                for (long t = 0; t < rtiles; t++) {
+                    const long k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+                    const long rows = M - t * AF__GMR < AF__GMR ? M - t * AF__GMR : AF__GMR;
+                    af__gemm_pack_any(a + t * AF__GMR * lda + k0, lda, rows, kc, pairs, round,
+                                      shared + (size_t)kb * region + (size_t)(t * AF__GMR * at));
+                } /* its implicit barrier: every task reads tiles the other threads packed */
+        }
+        float *heap = shared ? NULL : (float *)aligned_alloc(64, (sizeof(float) * (size_t)(MB * AF__GKCMAX) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
         float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
         float *abuf = heap ? heap : local;
-        const long mstep = heap ? MB : AF__GMR;
+        const long mstep = shared || heap ? MB : AF__GMR;
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (long mb = 0; mb < mblocks; mb++)
             for (long g = 0; g < groups; g++) {
@@ -848,8 +882,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                     const long at = pairs ? (kc + 1) / 2 : kc; /* 4-byte units per packed row */
                     for (long s0 = i0; s0 < i1; s0 += mstep) {
                         const long s1 = i1 < s0 + mstep ? i1 : s0 + mstep;
-                        if (pairs) af__gemm_pack_a_pairs(a + s0 * lda + k0, lda, s1 - s0, kc, (uint32_t *)(void *)abuf);
-                        else af__gemm_pack_a(a + s0 * lda + k0, lda, s1 - s0, kc, round, abuf);
+                        if (shared) abuf = shared + (size_t)(k0 / KC) * region + (size_t)(s0 * at);
+                        else af__gemm_pack_any(a + s0 * lda + k0, lda, s1 - s0, kc, pairs, round, abuf);
                         for (long p = p0; p < p1; p++) {
                             const char *panel = (const char *)b + ((size_t)p * (size_t)Kstride + (size_t)k0) * AF_GEMM_NR * esize;
                             if (unpack) { unpack(b, p, K, qgroup, k0, kc, unpacked); panel = (const char *)unpacked; }
@@ -868,6 +902,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
             }
         free(heap);
     }
+    free(shared);
 }
 
 /* Panels one pass of a one-row GEMM works on: independent FMA chains per column, enough to
