@@ -161,7 +161,8 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  *  - Panels in groups: one packed A block serves every panel of the group (at most
  *    AF_GEMM_NGMAX panels, so the group's C block stays in L2), which amortizes the packing.
  * Threads take (row block, panel group) tiles, about one per thread where M allows (AF_GEMM_TPT:
- * every panel group of a row block packs its A block again).  Each C element is summed by one thread
+ * every panel group of a row block packs its A block again), except that a GEMM of one row block
+ * packs its A once for all tasks and splits finer (AF_GEMM_TPT_SHARED).  Each C element is summed by one thread
  * in one order (k ascending, K blocks in turn), so results do not depend on the thread count.
  * C is written at the first K block and accumulated after; the bias and activation are applied
  * with the last block, in the store.
