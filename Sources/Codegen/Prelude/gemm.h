@@ -256,13 +256,6 @@ typedef float af__gv;
 #define AF_GEMM_MB ((112L / AF__GMR) * AF__GMR)
 #endif
 #endif
-/* Row blocks of a GEMM whose panels are expanded per thread first (int8): each row block expands
- * every weight it uses once, so taller blocks make fewer conversions (the A block, 448 x 256
- * floats, still fits the L2).  Measured on the width-768 FLUX NFE (1024 tokens): with 112-row
- * blocks the int8 NFE was 2.5% slower than f32's. */
-#ifndef AF_GEMM_MB_UNPACK
-#define AF_GEMM_MB_UNPACK (4 * ((112L / AF__GMR) * AF__GMR))
-#endif
 #ifndef AF_GEMM_NGMAX
 #define AF_GEMM_NGMAX 32L
 #endif
@@ -285,13 +278,6 @@ typedef float af__gv;
 /* The same for the AMX GEMM (128-row tasks), where 1 measured 0.95-0.98x at M = 320 (DT=3 ab.sh). */
 #ifndef AF__AMX_TPT
 #define AF__AMX_TPT 4L
-#endif
-/* The same for GEMMs whose panels are expanded per thread (int8): their row blocks are 4x taller,
- * so each panel group packs a 4x larger A block, and fewer, wider groups pay off. Measured with
- * `DT=4 Tools/gemm-bench/ab.sh` (2 threads, int8, 2 against 4): 1.01-1.05x at M = 320 and 64,
- * 1.00-1.01x at M = 1088. */
-#ifndef AF_GEMM_TPT_UNPACK
-#define AF_GEMM_TPT_UNPACK 2L
 #endif
 #ifndef AF_GEMM_PFC
 #define AF_GEMM_PFC 32L /* rows of k before a tile's end at which its C rows are prefetched */
@@ -810,7 +796,11 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                    long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
-    const long MB = unpack ? AF_GEMM_MB_UNPACK : AF_GEMM_MB;
+    /* int8 (unpack) expands each weight slice once per row block: 336-row blocks convert a
+     * 1088-row GEMM's weights 4 times.  Until session 27 it had its own 448-row blocks and 2 tiles
+     * per thread (against 112 rows and 4 then); the shared blocking measured 1.06-1.07x at M = 1088
+     * with N = 768 and level elsewhere (DT=4 ab.sh, Intel). */
+    const long MB = AF_GEMM_MB;
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + MB - 1) / MB;
     const size_t esize = dt == 0 || unpack ? sizeof(float) : sizeof(uint16_t); /* of the rows the kernel reads */
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
@@ -838,7 +828,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
      * that many, the first count whose tiles split evenly over the threads (M = 700 on 2
      * threads: 3 row blocks, so 2 groups and 6 tiles, not 1 group where one thread would do 2
      * while the other waits after 1). */
-    const long tpt = share ? AF_GEMM_TPT_SHARED : unpack ? AF_GEMM_TPT_UNPACK : AF_GEMM_TPT;
+    const long tpt = share ? AF_GEMM_TPT_SHARED : AF_GEMM_TPT;
     long groups = big ? (tpt * nth + mblocks - 1) / mblocks : 1;
     if (groups < (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX) groups = (panels + AF_GEMM_NGMAX - 1) / AF_GEMM_NGMAX;
     if (groups > panels) groups = panels;
