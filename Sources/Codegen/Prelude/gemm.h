@@ -162,8 +162,9 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  *    AF_GEMM_NGMAX panels, so the group's C block stays in L2), which amortizes the packing.
  * Threads take (row block, panel group) tiles, about one per thread where M allows (AF_GEMM_TPT:
  * every panel group of a row block packs its A block again), except that a GEMM of one row block
- * packs its A once for all tasks and splits finer (AF_GEMM_TPT_SHARED).  Each C element is summed by one thread
- * in one order (k ascending, K blocks in turn), so results do not depend on the thread count.
+ * packs its A once for all tasks and splits finer (AF_GEMM_TPT_SHARED).  Each C element is summed
+ * by one thread in one order (k ascending, K blocks in turn), so results do not depend on the
+ * thread count.
  * C is written at the first K block and accumulated after; the bias and activation are applied
  * with the last block, in the store.
  * ==================================================================================== */
@@ -780,10 +781,6 @@ static AF__UNUSED void af__gemm_pairs_unpack(const void *restrict b, long p, lon
             out[(k - k0) * AF_GEMM_NR + j] = af_bf16_to_f32(panel[(k / 2) * 2 * AF_GEMM_NR + 2 * j + k % 2]);
 }
 
-/* af_gemm_packed, or with `unpack` non-null: B is in unpack's format (groups of qgroup along K), and
- * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
- * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
- * conversion per weight per row block). */
 /* Rows 0..rows-1 (at most a row block), columns 0..kc-1 of A into micro-panels: bf16 pairs for
  * the vdpbf16ps kernel, else floats (rounded to bf16 where that kernel is emulated). */
 static void af__gemm_pack_any(const float *restrict a, long lda, long rows, long kc, int pairs, int round, float *restrict dst) {
@@ -791,6 +788,10 @@ static void af__gemm_pack_any(const float *restrict a, long lda, long rows, long
     else af__gemm_pack_a(a, lda, rows, kc, round, dst);
 }
 
+/* af_gemm_packed, or with `unpack` non-null: B is in unpack's format (groups of qgroup along K), and
+ * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
+ * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
+ * conversion per weight per row block). */
 static void af__gemm_packed_blocks(const float *restrict a, long lda, const void *restrict b, int dt,
                                    const float *restrict bias, int act, float *restrict c, long ldc,
                                    long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
@@ -813,8 +814,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
 #endif
     const int nth = omp_get_max_threads();
     const int big = (double)M * (double)N * (double)K >= 1e6 && nth > 1;
-    /* Row blocks share the row tiles evenly (M = 256 is 7 + 6 + 6 tiles of 14, not 112 + 112 + 32
-     * rows), so no block is a short straggler. */
+    /* Row blocks share the row tiles evenly (M = 1088 is 19 + 20 + 19 + 20 tiles of 14, not
+     * 336 + 336 + 336 + 80 rows), so no block is a short straggler. */
     const long rtiles = (M + AF__GMR - 1) / AF__GMR;
     /* One row block of 8 or more row tiles (M in 99..AF_GEMM_MB): its A is packed once, before
      * the tasks, into a buffer they all read, instead of once per panel group, and the groups can
