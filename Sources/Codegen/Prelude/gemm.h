@@ -980,8 +980,9 @@ static AF__UNUSED void af__gemv_i8(const float *restrict a, const void *restrict
  * above with storage type dt (0 f32, 1 bf16, 2 f16; 3 bf16 with bf16 compute, see
  * af__gemm_tile_dp); bias nullable; act an AF_GEMM_ACT_*.
  * Opens its own parallel region above ~1 MFLOP (called from serial code, like the row kernels).
- * Scratch: one MB x kc block of A per thread (112 or 344 KB), from the heap; where that fails, a
- * stack micro-panel of one row tile (the same arithmetic, packing repeated per row tile).
+ * Scratch: one MB x kc block of A per thread (344 KB), or for a GEMM of one row block all of A
+ * packed once (rows x K floats), from the heap; where that fails, a stack micro-panel of one row
+ * tile (the same arithmetic, packing repeated per row tile).
  * One row of f32 panels: af__gemv_f32.  dt 3 from 16 rows on a CPU with AMX: af__gemm_amx. */
 AF__API void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
                             const float *restrict bias, int act, float *restrict c, long ldc,
