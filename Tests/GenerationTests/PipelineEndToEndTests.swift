@@ -14,6 +14,9 @@ import XCTest
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("ArcFlowGraphsTests/Fixtures").path
 let pipelineFixture = "\(fixtureRoot)/pipeline"
+/// The same pipeline as diffusers 0.42.1 / transformers 5.25.0 save it: the CLIP tokenizer as tokenizer.json
+/// alone, CLIPTextModel's keys without `text_model.`, other random weights and T5 ids (its own references).
+let tf5Fixture = "\(fixtureRoot)/pipeline-tf5"
 let adapterFixture = "\(fixtureRoot)/pipeline-adapter"
 let pipelineReference = "\(pipelineFixture)/reference.safetensors"
 /// Same size and text length as the fixture's references.
@@ -24,14 +27,16 @@ let sizeFlags = ["--height", "48", "--width", "80", "--text-tokens", "32"]
 enum Compiled {
     static let root = try! makeTemporaryDirectory("generation-tests")
     /// The teacher (Euler, 4 steps, the scheduler config's dynamic shifting), through the library.
-    static let teacher = Result<String, Error> {
+    static func teacher(of fixture: String, into name: String) throws -> String {
         var o = PipelineCompileOptions(height: 48, width: 80)
         o.steps = 4
         o.textTokens = 32
         o.compile.cacheRoot = testCacheRoot
-        try PipelineCompiler.compile(pipeline: pipelineFixture, adapter: nil, options: o, output: "\(root)/teacher")
-        return "\(root)/teacher"
+        try PipelineCompiler.compile(pipeline: fixture, adapter: nil, options: o, output: "\(root)/\(name)")
+        return "\(root)/\(name)"
     }
+    static let teacher = Result<String, Error> { try teacher(of: pipelineFixture, into: "teacher") }
+    static let teacherTF5 = Result<String, Error> { try teacher(of: tf5Fixture, into: "teacher-tf5") }
     /// ArcFlow (the adapter fixture, default 2 steps, shift 3.2, guidance 3.5), through the CLI.
     static let arc = Result<String, Error> {
         let r = try runArcflow(["compile", "--pipeline", pipelineFixture, "--adapter", adapterFixture, "--cache-dir", testCacheRoot,
@@ -68,8 +73,8 @@ func idat(_ d: [UInt8]) -> [UInt8] { pngChunks(d).filter { $0.type == "IDAT" }.f
 
 func bytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }
 
-func fixturePrompts() throws -> [String] {
-    let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(pipelineFixture)/case.json"))) as! [String: Any]
+func fixturePrompts(_ fixture: String = pipelineFixture) throws -> [String] {
+    let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(fixture)/case.json"))) as! [String: Any]
     return json["prompts"] as! [String]
 }
 
@@ -96,24 +101,38 @@ final class PipelineEndToEndTests: XCTestCase {
 
     // MARK: library
 
-    func testLibraryTokenizeEncodeSampleDecode() throws {
-        let p = try CompiledPipeline(folder: try Compiled.teacher.get(), threads: 2)
+    /// Tokenize, encode, sample and decode a compiled teacher through the library against its fixture's
+    /// references: token ids exactly, final latents, FluxPipeline's uint8 images.
+    func checkTeacher(_ compiled: Result<String, Error>, fixture: String, _ label: String) throws {
+        let path = "\(fixture)/reference.safetensors"
+        let ref = try SafeTensorsStore(path: path)
+        let p = try CompiledPipeline(folder: try compiled.get(), threads: 2)
         XCTAssertEqual([p.manifest.sampler, "\(p.manifest.steps)", "\(p.manifest.textTokens)"], ["euler", "4", "32"])
         XCTAssertEqual(p.manifest.guidance, 3.5)
         for (a, b) in zip(p.manifest.sigmas, try ref.tensor("e2e_sigmas").data) { XCTAssertEqual(Float(a), b, accuracy: 2e-7) }
-        let prompts = try fixturePrompts()
+        let prompts = try fixturePrompts(fixture)
         for i in 0..<4 {
             let t = try p.tokenize(prompts[i])
-            XCTAssertEqual(t.clip, try ref.tensor("clip_input_ids_\(i)").data.map { Int($0) }, "CLIP ids \(i)")
-            XCTAssertEqual(t.t5, try ref.tensor("t5_input_ids_\(i)").data.map { Int($0) }, "T5 ids \(i)")
+            XCTAssertEqual(t.clip, try ref.tensor("clip_input_ids_\(i)").data.map { Int($0) }, "\(label): CLIP ids \(i)")
+            XCTAssertEqual(t.t5, try ref.tensor("t5_input_ids_\(i)").data.map { Int($0) }, "\(label): T5 ids \(i)")
         }
         for i in 0..<2 {
             var evaluations = 0
             let latents = try p.sample(try p.encode(prompts[i]), noise: try ref.tensor("e2e_noise")) { evaluations = $0 }
             XCTAssertEqual(evaluations, 4)
-            XCTAssertLessThan(relativeL2(latents, try ref.tensor("e2e_latents_\(i)")), 1e-3)
-            try assertImage(try p.decode(latents), matches: "e2e_image_u8_\(i)", "library prompt \(i)")
+            XCTAssertLessThan(relativeL2(latents, try ref.tensor("e2e_latents_\(i)")), 1e-3, "\(label): latents \(i)")
+            try assertImage(try p.decode(latents), matches: "e2e_image_u8_\(i)", in: path, "\(label) prompt \(i)")
         }
+    }
+
+    func testLibraryTokenizeEncodeSampleDecode() throws {
+        try checkTeacher(Compiled.teacher, fixture: pipelineFixture, "library")
+    }
+
+    /// A folder that the current libraries wrote (transformers 5 changed both the tokenizer files and
+    /// the CLIP keys), compiled and run the same way.
+    func testTransformers5PipelineFolder() throws {
+        try checkTeacher(Compiled.teacherTF5, fixture: tf5Fixture, "transformers 5")
     }
 
     // MARK: CLI
