@@ -27,7 +27,7 @@ let sizeFlags = ["--height", "48", "--width", "80", "--text-tokens", "32"]
 enum Compiled {
     static let root = try! makeTemporaryDirectory("generation-tests")
     /// The teacher (Euler, 4 steps, the scheduler config's dynamic shifting), through the library.
-    static func teacher(of fixture: String, into name: String) throws -> String {
+    static func compileTeacher(of fixture: String, into name: String) throws -> String {
         var o = PipelineCompileOptions(height: 48, width: 80)
         o.steps = 4
         o.textTokens = 32
@@ -35,8 +35,8 @@ enum Compiled {
         try PipelineCompiler.compile(pipeline: fixture, adapter: nil, options: o, output: "\(root)/\(name)")
         return "\(root)/\(name)"
     }
-    static let teacher = Result<String, Error> { try teacher(of: pipelineFixture, into: "teacher") }
-    static let teacherTF5 = Result<String, Error> { try teacher(of: tf5Fixture, into: "teacher-tf5") }
+    static let teacher = Result<String, Error> { try compileTeacher(of: pipelineFixture, into: "teacher") }
+    static let teacherTF5 = Result<String, Error> { try compileTeacher(of: tf5Fixture, into: "teacher-tf5") }
     /// ArcFlow (the adapter fixture, default 2 steps, shift 3.2, guidance 3.5), through the CLI.
     static let arc = Result<String, Error> {
         let r = try runArcflow(["compile", "--pipeline", pipelineFixture, "--adapter", adapterFixture, "--cache-dir", testCacheRoot,

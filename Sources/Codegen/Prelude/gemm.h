@@ -1047,15 +1047,13 @@ AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int t
 #define AF_PEAK_CLOCK omp_get_wtime
 #endif
 
-/* A peak in GFLOP/s over all OpenMP threads, measured: each thread runs 12 independent chains
- * of vector FMAs (enough to cover FMA latency on two pipes), or with `bf16` of `vdpbf16ps`
- * (AVX-512 BF16 only: each lane two products and two sums), best of five runs of ~7 ms each
- * (AVX-512 on Zen 4).  Best of three ~2 ms runs read half the peak or less now and then on this
- * shared host (one vCPU descheduled for a few ms in every run), which made a GEMM read above 100%
- * of it; longer and more runs make a low reading, never a high one, rarer. */
-/* The peak of one unit, all threads, best of five timed runs: unit 0 f32 FMAs (12 independent
- * chains per thread), 1 vdpbf16ps (the same), 2 the AMX tile unit (four independent TDPBF16PS
- * chains: each does 16 x 16 x 32 products). */
+/* The peak of one unit in GFLOP/s over all OpenMP threads, measured, best of five runs: unit 0
+ * f32 FMAs (each thread 12 independent chains of vector FMAs, enough to cover FMA latency on two
+ * pipes; ~7 ms per run with AVX-512 on Zen 4), 1 `vdpbf16ps` (AVX-512 BF16 only, the same chains:
+ * each lane two products and two sums), 2 the AMX tile unit (four independent TDPBF16PS chains,
+ * each 16 x 16 x 32 products).  Best of three ~2 ms runs read half the peak or less now and then
+ * on a shared host (one vCPU descheduled for a few ms in every run), which made a GEMM read above
+ * 100% of it; longer and more runs make a low reading, never a high one, rarer. */
 AF__UNUSED static double af__peak_gflops(int unit) {
     const int bf16 = unit == 1;
     (void)bf16;   /* read only by the AVX-512 path */
