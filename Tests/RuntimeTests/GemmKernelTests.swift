@@ -219,6 +219,42 @@ final class GemmKernelTests: KernelTestCase {
         }
     }
 
+    /// The panel-outer loop order (gemm.h: where a task's C block and one K block of its A pass
+    /// 3/4 of L2) gives the K-outer order's sums bit for bit. `ARCFLOW_GEMM_L2` stands in for the
+    /// cache: 64 MB runs everything K-outer; 2 MB runs 1000 x 2048 x 300 panel-outer in one
+    /// sub-block per task; 512 KB in three; 256 KB runs the 250-row GEMM (one row block: the
+    /// shared A on 2 threads) panel-outer in two sub-blocks.
+    func testPackedGEMMPanelOuterOrderSumsAlike() throws {
+        let b = GraphBuilder(name: "packed_gemm_orders")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 29)
+        for (i, c) in [(m: 1000, k: 300, n: 2048), (m: 250, k: 40, n: 768)].enumerated() {
+            weights["w\(i)"] = Tensor(.f32([c.n, c.k]), rng.normals(c.n * c.k))
+            b.output("y\(i)", b.matmul(b.input("x\(i)", .f32([c.m, c.k])), b.weight("w\(i)", .f32([c.n, c.k])), transposeB: true))
+        }
+        let g = try b.finish()
+        let inputs = randomInputs(g)
+        defer { unsetenv("ARCFLOW_GEMM_L2") }
+        setenv("ARCFLOW_GEMM_L2", "67108864", 1)
+        var program: CompiledProgram?
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["plan-memory"],
+                                             inspect: { program = $0 })
+        let calls = program!.program.sources.map { $0.text.components(separatedBy: "af_gemm_packed(in").count - 1 }.reduce(0, +)
+        XCTAssertEqual(calls, 2, "both GEMMs over packed panels")
+        let executable = try program!.load()
+        let kOuter = try executable.run(inputs)
+        XCTAssertEqual(Set(kOuter.keys), ["y0", "y1"])
+        // Zeros first, K-outer, so that rows a run leaves unwritten cannot keep the right values.
+        let zeros = inputs.mapValues { Tensor($0.type, [Float](repeating: 0, count: $0.type.count)) }
+        for l2 in ["2097152", "524288", "262144"] {
+            setenv("ARCFLOW_GEMM_L2", "67108864", 1)
+            _ = try executable.run(zeros)
+            setenv("ARCFLOW_GEMM_L2", l2, 1)
+            let got = try executable.run(inputs)
+            for name in ["y0", "y1"] { XCTAssertTrue(got[name] == kOuter[name], "\(name) with L2 = \(l2) differs") }
+        }
+    }
+
     /// The AVX2 path (6 x 16 tiles), built for x86-64-v3 on any x86-64 machine.
     func testPackedWeightGEMMOnAVX2() throws {
         #if arch(x86_64)

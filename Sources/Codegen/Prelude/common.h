@@ -46,6 +46,7 @@
 #include <string.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <unistd.h> /* sysconf: the cache sizes the GEMM blocks for */
 #include <omp.h>
 #include <cblas.h>
 #if defined(__AVX512F__) || defined(__AVX2__)

@@ -280,6 +280,11 @@ typedef float af__gv;
 #ifndef AF__AMX_TPT
 #define AF__AMX_TPT 4L
 #endif
+/* Fewest row tiles per sub-block for af__gemm_packed_blocks' panel-outer order (below, more
+ * sub-blocks read the weights too often). */
+#ifndef AF_GEMM_PO_TILES
+#define AF_GEMM_PO_TILES 8L
+#endif
 #ifndef AF_GEMM_PFC
 #define AF_GEMM_PFC 32L /* rows of k before a tile's end at which its C rows are prefetched */
 #endif
@@ -788,6 +793,53 @@ static void af__gemm_pack_any(const float *restrict a, long lda, long rows, long
     else af__gemm_pack_a(a, lda, rows, kc, round, dst);
 }
 
+/* What every (panel, K block) step of one af__gemm_packed_blocks call shares. */
+typedef struct {
+    void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
+                 const float *restrict, int);
+    const void *b;
+    size_t esize;  /* bytes per element of the rows the kernel reads */
+    long Kstride;  /* rows of k per panel */
+    af__gemm_panel_fn unpack;
+    long qgroup, K, N, ldc;
+    const float *bias;
+    int act;
+    float *c;
+} af__gemm_job;
+
+/* Panel p's K block at k0 (kc rows) against the packed A rows r0..r1-1 (micro-panels from
+ * `a`, `at` 4-byte units per packed row), into C: first for k0 = 0, the bias and activation with
+ * the last block. */
+static void af__gemm_panel_step(const af__gemm_job *j, long p, long k0, long kc, const float *a, long at, long r0,
+                                long r1, float *unpacked) {
+    const int last = k0 + kc == j->K;
+    const char *panel = (const char *)j->b + ((size_t)p * (size_t)j->Kstride + (size_t)k0) * AF_GEMM_NR * j->esize;
+    if (j->unpack) { j->unpack(j->b, p, j->K, j->qgroup, k0, kc, unpacked); panel = (const char *)unpacked; }
+    for (long j0 = p * AF_GEMM_NR; j0 < j->N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
+        const long ncols = j->N - j0 < AF__GW ? j->N - j0 : AF__GW;
+        const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * j->esize;
+        const float *bias_t = j->bias ? j->bias + j0 : NULL;
+        for (long i = r0; i < r1; i += AF__GMR) {
+            const int mr = r1 - i < AF__GMR ? (int)(r1 - i) : AF__GMR;
+            j->rows(mr, kc, a + (i - r0) * at, bt, j->c + i * j->ldc + j0, j->ldc, ncols, k0 == 0, last, bias_t, j->act);
+        }
+    }
+}
+
+/* The L2 cache's bytes: sysconf's (1 MB where it does not say), or $ARCFLOW_GEMM_L2, which the
+ * tests set to run both loop orders of af__gemm_packed_blocks on any machine (read per GEMM: a
+ * few hundred calls per model evaluation).  The order never changes the sums. */
+static long af__l2_bytes(void) {
+    static long l2 = 0;
+    const char *forced = getenv("ARCFLOW_GEMM_L2");
+    if (forced && atol(forced) > 0) return atol(forced);
+    if (!l2) {
+        const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+        l2 = v > 0 ? v : 1L << 20;
+    }
+    return l2;
+}
+
 /* af_gemm_packed, or with `unpack` non-null: B is in unpack's format (groups of qgroup along K), and
  * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
  * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
@@ -845,6 +897,20 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const long KCu = pairs ? (KC + 1) / 2 : KC, kblocks = (K + KC - 1) / KC; /* 4-byte units per full packed row */
     const size_t region = (size_t)rtiles * AF__GMR * (size_t)KCu;
     float *shared = share ? (float *)aligned_alloc(64, (sizeof(float) * region * (size_t)kblocks + 63) & ~(size_t)63) : NULL;
+    /* Panel-outer order where the K-outer one (below) loses C from L2: when a task's C block
+     * and one K block of its A pass 3/4 of L2, the C tiles a K block adds to were written a
+     * whole panel group ago and come back from L3 or memory.  Then the task's rows go in
+     * sub-blocks (as few as possible, their A in every K block within half of L2), and per
+     * sub-block each panel runs all its K blocks in turn, so its C tiles are still in L2.
+     * Each extra sub-block reads the weights once more: below AF_GEMM_PO_TILES row tiles per
+     * sub-block the K-outer order runs.  The sums and their order are the same either way.
+     * ab.sh (session 29, Intel, 2 MB L2, 2 threads, 4 weight copies, 12 alternations):
+     * 1.05x at 4096 x 4096 x 1024 twice; panel-outer for every task read 0.94-0.96x at 1024^3
+     * and 0.98x at 1088 x 3072 x 768, whose C blocks stay in L2 (those now run K-outer). */
+    const long l2 = af__l2_bytes(), subcap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * kblocks);
+    const long ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
+    const long ktiles = subcap < 1 ? 1 : subcap < ptiles ? subcap : ptiles; /* per panel-outer sub-block */
+    const af__gemm_job job = {rows, b, esize, Kstride, unpack, qgroup, K, N, ldc, bias, act, c};
 #pragma omp parallel if (par)
     {
         if (shared) {
@@ -857,7 +923,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                       shared + (size_t)kb * region + (size_t)(t * AF__GMR * at));
                 } /* its implicit barrier: every task reads tiles the other threads packed */
         }
-        float *heap = shared ? NULL : (float *)aligned_alloc(64, (sizeof(float) * (size_t)(MB * AF__GKCMAX) + 63) & ~(size_t)63);
+        const size_t kbytes = sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kblocks), obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
+        float *heap = shared ? NULL : (float *)aligned_alloc(64, ((kbytes > obytes ? kbytes : obytes) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
         float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
         float *abuf = heap ? heap : local;
@@ -865,30 +932,36 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (long mb = 0; mb < mblocks; mb++)
             for (long g = 0; g < groups; g++) {
-                const long i0 = mb * rtiles / mblocks * AF__GMR, i1e = (mb + 1) * rtiles / mblocks * AF__GMR;
-                const long i1 = M < i1e ? M : i1e;
+                const long t0 = mb * rtiles / mblocks, t1 = (mb + 1) * rtiles / mblocks; /* row tiles */
+                const long i0 = t0 * AF__GMR, i1 = M < t1 * AF__GMR ? M : t1 * AF__GMR;
                 const long p0 = g * ng, p1 = panels < p0 + ng ? panels : p0 + ng;
+                const long nsub = (t1 - t0 + ktiles - 1) / ktiles;
+                /* The K-outer order's L2 working set: the task's C block and one K block of its A. */
+                const double kouter = (double)sizeof(float) * (double)(i1 - i0) * (double)((p1 - p0) * AF_GEMM_NR + KCu);
+                if ((shared || heap) && kouter > 0.75 * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES)) {
+                    for (long sb = 0; sb < nsub; sb++) {
+                        const long r0 = (t0 + sb * (t1 - t0) / nsub) * AF__GMR, r1e = (t0 + (sb + 1) * (t1 - t0) / nsub) * AF__GMR;
+                        const long r1 = M < r1e ? M : r1e, kstep = (r1e - r0) * KCu; /* floats of one K block in abuf */
+                        if (!shared)
+                            for (long k0 = 0; k0 < K; k0 += KC)
+                                af__gemm_pack_any(a + r0 * lda + k0, lda, r1 - r0, K - k0 < KC ? K - k0 : KC, pairs, round, abuf + k0 / KC * kstep);
+                        for (long p = p0; p < p1; p++)
+                            for (long k0 = 0; k0 < K; k0 += KC) {
+                                const long kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+                                const float *ak = shared ? shared + (size_t)(k0 / KC) * region + (size_t)(r0 * at) : abuf + k0 / KC * kstep;
+                                af__gemm_panel_step(&job, p, k0, kc, ak, at, r0, r1, unpacked);
+                            }
+                    }
+                    continue;
+                }
                 for (long k0 = 0; k0 < K; k0 += KC) {
                     const long kc = K - k0 < KC ? K - k0 : KC;
-                    const int last = k0 + kc == K;
                     const long at = pairs ? (kc + 1) / 2 : kc; /* 4-byte units per packed row */
                     for (long s0 = i0; s0 < i1; s0 += mstep) {
                         const long s1 = i1 < s0 + mstep ? i1 : s0 + mstep;
                         if (shared) abuf = shared + (size_t)(k0 / KC) * region + (size_t)(s0 * at);
                         else af__gemm_pack_any(a + s0 * lda + k0, lda, s1 - s0, kc, pairs, round, abuf);
-                        for (long p = p0; p < p1; p++) {
-                            const char *panel = (const char *)b + ((size_t)p * (size_t)Kstride + (size_t)k0) * AF_GEMM_NR * esize;
-                            if (unpack) { unpack(b, p, K, qgroup, k0, kc, unpacked); panel = (const char *)unpacked; }
-                            for (long j0 = p * AF_GEMM_NR; j0 < N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
-                                const long ncols = N - j0 < AF__GW ? N - j0 : AF__GW;
-                                const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * esize;
-                                const float *bias_t = bias ? bias + j0 : NULL;
-                                for (long i = s0; i < s1; i += AF__GMR) {
-                                    const int mr = s1 - i < AF__GMR ? (int)(s1 - i) : AF__GMR;
-                                    rows(mr, kc, abuf + (i - s0) * at, bt, c + i * ldc + j0, ldc, ncols, k0 == 0, last, bias_t, act);
-                                }
-                            }
-                        }
+                        for (long p = p0; p < p1; p++) af__gemm_panel_step(&job, p, k0, kc, abuf, at, s0, s1, unpacked);
                     }
                 }
             }
