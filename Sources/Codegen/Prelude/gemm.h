@@ -280,10 +280,14 @@ typedef float af__gv;
 #ifndef AF__AMX_TPT
 #define AF__AMX_TPT 4L
 #endif
-/* Fewest row tiles per sub-block for af__gemm_packed_blocks' panel-outer order (below, more
- * sub-blocks read the weights too often). */
+/* af__gemm_packed_blocks' panel-outer order (below): the share of L2 a task's K-outer working
+ * set passes to take it, and the fewest row tiles per sub-block (with more sub-blocks the
+ * weights are read too often). */
+#ifndef AF_GEMM_PO_FILL
+#define AF_GEMM_PO_FILL 0.5
+#endif
 #ifndef AF_GEMM_PO_TILES
-#define AF_GEMM_PO_TILES 8L
+#define AF_GEMM_PO_TILES 7L
 #endif
 #ifndef AF_GEMM_PFC
 #define AF_GEMM_PFC 32L /* rows of k before a tile's end at which its C rows are prefetched */
@@ -898,15 +902,19 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const size_t region = (size_t)rtiles * AF__GMR * (size_t)KCu;
     float *shared = share ? (float *)aligned_alloc(64, (sizeof(float) * region * (size_t)kblocks + 63) & ~(size_t)63) : NULL;
     /* Panel-outer order where the K-outer one (below) loses C from L2: when a task's C block
-     * and one K block of its A pass 3/4 of L2, the C tiles a K block adds to were written a
-     * whole panel group ago and come back from L3 or memory.  Then the task's rows go in
-     * sub-blocks (as few as possible, their A in every K block within half of L2), and per
-     * sub-block each panel runs all its K blocks in turn, so its C tiles are still in L2.
-     * Each extra sub-block reads the weights once more: below AF_GEMM_PO_TILES row tiles per
-     * sub-block the K-outer order runs.  The sums and their order are the same either way.
-     * ab.sh (session 29, Intel, 2 MB L2, 2 threads, 4 weight copies, 12 alternations):
-     * 1.05x at 4096 x 4096 x 1024 twice; panel-outer for every task read 0.94-0.96x at 1024^3
-     * and 0.98x at 1088 x 3072 x 768, whose C blocks stay in L2 (those now run K-outer). */
+     * and one K block of its A pass half of L2 (AF_GEMM_PO_FILL), the C tiles a K block adds
+     * to were written a whole panel group ago, with the group's weight slices streamed through
+     * L2 since, and come back from L3 or memory.  Then the task's rows go in sub-blocks (as few
+     * as possible, their A in every K block within half of L2), and per sub-block each panel
+     * runs all its K blocks in turn, so its C tiles are still in L2.  Each extra sub-block
+     * reads the weights once more: below AF_GEMM_PO_TILES row tiles per sub-block the K-outer
+     * order runs.  The sums and their order are the same either way.  ab.sh (session 29,
+     * Intel, 2 MB L2, 2 threads, 4 weight copies, 10-12 alternations): at 3/4 of L2 and 8 tiles,
+     * 1.05x at 4096 x 4096 x 1024 twice, level elsewhere (2048^3 stayed K-outer); then half of
+     * L2 and 7 tiles against that: 1.03-1.05x at 2048^3 (four runs), 0.99-1.00x at 1024^3,
+     * 1.00-1.04x at 1088 x 3072 x 768, 1.01-1.02x at 4096 x 4096 x 1024; with 16 weight copies
+     * 0.97-1.03x on the width-768 model's 1024-token GEMMs, and the whole 1024-token FLUX NFE
+     * 0.95-1.06x (median of 8 alternations 1.015). */
     const long l2 = af__l2_bytes(), subcap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * kblocks);
     const long ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
     const long ktiles = subcap < 1 ? 1 : subcap < ptiles ? subcap : ptiles; /* per panel-outer sub-block */
@@ -938,7 +946,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                 const long nsub = (t1 - t0 + ktiles - 1) / ktiles;
                 /* The K-outer order's L2 working set: the task's C block and one K block of its A. */
                 const double kouter = (double)sizeof(float) * (double)(i1 - i0) * (double)((p1 - p0) * AF_GEMM_NR + KCu);
-                if ((shared || heap) && kouter > 0.75 * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES)) {
+                if ((shared || heap) && kouter > AF_GEMM_PO_FILL * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES)) {
                     for (long sb = 0; sb < nsub; sb++) {
                         const long r0 = (t0 + sb * (t1 - t0) / nsub) * AF__GMR, r1e = (t0 + (sb + 1) * (t1 - t0) / nsub) * AF__GMR;
                         const long r1 = M < r1e ? M : r1e, kstep = (r1e - r0) * KCu; /* floats of one K block in abuf */
