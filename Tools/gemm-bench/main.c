@@ -24,13 +24,16 @@
  *   gemm-bench [RUNS [THREADS [M N K]...]]
  */
 
+/* bytes, 64-byte aligned: the runtime's alignment for activations and weights. */
+static void *bench_alloc(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
+
 /* B^T ([N, K] row-major) as AF_GEMM_NR-column panels of dtype dt (0 f32, 1 bf16, 3 bf16 in
  * pairs of k, K padded to AF__GPAIRK), like the compiler's packWeightPanels. */
 static void *bench_pack(const float *w, long N, long K, int dt) {
     const long P = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, Kp = dt == 3 ? AF__GPAIRK(K) : K;
     const size_t es = dt == 0 ? 4 : 2;
     const size_t bytes = (size_t)(P * Kp * AF_GEMM_NR) * es;
-    char *out = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    char *out = bench_alloc(bytes);
     memset(out, 0, bytes);
     for (long j = 0; j < N; j++)
         for (long k = 0; k < K; k++) {
@@ -44,8 +47,8 @@ static void *bench_pack(const float *w, long N, long K, int dt) {
 
 static double bench_now(void) { return AF_PEAK_CLOCK(); }
 
-/* n floats, 64-byte aligned (the runtime's alignment for activations and weights). */
-static float *bench_floats(long n) { return aligned_alloc(64, (sizeof(float) * (size_t)n + 63) & ~(size_t)63); }
+/* n floats, 64-byte aligned (bench_alloc). */
+static float *bench_floats(long n) { return bench_alloc(sizeof(float) * (size_t)n); }
 
 int main(int argc, char **argv) {
     const int runs = argc > 1 ? atoi(argv[1]) : 5, threads = argc > 2 ? atoi(argv[2]) : 1;

@@ -797,10 +797,13 @@ static void af__gemm_pack_any(const float *restrict a, long lda, long rows, long
     else af__gemm_pack_a(a, lda, rows, kc, round, dst);
 }
 
+/* A row-tile kernel (af__gemm_rows_f32 and its siblings): mr rows, kc deep, into C. */
+typedef void (*af__gemm_rows_fn)(int mr, long kc, const float *restrict a, const void *restrict b, float *restrict c, long ldc,
+                                 long ncols, int first, int last, const float *restrict bias, int act);
+
 /* What every (panel, K block) step of one af__gemm_packed_blocks call shares. */
 typedef struct {
-    void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
-                 const float *restrict, int);
+    af__gemm_rows_fn rows;
     const void *b;
     size_t esize;  /* bytes per element of the rows the kernel reads */
     long Kstride;  /* rows of k per panel */
@@ -863,8 +866,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
     const long KC = dt == 0 || unpack ? AF_GEMM_KC : pairs ? AF_GEMM_KCDP : AF_GEMM_KC16; /* even: only K's last block may hold an odd kc */
     const long Kstride = dt == 3 ? AF__GPAIRK(K) : K; /* rows of k per panel */
-    void (*rows)(int, long, const float *restrict, const void *restrict, float *restrict, long, long, int, int,
-                 const float *restrict, int) = dt == 0 || unpack ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
+    af__gemm_rows_fn rows = dt == 0 || unpack ? af__gemm_rows_f32 : dt == 2 ? af__gemm_rows_f16 : af__gemm_rows_bf16;
 #if AF__GEMM_DPBF16
     if (pairs) rows = af__gemm_rows_dpbf16;
 #endif
@@ -918,6 +920,9 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const long l2 = af__l2_bytes(), subcap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * kblocks);
     const long ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
     const long ktiles = subcap < 1 ? 1 : subcap < ptiles ? subcap : ptiles; /* per panel-outer sub-block */
+    /* Whether the largest task passes the threshold below (no task passes unless it does): only
+     * then the heap holds a sub-block's A over every K block. */
+    const int po_any = (double)sizeof(float) * (double)(ptiles * AF__GMR) * (double)(ng * AF_GEMM_NR + KCu) > AF_GEMM_PO_FILL * (double)l2;
     const af__gemm_job job = {rows, b, esize, Kstride, unpack, qgroup, K, N, ldc, bias, act, c};
 #pragma omp parallel if (par)
     {
@@ -931,7 +936,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                       shared + (size_t)kb * region + (size_t)(t * AF__GMR * at));
                 } /* its implicit barrier: every task reads tiles the other threads packed */
         }
-        const size_t kbytes = sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kblocks), obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
+        const size_t kbytes = po_any ? sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kblocks) : 0, obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
         float *heap = shared ? NULL : (float *)aligned_alloc(64, ((kbytes > obytes ? kbytes : obytes) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
         float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
