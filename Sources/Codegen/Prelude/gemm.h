@@ -284,7 +284,7 @@ typedef float af__gv;
  * set passes to take it, and the fewest row tiles per sub-block (with more sub-blocks the
  * weights are read too often). */
 #ifndef AF_GEMM_PO_FILL
-#define AF_GEMM_PO_FILL 0.5
+#define AF_GEMM_PO_FILL 0.3
 #endif
 #ifndef AF_GEMM_PO_TILES
 #define AF_GEMM_PO_TILES 7L
@@ -916,7 +916,11 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
      * L2 and 7 tiles against that: 1.03-1.05x at 2048^3 (four runs), 0.99-1.00x at 1024^3,
      * 1.00-1.04x at 1088 x 3072 x 768, 1.01-1.02x at 4096 x 4096 x 1024; with 16 weight copies
      * 0.97-1.03x on the width-768 model's 1024-token GEMMs, and the whole 1024-token FLUX NFE
-     * 0.95-1.06x (median of 8 alternations 1.015). */
+     * 0.95-1.06x (median of 8 alternations 1.015).  Then 0.3 of L2 against half (session 30,
+     * same host type, 1 or 4 weight copies): 1.02-1.06x in six runs at 1100 x 1300 x 1700 (in
+     * gemm-bench 86% of the peak twice, against 64% and 78%), 0.97-1.04x (mean 1.01) at
+     * 2048 x 1024 x 2048 and 1092 x 1280 x 1536; the model's 320 x 3072 x 768, the one model
+     * GEMM it moves, 0.98x, which HEAD against itself also read (0.99x): ab.sh's noise. */
     const long l2 = af__l2_bytes(), subcap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * kblocks);
     const long ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
     const long ktiles = subcap < 1 ? 1 : subcap < ptiles ? subcap : ptiles; /* per panel-outer sub-block */
