@@ -220,7 +220,7 @@ final class GemmKernelTests: KernelTestCase {
     }
 
     /// The panel-outer loop order (gemm.h: where a task's C block and one K block of its A pass
-    /// half of L2) gives the K-outer order's sums bit for bit. `ARCFLOW_GEMM_L2` stands in for the
+    /// 0.3 of L2) gives the K-outer order's sums bit for bit. `ARCFLOW_GEMM_L2` stands in for the
     /// cache: 64 MB runs everything K-outer; 2 MB runs 1000 x 2048 x 300 panel-outer in one
     /// sub-block per task; 512 KB in three, and the 250-row GEMM (one row block: the shared A on
     /// 2 threads) in one; 256 KB the 250-row one in two.

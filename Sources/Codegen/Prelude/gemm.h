@@ -904,7 +904,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const size_t region = (size_t)rtiles * AF__GMR * (size_t)KCu;
     float *shared = share ? (float *)aligned_alloc(64, (sizeof(float) * region * (size_t)kblocks + 63) & ~(size_t)63) : NULL;
     /* Panel-outer order where the K-outer one (below) loses C from L2: when a task's C block
-     * and one K block of its A pass half of L2 (AF_GEMM_PO_FILL), the C tiles a K block adds
+     * and one K block of its A pass 0.3 of L2 (AF_GEMM_PO_FILL), the C tiles a K block adds
      * to were written a whole panel group ago, with the group's weight slices streamed through
      * L2 since, and come back from L3 or memory.  Then the task's rows go in sub-blocks (as few
      * as possible, their A in every K block within half of L2), and per sub-block each panel
