@@ -910,17 +910,10 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
      * as possible, their A in every K block within half of L2), and per sub-block each panel
      * runs all its K blocks in turn, so its C tiles are still in L2.  Each extra sub-block
      * reads the weights once more: below AF_GEMM_PO_TILES row tiles per sub-block the K-outer
-     * order runs.  The sums and their order are the same either way.  ab.sh (session 29,
-     * Intel, 2 MB L2, 2 threads, 4 weight copies, 10-12 alternations): at 3/4 of L2 and 8 tiles,
-     * 1.05x at 4096 x 4096 x 1024 twice, level elsewhere (2048^3 stayed K-outer); then half of
-     * L2 and 7 tiles against that: 1.03-1.05x at 2048^3 (four runs), 0.99-1.00x at 1024^3,
-     * 1.00-1.04x at 1088 x 3072 x 768, 1.01-1.02x at 4096 x 4096 x 1024; with 16 weight copies
-     * 0.97-1.03x on the width-768 model's 1024-token GEMMs, and the whole 1024-token FLUX NFE
-     * 0.95-1.06x (median of 8 alternations 1.015).  Then 0.3 of L2 against half (session 30,
-     * same host type, 1 or 4 weight copies): 1.02-1.06x in six runs at 1100 x 1300 x 1700 (in
-     * gemm-bench 86% of the peak twice, against 64% and 78%), 0.97-1.04x (mean 1.01) at
-     * 2048 x 1024 x 2048 and 1092 x 1280 x 1536; the model's 320 x 3072 x 768, the one model
-     * GEMM it moves, 0.98x, which HEAD against itself also read (0.99x): ab.sh's noise. */
+     * order runs.  The sums and their order are the same either way.  Why 0.3 of L2 and 7
+     * tiles (ab.sh, sessions 29-30, Intel with 2 MB L2): 1.02-1.06x where it moved 2048^3,
+     * 4096 x 4096 x 1024 and 1100 x 1300 x 1700 to panel-outer, level on the width-768 model
+     * (README, "Own GEMM over packed weights", has the figures). */
     const long l2 = af__l2_bytes(), subcap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * kblocks);
     const long ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
     const long ktiles = subcap < 1 ? 1 : subcap < ptiles ? subcap : ptiles; /* per panel-outer sub-block */
