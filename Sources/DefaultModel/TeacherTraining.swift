@@ -182,7 +182,7 @@ public enum TeacherRun {
         let resuming = o.resume && FileManager.default.fileExists(atPath: statePath)
         if !resuming { try Trainer.checkFreshStart(dir, resume: "--resume") }
         let c = try config(o, resuming: resuming)
-        let initial = try o.initWeights.map { try TeacherRun.initialWeights(c, from: $0) } ?? TeacherWeights.random(c, seed: o.seed)
+        let initial = try o.initWeights.map { try TeacherRun.initialWeights(c, from: $0, seed: o.seed) } ?? TeacherWeights.random(c, seed: o.seed)
         // The weights this run starts from (a resumed run keeps its own), with the steps that
         // trained them, so that the exported EMA counts the whole chain ("30000 + 7000").
         if !resuming {
@@ -248,30 +248,44 @@ public enum TeacherRun {
         let store = resuming ? try SafeTensorsStore(path: source) : try DistillRun.openTeacherWeights(source, option: "--init-weights")
         let c = try TeacherConfig.inferred(from: store, batch: o.batch)
         guard let asked = o.shape, asked != c.shape else { return c }
-        var finer = c.shape
-        finer.patch = asked.patch
-        if !resuming, finer == asked, c.patch % asked.patch == 0 { return try TeacherConfig.make(asked, batch: o.batch) }
+        let grown = asked.width == c.shape.width && c.patch % asked.patch == 0
+            && asked.doubleBlocks >= c.shape.doubleBlocks && asked.singleBlocks >= c.shape.singleBlocks
+        if !resuming, grown { return try TeacherConfig.make(asked, batch: o.batch) }
         throw ArcError("\(source) holds a teacher of \(c.shape), not the \(asked) asked for; "
                        + (resuming ? "a resumed run keeps its shape"
-                                   : "drop the shape options to continue that teacher (only a finer --patch that divides its own may differ)"))
+                                   : "drop the shape options to continue that teacher (only a finer --patch that divides its own, "
+                                     + "or more blocks, may differ)"))
     }
 
     /// Every weight of `layout(c)` as f32 from `path` (a default-model folder, widened, or a flat
-    /// file), checked against the layout's shapes; a coarser-patch teacher's re-patched.
-    static func initialWeights(_ c: TeacherConfig, from path: String) throws -> [String: Tensor] {
+    /// file), checked against the layout's shapes; a coarser-patch teacher's re-patched, one
+    /// with fewer blocks deepened (its new blocks drawn from `seed`).
+    static func initialWeights(_ c: TeacherConfig, from path: String, seed: UInt64 = 0) throws -> [String: Tensor] {
         let store = try DistillRun.openTeacherWeights(path, option: "--init-weights")
-        // Weights of a coarser patch that c's divides warm-start a finer teacher (`repatched`);
-        // everything else must have c's shapes.
+        // Weights of a coarser patch that c's divides warm-start a finer teacher (`repatched`),
+        // weights with fewer blocks a deeper one (`deepened`); everything else must have c's shapes.
         var source = c
         if let e = store.type(of: "x_embedder.weight")?.shape, e.count == 2, e[1] != c.tokenChannels,
            let p = TeacherConfig.patch(tokenChannels: e[1]), p > c.patch, p % c.patch == 0 {
             source.patch = p
             source.flux.inChannels = e[1]
         }
+        func count(_ prefix: String, _ suffix: String, upTo n: Int) -> Int {
+            (0..<n).first { store.type(of: "\(prefix).\($0).\(suffix)") == nil } ?? n
+        }
+        source.flux.numLayers = count("transformer_blocks", "norm1.linear.weight", upTo: c.flux.numLayers)
+        source.flux.numSingleLayers = count("single_transformer_blocks", "norm.linear.weight", upTo: c.flux.numSingleLayers)
         var out: [String: Tensor] = [:]
         for (name, shape, _) in TeacherWeights.layout(source) {
             try store.validate(name, .f32(shape))
             out[name] = try store.tensor(name)
+        }
+        if source.flux.numLayers < c.flux.numLayers || source.flux.numSingleLayers < c.flux.numSingleLayers {
+            guard source.flux.numLayers >= 1 else { throw ArcError("\(store.label): no transformer_blocks.0: not a teacher's weights") }
+            var deeper = c
+            deeper.patch = source.patch
+            deeper.flux.inChannels = source.flux.inChannels
+            out = TeacherWeights.deepened(out, from: source, to: deeper, seed: seed)
         }
         return source.patch == c.patch ? out : TeacherWeights.repatched(out, from: source.patch, to: c.patch)
     }

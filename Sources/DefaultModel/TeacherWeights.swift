@@ -141,6 +141,40 @@ public enum TeacherWeights {
         return out
     }
 
+    /// A teacher's weights with more blocks (`train-default --init-weights … --double-blocks N
+    /// --single-blocks M`), a warm start that computes exactly what `w` computes: the new blocks
+    /// (double ones after `w`'s doubles, single ones after its singles) take `c`'s random init
+    /// with their residual gates' modulation rows zeroed (DiT's adaLN-Zero), so each adds
+    /// nothing until training opens its gates; the gates' gradients are not zero, their inputs
+    /// being the blocks' outputs. A double block whose text output `w`'s model never read (the
+    /// last one without single blocks) holds untrained text-side weights: its text gates are
+    /// zeroed too, so its text stream passes its input on to the new blocks unchanged.
+    public static func deepened(_ w: [String: Tensor], from source: TeacherConfig, to c: TeacherConfig, seed: UInt64) -> [String: Tensor] {
+        let s = source.flux, f = c.flux, d = f.width
+        precondition(f.numLayers >= s.numLayers && f.numSingleLayers >= s.numSingleLayers && f.width == s.width,
+                     "a deeper teacher keeps the width and every block")
+        var out = random(c, seed: seed)
+        for (name, t) in w { out[name] = t }
+        /// Zeroes the modulation rows of chunks `chunks` (each `d` rows) of linear `m`.
+        func closeGates(_ m: String, _ chunks: [Int]) {
+            for part in ["weight", "bias"] {
+                let t = out["\(m).\(part)"]!, row = t.shape.count == 2 ? t.shape[1] : 1
+                var v = t.data
+                for k in chunks { for i in (k * d * row)..<((k + 1) * d * row) { v[i] = 0 } }
+                out["\(m).\(part)"] = Tensor(t.type, v)
+            }
+        }
+        for i in s.numLayers..<f.numLayers {
+            closeGates("transformer_blocks.\(i).norm1.linear", [2, 5])
+            closeGates("transformer_blocks.\(i).norm1_context.linear", [2, 5])
+        }
+        for i in 0..<s.numLayers where !s.textOutputIsRead(block: i) && f.textOutputIsRead(block: i) {
+            closeGates("transformer_blocks.\(i).norm1_context.linear", [2, 5])
+        }
+        for i in s.numSingleLayers..<f.numSingleLayers { closeGates("single_transformer_blocks.\(i).norm.linear", [2]) }
+        return out
+    }
+
     /// Writes tensors as a safetensors file in `dtype` (f32 for training state, f16 to ship).
     public static func write(_ tensors: [String: Tensor], dtype: DType = .f32, metadata: [String: String] = [:], to path: String) throws {
         let records = tensors.keys.sorted().map { k in

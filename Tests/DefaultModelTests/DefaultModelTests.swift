@@ -210,6 +210,59 @@ final class DefaultModelTests: XCTestCase {
         }
     }
 
+    /// `--init-weights` with more blocks (`deepened`): the deeper teacher samples exactly what
+    /// the shallower one does (its new blocks' gates start closed), from a teacher without single
+    /// blocks (whose last double block's text side was never trained) and from one with them;
+    /// the new blocks are not all zero, so training can open them.
+    func testDeepenedTeacherComputesWhatItsSourceDid() throws {
+        var rng = SeededGenerator(seed: 5)
+        let ids = try ["a red circle", "a blue square above a white triangle"].flatMap { try WorldVocabulary.encode($0).map(Float.init) }
+        let inputs: [String: Tensor] = [
+            "noise": Tensor(.f32([2, 3, 64, 64]), rng.normals(2 * 3 * 64 * 64)),
+            "input_ids": Tensor(.f32([2, WorldVocabulary.length]), ids),
+            "sigmas": Tensor(.f32([3]), [1, 0.6, 0.2]), "guidance_scale": Tensor(.f32([1]), [3]),
+        ]
+        func sample(_ c: TeacherConfig, _ w: [String: Tensor]) throws -> [Float] {
+            let store = TeacherGraphs.store(c, trained: TensorStore(w))
+            return try Interpreter.run(try TeacherGraphs.sampler(c, weights: store, count: 2, steps: 2), inputs: inputs) { key, _ in
+                try store.tensor(key)
+            }["images"]!.data
+        }
+        func config(_ double: Int, _ single: Int) -> TeacherConfig {
+            var c = TeacherConfig.tiny()
+            c.flux.numLayers = double
+            c.flux.numSingleLayers = single
+            return c
+        }
+        for (from, to) in [((1, 0), (3, 1)), ((1, 1), (2, 3))] {
+            let (small, big) = (config(from.0, from.1), config(to.0, to.1))
+            // The source's own blocks trained away from their init: every gate open.
+            let w = TeacherWeights.random(small, seed: 9).mapValues { t in Tensor(t.type, t.data.map { $0 + 0.05 }) }
+            let deep = TeacherWeights.deepened(w, from: small, to: big, seed: 3)
+            XCTAssertEqual(Set(deep.keys), Set(TeacherWeights.layout(big).map(\.name)))
+            let before = try sample(small, w), after = try sample(big, deep)
+            let err = zip(before, after).map { abs($0 - $1) }.max()!
+            XCTAssertLessThan(err, 1e-4 * max(before.map(abs).max()!, 1), "\(from) → \(to): max difference \(err)")
+            // Not an identity by accident: the same blocks with their gates open compute something else.
+            let opened = deep.mapValues { t in Tensor(t.type, t.data.map { $0 == 0 ? 0.05 : $0 }) }
+            XCTAssertGreaterThan(zip(before, try sample(big, opened)).map { abs($0 - $1) }.max()!, 1e-3)
+            let d = big.flux.width, gate = deep["transformer_blocks.\(to.0 - 1).norm1.linear.weight"]!.data
+            XCTAssertTrue(gate[(2 * d * d)..<(3 * d * d)].allSatisfy { $0 == 0 })
+            XCTAssertTrue(gate[(3 * d * d)..<(4 * d * d)].contains { $0 != 0 })
+            // A last double block's untrained text side passes its input on (its text gates shut).
+            let text = deep["transformer_blocks.\(from.0 - 1).norm1_context.linear.weight"]!.data
+            XCTAssertEqual(text[(2 * d * d)..<(3 * d * d)].allSatisfy { $0 == 0 }, from.1 == 0)
+        }
+        // Through train-default's loader: a default-model-free flat file of fewer blocks.
+        let dir = NSTemporaryDirectory() + "arcflow-deepen-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let w = TeacherWeights.random(config(1, 0), seed: 2)
+        try TeacherWeights.write(w, to: "\(dir)/w.safetensors")
+        XCTAssertEqual(try TeacherRun.initialWeights(config(2, 1), from: "\(dir)/w.safetensors", seed: 4),
+                       TeacherWeights.deepened(w, from: config(1, 0), to: config(2, 1), seed: 4))
+    }
+
     /// `--init-weights` of a coarser patch: the finer teacher's embedding of a patch equals the
     /// coarse embedding of that patch enlarged by pixel repetition, and its head's pixels are the
     /// coarse head's pixels averaged over each repeated block: the identity `repatched` is built on.

@@ -28,8 +28,8 @@ let trainDefaultSpec = CommandSpec(
         OptionSpec(names: ["--relation-across"], value: "PX", help: "training layouts of two-object prompts keep the offset across the relation within PX (default 14.5: all the world allows, its 16 px less a 1.5 px margin); the judge keeps 16"),
         OptionSpec(names: ["--patch"], value: "P", help: "a fresh run's teacher: pixels per image-token side (default 8: 64 tokens; 4: 256 tokens)"),
         OptionSpec(names: ["--width"], value: "W", help: "a fresh run's teacher: transformer width, heads of 64 (default 192)"),
-        OptionSpec(names: ["--double-blocks"], value: "N", help: "a fresh run's teacher: joint (double-stream) blocks (default 4)"),
-        OptionSpec(names: ["--single-blocks"], value: "N", help: "a fresh run's teacher: single-stream blocks after them (default 0)"),
+        OptionSpec(names: ["--double-blocks"], value: "N", help: "a fresh run's teacher: joint (double-stream) blocks (default 4); with --init-weights, more than its own adds blocks that start closed (the model computes what it did)"),
+        OptionSpec(names: ["--single-blocks"], value: "N", help: "a fresh run's teacher: single-stream blocks after them (default 0); with --init-weights, as --double-blocks"),
         OptionSpec(names: ["--init-weights"], value: "PATH", help: "start from these weights instead of random ones: a default-model folder (e.g. models/shapes; f16, widened) or flat f32 weights (a run's ema.safetensors); the optimizer starts fresh"),
         OptionSpec(names: ["--export-teacher"], value: "DIR", help: "only write OUTDIR/ema.safetensors as a default-model folder DIR (transformer/, text_encoder/, model.json; f16) and exit"),
         OptionSpec(names: ["--initial-students"], value: nil, help: "with --export-teacher: also write untrained students DIR/arcflow (K = 8) and DIR/linear (K = 1) where absent (zero LoRA B, heads from the teacher; for trying the pipeline before distillation)"),
@@ -90,7 +90,11 @@ func trainDefaultCommand(_ argv: [String]) throws {
     o.threads = try threadCount(args, spec)
     let shapeOptions = ["--patch", "--width", "--double-blocks", "--single-blocks"]
     if shapeOptions.contains(where: args.has) {
-        let standard = TeacherShape()
+        // From --init-weights, an option not given keeps that teacher's value (a deeper or finer
+        // teacher of it); a fresh run's default is the standard teacher's.
+        let standard = try o.initWeights.map {
+            try TeacherConfig.inferred(from: DistillRun.openTeacherWeights($0, option: "--init-weights")).shape
+        } ?? TeacherShape()
         o.shape = TeacherShape(patch: try args.int("--patch", spec, default: standard.patch, min: 4)!,
                                width: try args.int("--width", spec, default: standard.width, min: 64)!,
                                doubleBlocks: try args.int("--double-blocks", spec, default: standard.doubleBlocks, min: 1)!,
