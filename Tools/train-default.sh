@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the embedded default model from scratch: trains the teacher (hours of CPU), then
 # distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/), then
-# fine-tunes the patch-4 teacher models/teacher-p4 from it (its students are the next step: README,
-# "The default model's teacher"). Never run by CI. Resumable: run it again after an interruption.
+# fine-tunes the patch-4 teacher models/teacher-p4 and the deeper teacher models/teacher-deep from it
+# (their students are the next step: README, "The default model's teacher"). Never run by CI. Resumable: run it again after an interruption.
 #
 #   bash Tools/train-default.sh            # run folder models/shapes-run, 30000 steps (the last third annealed)
 #   STEPS=60000 RUN=/tmp/run bash Tools/train-default.sh
@@ -75,3 +75,17 @@ logged "$P4RUN" nice -n 5 .build/release/arcflow train-default -o "$P4RUN" "${P4
   --decay-start "$P4_DECAY" --guidance 3 --threads "$THREADS"
 .build/release/arcflow train-default -o "$P4RUN" --export-teacher models/teacher-p4
 tail -n 3 "$P4RUN/eval.csv"
+
+# The deeper teacher (session 31): the 8×8 teacher above with 4 single-stream blocks added, their
+# gates shut at the start (TeacherWeights.deepened: it starts computing what models/shapes does),
+# trained at 3e-4 held to two thirds of DEEP_STEPS, then annealed; exported in f16 as
+# models/teacher-deep, the teacher of the next students (README, "The default model's teacher").
+DEEPRUN="$RUN/deep"
+DEEP_STEPS=${DEEP_STEPS:-14000}
+echo "== deeper teacher: $DEEP_STEPS steps in $DEEPRUN (log: $DEEPRUN/train.log; accuracy: $DEEPRUN/eval.csv)"
+DEEPINIT=(--resume)
+[ -f "$DEEPRUN/state.safetensors" ] || DEEPINIT=(--init-weights models/shapes --single-blocks 4)
+logged "$DEEPRUN" nice -n 5 .build/release/arcflow train-default -o "$DEEPRUN" "${DEEPINIT[@]}" --steps "$DEEP_STEPS" --lr 3e-4 \
+  --warmup 300 --guidance 3 --threads "$THREADS"
+.build/release/arcflow train-default -o "$DEEPRUN" --export-teacher models/teacher-deep
+tail -n 3 "$DEEPRUN/eval.csv"
