@@ -75,13 +75,8 @@ public struct TeacherConfig: Equatable {
             throw ArcError("\(weights.label): no x_embedder.weight [width, 3·patch²]: not the weights of a default-model teacher")
         }
         let p = patch(tokenChannels: embed[1]) ?? 0   // 0: refused by make below
-        func count(_ prefix: String, _ suffix: String) -> Int {
-            var n = 0
-            while weights.type(of: "\(prefix).\(n).\(suffix)") != nil { n += 1 }
-            return n
-        }
-        let shape = TeacherShape(patch: p, width: embed[0], doubleBlocks: count("transformer_blocks", "norm1.linear.weight"),
-                                 singleBlocks: count("single_transformer_blocks", "norm.linear.weight"))
+        let blocks = blockCounts(in: weights)
+        let shape = TeacherShape(patch: p, width: embed[0], doubleBlocks: blocks.double, singleBlocks: blocks.single)
         let c: TeacherConfig
         do { c = try make(shape, batch: batch) } catch {
             throw ArcError("\(weights.label): x_embedder.weight \(embed) and \(shape.doubleBlocks) double blocks are not a teacher this arcflow trains: \(error)")
@@ -91,6 +86,16 @@ public struct TeacherConfig: Equatable {
             guard t.shape == expected else { throw ArcError("\(weights.label): '\(name)' is \(t.shape), expected \(expected) for a teacher of \(shape)") }
         }
         return c
+    }
+
+    /// The double and single blocks `weights` hold: the names present.
+    static func blockCounts(in weights: WeightStore) -> (double: Int, single: Int) {
+        func count(_ prefix: String, _ suffix: String) -> Int {
+            var n = 0
+            while weights.type(of: "\(prefix).\(n).\(suffix)") != nil { n += 1 }
+            return n
+        }
+        return (count("transformer_blocks", "norm1.linear.weight"), count("single_transformer_blocks", "norm.linear.weight"))
     }
 
     /// The patch whose tokens hold `n` = 3·p² values (an `x_embedder` column count); nil for none.

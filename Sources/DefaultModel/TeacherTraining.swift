@@ -270,11 +270,9 @@ public enum TeacherRun {
             source.patch = p
             source.flux.inChannels = e[1]
         }
-        func count(_ prefix: String, _ suffix: String, upTo n: Int) -> Int {
-            (0..<n).first { store.type(of: "\(prefix).\($0).\(suffix)") == nil } ?? n
-        }
-        source.flux.numLayers = count("transformer_blocks", "norm1.linear.weight", upTo: c.flux.numLayers)
-        source.flux.numSingleLayers = count("single_transformer_blocks", "norm.linear.weight", upTo: c.flux.numSingleLayers)
+        let blocks = TeacherConfig.blockCounts(in: store)
+        source.flux.numLayers = min(blocks.double, c.flux.numLayers)
+        source.flux.numSingleLayers = min(blocks.single, c.flux.numSingleLayers)
         var out: [String: Tensor] = [:]
         for (name, shape, _) in TeacherWeights.layout(source) {
             try store.validate(name, .f32(shape))
