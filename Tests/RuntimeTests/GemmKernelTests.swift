@@ -220,15 +220,19 @@ final class GemmKernelTests: KernelTestCase {
     }
 
     /// The panel-outer loop order (gemm.h: where a task's C block and one K block of its A pass
-    /// 0.3 of L2) gives the K-outer order's sums bit for bit. `ARCFLOW_GEMM_L2` stands in for the
-    /// cache: 64 MB runs everything K-outer; 2 MB runs 1000 x 2048 x 300 panel-outer in one
-    /// sub-block per task; 512 KB in three, and the 250-row GEMM (one row block: the shared A on
-    /// 2 threads) in one; 256 KB the 250-row one in two.
+    /// 0.3 of L2), in one pass over K or in passes of a few K blocks, gives the K-outer order's
+    /// sums bit for bit. `ARCFLOW_GEMM_L2` stands in for the cache (as computed for 1 and 2
+    /// threads): 64 MB runs everything K-outer; 2 MB runs 1000 x 2048 x 300 and 700 x 1024 x 1100
+    /// panel-outer in one pass and one sub-block per task; 1 MB the 700-row GEMM in passes of 3 of
+    /// its 5 K blocks, the others in one pass, all in two sub-blocks (the 250-row GEMM, one row
+    /// block, with the A that all tasks share on 2 threads); 512 KB the 700- and 250-row ones in
+    /// passes of 2, the 1000-row one in three sub-blocks; 256 KB all three K-outer again (no pass
+    /// of 2 K blocks keeps 7 row tiles in a sub-block).
     func testPackedGEMMPanelOuterOrderSumsAlike() throws {
         let b = GraphBuilder(name: "packed_gemm_orders")
         var weights: [String: Tensor] = [:]
         var rng = SeededGenerator(seed: 29)
-        for (i, c) in [(m: 1000, k: 300, n: 2048), (m: 250, k: 40, n: 768)].enumerated() {
+        for (i, c) in [(m: 1000, k: 300, n: 2048), (m: 250, k: 600, n: 768), (m: 700, k: 1100, n: 1024)].enumerated() {
             weights["w\(i)"] = Tensor(.f32([c.n, c.k]), rng.normals(c.n * c.k))
             b.output("y\(i)", b.matmul(b.input("x\(i)", .f32([c.m, c.k])), b.weight("w\(i)", .f32([c.n, c.k])), transposeB: true))
         }
@@ -240,18 +244,18 @@ final class GemmKernelTests: KernelTestCase {
         try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["plan-memory"],
                                              inspect: { program = $0 })
         let calls = program!.program.sources.map { $0.text.components(separatedBy: "af_gemm_packed(in").count - 1 }.reduce(0, +)
-        XCTAssertEqual(calls, 2, "both GEMMs over packed panels")
+        XCTAssertEqual(calls, 3, "every GEMM over packed panels")
         let executable = try program!.load()
         let kOuter = try executable.run(inputs)
-        XCTAssertEqual(Set(kOuter.keys), ["y0", "y1"])
+        XCTAssertEqual(Set(kOuter.keys), ["y0", "y1", "y2"])
         // Zeros first, K-outer, so that rows a run leaves unwritten cannot keep the right values.
         let zeros = inputs.mapValues { Tensor($0.type, [Float](repeating: 0, count: $0.type.count)) }
-        for l2 in ["2097152", "524288", "262144"] {
+        for l2 in ["2097152", "1048576", "524288", "262144"] {
             setenv("ARCFLOW_GEMM_L2", "67108864", 1)
             _ = try executable.run(zeros)
             setenv("ARCFLOW_GEMM_L2", l2, 1)
             let got = try executable.run(inputs)
-            for name in ["y0", "y1"] { XCTAssertTrue(got[name] == kOuter[name], "\(name) with L2 = \(l2) differs") }
+            for name in ["y0", "y1", "y2"] { XCTAssertTrue(got[name] == kOuter[name], "\(name) with L2 = \(l2) differs") }
         }
     }
 

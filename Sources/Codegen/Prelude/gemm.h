@@ -906,20 +906,26 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     /* Panel-outer order where the K-outer one (below) loses C from L2: when a task's C block
      * and one K block of its A pass 0.3 of L2 (AF_GEMM_PO_FILL), the C tiles a K block adds
      * to were written a whole panel group ago, with the group's weight slices streamed through
-     * L2 since, and come back from L3 or memory.  Then the task's rows go in sub-blocks (as few
-     * as possible, their A in every K block within half of L2), and per sub-block each panel
-     * runs all its K blocks in turn, so its C tiles are still in L2.  Each extra sub-block
-     * reads the weights once more: below AF_GEMM_PO_TILES row tiles per sub-block the K-outer
-     * order runs.  The sums and their order are the same either way.  Why 0.3 of L2 and 7
-     * tiles (ab.sh, sessions 29-30, Intel with 2 MB L2): 1.02-1.06x where it moved 2048^3,
-     * 4096 x 4096 x 1024 and 1100 x 1300 x 1700 to panel-outer, level on the width-768 model
-     * (README, "Own GEMM over packed weights", has the figures). */
-    const long l2 = af__l2_bytes(), subcap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * kblocks);
-    const long ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
-    const long ktiles = subcap < 1 ? 1 : subcap < ptiles ? subcap : ptiles; /* per panel-outer sub-block */
+     * L2 since, and come back from L3 or memory.  Then K goes in passes of kspan blocks, and per
+     * pass the task's rows go in sub-blocks (as few as possible, their A over the pass's K
+     * blocks within half of L2) and each panel runs the pass's K blocks in turn, so its C tiles
+     * are still in L2: C comes back from L3 once per pass, not once per K block.  Each extra
+     * sub-block reads the weights once more, so the passes are the fewest that keep
+     * AF_GEMM_PO_TILES row tiles per sub-block; one K block per pass is the K-outer order.  The
+     * sums and their order are the same either way.  Why 0.3 of L2 and 7 tiles (ab.sh, sessions
+     * 29-30, Intel with 2 MB L2): 1.02-1.06x where it moved 2048^3, 4096 x 4096 x 1024 and
+     * 1100 x 1300 x 1700 to panel-outer, level on the width-768 model; passes of fewer K blocks
+     * than K has: session 32 (README, "Own GEMM over packed weights", has the figures). */
+    const long l2 = af__l2_bytes(), ptiles = (rtiles + mblocks - 1) / mblocks; /* row tiles of the largest row block */
+    long kspan = 1, ktiles = ptiles; /* K blocks per pass; row tiles per sub-block */
+    for (long passes = 1; passes < kblocks; passes++) {
+        const long span = (kblocks + passes - 1) / passes, cap = l2 / 2 / ((long)sizeof(float) * AF__GMR * KCu * span);
+        const long kt = cap < 1 ? 1 : cap < ptiles ? cap : ptiles, nsub = (ptiles + kt - 1) / kt;
+        if (nsub == 1 || ptiles / nsub >= AF_GEMM_PO_TILES) { kspan = span; ktiles = kt; break; }
+    }
     /* Whether the largest task passes the threshold below (no task passes unless it does): only
-     * then the heap holds a sub-block's A over every K block. */
-    const int po_any = (double)sizeof(float) * (double)(ptiles * AF__GMR) * (double)(ng * AF_GEMM_NR + KCu) > AF_GEMM_PO_FILL * (double)l2;
+     * then the heap holds a sub-block's A over a pass's K blocks. */
+    const int po_any = kspan > 1 && (double)sizeof(float) * (double)(ptiles * AF__GMR) * (double)(ng * AF_GEMM_NR + KCu) > AF_GEMM_PO_FILL * (double)l2;
     const af__gemm_job job = {rows, b, esize, Kstride, unpack, qgroup, K, N, ldc, bias, act, c};
 #pragma omp parallel if (par)
     {
@@ -933,7 +939,7 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                       shared + (size_t)kb * region + (size_t)(t * AF__GMR * at));
                 } /* its implicit barrier: every task reads tiles the other threads packed */
         }
-        const size_t kbytes = po_any ? sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kblocks) : 0, obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
+        const size_t kbytes = po_any ? sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kspan) : 0, obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
         float *heap = shared ? NULL : (float *)aligned_alloc(64, ((kbytes > obytes ? kbytes : obytes) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
         float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
@@ -948,19 +954,23 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                 const long nsub = (t1 - t0 + ktiles - 1) / ktiles;
                 /* The K-outer order's L2 working set: the task's C block and one K block of its A. */
                 const double kouter = (double)sizeof(float) * (double)(i1 - i0) * (double)((p1 - p0) * AF_GEMM_NR + KCu);
-                if ((shared || heap) && kouter > AF_GEMM_PO_FILL * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES)) {
-                    for (long sb = 0; sb < nsub; sb++) {
-                        const long r0 = (t0 + sb * (t1 - t0) / nsub) * AF__GMR, r1e = (t0 + (sb + 1) * (t1 - t0) / nsub) * AF__GMR;
-                        const long r1 = M < r1e ? M : r1e, kstep = (r1e - r0) * KCu; /* floats of one K block in abuf */
-                        if (!shared)
-                            for (long k0 = 0; k0 < K; k0 += KC)
-                                af__gemm_pack_any(a + r0 * lda + k0, lda, r1 - r0, K - k0 < KC ? K - k0 : KC, pairs, round, abuf + k0 / KC * kstep);
-                        for (long p = p0; p < p1; p++)
-                            for (long k0 = 0; k0 < K; k0 += KC) {
-                                const long kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
-                                const float *ak = shared ? shared + (size_t)(k0 / KC) * region + (size_t)(r0 * at) : abuf + k0 / KC * kstep;
-                                af__gemm_panel_step(&job, p, k0, kc, ak, at, r0, r1, unpacked);
-                            }
+                if (po_any && (shared || heap) && kouter > AF_GEMM_PO_FILL * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES)) {
+                    for (long kb0 = 0; kb0 < kblocks; kb0 += kspan) {
+                        const long kb1 = kblocks < kb0 + kspan ? kblocks : kb0 + kspan;
+                        for (long sb = 0; sb < nsub; sb++) {
+                            const long r0 = (t0 + sb * (t1 - t0) / nsub) * AF__GMR, r1e = (t0 + (sb + 1) * (t1 - t0) / nsub) * AF__GMR;
+                            const long r1 = M < r1e ? M : r1e, kstep = (r1e - r0) * KCu; /* floats of one K block in abuf */
+                            if (!shared)
+                                for (long kb = kb0; kb < kb1; kb++)
+                                    af__gemm_pack_any(a + r0 * lda + kb * KC, lda, r1 - r0, K - kb * KC < KC ? K - kb * KC : KC, pairs, round,
+                                                      abuf + (kb - kb0) * kstep);
+                            for (long p = p0; p < p1; p++)
+                                for (long kb = kb0; kb < kb1; kb++) {
+                                    const long k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+                                    const float *ak = shared ? shared + (size_t)kb * region + (size_t)(r0 * at) : abuf + (kb - kb0) * kstep;
+                                    af__gemm_panel_step(&job, p, k0, kc, ak, at, r0, r1, unpacked);
+                                }
+                        }
                     }
                     continue;
                 }
