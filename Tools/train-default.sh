@@ -2,7 +2,8 @@
 # Reproduces the embedded default model from scratch: trains the teacher (hours of CPU), then
 # distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/), then
 # fine-tunes the patch-4 teacher models/teacher-p4 and the deeper teacher models/teacher-deep from it
-# (their students are the next step: README, "The default model's teacher"). Never run by CI. Resumable: run it again after an interruption.
+# and distils the deeper one's students (README, "The default model's teacher"). Never run by CI.
+# Resumable: run it again after an interruption.
 #
 #   bash Tools/train-default.sh            # run folder models/shapes-run, 30000 steps (the last third annealed)
 #   STEPS=60000 RUN=/tmp/run bash Tools/train-default.sh
@@ -34,6 +35,28 @@ logged() {
 }
 trap 'kill $TAIL $SENTINEL 2>/dev/null || true' EXIT
 
+# Distils a teacher folder's two students, ArcFlow (K = 8) and the linear baseline (K = 1), in the
+# run folders PREFIX-arcflow and PREFIX-linear, and exports them as adapters into that folder. Each
+# PHASE "ITERS RHO DECAY" resumes the run up to ITERS iterations with ρ falling over RHO and the
+# rate held to DECAY (a finished phase returns at once when run again); EXTRA: more options.
+distil_students() {
+  local teacher="$1" prefix="$2" extra="$3"; shift 3
+  local K name drun phase iters rho decay
+  for K in 8 1; do
+    name=$([ "$K" = 1 ] && echo linear || echo arcflow)
+    drun="$prefix-$name"
+    echo "== distillation of $teacher ($name, K = $K) in $drun (log: $drun/train.log; eval: $drun/eval.csv)"
+    for phase in "$@"; do
+      read -r iters rho decay <<< "$phase"
+      # shellcheck disable=SC2086 # EXTRA is a list of options
+      logged "$drun" nice -n 5 .build/release/arcflow distill-default -o "$drun" --teacher-weights "$teacher" --components "$K" \
+        --iterations "$iters" --decay-iterations "$rho" --decay-start "$decay" $extra --resume --threads "$THREADS"
+    done
+    .build/release/arcflow distill-default -o "$drun" --export-adapter "$teacher/$name"
+    tail -n 2 "$drun/eval.csv"
+  done
+}
+
 swift build -c release
 echo "== teacher: $STEPS steps in $RUN (log: $RUN/train.log; accuracy: $RUN/eval.csv)"
 logged "$RUN" nice -n 5 .build/release/arcflow train-default -o "$RUN" --steps "$STEPS" --resume --threads "$THREADS"
@@ -52,15 +75,7 @@ tail -n 3 "$RUN/eval.csv"
 DISTILL_ITERS=${DISTILL_ITERS:-3000}
 DISTILL_RHO=${DISTILL_RHO:-3000}
 DISTILL_DECAY=${DISTILL_DECAY:-2000}
-for K in 8 1; do
-  NAME=$([ "$K" = 1 ] && echo linear || echo arcflow)
-  DRUN="$RUN/distill-$NAME"
-  echo "== distillation ($NAME, K = $K): $DISTILL_ITERS iterations in $DRUN (log: $DRUN/train.log; eval: $DRUN/eval.csv)"
-  logged "$DRUN" nice -n 5 .build/release/arcflow distill-default -o "$DRUN" --teacher-weights models/shapes \
-    --components "$K" --iterations "$DISTILL_ITERS" --decay-iterations "$DISTILL_RHO" --decay-start "$DISTILL_DECAY" --resume --threads "$THREADS"
-  .build/release/arcflow distill-default -o "$DRUN" --export-adapter "models/shapes/$NAME"
-  tail -n 2 "$DRUN/eval.csv"
-done
+distil_students models/shapes "$RUN/distill" "" "$DISTILL_ITERS $DISTILL_RHO $DISTILL_DECAY"
 
 # The patch-4 teacher (256 image tokens), warm-started from the 8×8 teacher above re-patched
 # (TeacherWeights.repatched), trained at 3e-4 held to P4_DECAY, then annealed; exported in f16 as
@@ -75,6 +90,9 @@ logged "$P4RUN" nice -n 5 .build/release/arcflow train-default -o "$P4RUN" "${P4
   --decay-start "$P4_DECAY" --guidance 3 --threads "$THREADS"
 .build/release/arcflow train-default -o "$P4RUN" --export-teacher models/teacher-p4
 tail -n 3 "$P4RUN/eval.csv"
+# Its students (session 19; models/teacher-p4/arcflow and linear): 1,500 iterations, ρ over 3,000,
+# the rate annealed from 1,000, LoRA on the attention projections too.
+distil_students models/teacher-p4 "$P4RUN/distill" "--lora-targets mlp+attention" "1500 3000 1000"
 
 # The deeper teacher (session 31): the 8×8 teacher above with 4 single-stream blocks added, their
 # gates shut at the start (TeacherWeights.deepened: it starts computing what models/shapes does),
@@ -89,3 +107,7 @@ logged "$DEEPRUN" nice -n 5 .build/release/arcflow train-default -o "$DEEPRUN" "
   --warmup 300 --guidance 3 --threads "$THREADS"
 .build/release/arcflow train-default -o "$DEEPRUN" --export-teacher models/teacher-deep
 tail -n 3 "$DEEPRUN/eval.csv"
+# Its students (sessions 31-32; models/teacher-deep/arcflow and linear): session 19's recipe up to
+# 1,500 iterations, then resumed to 4,500 with ρ over 5,000 and the rate held to 3,500 (so the
+# resume raises ρ from 0.5 to 0.7 and the rate back to 1e-4; README, "A deeper teacher").
+distil_students models/teacher-deep "$DEEPRUN/distill" "--lora-targets mlp+attention" "1500 3000 1000" "4500 5000 3500"
