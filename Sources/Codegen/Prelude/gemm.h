@@ -944,44 +944,34 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
         float local[AF__GMR * AF__GKCMAX];
         float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
         float *abuf = heap ? heap : local;
-        const long mstep = shared || heap ? MB : AF__GMR;
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (long mb = 0; mb < mblocks; mb++)
             for (long g = 0; g < groups; g++) {
                 const long t0 = mb * rtiles / mblocks, t1 = (mb + 1) * rtiles / mblocks; /* row tiles */
                 const long i0 = t0 * AF__GMR, i1 = M < t1 * AF__GMR ? M : t1 * AF__GMR;
                 const long p0 = g * ng, p1 = panels < p0 + ng ? panels : p0 + ng;
-                const long nsub = (t1 - t0 + ktiles - 1) / ktiles;
                 /* The K-outer order's L2 working set: the task's C block and one K block of its A. */
                 const double kouter = (double)sizeof(float) * (double)(i1 - i0) * (double)((p1 - p0) * AF_GEMM_NR + KCu);
-                if (po_any && (shared || heap) && kouter > AF_GEMM_PO_FILL * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES)) {
-                    for (long kb0 = 0; kb0 < kblocks; kb0 += kspan) {
-                        const long kb1 = kblocks < kb0 + kspan ? kblocks : kb0 + kspan;
-                        for (long sb = 0; sb < nsub; sb++) {
-                            const long r0 = (t0 + sb * (t1 - t0) / nsub) * AF__GMR, r1e = (t0 + (sb + 1) * (t1 - t0) / nsub) * AF__GMR;
-                            const long r1 = M < r1e ? M : r1e, kstep = (r1e - r0) * KCu; /* floats of one K block in abuf */
-                            if (!shared)
-                                for (long kb = kb0; kb < kb1; kb++)
-                                    af__gemm_pack_any(a + r0 * lda + kb * KC, lda, r1 - r0, K - kb * KC < KC ? K - kb * KC : KC, pairs, round,
-                                                      abuf + (kb - kb0) * kstep);
-                            for (long p = p0; p < p1; p++)
-                                for (long kb = kb0; kb < kb1; kb++) {
-                                    const long k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
-                                    const float *ak = shared ? shared + (size_t)kb * region + (size_t)(r0 * at) : abuf + (kb - kb0) * kstep;
-                                    af__gemm_panel_step(&job, p, k0, kc, ak, at, r0, r1, unpacked);
-                                }
-                        }
-                    }
-                    continue;
-                }
-                for (long k0 = 0; k0 < K; k0 += KC) {
-                    const long kc = K - k0 < KC ? K - k0 : KC;
-                    const long at = pairs ? (kc + 1) / 2 : kc; /* 4-byte units per packed row */
-                    for (long s0 = i0; s0 < i1; s0 += mstep) {
-                        const long s1 = i1 < s0 + mstep ? i1 : s0 + mstep;
-                        if (shared) abuf = shared + (size_t)(k0 / KC) * region + (size_t)(s0 * at);
-                        else af__gemm_pack_any(a + s0 * lda + k0, lda, s1 - s0, kc, pairs, round, abuf);
-                        for (long p = p0; p < p1; p++) af__gemm_panel_step(&job, p, k0, kc, abuf, at, s0, s1, unpacked);
+                const long nsub = (t1 - t0 + ktiles - 1) / ktiles;
+                const int po = po_any && (shared || heap) && kouter > AF_GEMM_PO_FILL * (double)l2 && (nsub == 1 || (t1 - t0) / nsub >= AF_GEMM_PO_TILES);
+                /* K-outer is a pass per K block over the task's rows at once (one row tile at a
+                 * time in `local`, where the heap allocation failed). */
+                const long span = po ? kspan : 1, subs = po ? nsub : shared || heap ? 1 : t1 - t0;
+                for (long kb0 = 0; kb0 < kblocks; kb0 += span) {
+                    const long kb1 = kblocks < kb0 + span ? kblocks : kb0 + span;
+                    for (long sb = 0; sb < subs; sb++) {
+                        const long r0 = (t0 + sb * (t1 - t0) / subs) * AF__GMR, r1e = (t0 + (sb + 1) * (t1 - t0) / subs) * AF__GMR;
+                        const long r1 = M < r1e ? M : r1e, kstep = (r1e - r0) * KCu; /* floats of one K block in abuf */
+                        if (!shared)
+                            for (long kb = kb0; kb < kb1; kb++)
+                                af__gemm_pack_any(a + r0 * lda + kb * KC, lda, r1 - r0, K - kb * KC < KC ? K - kb * KC : KC, pairs, round,
+                                                  abuf + (kb - kb0) * kstep);
+                        for (long p = p0; p < p1; p++)
+                            for (long kb = kb0; kb < kb1; kb++) {
+                                const long k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+                                const float *ak = shared ? shared + (size_t)kb * region + (size_t)(r0 * at) : abuf + (kb - kb0) * kstep;
+                                af__gemm_panel_step(&job, p, k0, kc, ak, at, r0, r1, unpacked);
+                            }
                     }
                 }
             }
