@@ -263,11 +263,17 @@ public final class FluxNetwork {
     /// given, is added to the embedded image tokens: FLUX's RoPE shows image tokens their absolute
     /// place only through attention to the text (all at position 0), which a model that must put
     /// an object "at the top left" learns slowly; an additive table makes it explicit.
-    public func trunk(packed x: Value, temb: Value, context: Value, imagePositions: Value? = nil) throws -> Value {
+    /// `tap`, when given, sees the image tokens [B, N, D] after each double block (the default
+    /// model's discriminator reads the teacher's features there).
+    public func trunk(packed x: Value, temb: Value, context: Value, imagePositions: Value? = nil,
+                      tap: ((Value) -> Void)? = nil) throws -> Value {
         var img = try linear(x, "x_embedder", out: width, in: config.inChannels)
         if let p = imagePositions { img = img + p.reshaped([1, imageTokens, width]) }
         var txt = context
-        for i in 0..<config.numLayers { (img, txt) = try doubleBlock(i, image: img, text: txt, temb: temb) }
+        for i in 0..<config.numLayers {
+            (img, txt) = try doubleBlock(i, image: img, text: txt, temb: temb)
+            tap?(img)
+        }
         let imageRows = textTokens..<(textTokens + imageTokens), singles = config.numSingleLayers
         if singles > 0 {
             var joint = b.concat([txt, img], axis: 1)

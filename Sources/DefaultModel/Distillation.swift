@@ -76,6 +76,18 @@ public struct DistillRecipe: Equatable {
     /// what the handoff probes say the first step decides (how many objects, where) then learns
     /// from the final image too.
     public var scoreAllSteps = false
+    /// Not the reference's (0: off): the weight W of an adversarial term on the student's final
+    /// image, through every step of its sample (as `scoreAllSteps`): the loss gains
+    /// W·(−mean D(x̂)), D the `Discriminator` (the frozen teacher's features at x̂ noised to
+    /// σ' ~ U(`adversarialSigma`/10, `adversarialSigma`), trained heads), whose heads learn each
+    /// iteration to tell renders of the iteration's prompts from the student's samples. Why: the
+    /// regression terms above average over outcomes; a discriminator against real renders
+    /// penalizes what an average draws (README, session 33).
+    public var adversarialWeight = 0.0
+    public var adversarialSigma = 0.5
+    /// The heads' AdamW rate, and the first iterations that train only them (the term's weight 0).
+    public var discriminatorLR = 1e-4
+    public var discriminatorWarmup = 0
     public init() {}
 
     /// The teacher's guidance scale at noise level σ.
@@ -92,10 +104,13 @@ public struct DistillRecipe: Equatable {
     /// The score term's weight at 0-based iteration `step` (0 during the fake's warm-up).
     public func scoreWeight(step: Int) -> Double { dmd && step < fakeWarmup ? 0 : scoreWeight }
 
+    /// The adversarial term's weight at 0-based iteration `step` (0 while only the heads train).
+    public func adversarialWeight(step: Int) -> Double { step < discriminatorWarmup ? 0 : adversarialWeight }
+
     /// Whether the loss graph has the endpoint inputs (either term that uses them).
     public var usesEndpoint: Bool { endpointWeight > 0 || (scoreWeight > 0 && !scoreAllSteps) }
     /// Whether the loss graph has the generator inputs.
-    public var usesGenerator: Bool { scoreWeight > 0 && scoreAllSteps }
+    public var usesGenerator: Bool { (scoreWeight > 0 && scoreAllSteps) || adversarialWeight > 0 }
 
     /// The σ knots of the student's nfe steps, [σ(1), …, σ(0)], as the sampler visits them.
     public var knots: [Double] {
@@ -115,6 +130,14 @@ public struct DistillRecipe: Equatable {
     }
 
     public func warp(_ t: Double) -> Double { Schedule.warp(max(t, 0), shift: shift) }
+}
+
+extension SeededGenerator {
+    /// `count` noise levels σ' ~ U(top/10, top): where the final-image terms (SDS, DMD's fake
+    /// score, the discriminator) read a noised image. The floor keeps σ' off 0, where x0 is given.
+    mutating func noiseLevels(_ count: Int, upTo top: Double) -> [Float] {
+        (0..<count).map { _ in Float(top / 10 + Double(uniform()) * top * 0.9) }
+    }
 }
 
 /// Runs the compiled policy graph with the trained tensors read from wherever the caller says
@@ -169,14 +192,17 @@ public final class DistillRollout: BatchProvider {
     let teacher: Executable
     /// DMD's fake score (`DistillRecipe.dmd`), nil otherwise.
     public let fake: FakeScore?
+    /// The adversarial term's discriminator (`DistillRecipe.adversarialWeight`), nil otherwise.
+    public let discriminator: Discriminator?
     /// The trained tensors the rollout policy uses (the session's current weights).
     public var weight: (String) throws -> UnsafeRawPointer
     /// Wall seconds spent in `batch` (rollouts: policy, teacher, integration), for progress lines.
     public private(set) var seconds = 0.0
 
     public init(student: StudentConfig, recipe: DistillRecipe, policy: PolicyRunner, teacher: Executable, fake: FakeScore? = nil,
-                weight: @escaping (String) throws -> UnsafeRawPointer) {
-        self.student = student; self.recipe = recipe; self.policy = policy; self.teacher = teacher; self.fake = fake; self.weight = weight
+                discriminator: Discriminator? = nil, weight: @escaping (String) throws -> UnsafeRawPointer) {
+        self.student = student; self.recipe = recipe; self.policy = policy; self.teacher = teacher; self.fake = fake
+        self.discriminator = discriminator; self.weight = weight
     }
 
     var tokens: Int { student.teacher.imageTokens }
@@ -219,8 +245,14 @@ public final class DistillRollout: BatchProvider {
             out["gen_noise"] = noise
             out["gen_ids"] = ids
             out["gen_sigmas"] = r.knots.map(Float.init)
-            out["gen_target"] = try scoreTarget(try sample(noise: noise, ids: ids, weight: weight), ids: ids, step: step)
-            out["gen_weight"] = [Float(r.scoreWeight(step: step))]
+            let end = try sample(noise: noise, ids: ids, weight: weight)
+            if discriminator != nil {
+                out["gen_target"] = try adversarialTarget(end, ids: ids, step: step)
+                out["gen_weight"] = [Float(r.adversarialWeight(step: step))]
+            } else {
+                out["gen_target"] = try scoreTarget(end, ids: ids, step: step)
+                out["gen_weight"] = [Float(r.scoreWeight(step: step))]
+            }
         }
         var t = 1.0
         for (segment, size) in r.segments.enumerated() {
@@ -321,12 +353,34 @@ public final class DistillRollout: BatchProvider {
         return end.indices.map { end[$0] - (fakeX0[$0] - teacherX0[$0]) }
     }
 
+    /// The adversarial term's target x̂ − g for the student's samples `end`, with g the
+    /// discriminator's ∂(−mean D)/∂x̂ times numel/30, so that the generator term
+    /// 15·W·mean((x̂ − target)²) has the gradient W·∂(−mean D)/∂x̂ in x̂. Then the heads take one
+    /// step on renders of the iteration's prompts against `end` (after g: g uses the heads of the
+    /// iteration's start). Draws from a generator of their own; the rollout's are unchanged.
+    func adversarialTarget(_ end: [Float], ids: [Float], step: Int) throws -> [Float] {
+        guard let discriminator else { throw ArcError("adversarialTarget needs the discriminator") }
+        var (sigma, noise, rng) = adversarialDraws(step: step)
+        let g = try discriminator.gradient(end, noise: noise, sigma: sigma, ids: ids)
+        let scale = Float(end.count) / (2 * DistillGraphs.lossScale)
+        let real = Tokens.patchify(ShapesWorld.renderBatch(prompts(step: step), rng: &rng), count: recipe.batch, patch: student.teacher.patch)
+        try discriminator.train(real: real, fake: end, ids: ids, sigmaMax: recipe.adversarialSigma, rng: &rng)
+        return end.indices.map { end[$0] - scale * g[$0] }
+    }
+
+    /// Iteration `step`'s σ' per sample and noise [B, N, 4C] at which the discriminator reads the
+    /// student's samples, and the generator after them (the renders and the heads' step continue it).
+    func adversarialDraws(step: Int) -> (sigmas: [Float], noise: [Float], rng: SeededGenerator) {
+        var rng = SeededGenerator(seed: (recipe.seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ 0xAD5E_0000_6A11_0001)
+        let sigmas = rng.noiseLevels(recipe.batch, upTo: recipe.adversarialSigma)
+        return (sigmas, rng.normals(recipe.batch * tokens * channels), rng)
+    }
+
     /// Iteration `step`'s σ' per sample and noise [B, N, 4C] for `scoreTarget`, and the generator
     /// after them (the fake score's draws continue it).
     func scoreDraws(step: Int) -> (sigmas: [Double], noise: [Float], rng: SeededGenerator) {
         var rng = SeededGenerator(seed: (recipe.seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ 0x5A4E_C0DE_5D15_7111)
-        let top = recipe.scoreSigma
-        let sigmas = (0..<recipe.batch).map { _ in Double(Float(top / 10 + Double(rng.uniform()) * top * 0.9)) }
+        let sigmas = rng.noiseLevels(recipe.batch, upTo: recipe.scoreSigma).map(Double.init)
         return (sigmas, rng.normals(recipe.batch * tokens * channels), rng)
     }
 
@@ -420,6 +474,12 @@ public struct DistillRun {
         guard r.endpointWeight == 0 || r.scoreWeight == 0 else { throw ArcError("--endpoint-loss cannot be combined with --sharpen-loss or --dmd-loss (each sets the loss's endpoint)") }
         guard r.scoreSigma > 0, r.scoreSigma <= 1 else { throw ArcError("--score-sigma must be in (0, 1], got \(r.scoreSigma)") }
         guard r.fakeSteps >= 1, r.fakeLR > 0 else { throw ArcError("--fake-steps must be at least 1 and --fake-lr positive") }
+        guard r.adversarialWeight == 0 || (r.scoreWeight == 0 && r.endpointWeight == 0) else {
+            throw ArcError("--adversarial-loss cannot be combined with --sharpen-loss, --dmd-loss or --endpoint-loss (each sets the final image's target)")
+        }
+        guard r.adversarialSigma > 0, r.adversarialSigma <= 1, r.discriminatorLR > 0 else {
+            throw ArcError("--adversarial-sigma must be in (0, 1] and --discriminator-lr positive")
+        }
         if !o.resume { try Trainer.checkFreshStart(dir, resume: "--resume") }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let teacherStore = TeacherGraphs.store(s.teacher, trained: teacherFile)
@@ -464,7 +524,10 @@ public struct DistillRun {
 
         let fake = r.dmd && r.scoreWeight > 0
             ? try FakeScore(s.teacher, teacher: teacherStore, batch: r.batch, lr: r.fakeLR, steps: r.fakeSteps, compile: compile) : nil
-        let rollout = DistillRollout(student: s, recipe: r, policy: policy, teacher: teacher, fake: fake) { try session.buffer($0) }
+        let discriminator = r.adversarialWeight > 0
+            ? try Discriminator(s.teacher, teacher: teacherStore, batch: r.batch, lr: r.discriminatorLR, seed: r.seed, compile: compile) : nil
+        let rollout = DistillRollout(student: s, recipe: r, policy: policy, teacher: teacher, fake: fake,
+                                     discriminator: discriminator) { try session.buffer($0) }
         let schedule = LRSchedule(lr: o.lr, warmupSteps: o.warmup, warmupStartFactor: 0.001, cosine: o.decayStart != nil,
                                   minFactor: 0.05, totalSteps: o.iterations, decayStart: o.decayStart ?? 0)
         var config = TrainConfig(steps: o.iterations, schedule: schedule,
@@ -493,12 +556,27 @@ public struct DistillRun {
             // The fake's state goes beside the run's, whenever the run's is saved.
             trainer.afterSave = { try fake.session.save(to: "\(dir)/fake.safetensors") }
         }
+        if let discriminator {
+            trainer.metadata["adversarial_weight"] = String(r.adversarialWeight)
+            trainer.metadata["adversarial_sigma"] = String(r.adversarialSigma)
+            trainer.metadata["discriminator_lr"] = String(r.discriminatorLR)
+            trainer.metadata["discriminator_warmup"] = String(r.discriminatorWarmup)
+            trainer.afterSave = { try discriminator.session.save(to: "\(dir)/discriminator.safetensors") }
+        }
         if let a = o.initAdapter { trainer.metadata["init_adapter"] = a }
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             let saved = try SafeTensorsFile(path: trainer.statePath!).metadata
             for line in Self.resumeNotes(saved: saved, now: trainer.metadata) { o.log(line) }
             try trainer.resume(from: trainer.statePath!)
             try fake?.session.restore(from: "\(dir)/fake.safetensors")
+            if let discriminator {
+                // A run that adds the term on resume (its train step already had the generator) starts fresh heads.
+                if FileManager.default.fileExists(atPath: "\(dir)/discriminator.safetensors") {
+                    try discriminator.session.restore(from: "\(dir)/discriminator.safetensors")
+                } else {
+                    o.log("note: \(dir) has no discriminator.safetensors; the discriminator's heads start fresh")
+                }
+            }
             o.log("resumed at iteration \(session.stepCount)")
         }
         return DistillRun(trainer: trainer, rollout: rollout, student: s, teacherFile: teacherFile, options: o)
@@ -509,7 +587,8 @@ public struct DistillRun {
     /// decay, say), but it changes the run from there on, so it is said, not silent.
     static let resumableSettings = ["guidance", "early_guidance", "guidance_split", "shift", "decay_iterations", "lr", "warmup",
                                     "lr_decay_start", "teacher_weights", "endpoint_weight", "sharpen_weight", "dmd_weight",
-                                    "score_sigma", "score_all_steps", "fake_lr", "fake_steps", "fake_warmup", "init_adapter"]
+                                    "score_sigma", "score_all_steps", "fake_lr", "fake_steps", "fake_warmup", "adversarial_weight",
+                                    "adversarial_sigma", "discriminator_lr", "discriminator_warmup", "init_adapter"]
 
     /// One line per setting whose value `now` differs from the saved run's (absent: "unset").
     static func resumeNotes(saved: [String: String], now: [String: String]) -> [String] {
@@ -546,9 +625,10 @@ public struct DistillRun {
                 let now = monotonicSeconds()
                 let mean = window.map(\.loss).reduce(0, +) / Double(window.count)
                 let rollouts = (rollout.seconds - rolloutSeconds) / Double(window.count)
+                let d = rollout.discriminator.map { String(format: "  D loss %.3f, D(student) %.3f", $0.lastLoss, $0.lastFakeLogit) } ?? ""
                 o.log(String(format: "iter %d  loss %.5f (mean of %d)  rho %.3f  grad_norm %.3g  lr %.3g  %.3f it/s (rollout %.2f s + step %.2f s)",
                              rec.step, mean, window.count, o.recipe.teacherRatio(step: rec.step - 1), rec.gradNorm, rec.lr,
-                             Double(window.count) / (now - last), rollouts, window.map(\.seconds).reduce(0, +) / Double(window.count) - rollouts))
+                             Double(window.count) / (now - last), rollouts, window.map(\.seconds).reduce(0, +) / Double(window.count) - rollouts) + d)
                 window.removeAll(); last = now; rolloutSeconds = rollout.seconds
             }
             if let evaluator, rec.step % o.evalEvery == 0 || rec.step == o.iterations {

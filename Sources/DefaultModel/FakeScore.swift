@@ -39,7 +39,7 @@ public final class FakeScore {
         let b = forward.batch
         var loss: Float = 0
         for _ in 0..<steps {
-            let sigma = (0..<b).map { _ in Float(sigmaMax / 10 + Double(rng.uniform()) * sigmaMax * 0.9) }
+            let sigma = rng.noiseLevels(b, upTo: sigmaMax)
             try session.setBatch(["x0": x0, "noise": rng.normals(x0.count), "sigma": sigma, "input_ids": ids])
             loss = try session.run(lr: lr).loss
         }

@@ -62,10 +62,18 @@ public enum TeacherGraphs {
     /// Builds the network's x0 prediction for tokens x [B, N, C] at σ [B] with text (hidden, pooled).
     static func predictX0(_ b: GraphBuilder, _ net: FluxNetwork, _ c: TeacherConfig, x: Value, sigma: Value,
                           text: (hidden: Value, pooled: Value)) throws -> Value {
+        try net.teacherHead(try features(b, net, c, x: x, sigma: sigma, text: text).last!)
+    }
+
+    /// The network's image tokens [B, N, D] at x, σ: after each double block, then the trunk's
+    /// output (the head's input). The discriminator reads them all; the x0 prediction the last.
+    static func features(_ b: GraphBuilder, _ net: FluxNetwork, _ c: TeacherConfig, x: Value, sigma: Value,
+                         text: (hidden: Value, pooled: Value)) throws -> [Value] {
         let temb = try net.conditioning(sigma: sigma, pooled: text.pooled)
         let pos = b.constant(positionTable(c), shape: [c.imageTokens, c.flux.width])
-        let h = try net.trunk(packed: x, temb: temb, context: try net.context(text.hidden), imagePositions: pos)
-        return try net.teacherHead(h)
+        var taps: [Value] = []
+        let h = try net.trunk(packed: x, temb: temb, context: try net.context(text.hidden), imagePositions: pos) { taps.append($0) }
+        return taps + [h]
     }
 
     static func network(_ b: GraphBuilder, _ c: TeacherConfig, _ weights: WeightStore) -> FluxNetwork {

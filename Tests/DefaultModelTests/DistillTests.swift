@@ -438,6 +438,72 @@ final class DistillTests: XCTestCase {
         XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
     }
 
+    /// The adversarial term: the batch's generator target is the student's own 2-step sample moved
+    /// by numel/30 times the discriminator's gradient of the heads at the iteration's start (a twin
+    /// that has not rolled out recomputes it), and that gradient is the generator loss's
+    /// (central differences); the rollout then trains the heads on renders against the sample;
+    /// the term excludes the other final-image terms; a resumed run equals a straight one, heads included.
+    func testAdversarialTermTargetHeadsAndResume() throws {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        func adversarial(_ name: String, iterations: Int) -> DistillOptions {
+            var o = options("\(dir)/\(name)", teacher: teacher, iterations: iterations)
+            o.recipe.adversarialWeight = 2
+            o.recipe.adversarialSigma = 0.4
+            o.recipe.discriminatorLR = 1e-2
+            return o
+        }
+        let run = try DistillRun.prepare(adversarial("a", iterations: 2)), twin = try DistillRun.prepare(adversarial("b", iterations: 2))
+        let heads = try XCTUnwrap(run.rollout.discriminator), key = Discriminator.layout(Self.teacherConfig)[0].key
+        let before = try heads.session.bytes(key)
+        let batch = try run.rollout.batch(step: 0)
+        XCTAssertNotEqual(try heads.session.bytes(key), before, "the rollout trains the heads")
+        XCTAssertEqual(heads.session.stepCount, 1)
+        XCTAssertTrue(heads.lastLoss.isFinite && heads.lastLoss > 0)
+        XCTAssertNil(batch["endpoint"])
+        XCTAssertEqual(batch["gen_weight"], [2])
+        let noise = batch["gen_noise"]!, ids = batch["gen_ids"]!
+        let sample = try twin.rollout.sample(noise: noise, ids: ids, weight: twin.rollout.weight)
+        let (sigmas, dNoise, _) = twin.rollout.adversarialDraws(step: 0)
+        XCTAssertTrue(sigmas.allSatisfy { $0 >= 0.04 && $0 <= 0.4 }, "\(sigmas)")
+        let d = try XCTUnwrap(twin.rollout.discriminator)
+        let g = try d.gradient(sample, noise: dNoise, sigma: sigmas, ids: ids)
+        let scale = Float(sample.count) / 30
+        let target = batch["gen_target"]!
+        for e in sample.indices { XCTAssertEqual(target[e], sample[e] - scale * g[e], accuracy: 1e-5 * max(1, abs(sample[e]))) }
+        // The compiled gradient against central differences of the same graph's loss, along a random direction.
+        var rng = SeededGenerator(seed: 3)
+        let v = rng.normals(sample.count), h: Float = 1e-2
+        func loss(_ t: Float) throws -> Double {
+            let x = sample.indices.map { sample[$0] + t * v[$0] }
+            let out = try d.generator.outputs(["x": x, "noise": dNoise, "sigma": sigmas, "input_ids": ids]) { try d.session.buffer($0) }
+            return Double(out["loss"]![0])
+        }
+        let numeric = (try loss(h) - loss(-h)) / Double(2 * h)
+        let analytic = zip(g, v).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        XCTAssertEqual(analytic, numeric, accuracy: 0.03 * abs(numeric) + 1e-6)
+        XCTAssertNotEqual(analytic, 0)
+        var warm = run.options.recipe
+        warm.discriminatorWarmup = 3
+        XCTAssertEqual([2, 3].map(warm.adversarialWeight(step:)), [0, 2], "the heads' warm-up holds the term at 0")
+        var both = adversarial("both", iterations: 2)
+        both.recipe.scoreWeight = 1
+        XCTAssertThrowsError(try DistillRun.prepare(both)) { XCTAssertTrue("\($0)".contains("cannot be combined"), "\($0)") }
+
+        let straight = try DistillRun.prepare(adversarial("straight", iterations: 4))
+        try straight.train()
+        var half = adversarial("resumed", iterations: 2)
+        try DistillRun.prepare(half).train()
+        var o = adversarial("resumed", iterations: 4)
+        o.resume = true
+        let resumed = try DistillRun.prepare(o)
+        try resumed.train()
+        XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
+        XCTAssertTrue(straight.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        let sessions = try [straight, resumed].map { try XCTUnwrap($0.rollout.discriminator).session }
+        XCTAssertEqual(sessions[1].stepCount, 4)
+        for name in sessions[0].step.stateNames { XCTAssertEqual(try sessions[0].bytes(name), try sessions[1].bytes(name), name) }
+    }
+
     /// 4 iterations straight equal 2 iterations, a save, a fresh process-like prepare with resume,
     /// and 2 more: every state tensor byte and every logged loss.
     func testResumeIsBitExactAndExportLoads() throws {

@@ -34,6 +34,10 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--fake-lr"], value: "LR", help: "--dmd-loss: the fake score's AdamW rate (default 1e-4)"),
         OptionSpec(names: ["--fake-steps"], value: "N", help: "--dmd-loss: fake-score updates per iteration (default 1)"),
         OptionSpec(names: ["--fake-warmup"], value: "N", help: "--dmd-loss: the first N iterations train the fake score only (the DMD term's weight 0; default 0)"),
+        OptionSpec(names: ["--adversarial-loss"], value: "W", help: "not the reference's: add W·(−mean D(final image)), backpropagated through both steps; D is the frozen teacher's features at the image noised to σ' ≤ --adversarial-sigma with small heads trained each iteration on renders of the prompts against the student's images (hinge; default 0)"),
+        OptionSpec(names: ["--adversarial-sigma"], value: "S", help: "--adversarial-loss: the largest σ' at which D reads images; σ' is uniform in [S/10, S] (default 0.5)"),
+        OptionSpec(names: ["--discriminator-lr"], value: "LR", help: "--adversarial-loss: the heads' AdamW rate (default 1e-4)"),
+        OptionSpec(names: ["--discriminator-warmup"], value: "N", help: "--adversarial-loss: the first N iterations train only the heads (the term's weight 0; default 0)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
         OptionSpec(names: ["--save-every"], value: "N", help: "save the state every N iterations (default 50)"),
@@ -95,6 +99,13 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.recipe.fakeSteps = try args.int("--fake-steps", spec, default: o.recipe.fakeSteps, min: 1)!
     o.recipe.scoreAllSteps = args.has("--score-all-steps")
     o.recipe.fakeWarmup = try args.int("--fake-warmup", spec, default: 0, min: 0)!
+    o.recipe.adversarialWeight = try args.double("--adversarial-loss", spec, default: 0)!
+    guard o.recipe.adversarialWeight >= 0 else { throw UsageError("--adversarial-loss must be at least 0", spec) }
+    o.recipe.adversarialSigma = try args.double("--adversarial-sigma", spec, default: o.recipe.adversarialSigma)!
+    guard o.recipe.adversarialSigma > 0, o.recipe.adversarialSigma <= 1 else { throw UsageError("--adversarial-sigma must be in (0, 1]", spec) }
+    o.recipe.discriminatorLR = try args.double("--discriminator-lr", spec, default: o.recipe.discriminatorLR)!
+    guard o.recipe.discriminatorLR > 0 else { throw UsageError("--discriminator-lr must be positive", spec) }
+    o.recipe.discriminatorWarmup = try args.int("--discriminator-warmup", spec, default: 0, min: 0)!
     o.evalEvery = try args.int("--eval-every", spec, default: o.evalEvery, min: 0)!
     o.evalCount = try args.int("--eval-prompts", spec, default: o.evalCount, min: 1)!
     o.saveEvery = try args.int("--save-every", spec, default: o.saveEvery, min: 0)!
@@ -121,6 +132,8 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--fake-steps"), let v = md["fake_steps"].flatMap(Int.init) { o.recipe.fakeSteps = v }
         if md["score_all_steps"] == "1" { o.recipe.scoreAllSteps = true }
         if !args.has("--fake-warmup"), let v = md["fake_warmup"].flatMap(Int.init) { o.recipe.fakeWarmup = v }
+        if !args.has("--adversarial-loss"), let w = md["adversarial_weight"].flatMap(Double.init) { o.recipe.adversarialWeight = w }
+        if !args.has("--adversarial-sigma"), let v = md["adversarial_sigma"].flatMap(Double.init) { o.recipe.adversarialSigma = v }
         if !args.has("--shift"), let v = md["shift"].flatMap(Double.init) { o.recipe.shift = v }
         if !args.has("--guidance"), let v = md["guidance"].flatMap(Double.init) { o.recipe.guidance = v }
         if !args.has("--early-guidance"), let v = md["early_guidance"].flatMap(Double.init) { o.recipe.earlyGuidance = v }
