@@ -384,18 +384,28 @@ final class DistillTests: XCTestCase {
         warm.fakeWarmup = 3
         XCTAssertEqual([2, 3].map(warm.scoreWeight(step:)), [0, 2], "the fake's warm-up holds the DMD term at 0")
 
-        let straight = try DistillRun.prepare(dmd("straight", iterations: 4))
+        try assertResumeEqualsStraight(dmd, side: { $0.rollout.fake?.session }, sideSteps: 8)
+    }
+
+    /// 4 iterations straight against 2, a save and 2 more resumed (`make(name, iterations)`): the
+    /// same losses, and the same bytes in the side session that `side` picks (DMD's fake score,
+    /// the discriminator's heads), which took `sideSteps` steps by then.
+    func assertResumeEqualsStraight(_ make: (String, Int) -> DistillOptions, side: (DistillRun) -> TrainingSession?,
+                                    sideSteps: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        let straight = try DistillRun.prepare(make("straight", 4))
         try straight.train()
-        try DistillRun.prepare(dmd("resumed", iterations: 2)).train()
-        var o = dmd("resumed", iterations: 4)
+        try DistillRun.prepare(make("resumed", 2)).train()
+        var o = make("resumed", 4)
         o.resume = true
         let resumed = try DistillRun.prepare(o)
         try resumed.train()
-        XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
-        XCTAssertTrue(straight.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
-        let fakes = try [straight, resumed].map { try XCTUnwrap($0.rollout.fake).session }
-        XCTAssertEqual(fakes[1].stepCount, 8)
-        for name in fakes[0].step.stateNames { XCTAssertEqual(try fakes[0].bytes(name), try fakes[1].bytes(name), name) }
+        XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss), file: file, line: line)
+        XCTAssertTrue(straight.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 }, file: file, line: line)
+        let sessions = try [straight, resumed].map { try XCTUnwrap(side($0), file: file, line: line) }
+        XCTAssertEqual(sessions[1].stepCount, sideSteps, file: file, line: line)
+        for name in sessions[0].step.stateNames {
+            XCTAssertEqual(try sessions[0].bytes(name), try sessions[1].bytes(name), name, file: file, line: line)
+        }
     }
 
     /// `scoreAllSteps`: the batch carries the iteration's noise, the knots and the score target at
@@ -488,20 +498,7 @@ final class DistillTests: XCTestCase {
         var both = adversarial("both", iterations: 2)
         both.recipe.scoreWeight = 1
         XCTAssertThrowsError(try DistillRun.prepare(both)) { XCTAssertTrue("\($0)".contains("cannot be combined"), "\($0)") }
-
-        let straight = try DistillRun.prepare(adversarial("straight", iterations: 4))
-        try straight.train()
-        var half = adversarial("resumed", iterations: 2)
-        try DistillRun.prepare(half).train()
-        var o = adversarial("resumed", iterations: 4)
-        o.resume = true
-        let resumed = try DistillRun.prepare(o)
-        try resumed.train()
-        XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
-        XCTAssertTrue(straight.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
-        let sessions = try [straight, resumed].map { try XCTUnwrap($0.rollout.discriminator).session }
-        XCTAssertEqual(sessions[1].stepCount, 4)
-        for name in sessions[0].step.stateNames { XCTAssertEqual(try sessions[0].bytes(name), try sessions[1].bytes(name), name) }
+        try assertResumeEqualsStraight(adversarial, side: { $0.rollout.discriminator?.session }, sideSteps: 4)
     }
 
     /// 4 iterations straight equal 2 iterations, a save, a fresh process-like prepare with resume,
