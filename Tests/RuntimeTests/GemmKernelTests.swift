@@ -259,6 +259,32 @@ final class GemmKernelTests: KernelTestCase {
         }
     }
 
+    /// One row (af__gemv_f32) sums as the blocked path does, bit for bit: the same weights against
+    /// the same row alone and as row 0 of two, whose last K block is 232, 6 and 10 deep (K = 1000,
+    /// 1030 and 1290): gemm.h promises it, and a change to either path's K blocks must keep it.
+    func testOneRowSumsAsTheBlockedPath() throws {
+        let b = GraphBuilder(name: "gemv_vs_blocked")
+        var weights: [String: Tensor] = [:]
+        var rng = SeededGenerator(seed: 31)
+        for (i, k) in [1000, 1030, 1290].enumerated() {
+            weights["w\(i)"] = Tensor(.f32([300, k]), rng.normals(300 * k))
+            for (name, m) in [("one", 1), ("two", 2)] {
+                b.output("\(name)\(i)", b.matmul(b.input("\(name)\(i)", .f32([m, k])), b.weight("w\(i)", .f32([300, k])), transposeB: true))
+            }
+        }
+        let g = try b.finish()
+        var inputs = randomInputs(g)
+        for i in 0..<3 {   // row 0 of the two-row GEMM is the one-row GEMM's row
+            let k = inputs["one\(i)"]!.type.count
+            inputs["two\(i)"] = Tensor(inputs["two\(i)"]!.type, inputs["one\(i)"]!.data + inputs["two\(i)"]!.data[k...])
+        }
+        var program: CompiledProgram?
+        try assertCompiledMatchesInterpreter(Module(g), inputs: inputs, weights: weights, passes: ["plan-memory"],
+                                             inspect: { program = $0 })
+        let out = try program!.load().run(inputs)
+        for i in 0..<3 { XCTAssertTrue(out["one\(i)"]!.data == Array(out["two\(i)"]!.data[..<300]), "K case \(i)") }
+    }
+
     /// The AVX2 path (6 x 16 tiles), built for x86-64-v3 on any x86-64 machine.
     func testPackedWeightGEMMOnAVX2() throws {
         #if arch(x86_64)
