@@ -36,7 +36,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--fake-warmup"], value: "N", help: "--dmd-loss: the first N iterations train the fake score only (the DMD term's weight 0; default 0)"),
         OptionSpec(names: ["--adversarial-loss"], value: "W", help: "not the reference's: add W·(−mean D(final image)), backpropagated through both steps; D is the frozen teacher's features at the image noised to σ' ≤ --adversarial-sigma with small heads trained each iteration on renders of the prompts against the student's images (hinge; default 0)"),
         OptionSpec(names: ["--adversarial-sigma"], value: "S", help: "--adversarial-loss: the largest σ' at which D reads images; σ' is uniform in [S/10, S] (default 0.5)"),
-        OptionSpec(names: ["--discriminator-lr"], value: "LR", help: "--adversarial-loss: the heads' AdamW rate (default 1e-4)"),
+        OptionSpec(names: ["--discriminator-lr"], value: "LR", help: "--adversarial-loss: the heads' AdamW rate (default 1e-3)"),
         OptionSpec(names: ["--discriminator-warmup"], value: "N", help: "--adversarial-loss: the first N iterations train only the heads (the term's weight 0; default 0)"),
         OptionSpec(names: ["--eval-every"], value: "N", help: "judge 2-NFE samples of the EMA student every N iterations (default 250; 0: never)"),
         OptionSpec(names: ["--eval-prompts"], value: "N", help: "one-object prompts per evaluation (default 64)"),
