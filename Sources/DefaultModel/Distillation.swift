@@ -551,34 +551,27 @@ public struct DistillRun {
             trainer.metadata["score_sigma"] = String(r.scoreSigma)
             if r.scoreAllSteps { trainer.metadata["score_all_steps"] = "1" }
         }
-        if let fake {
+        if fake != nil {
             trainer.metadata["fake_lr"] = String(r.fakeLR)
             trainer.metadata["fake_steps"] = String(r.fakeSteps)
             trainer.metadata["fake_warmup"] = String(r.fakeWarmup)
-            // The fake's state goes beside the run's, whenever the run's is saved.
-            trainer.afterSave = { try fake.session.save(to: "\(dir)/fake.safetensors") }
         }
-        if let discriminator {
+        if discriminator != nil {
             trainer.metadata["adversarial_weight"] = String(r.adversarialWeight)
             trainer.metadata["adversarial_sigma"] = String(r.adversarialSigma)
             trainer.metadata["discriminator_lr"] = String(r.discriminatorLR)
             trainer.metadata["discriminator_warmup"] = String(r.discriminatorWarmup)
-            trainer.afterSave = { try discriminator.session.save(to: "\(dir)/discriminator.safetensors") }
         }
+        // A final-image term's own trained state (DMD's fake score, the discriminator's heads; at
+        // most one) goes beside the run's, whenever the run's is saved.
+        let side = fake.map { ($0.session, "\(dir)/fake.safetensors") } ?? discriminator.map { ($0.session, "\(dir)/discriminator.safetensors") }
+        if let (state, path) = side { trainer.afterSave = { try state.save(to: path) } }
         if let a = o.initAdapter { trainer.metadata["init_adapter"] = a }
         if o.resume, FileManager.default.fileExists(atPath: trainer.statePath!) {
             let saved = try SafeTensorsFile(path: trainer.statePath!).metadata
             for line in Self.resumeNotes(saved: saved, now: trainer.metadata) { o.log(line) }
             try trainer.resume(from: trainer.statePath!)
-            try fake?.session.restore(from: "\(dir)/fake.safetensors")
-            if let discriminator {
-                // A run that adds the term on resume (its train step already had the generator) starts fresh heads.
-                if FileManager.default.fileExists(atPath: "\(dir)/discriminator.safetensors") {
-                    try discriminator.session.restore(from: "\(dir)/discriminator.safetensors")
-                } else {
-                    o.log("note: \(dir) has no discriminator.safetensors; the discriminator's heads start fresh")
-                }
-            }
+            if let (state, path) = side { try state.restore(from: path) }
             o.log("resumed at iteration \(session.stepCount)")
         }
         return DistillRun(trainer: trainer, rollout: rollout, student: s, teacherFile: teacherFile, options: o)
