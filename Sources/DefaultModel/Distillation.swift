@@ -90,6 +90,14 @@ public struct DistillRecipe: Equatable {
     /// only them (the term's weight 0).
     public var discriminatorLR = 1e-3
     public var discriminatorWarmup = 0
+    /// Not the reference's (0: off): the weight W of a loss on the student's whole 2-step sample
+    /// from the iteration's noise against the guided teacher's `endpointSteps`-step Euler solution
+    /// from the same noise, through every step of the sample (the generator of `scoreAllSteps`):
+    /// 15·W·mean((x̂ − x̂_teacher)²). Why: `--handoff` on the deeper students shows neither step
+    /// losing alone (the teacher finishes step 1, step 2 finishes the teacher's state) but the two
+    /// composed losing 11-14 of 192 (README, session 33); π-ID fits each step's velocities and the
+    /// endpoint term each step's end, never the composition, which this term does directly.
+    public var trajectoryWeight = 0.0
     public init() {}
 
     /// The teacher's guidance scale at noise level σ.
@@ -112,7 +120,7 @@ public struct DistillRecipe: Equatable {
     /// Whether the loss graph has the endpoint inputs (either term that uses them).
     public var usesEndpoint: Bool { endpointWeight > 0 || (scoreWeight > 0 && !scoreAllSteps) }
     /// Whether the loss graph has the generator inputs.
-    public var usesGenerator: Bool { (scoreWeight > 0 && scoreAllSteps) || adversarialWeight > 0 }
+    public var usesGenerator: Bool { (scoreWeight > 0 && scoreAllSteps) || adversarialWeight > 0 || trajectoryWeight > 0 }
 
     /// The σ knots of the student's nfe steps, [σ(1), …, σ(0)], as the sampler visits them.
     public var knots: [Double] {
@@ -247,11 +255,15 @@ public final class DistillRollout: BatchProvider {
             out["gen_noise"] = noise
             out["gen_ids"] = ids
             out["gen_sigmas"] = r.knots.map(Float.init)
-            let end = try sample(noise: noise, ids: ids, weight: weight)
-            if discriminator != nil {
+            if r.trajectoryWeight > 0 {
+                out["gen_target"] = try teacherSolution(noise, from: r.knots.first!, to: r.knots.last!, ids: ids)
+                out["gen_weight"] = [Float(r.trajectoryWeight)]
+            } else if discriminator != nil {
+                let end = try sample(noise: noise, ids: ids, weight: weight)
                 out["gen_target"] = try adversarialTarget(end, ids: ids, step: step)
                 out["gen_weight"] = [Float(r.adversarialWeight(step: step))]
             } else {
+                let end = try sample(noise: noise, ids: ids, weight: weight)
                 out["gen_target"] = try scoreTarget(end, ids: ids, step: step)
                 out["gen_weight"] = [Float(r.scoreWeight(step: step))]
             }
@@ -479,6 +491,9 @@ public struct DistillRun {
         guard r.adversarialWeight == 0 || (r.scoreWeight == 0 && r.endpointWeight == 0) else {
             throw ArcError("--adversarial-loss cannot be combined with --sharpen-loss, --dmd-loss or --endpoint-loss (each sets the final image's target)")
         }
+        guard r.trajectoryWeight == 0 || (r.adversarialWeight == 0 && !(r.scoreWeight > 0 && r.scoreAllSteps)) else {
+            throw ArcError("--trajectory-loss cannot be combined with --adversarial-loss or --score-all-steps (each sets the whole sample's target)")
+        }
         guard r.adversarialSigma > 0, r.adversarialSigma <= 1, r.discriminatorLR > 0 else {
             throw ArcError("--adversarial-sigma must be in (0, 1] and --discriminator-lr positive")
         }
@@ -546,6 +561,7 @@ public struct DistillRun {
             trainer.metadata["guidance_split"] = String(r.guidanceSplit)
         }
         if r.endpointWeight > 0 { trainer.metadata["endpoint_weight"] = String(r.endpointWeight) }
+        if r.trajectoryWeight > 0 { trainer.metadata["trajectory_weight"] = String(r.trajectoryWeight) }
         if r.scoreWeight > 0 {
             trainer.metadata[r.dmd ? "dmd_weight" : "sharpen_weight"] = String(r.scoreWeight)
             trainer.metadata["score_sigma"] = String(r.scoreSigma)
@@ -583,7 +599,7 @@ public struct DistillRun {
     static let resumableSettings = ["guidance", "early_guidance", "guidance_split", "shift", "decay_iterations", "lr", "warmup",
                                     "lr_decay_start", "teacher_weights", "endpoint_weight", "sharpen_weight", "dmd_weight",
                                     "score_sigma", "score_all_steps", "fake_lr", "fake_steps", "fake_warmup", "adversarial_weight",
-                                    "adversarial_sigma", "discriminator_lr", "discriminator_warmup", "init_adapter"]
+                                    "adversarial_sigma", "discriminator_lr", "discriminator_warmup", "trajectory_weight", "init_adapter"]
 
     /// One line per setting whose value `now` differs from the saved run's (absent: "unset").
     static func resumeNotes(saved: [String: String], now: [String: String]) -> [String] {

@@ -448,6 +448,42 @@ final class DistillTests: XCTestCase {
         XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
     }
 
+    /// The trajectory term: the batch's generator target is the guided teacher's Euler sample from
+    /// the iteration's noise, as the teacher's own sampler graph (the report's) draws it from the
+    /// same pixels; the weight is the term's; it excludes the other whole-sample terms; a short run trains.
+    func testTrajectoryTermTargetIsTheTeachersSample() throws {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        var o = options(dir, teacher: teacher, iterations: 2)
+        o.recipe.trajectoryWeight = 1.5
+        o.recipe.endpointSteps = 4
+        let run = try DistillRun.prepare(o)
+        let batch = try run.rollout.batch(step: 0)
+        let c = Self.teacherConfig, b = o.recipe.batch, row = c.imageTokens * c.tokenChannels
+        XCTAssertNil(batch["endpoint"])
+        XCTAssertEqual(batch["gen_weight"], [1.5])
+        XCTAssertEqual(batch["gen_sigmas"], [1, 0.5, 0])
+        XCTAssertEqual(batch["gen_noise"], Array(batch["x_src"]![..<(b * row)]))
+        let store = TeacherGraphs.store(c, trained: try SafeTensorsStore(path: teacher))
+        let images = try Interpreter.run(try TeacherGraphs.sampler(c, weights: store, count: b, steps: 4), inputs: [
+            "noise": Tensor(.f32([b, 3, TeacherConfig.side, TeacherConfig.side]), Tokens.unpatchify(batch["gen_noise"]!, count: b, patch: c.patch)),
+            "input_ids": Tensor(.f32([b, c.text.tokens]), batch["gen_ids"]!),
+            "sigmas": Tensor(.f32([5]), Schedule.eulerSigmas(steps: 4, shift: 1).map(Float.init)),
+            "guidance_scale": Tensor(.f32([1]), [Float(o.recipe.guidance)]),
+        ], weights: { key, _ in try store.tensor(key) })["images"]!.data
+        let expected = Tokens.patchify(images, count: b, patch: c.patch), got = batch["gen_target"]!
+        XCTAssertEqual(got.count, expected.count)
+        let err = zip(got, expected).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(err, 1e-4 * max(expected.map(abs).max()!, 1), "the target is the teacher's 4-step sample")
+        for other in [{ (r: inout DistillRecipe) in r.adversarialWeight = 1 }, { r in r.scoreWeight = 1; r.scoreAllSteps = true }] {
+            var both = options("\(dir)/both", teacher: teacher, iterations: 1)
+            both.recipe.trajectoryWeight = 1
+            other(&both.recipe)
+            XCTAssertThrowsError(try DistillRun.prepare(both))
+        }
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+    }
+
     /// The adversarial term: the batch's generator target is the student's own 2-step sample moved
     /// by numel/30 times the discriminator's gradient of the heads at the iteration's start (a twin
     /// that has not rolled out recomputes it), and that gradient is the generator loss's
