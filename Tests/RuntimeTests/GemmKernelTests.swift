@@ -126,7 +126,8 @@ final class GemmKernelTests: KernelTestCase {
     }
 
     /// Matmuls whose right operand is a weight run our GEMM over packed panels: odd M, N and K;
-    /// tails of the row tile (14 or 6), the taller row blocks of a large M, the 32-column panel and the 256-deep K block (512 with bf16 compute); row blocks
+    /// tails of the row tile (14 or 6), the taller row blocks of a large M, the 32-column panel (a last panel of 1-16 columns
+    /// runs the one-vector tile: N = 33, 100, 300, 45, 40, 70) and the 256-deep K block (512 with bf16 compute); row blocks
     /// sharing the row tiles and panel groups chosen for the thread count; M = 1 (f32: its own
     /// kernel), serial and parallel, bare and fused; A
     /// batched (folded into M); both orientations; one weight read by two GEMMs; a GEMM-headed

@@ -346,9 +346,9 @@ static void af__gemm_store(const float *restrict t, int mr, float *restrict c, l
 /* The accumulators of one register tile (mr rows) into C: a whole tile straight from the
  * registers (+ bias, then the activation over the rows in place), a column tail through
  * af__gemm_store. */
-AF__INLINE void af__gemm_put(const int mr, af__gv acc[AF__GMR][AF__GNV], float *restrict c, long ldc, long ncols,
-                             int first, int last, const float *restrict bias, int act) {
-    if (ncols == AF__GW) {
+AF__INLINE void af__gemm_put(const int mr, const int nv, af__gv acc[AF__GMR][AF__GNV], float *restrict c, long ldc,
+                             long ncols, int first, int last, const float *restrict bias, int act) {
+    if (nv == AF__GNV && ncols == AF__GW) {
         /* A whole tile: straight from the registers into C (+ bias), the activation after. */
         af__gv bias_v[AF__GNV];
 #pragma GCC unroll 8
@@ -368,7 +368,7 @@ AF__INLINE void af__gemm_put(const int mr, af__gv acc[AF__GMR][AF__GNV], float *
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 8
-        for (int v = 0; v < AF__GNV; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
+        for (int v = 0; v < nv; v++) af__gst(t + r * AF__GW + v * AF__GVW, acc[r][v]);
     af__gemm_store(t, mr, c, ldc, ncols, first, last, bias, act);
 }
 
@@ -377,14 +377,14 @@ AF__INLINE void af__gemm_put(const int mr, af__gv acc[AF__GMR][AF__GNV], float *
  * starting at this tile's first column), then af__gemm_store.  mr and dt are constants at
  * every call site (af__gemm_rows), so the loops over rows and vectors unroll and the
  * accumulators live in registers. */
-AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *restrict a,
+AF__INLINE void af__gemm_tile(const int mr, const int nv, const int dt, long kc, const float *restrict a,
                               const void *restrict b, float *restrict c, long ldc, long ncols,
                               int first, int last, const float *restrict bias, int act) {
     af__gv acc[AF__GMR][AF__GNV];
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 8
-        for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gzero();
+        for (int v = 0; v < nv; v++) acc[r][v] = af__gzero();
     const float *bf = (const float *)b;
     const uint16_t *bh = (const uint16_t *)b;
     /* The C tile this one adds to (every K block after the first) was written a whole panel
@@ -404,7 +404,7 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
 #endif
         af__gv bv[AF__GNV];
 #pragma GCC unroll 8
-        for (int v = 0; v < AF__GNV; v++) {
+        for (int v = 0; v < nv; v++) {
             const long o = k * AF_GEMM_NR + v * AF__GVW;
             bv[v] = dt == 0 ? af__gld(bf + o) : dt == 1 ? af__gld_bf16(bh + o) : af__gld_f16(bh + o);
         }
@@ -417,10 +417,10 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
         for (int r = 0; r < mr; r++) {
             const af__gv av = af__gset1(ak[r]);
 #pragma GCC unroll 8
-            for (int v = 0; v < AF__GNV; v++) acc[r][v] = af__gfma(av, bv[v], acc[r][v]);
+            for (int v = 0; v < nv; v++) acc[r][v] = af__gfma(av, bv[v], acc[r][v]);
         }
     }
-    af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
+    af__gemm_put(mr, nv, acc, c, ldc, ncols, first, last, bias, act);
 }
 
 /* af__gemm_tile with mr and dt as constants: one instance per row count and storage type. */
@@ -433,7 +433,12 @@ AF__INLINE void af__gemm_tile(const int mr, const int dt, long kc, const float *
         default: break;                                                                           \
         }                                                                                         \
     }
-#define AF__GEMM_CASE(MR, DT) case MR: af__gemm_tile(MR, DT, kc, a, b, c, ldc, ncols, first, last, bias, act); break;
+/* A tile of at most one vector of valid columns (N's last panel, N mod 32 in 1..16 on AVX-512)
+ * runs one vector wide: half the FMAs of a whole tile, none of them on the padding. */
+#define AF__GEMM_CASE(MR, DT) case MR: \
+    if (AF__GNV == 2 && ncols <= AF__GVW) af__gemm_tile(MR, 1, DT, kc, a, b, c, ldc, ncols, first, last, bias, act); \
+    else af__gemm_tile(MR, AF__GNV, DT, kc, a, b, c, ldc, ncols, first, last, bias, act); \
+    break;
 #if AF__GMR == 14
 #define AF__GEMM_CASES(DT) AF__GEMM_CASE(1, DT) AF__GEMM_CASE(2, DT) AF__GEMM_CASE(3, DT) AF__GEMM_CASE(4, DT) \
     AF__GEMM_CASE(5, DT) AF__GEMM_CASE(6, DT) AF__GEMM_CASE(7, DT) AF__GEMM_CASE(8, DT) AF__GEMM_CASE(9, DT)    \
@@ -484,7 +489,7 @@ AF__INLINE void af__gemm_tile_dp(const int mr, long kc, const float *restrict a,
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
         }
     }
-    af__gemm_put(mr, acc, c, ldc, ncols, first, last, bias, act);
+    af__gemm_put(mr, AF__GNV, acc, c, ldc, ncols, first, last, bias, act);
 }
 #define AF__GEMM_DP_CASE(MR) case MR: af__gemm_tile_dp(MR, kc, a, b, c, ldc, ncols, first, last, bias, act); break;
 static void af__gemm_rows_dpbf16(int mr, long kc, const float *restrict a, const void *restrict b, float *restrict c,
@@ -1130,85 +1135,104 @@ AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int t
 #define AF_PEAK_CLOCK omp_get_wtime
 #endif
 
-/* The peak of one unit in GFLOP/s over all OpenMP threads, measured, best of five runs: unit 0
- * f32 FMAs (each thread 12 independent chains of vector FMAs, enough to cover FMA latency on two
- * pipes; ~7 ms per run with AVX-512 on Zen 4), 1 `vdpbf16ps` (AVX-512 BF16 only, the same chains:
+/* One run of a unit's peak in GFLOP/s over all OpenMP threads (its length in *seconds when not
+ * NULL), iters steps of: unit 0 f32 FMAs (each thread 12 independent chains of vector FMAs,
+ * enough to cover FMA latency on two pipes; ~7 ms per 2^21 with AVX-512 on Zen 4), 1 `vdpbf16ps` (AVX-512 BF16 only, the same chains:
  * each lane two products and two sums), 2 the AMX tile unit (four independent TDPBF16PS chains,
- * each 16 x 16 x 32 products).  Best of three ~2 ms runs read half the peak or less now and then
- * on a shared host (one vCPU descheduled for a few ms in every run), which made a GEMM read above
- * 100% of it; longer and more runs make a low reading, never a high one, rarer. */
-AF__UNUSED static double af__peak_gflops(int unit) {
+ * each 16 x 16 x 32 products). */
+AF__UNUSED static double af__peak_run(int unit, long iters, double *seconds) {
     const int bf16 = unit == 1;
     (void)bf16;   /* read only by the AVX-512 path */
-    const long iters = unit == 2 ? 1L << 14 : 1L << 21;
+    int threads = 1;
+    float sink = 0.0f;
+    const double t0 = AF_PEAK_CLOCK();
+    #pragma omp parallel reduction(+ : sink)
+    {
+        #pragma omp single
+        threads = omp_get_num_threads();
+#if AF__GEMM_AMX
+        if (unit == 2) {
+            af__amx_configure();
+            _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+            for (long i = 0; i < iters; i++) {
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_release();
+        } else
+#endif
+        {
+#if defined(__AVX512F__)
+            __m512 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
+            if (bf16) {
+#if defined(__AVX512BF16__)
+                const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+                for (long i = 0; i < iters; i++)
+                    for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
+#endif
+            } else {
+                const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+                for (long i = 0; i < iters; i++)
+                    for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+            }
+            for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
+#elif defined(__AVX2__) && defined(__FMA__)
+            const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+            __m256 a[12];
+            for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1.0f + (float)j);
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
+            float lanes[8];
+            for (int j = 0; j < 12; j++) { _mm256_storeu_ps(lanes, a[j]); for (int l = 0; l < 8; l++) sink += lanes[l]; }
+#else
+            float a[12];
+            for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j;
+            for (long i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
+            for (int j = 0; j < 12; j++) sink += a[j];
+#endif
+        }
+    }
+    const double t = AF_PEAK_CLOCK() - t0;
+#if defined(__AVX512F__)
+    const double flops = bf16 ? 64.0 : 32.0;   /* per instruction: 16 lanes × (2 products + 2 sums), or × FMA */
+#elif defined(__AVX2__) && defined(__FMA__)
+    const double flops = 16.0;
+#else
+    const double flops = 2.0;
+#endif
+    const double per_iter = unit == 2 ? 4.0 * 16.0 * 16.0 * 32.0 * 2.0 : 12.0 * flops;
+    if (seconds) *seconds = t;
+    return sink == sink ? (double)threads * (double)iters * per_iter / t / 1e9 : 0.0;
+}
+
+/* The default run length of af__peak_run: ~3-7 ms. */
+#define AF__PEAK_ITERS(unit) ((unit) == 2 ? 1L << 14 : 1L << 21)
+
+/* The peak of one unit, measured: best of five default runs.  Best of three ~2 ms runs read half
+ * the peak or less now and then on a shared host (one vCPU descheduled for a few ms in every
+ * run), which made a GEMM read above 100% of it; longer and more runs make a low reading, never
+ * a high one, rarer. */
+AF__UNUSED static double af__peak_gflops(int unit) {
     double best = 0.0;
     for (int rep = 0; rep < 5; rep++) {
-        int threads = 1;
-        float sink = 0.0f;
-        const double t0 = AF_PEAK_CLOCK();
-        #pragma omp parallel reduction(+ : sink)
-        {
-            #pragma omp single
-            threads = omp_get_num_threads();
-#if AF__GEMM_AMX
-            if (unit == 2) {
-                af__amx_configure();
-                _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-                for (long i = 0; i < iters; i++) {
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
-                _tile_release();
-            } else
-#endif
-            {
-#if defined(__AVX512F__)
-                __m512 a[12];
-                for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps(1.0f + (float)j);
-                if (bf16) {
-#if defined(__AVX512BF16__)
-                    const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
-                    for (long i = 0; i < iters; i++)
-                        for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], m, c);
-#endif
-                } else {
-                    const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
-                    for (long i = 0; i < iters; i++)
-                        for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
-                }
-                for (int j = 0; j < 12; j++) sink += _mm512_reduce_add_ps(a[j]);
-#elif defined(__AVX2__) && defined(__FMA__)
-                const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-                __m256 a[12];
-                for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps(1.0f + (float)j);
-                for (long i = 0; i < iters; i++)
-                    for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
-                float lanes[8];
-                for (int j = 0; j < 12; j++) { _mm256_storeu_ps(lanes, a[j]); for (int l = 0; l < 8; l++) sink += lanes[l]; }
-#else
-                float a[12];
-                for (int j = 0; j < 12; j++) a[j] = 1.0f + (float)j;
-                for (long i = 0; i < iters; i++)
-                    for (int j = 0; j < 12; j++) a[j] = a[j] * 0.9999999f + 1e-7f;
-                for (int j = 0; j < 12; j++) sink += a[j];
-#endif
-            }
-        }
-        const double t = AF_PEAK_CLOCK() - t0;
-#if defined(__AVX512F__)
-        const double flops = bf16 ? 64.0 : 32.0;   /* per instruction: 16 lanes × (2 products + 2 sums), or × FMA */
-#elif defined(__AVX2__) && defined(__FMA__)
-        const double flops = 16.0;
-#else
-        const double flops = 2.0;
-#endif
-        const double per_iter = unit == 2 ? 4.0 * 16.0 * 16.0 * 32.0 * 2.0 : 12.0 * flops;
-        const double gflops = (double)threads * (double)iters * per_iter / t / 1e9;
-        if (gflops > best && sink == sink) best = gflops;
+        const double g = af__peak_run(unit, AF__PEAK_ITERS(unit), NULL);
+        if (g > best) best = g;
     }
     return best;
+}
+
+/* One run of unit's peak lasting about `seconds` (Tools/gemm-bench: a GEMM's share of the peak
+ * sustained over as long as the GEMM ran, beside the best of af__peak_gflops's short runs; on a
+ * host whose clock moves within seconds, a 3 ms run catches highs that a 100 ms one averages). */
+AF__UNUSED static double af__peak_window_gflops(int unit, double seconds) {
+    double t = 0;
+    af__peak_run(unit, AF__PEAK_ITERS(unit), &t);
+    const long iters = t > 0 ? (long)((double)AF__PEAK_ITERS(unit) * seconds / t) : AF__PEAK_ITERS(unit);
+    return af__peak_run(unit, iters > 1 ? iters : 1, NULL);
 }
 
 /* The fp32 FMA peak of this machine: benchmarks report GFLOP/s against this, not against a data
