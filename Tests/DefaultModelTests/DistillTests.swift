@@ -284,15 +284,21 @@ final class DistillTests: XCTestCase {
         XCTAssertLessThan(last, 0.7 * first, "loss \(first) → \(last)")
     }
 
+    /// A 2-iteration run from the tiny teacher's file with the recipe adjusted by `configure`
+    /// (a final-image or endpoint term), and its rollout's batch at `step`.
+    func termRun(step: Int = 0, _ configure: (inout DistillRecipe) -> Void) throws
+        -> (dir: String, teacher: String, o: DistillOptions, run: DistillRun, batch: [String: [Float]]) {
+        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
+        var o = options(dir, teacher: teacher, iterations: 2)
+        configure(&o.recipe)
+        let run = try DistillRun.prepare(o)
+        return (dir, teacher, o, run, try run.rollout.batch(step: step))
+    }
+
     /// With an endpoint weight the rollout feeds each segment's teacher solution to the loss: from
     /// the noise, the first is the teacher's own Euler path to the knot; and a short run trains.
     func testEndpointLossBatchAndRun() throws {
-        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
-        var o = options(dir, teacher: teacher, iterations: 2)
-        o.recipe.endpointWeight = 2
-        o.recipe.endpointSteps = 4
-        let run = try DistillRun.prepare(o)
-        let batch = try run.rollout.batch(step: 0)
+        let (dir, teacher, o, run, batch) = try termRun { $0.endpointWeight = 2; $0.endpointSteps = 4 }
         let b = o.recipe.batch, row = Self.teacherConfig.imageTokens * Self.teacherConfig.tokenChannels
         XCTAssertEqual(batch["endpoint_weight"], [Float](repeating: 1, count: 2 * b))
         XCTAssertEqual(batch["endpoint_sigma"], [Float](repeating: 0.5, count: b) + [Float](repeating: 0, count: b))
@@ -328,12 +334,7 @@ final class DistillTests: XCTestCase {
     /// the guided teacher's x̂0 at the student's own final image noised to the drawn σ' (recomputed
     /// here from the student's segment and the teacher graph); a short run trains.
     func testSharpenLossBatchAndRun() throws {
-        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
-        var o = options(dir, teacher: teacher, iterations: 2)
-        o.recipe.scoreWeight = 2
-        o.recipe.scoreSigma = 0.4
-        let run = try DistillRun.prepare(o)
-        let batch = try run.rollout.batch(step: 1)
+        let (dir, _, o, run, batch) = try termRun(step: 1) { $0.scoreWeight = 2; $0.scoreSigma = 0.4 }
         let b = o.recipe.batch, row = Self.teacherConfig.imageTokens * Self.teacherConfig.tokenChannels
         XCTAssertEqual(batch["endpoint_weight"], [Float](repeating: 0, count: b) + [Float](repeating: 1, count: b))
         XCTAssertEqual(batch["endpoint_sigma"], [Float](repeating: 0.5, count: b) + [Float](repeating: 0, count: b))
@@ -413,12 +414,7 @@ final class DistillTests: XCTestCase {
     /// vanishes with the sample as target and is 15·W·δ² with the target moved by δ), so the
     /// gradient flows through both steps; a short run trains.
     func testScoreThroughAllStepsBatchGraphAndRun() throws {
-        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
-        var o = options(dir, teacher: teacher, iterations: 2)
-        o.recipe.scoreWeight = 2
-        o.recipe.scoreAllSteps = true
-        let run = try DistillRun.prepare(o)
-        let batch = try run.rollout.batch(step: 0)
+        let (dir, teacher, o, run, batch) = try termRun { $0.scoreWeight = 2; $0.scoreAllSteps = true }
         let c = Self.teacherConfig, b = o.recipe.batch, row = c.imageTokens * c.tokenChannels
         XCTAssertNil(batch["endpoint"])
         XCTAssertEqual(batch["gen_sigmas"], [1, 0.5, 0])
@@ -452,12 +448,7 @@ final class DistillTests: XCTestCase {
     /// the iteration's noise, as the teacher's own sampler graph (the report's) draws it from the
     /// same pixels; the weight is the term's; it excludes the other whole-sample terms; a short run trains.
     func testTrajectoryTermTargetIsTheTeachersSample() throws {
-        let dir = try temporaryFolder(), teacher = try teacherFile(dir)
-        var o = options(dir, teacher: teacher, iterations: 2)
-        o.recipe.trajectoryWeight = 1.5
-        o.recipe.endpointSteps = 4
-        let run = try DistillRun.prepare(o)
-        let batch = try run.rollout.batch(step: 0)
+        let (dir, teacher, o, run, batch) = try termRun { $0.trajectoryWeight = 1.5; $0.endpointSteps = 4 }
         let c = Self.teacherConfig, b = o.recipe.batch, row = c.imageTokens * c.tokenChannels
         XCTAssertNil(batch["endpoint"])
         XCTAssertEqual(batch["gen_weight"], [1.5])

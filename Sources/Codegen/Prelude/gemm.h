@@ -434,7 +434,7 @@ AF__INLINE void af__gemm_tile(const int mr, const int nv, const int dt, long kc,
         }                                                                                         \
     }
 /* A tile of at most one vector of valid columns (N's last panel, N mod 32 in 1..16 on AVX-512)
- * runs one vector wide: half the FMAs of a whole tile, none of them on the padding. */
+ * runs one vector wide: half the FMAs of a whole tile (a 6-column panel pads 10 lanes, not 26). */
 #define AF__GEMM_CASE(MR, DT) case MR: \
     if (AF__GNV == 2 && ncols <= AF__GVW) af__gemm_tile(MR, 1, DT, kc, a, b, c, ldc, ncols, first, last, bias, act); \
     else af__gemm_tile(MR, AF__GNV, DT, kc, a, b, c, ldc, ncols, first, last, bias, act); \
