@@ -1137,9 +1137,9 @@ AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int t
 
 /* One run of a unit's peak in GFLOP/s over all OpenMP threads (its length in *seconds when not
  * NULL), iters steps of: unit 0 f32 FMAs (each thread 12 independent chains of vector FMAs,
- * enough to cover FMA latency on two pipes; ~7 ms per 2^21 with AVX-512 on Zen 4), 1 `vdpbf16ps` (AVX-512 BF16 only, the same chains:
- * each lane two products and two sums), 2 the AMX tile unit (four independent TDPBF16PS chains,
- * each 16 x 16 x 32 products). */
+ * enough to cover FMA latency on two pipes; 2^21 steps take ~7 ms with AVX-512 on Zen 4),
+ * 1 `vdpbf16ps` (AVX-512 BF16 only, the same chains: each lane two products and two sums),
+ * 2 the AMX tile unit (four independent TDPBF16PS chains, each 16 x 16 x 32 products). */
 AF__UNUSED static double af__peak_run(int unit, long iters, double *seconds) {
     const int bf16 = unit == 1;
     (void)bf16;   /* read only by the AVX-512 path */
