@@ -98,6 +98,13 @@ public struct DistillRecipe: Equatable {
     /// composed losing 11-14 of 192 (README, session 33); π-ID fits each step's velocities and the
     /// endpoint term each step's end, never the composition, which this term does directly.
     public var trajectoryWeight = 0.0
+    /// With `trajectoryWeight`: the term's gradient reaches the last step only, run from the
+    /// student's own state at the last knot (its earlier steps without dropout, stopped), so the
+    /// earlier steps learn from π-ID alone. Why: on the whole sample the term made the first step
+    /// land closer on average but between outcomes (the teacher finishing it failed more counts),
+    /// while the second step came to finish the teacher's states better than the teacher (README,
+    /// session 34's handoff).
+    public var trajectoryLastStep = false
     public init() {}
 
     /// The teacher's guidance scale at noise level σ.
@@ -119,6 +126,9 @@ public struct DistillRecipe: Equatable {
 
     /// Whether the loss graph has the endpoint inputs (either term that uses them).
     public var usesEndpoint: Bool { endpointWeight > 0 || (scoreWeight > 0 && !scoreAllSteps) }
+    /// The steps the loss graph's generator runs (with gradient): the last only for
+    /// `trajectoryLastStep`, else all.
+    public var generatorSteps: Int { trajectoryWeight > 0 && trajectoryLastStep ? 1 : nfe }
     /// Whether the loss graph has the generator inputs.
     public var usesGenerator: Bool { (scoreWeight > 0 && scoreAllSteps) || adversarialWeight > 0 || trajectoryWeight > 0 }
 
@@ -256,6 +266,13 @@ public final class DistillRollout: BatchProvider {
             out["gen_ids"] = ids
             out["gen_sigmas"] = r.knots.map(Float.init)
             if r.trajectoryWeight > 0 {
+                var start = noise, t = 1.0
+                for size in r.segments.prefix(r.nfe - r.generatorSteps) {
+                    try studentSegment(&start, ids: ids, t: t, size: size, weight: weight)
+                    t -= size
+                }
+                out["gen_noise"] = start
+                out["gen_sigmas"] = r.knots.suffix(r.generatorSteps + 1).map(Float.init)
                 out["gen_target"] = try teacherSolution(noise, from: r.knots.first!, to: r.knots.last!, ids: ids)
                 out["gen_weight"] = [Float(r.trajectoryWeight)]
             } else if discriminator != nil {
@@ -531,7 +548,7 @@ public struct DistillRun {
                                   batch: r.batch)
         let teacher = try compile(try DistillGraphs.teacherVelocity(s.teacher, teacher: teacherStore, batch: r.batch))
         let lossGraph = try DistillGraphs.loss(s, teacher: teacherStore, adapter: adapter, evaluations: r.nfe * r.batch, intervals: r.intervals,
-                                               endpoint: r.usesEndpoint, generator: r.usesGenerator ? r.batch : nil, nfe: r.nfe)
+                                               endpoint: r.usesEndpoint, generator: r.usesGenerator ? r.batch : nil, nfe: r.generatorSteps)
         let optimizer = OptimizerConfig(adamW: AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0), maxGradNorm: o.maxGradNorm)
         let step = try OptimizerStep.build(lossGraph: lossGraph, loss: "loss", parameters: Student.trainable(s), optimizer: optimizer)
         let session = try TrainingSession(step: step, executable: try compile(step.graph, ["train_step": step.hash]), initial: weights)
@@ -562,6 +579,7 @@ public struct DistillRun {
         }
         if r.endpointWeight > 0 { trainer.metadata["endpoint_weight"] = String(r.endpointWeight) }
         if r.trajectoryWeight > 0 { trainer.metadata["trajectory_weight"] = String(r.trajectoryWeight) }
+        if r.trajectoryWeight > 0, r.trajectoryLastStep { trainer.metadata["trajectory_last_step"] = "1" }
         if r.scoreWeight > 0 {
             trainer.metadata[r.dmd ? "dmd_weight" : "sharpen_weight"] = String(r.scoreWeight)
             trainer.metadata["score_sigma"] = String(r.scoreSigma)

@@ -446,7 +446,8 @@ final class DistillTests: XCTestCase {
 
     /// The trajectory term: the batch's generator target is the guided teacher's Euler sample from
     /// the iteration's noise, as the teacher's own sampler graph (the report's) draws it from the
-    /// same pixels; the weight is the term's; it excludes the other whole-sample terms; a short run trains.
+    /// same pixels; the weight is the term's; with `trajectoryLastStep` the generator runs the last
+    /// step from the student's own first step; it excludes the other whole-sample terms; short runs train.
     func testTrajectoryTermTargetIsTheTeachersSample() throws {
         let (dir, teacher, o, run, batch) = try termRun { $0.trajectoryWeight = 1.5; $0.endpointSteps = 4 }
         let c = Self.teacherConfig, b = o.recipe.batch, row = c.imageTokens * c.tokenChannels
@@ -465,6 +466,17 @@ final class DistillTests: XCTestCase {
         XCTAssertEqual(got.count, expected.count)
         let err = zip(got, expected).map { abs($0 - $1) }.max()!
         XCTAssertLessThan(err, 1e-4 * max(expected.map(abs).max()!, 1), "the target is the teacher's 4-step sample")
+        // The last step only: the generator starts from the student's own state at σ 0.5 (its
+        // first step, no dropout), toward the same target.
+        let (_, _, _, last, lastBatch) = try termRun { $0.trajectoryWeight = 1.5; $0.endpointSteps = 4; $0.trajectoryLastStep = true }
+        var mid = batch["gen_noise"]!
+        try last.rollout.studentSegment(&mid, ids: batch["gen_ids"]!, t: 1, size: 0.5, weight: last.rollout.weight)
+        XCTAssertEqual(lastBatch["gen_noise"], mid)
+        XCTAssertNotEqual(mid, batch["gen_noise"]!)
+        XCTAssertEqual(lastBatch["gen_sigmas"], [0.5, 0])
+        XCTAssertEqual(lastBatch["gen_target"], batch["gen_target"])
+        try last.train()
+        XCTAssertTrue(last.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
         for other in [{ (r: inout DistillRecipe) in r.adversarialWeight = 1 }, { r in r.scoreWeight = 1; r.scoreAllSteps = true }] {
             var both = options("\(dir)/both", teacher: teacher, iterations: 1)
             both.recipe.trajectoryWeight = 1

@@ -28,6 +28,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--guidance-split"], value: "S", help: "the σ where --early-guidance hands over to --guidance (default 0.5)"),
         OptionSpec(names: ["--endpoint-loss"], value: "W", help: "not the reference's: also fit where the last step's policy ends to the teacher's 28-step Euler solution from its start, weight W (default 0: π-ID only)"),
         OptionSpec(names: ["--trajectory-loss"], value: "W", help: "not the reference's: also fit the student's whole 2-step sample from each iteration's noise to the guided teacher's 28-step Euler solution from the same noise, backpropagated through both steps, weight W (default 0)"),
+        OptionSpec(names: ["--trajectory-last-step"], value: nil, help: "--trajectory-loss: backpropagate through the last step only, run from the student's own state at σ 0.5 (the first step learns from π-ID alone)"),
         OptionSpec(names: ["--sharpen-loss"], value: "W", help: "not the reference's: also pull the student's final image toward the guided teacher's denoising of it, noised to σ' ≤ --score-sigma (score distillation, SDS), weight W (default 0)"),
         OptionSpec(names: ["--dmd-loss"], value: "W", help: "not the reference's: distribution matching (DMD): move the final image by the difference of a fake score (a teacher copy trained on the student's images) and the guided teacher at σ' ≤ --score-sigma, weight W (default 0)"),
         OptionSpec(names: ["--score-sigma"], value: "S", help: "the largest σ' of --sharpen-loss or --dmd-loss; σ' is uniform in [S/10, S] (default 0.5)"),
@@ -91,6 +92,10 @@ func distillDefaultCommand(_ argv: [String]) throws {
     guard o.recipe.endpointWeight >= 0 else { throw UsageError("--endpoint-loss must be at least 0", spec) }
     o.recipe.trajectoryWeight = try args.double("--trajectory-loss", spec, default: 0)!
     guard o.recipe.trajectoryWeight >= 0 else { throw UsageError("--trajectory-loss must be at least 0", spec) }
+    o.recipe.trajectoryLastStep = args.has("--trajectory-last-step")
+    guard !o.recipe.trajectoryLastStep || args.has("--trajectory-loss") else {
+        throw UsageError("--trajectory-last-step needs --trajectory-loss", spec)
+    }
     guard !(args.has("--sharpen-loss") && args.has("--dmd-loss")) else { throw UsageError("--sharpen-loss and --dmd-loss exclude each other", spec) }
     o.recipe.dmd = args.has("--dmd-loss")
     o.recipe.scoreWeight = try args.double(o.recipe.dmd ? "--dmd-loss" : "--sharpen-loss", spec, default: 0)!
@@ -127,6 +132,7 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--lora-targets"), let a = md["lora_targets"].flatMap(StudentConfig.attentionLoRA(named:)) { o.attentionLoRA = a }
         if !args.has("--endpoint-loss"), let w = md["endpoint_weight"].flatMap(Double.init) { o.recipe.endpointWeight = w }
         if !args.has("--trajectory-loss"), let w = md["trajectory_weight"].flatMap(Double.init) { o.recipe.trajectoryWeight = w }
+        if md["trajectory_last_step"] == "1" { o.recipe.trajectoryLastStep = true }
         if !args.has("--sharpen-loss"), !args.has("--dmd-loss") {
             if let w = md["sharpen_weight"].flatMap(Double.init) { o.recipe.scoreWeight = w }
             if let w = md["dmd_weight"].flatMap(Double.init) { o.recipe.scoreWeight = w; o.recipe.dmd = true }
