@@ -284,6 +284,12 @@ final class DistillTests: XCTestCase {
         XCTAssertLessThan(last, 0.7 * first, "loss \(first) → \(last)")
     }
 
+    /// Trains `run` to its end: every step's loss finite and its gradient nonzero.
+    func assertTrains(_ run: DistillRun, file: StaticString = #filePath, line: UInt = #line) throws {
+        try run.train()
+        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 }, file: file, line: line)
+    }
+
     /// A 2-iteration run from the tiny teacher's file with the recipe adjusted by `configure`
     /// (a final-image or endpoint term), and its rollout's batch at `step`.
     func termRun(step: Int = 0, _ configure: (inout DistillRecipe) -> Void) throws
@@ -312,8 +318,7 @@ final class DistillTests: XCTestCase {
         XCTAssertEqual(Array(batch["endpoint"]![..<(b * row)]), y)
         XCTAssertEqual(batch["endpoint"]?.count, 2 * b * row)
         XCTAssertNil(try DistillRun.prepare(options("\(dir)/plain", teacher: teacher, iterations: 1)).rollout.batch(step: 0)["endpoint"])
-        try run.train()
-        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        try assertTrains(run)
     }
 
     /// The score term's x̂0 predictions at the final images `end` noised with iteration `step`'s
@@ -349,8 +354,7 @@ final class DistillTests: XCTestCase {
         both.directory = "\(dir)/both"
         both.recipe.endpointWeight = 1
         XCTAssertThrowsError(try DistillRun.prepare(both)) { XCTAssertTrue("\($0)".contains("cannot be combined"), "\($0)") }
-        try run.train()
-        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        try assertTrains(run)
     }
 
     /// DMD: the last segment's target is x̂ − (x̂0_fake − x̂0_teacher) at the noised x̂, with the
@@ -440,8 +444,7 @@ final class DistillTests: XCTestCase {
         let base = try loss(target: sample, weight: 0)
         XCTAssertEqual(try loss(target: sample, weight: 1), base, accuracy: 1e-6 * base, "the graph's 2-step sample is the Swift sampler's")
         XCTAssertEqual(try loss(target: sample.map { $0 + 0.1 }, weight: 1) - base, 15 * 0.01, accuracy: 1e-3)
-        try run.train()
-        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        try assertTrains(run)
     }
 
     /// The trajectory term: the batch's generator target is the guided teacher's Euler sample from
@@ -475,16 +478,14 @@ final class DistillTests: XCTestCase {
         XCTAssertNotEqual(mid, batch["gen_noise"]!)
         XCTAssertEqual(lastBatch["gen_sigmas"], [0.5, 0])
         XCTAssertEqual(lastBatch["gen_target"], batch["gen_target"])
-        try last.train()
-        XCTAssertTrue(last.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        try assertTrains(last)
         for other in [{ (r: inout DistillRecipe) in r.adversarialWeight = 1 }, { r in r.scoreWeight = 1; r.scoreAllSteps = true }] {
             var both = options("\(dir)/both", teacher: teacher, iterations: 1)
             both.recipe.trajectoryWeight = 1
             other(&both.recipe)
             XCTAssertThrowsError(try DistillRun.prepare(both))
         }
-        try run.train()
-        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        try assertTrains(run)
     }
 
     /// The adversarial term: the batch's generator target is the student's own 2-step sample moved
@@ -629,8 +630,7 @@ final class DistillTests: XCTestCase {
         XCTAssertFalse(shipped.contains("transformer_blocks.3.attn.to_add_out"))
         XCTAssertTrue(shipped.contains("transformer_blocks.3.attn.to_out.0"))
         XCTAssertTrue(run.trainer.session.step.stateNames.contains("adapter:transformer_blocks.0.attn.to_k.lora_B.weight"))
-        try run.train()
-        XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite && $0.gradNorm > 0 })
+        try assertTrains(run)
         let s = try DistillExport.export(stateFile: "\(dir)/run/state.safetensors", teacher: Self.teacherConfig, to: "\(dir)/adapter")
         XCTAssertTrue(s.attentionLoRA)
         XCTAssertEqual(Set(try ArcFlowAdapter.load("\(dir)/adapter").lora.keys), Set(targets))
