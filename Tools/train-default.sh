@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduces the embedded default model from scratch: trains the teacher (hours of CPU), then
-# distils it into the 2-NFE ArcFlow student and the linear baseline (adapters in models/shapes/), then
-# fine-tunes the patch-4 teacher models/teacher-p4 and the deeper teacher models/teacher-deep from it
-# and distils the deeper one's students (README, "The default model's teacher"). Never run by CI.
+# Reproduces the embedded default model from scratch: trains the first teacher (hours of CPU) and
+# distils it into a 2-NFE ArcFlow student and the linear baseline (models/teacher-base), fine-tunes
+# the patch-4 teacher models/teacher-p4 from it, and grows it into the deeper teacher that is the
+# default (models/shapes), whose two students are distilled and then fine-tuned against the
+# teacher's own samples (README, "The default model's teacher"). Never run by CI.
 # Resumable: run it again after an interruption.
 #
 #   bash Tools/train-default.sh            # run folder models/shapes-run, 30000 steps (the last third annealed)
@@ -60,14 +61,14 @@ distil_students() {
 swift build -c release
 echo "== teacher: $STEPS steps in $RUN (log: $RUN/train.log; accuracy: $RUN/eval.csv)"
 logged "$RUN" nice -n 5 .build/release/arcflow train-default -o "$RUN" --steps "$STEPS" --resume --threads "$THREADS"
-# The shipped teacher: the EMA of the last evaluation, in f16, as the default-model folder
-# models/shapes (transformer/, text_encoder/, model.json; the adapters arcflow/ and linear/ are
-# written by the distillation next to them).
-.build/release/arcflow train-default -o "$RUN" --export-teacher models/shapes
+# The first teacher: the EMA of the last evaluation, in f16, as the default-model folder
+# models/teacher-base (transformer/, text_encoder/, model.json; the adapters arcflow/ and linear/ are
+# written by the distillation next to them). It was the default until session 35.
+.build/release/arcflow train-default -o "$RUN" --export-teacher models/teacher-base
 tail -n 3 "$RUN/eval.csv"
 
 # Distillation (ArcFlow K = 8, then the linear K = 1 baseline on the same recipe and budget), from
-# the shipped f16 teacher in models/shapes (the students are run on exactly those weights); each
+# the f16 teacher in models/teacher-base (the students are run on exactly those weights); each
 # resumable in its own folder, then exported as adapters.
 # The teacher ratio ρ falls from 1 to 0 over the whole run (DISTILL_RHO): with the reference's 20%
 # the paired error to the teacher rose as soon as ρ reached 0 (README, "The default model's
@@ -75,7 +76,7 @@ tail -n 3 "$RUN/eval.csv"
 DISTILL_ITERS=${DISTILL_ITERS:-3000}
 DISTILL_RHO=${DISTILL_RHO:-3000}
 DISTILL_DECAY=${DISTILL_DECAY:-2000}
-distil_students models/shapes "$RUN/distill" "" "$DISTILL_ITERS $DISTILL_RHO $DISTILL_DECAY"
+distil_students models/teacher-base "$RUN/distill" "" "$DISTILL_ITERS $DISTILL_RHO $DISTILL_DECAY"
 
 # The patch-4 teacher (256 image tokens), warm-started from the 8×8 teacher above re-patched
 # (TeacherWeights.repatched), trained at 3e-4 held to P4_DECAY, then annealed; exported in f16 as
@@ -85,7 +86,7 @@ P4_STEPS=${P4_STEPS:-7000}
 P4_DECAY=${P4_DECAY:-4500}
 echo "== patch-4 teacher: $P4_STEPS steps in $P4RUN (log: $P4RUN/train.log; accuracy: $P4RUN/eval.csv)"
 P4INIT=(--resume)
-[ -f "$P4RUN/state.safetensors" ] || P4INIT=(--init-weights models/shapes --patch 4)
+[ -f "$P4RUN/state.safetensors" ] || P4INIT=(--init-weights models/teacher-base --patch 4)
 logged "$P4RUN" nice -n 5 .build/release/arcflow train-default -o "$P4RUN" "${P4INIT[@]}" --steps "$P4_STEPS" --lr 3e-4 --warmup 200 \
   --decay-start "$P4_DECAY" --guidance 3 --threads "$THREADS"
 .build/release/arcflow train-default -o "$P4RUN" --export-teacher models/teacher-p4
@@ -94,20 +95,39 @@ tail -n 3 "$P4RUN/eval.csv"
 # the rate annealed from 1,000, LoRA on the attention projections too.
 distil_students models/teacher-p4 "$P4RUN/distill" "--lora-targets mlp+attention" "1500 3000 1000"
 
-# The deeper teacher (session 31): the 8×8 teacher above with 4 single-stream blocks added, their
-# gates shut at the start (TeacherWeights.deepened: it starts computing what models/shapes does),
-# trained at 3e-4 held to two thirds of DEEP_STEPS, then annealed; exported in f16 as
-# models/teacher-deep, the teacher of the next students (README, "The default model's teacher").
+# The deeper teacher (session 31), the default model's: the 8×8 teacher above with 4 single-stream
+# blocks added, their gates shut at the start (TeacherWeights.deepened: it starts computing what
+# models/teacher-base does), trained at 3e-4 held to two thirds of DEEP_STEPS, then annealed;
+# exported in f16 as models/shapes (README, "The default model's teacher").
 DEEPRUN="$RUN/deep"
 DEEP_STEPS=${DEEP_STEPS:-14000}
 echo "== deeper teacher: $DEEP_STEPS steps in $DEEPRUN (log: $DEEPRUN/train.log; accuracy: $DEEPRUN/eval.csv)"
 DEEPINIT=(--resume)
-[ -f "$DEEPRUN/state.safetensors" ] || DEEPINIT=(--init-weights models/shapes --single-blocks 4)
+[ -f "$DEEPRUN/state.safetensors" ] || DEEPINIT=(--init-weights models/teacher-base --single-blocks 4)
 logged "$DEEPRUN" nice -n 5 .build/release/arcflow train-default -o "$DEEPRUN" "${DEEPINIT[@]}" --steps "$DEEP_STEPS" --lr 3e-4 \
   --warmup 300 --guidance 3 --threads "$THREADS"
-.build/release/arcflow train-default -o "$DEEPRUN" --export-teacher models/teacher-deep
+.build/release/arcflow train-default -o "$DEEPRUN" --export-teacher models/shapes
 tail -n 3 "$DEEPRUN/eval.csv"
-# Its students (sessions 31-32; models/teacher-deep/arcflow and linear): session 19's recipe up to
+# Its students (sessions 31-32; models/shapes/arcflow and linear): session 19's recipe up to
 # 1,500 iterations, then resumed to 4,500 with ρ over 5,000 and the rate held to 3,500 (so the
 # resume raises ρ from 0.5 to 0.7 and the rate back to 1e-4; README, "A deeper teacher").
-distil_students models/teacher-deep "$DEEPRUN/distill" "--lora-targets mlp+attention" "1500 3000 1000" "4500 5000 3500"
+distil_students models/shapes "$DEEPRUN/distill" "--lora-targets mlp+attention" "1500 3000 1000" "4500 5000 3500"
+# Then each of them fine-tuned (session 35): LAST_ITERS more iterations from its exported adapter
+# with ρ = 0, the rate held to half of them, and the loss against the guided teacher's own 28-step
+# sample on the last step only (--trajectory-loss 1 --trajectory-last-step; README, "The last step
+# against the teacher's own sample"), seed 1 (the shipped runs'), exported over it. Resumable like
+# the stages above: the run folder keeps its own copy of the adapter it started from
+# (init-adapter/), so a second pass of this script, which re-exports the students above first,
+# resumes the same fine-tune and exports it again.
+LAST_ITERS=${LAST_ITERS:-600}
+for K in 8 1; do
+  name=$([ "$K" = 1 ] && echo linear || echo arcflow)
+  drun="$DEEPRUN/distill-$name-last"
+  echo "== last-step fine-tune of models/shapes/$name in $drun (log: $drun/train.log)"
+  logged "$drun" nice -n 5 .build/release/arcflow distill-default -o "$drun" --teacher-weights models/shapes --components "$K" \
+    --lora-targets mlp+attention --init-adapter "models/shapes/$name" --iterations "$LAST_ITERS" --decay-iterations 0 \
+    --decay-start $((LAST_ITERS / 2)) --eval-every $((LAST_ITERS / 2)) --trajectory-loss 1 --trajectory-last-step --seed 1 \
+    --resume --threads "$THREADS"
+  .build/release/arcflow distill-default -o "$drun" --export-adapter "models/shapes/$name"
+  tail -n 2 "$drun/eval.csv"
+done
