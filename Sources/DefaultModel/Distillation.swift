@@ -266,12 +266,7 @@ public final class DistillRollout: BatchProvider {
             out["gen_ids"] = ids
             out["gen_sigmas"] = r.knots.map(Float.init)
             if r.trajectoryWeight > 0 {
-                var start = noise, t = 1.0
-                for size in r.segments.prefix(r.nfe - r.generatorSteps) {
-                    try studentSegment(&start, ids: ids, t: t, size: size, weight: weight)
-                    t -= size
-                }
-                out["gen_noise"] = start
+                out["gen_noise"] = try sample(noise: noise, ids: ids, segments: r.nfe - r.generatorSteps, weight: weight)
                 out["gen_sigmas"] = r.knots.suffix(r.generatorSteps + 1).map(Float.init)
                 out["gen_target"] = try teacherSolution(noise, from: r.knots.first!, to: r.knots.last!, ids: ids)
                 out["gen_weight"] = [Float(r.trajectoryWeight)]
@@ -416,12 +411,14 @@ public final class DistillRollout: BatchProvider {
     }
 
     /// The student's 2-NFE (the recipe's nfe, or `nfe`) sampler from tokens `noise` [B, N, 4C]:
-    /// one policy evaluation per segment, each integrated in closed form to the next knot (no dropout).
-    public func sample(noise: [Float], ids: [Float], nfe: Int? = nil, weight: (String) throws -> UnsafeRawPointer) throws -> [Float] {
+    /// one policy evaluation per segment, each integrated in closed form to the next knot (no dropout);
+    /// with `segments`, only the first that many (the state where the last-step trajectory term starts).
+    public func sample(noise: [Float], ids: [Float], nfe: Int? = nil, segments: Int? = nil,
+                       weight: (String) throws -> UnsafeRawPointer) throws -> [Float] {
         var r = recipe
         if let nfe { r.nfe = nfe }
         var x = noise, t = 1.0
-        for size in r.segments {
+        for size in r.segments.prefix(segments ?? r.nfe) {
             try studentSegment(&x, ids: ids, t: t, size: size, weight: weight)
             t -= size
         }
