@@ -39,7 +39,8 @@ trap 'kill $TAIL $SENTINEL 2>/dev/null || true' EXIT
 # Distils a teacher folder's two students, ArcFlow (K = 8) and the linear baseline (K = 1), in the
 # run folders PREFIX-arcflow and PREFIX-linear, and exports them as adapters into that folder. Each
 # PHASE "ITERS RHO DECAY" resumes the run up to ITERS iterations with ρ falling over RHO and the
-# rate held to DECAY (a finished phase returns at once when run again); EXTRA: more options.
+# rate held to DECAY (a finished phase returns at once when run again); EXTRA: more options, where
+# @name stands for the student's name (arcflow or linear).
 distil_students() {
   local teacher="$1" prefix="$2" extra="$3"; shift 3
   local K name drun phase iters rho decay
@@ -51,7 +52,7 @@ distil_students() {
       read -r iters rho decay <<< "$phase"
       # shellcheck disable=SC2086 # EXTRA is a list of options
       logged "$drun" nice -n 5 .build/release/arcflow distill-default -o "$drun" --teacher-weights "$teacher" --components "$K" \
-        --iterations "$iters" --decay-iterations "$rho" --decay-start "$decay" $extra --resume --threads "$THREADS"
+        --iterations "$iters" --decay-iterations "$rho" --decay-start "$decay" ${extra//@name/$name} --resume --threads "$THREADS"
     done
     .build/release/arcflow distill-default -o "$drun" --export-adapter "$teacher/$name"
     tail -n 2 "$drun/eval.csv"
@@ -120,14 +121,5 @@ distil_students models/shapes "$DEEPRUN/distill" "--lora-targets mlp+attention" 
 # (init-adapter/), so a second pass of this script, which re-exports the students above first,
 # resumes the same fine-tune and exports it again.
 LAST_ITERS=${LAST_ITERS:-600}
-for K in 8 1; do
-  name=$([ "$K" = 1 ] && echo linear || echo arcflow)
-  drun="$DEEPRUN/distill-$name-last"
-  echo "== last-step fine-tune of models/shapes/$name in $drun (log: $drun/train.log)"
-  logged "$drun" nice -n 5 .build/release/arcflow distill-default -o "$drun" --teacher-weights models/shapes --components "$K" \
-    --lora-targets mlp+attention --init-adapter "models/shapes/$name" --iterations "$LAST_ITERS" --decay-iterations 0 \
-    --decay-start $((LAST_ITERS / 2)) --eval-every $((LAST_ITERS / 2)) --trajectory-loss 1 --trajectory-last-step --seed 1 \
-    --resume --threads "$THREADS"
-  .build/release/arcflow distill-default -o "$drun" --export-adapter "models/shapes/$name"
-  tail -n 2 "$drun/eval.csv"
-done
+distil_students models/shapes "$DEEPRUN/distill-last" "--lora-targets mlp+attention --init-adapter models/shapes/@name \
+  --trajectory-loss 1 --trajectory-last-step --seed 1 --eval-every $((LAST_ITERS / 2))" "$LAST_ITERS 0 $((LAST_ITERS / 2))"
