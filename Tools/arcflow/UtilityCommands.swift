@@ -106,3 +106,25 @@ func exampleCommand(_ argv: [String]) throws {
     }
     print(Printer.print(graph), terminator: "")
 }
+
+let averageAdaptersSpec = CommandSpec(
+    name: "average-adapters", usage: "average-adapters -o OUTDIR ADAPTERDIR ADAPTERDIR...",
+    summary: "Write the uniform average of ArcFlow adapters of one config (a model soup of fine-tunes from one start).",
+    options: [
+        OptionSpec(names: ["-o", "--output"], value: "OUTDIR", help: "adapter folder to write (config.json from the first input, f16 tensors)"),
+    ],
+    positional: ["ADAPTERDIR"],
+    details: """
+    The head and norm_out tensors are averaged. Each LoRA update is averaged exactly: the pairs are concatenated
+    along the rank (B scaled by its LoRA scale over the count), so the output's rank is the inputs' summed rank.
+    """)
+
+func averageAdaptersCommand(_ argv: [String]) throws {
+    let spec = averageAdaptersSpec
+    let args = try parseArguments(argv, spec, maxPositional: Int.max)
+    let out = try args.required("--output", spec)
+    guard args.positional.count >= 2 else { throw UsageError("give at least two adapter folders to average", spec) }
+    let records = try ArcFlowAdapter.writeAverage(of: args.positional, to: out)
+    let rank = records.first { $0.name.hasSuffix(".lora_A.weight") }?.shape.first ?? 0
+    print("wrote the average of \(args.positional.count) adapters to \(out) (\(records.count) tensors, LoRA rank \(rank), f16)")
+}

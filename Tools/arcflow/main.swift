@@ -18,6 +18,7 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (trainDefaultSpec, trainDefaultCommand),
     (reportDefaultSpec, reportDefaultCommand),
     (distillDefaultSpec, distillDefaultCommand),
+    (averageAdaptersSpec, averageAdaptersCommand),
     (randomWeightsSpec, randomWeightsCommand),
     (randomInputsSpec, randomInputsCommand),
     (exampleSpec, exampleCommand),
