@@ -10,7 +10,7 @@ final class AdapterAverageTests: XCTestCase {
 
     /// An adapter folder with K = 2, every dense key (small shapes: the loader does not check
     /// them against a model) and one LoRA module of rank `rank`, α given as a tensor if set.
-    func writeAdapter(_ dir: String, rank: Int, alpha: Float?, seed: UInt64, components: Int = 2) throws -> [String: [Float]] {
+    func writeAdapter(_ dir: String, rank: Int, alpha: Float?, seed: UInt64, components: Int = 2, shift: Double = 1) throws -> [String: [Float]] {
         var rng = SeededGenerator(seed: seed)
         var values: [String: [Float]] = [:]
         var records: [TensorRecord] = []
@@ -25,7 +25,7 @@ final class AdapterAverageTests: XCTestCase {
         if let alpha { records.append(TensorRecord(name: "\(module).alpha", dtype: .f32, shape: [], payload: .floats([alpha]))) }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try writeSafeTensors(records, to: "\(dir)/diffusion_pytorch_model.safetensors")
-        try writeAtomically("{\"_class_name\": \"ArcFluxTransformer2DModel\", \"num_gaussians\": \(components)}", to: "\(dir)/config.json")
+        try writeAtomically("{\"_class_name\": \"ArcFluxTransformer2DModel\", \"num_gaussians\": \(components), \"arcflow_shift\": \(shift)}", to: "\(dir)/config.json")
         return values
     }
 
@@ -77,6 +77,10 @@ final class AdapterAverageTests: XCTestCase {
         _ = try writeAdapter("\(root)/k3", rank: 2, alpha: nil, seed: 2, components: 3)
         XCTAssertThrowsError(try ArcFlowAdapter.writeAverage(of: ["\(root)/x", "\(root)/k3"], to: "\(root)/avg")) { error in
             XCTAssertTrue((error as? ArcError)?.message.contains("K = 3") ?? false, "\(error)")
+        }
+        _ = try writeAdapter("\(root)/shift3", rank: 2, alpha: nil, seed: 3, shift: 3)
+        XCTAssertThrowsError(try ArcFlowAdapter.writeAverage(of: ["\(root)/x", "\(root)/shift3"], to: "\(root)/avg")) { error in
+            XCTAssertTrue((error as? ArcError)?.message.contains("arcflow_shift") ?? false, "\(error)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(root)/avg"), "nothing is written for refused inputs")
     }
