@@ -249,7 +249,10 @@ typedef float af__gv;
  * alternations); for every M (session 27, Intel, 40 alternations, with AF_GEMM_TPT 1) 1.06-1.08x
  * at M = 128, 256 and 320 where N or K is 3072, 1.00-1.02x at 768 x 768 and at M = 448 and
  * 1088.  (With 4 tiles per thread a short M's single block had been packed by 8 panel groups:
- * 0.96-1.03x at M = 320 then, so M < 672 had kept 112 rows.)  AVX2 keeps 108 (not measured). */
+ * 0.96-1.03x at M = 320 then, so M < 672 had kept 112 rows.)  AVX2 keeps 108: on a Zen 3 (512 KB
+ * L2, session 37; Tools/gemm-bench/run.sh 2 2, five alternations on 2048^3 and three shapes of
+ * 2077-2397 rows) 216 and 324 rows were no better, own/OpenBLAS medians 0.91-0.95 at 108, 0.85-0.96
+ * at 216 and 0.82-0.96 at 324. */
 #ifndef AF_GEMM_MB
 #if AF__GMR == 14
 #define AF_GEMM_MB ((336L / AF__GMR) * AF__GMR)
