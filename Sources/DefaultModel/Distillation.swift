@@ -105,6 +105,9 @@ public struct DistillRecipe: Equatable {
     /// while the second step came to finish the teacher's states better than the teacher (README,
     /// session 34's handoff).
     public var trajectoryLastStep = false
+    /// `PromptSampler.shapeWeights` of the distillation prompts (nil: uniform, as the teacher
+    /// was trained).
+    public var shapeWeights: [Double]? = nil
     public init() {}
 
     /// The teacher's guidance scale at noise level σ.
@@ -231,6 +234,7 @@ public final class DistillRollout: BatchProvider {
     /// The prompts of iteration `step` (held-out pairs excluded, as in the teacher's training).
     public func prompts(step: Int) -> [Prompt] {
         var sampler = PromptSampler(seed: (recipe.seed &+ UInt64(step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ 0xD157_111D_0A2C_F10E)
+        sampler.shapeWeights = recipe.shapeWeights
         return sampler.next(recipe.batch)
     }
 
@@ -577,6 +581,7 @@ public struct DistillRun {
         if r.endpointWeight > 0 { trainer.metadata["endpoint_weight"] = String(r.endpointWeight) }
         if r.trajectoryWeight > 0 { trainer.metadata["trajectory_weight"] = String(r.trajectoryWeight) }
         if r.trajectoryWeight > 0, r.trajectoryLastStep { trainer.metadata["trajectory_last_step"] = "1" }
+        if let w = r.shapeWeights { trainer.metadata["shape_weights"] = w.map { String($0) }.joined(separator: ",") }
         if r.scoreWeight > 0 {
             trainer.metadata[r.dmd ? "dmd_weight" : "sharpen_weight"] = String(r.scoreWeight)
             trainer.metadata["score_sigma"] = String(r.scoreSigma)

@@ -38,6 +38,10 @@ public struct PromptSampler: Sendable {
     public var twoObjects = 0.4
     public var sizeGiven = 0.5
     public var positionGiven = 0.6
+    /// Relative frequencies of circle, square and triangle (nil: uniform). A student that draws
+    /// one shape worse than its teacher can be distilled on more of it (README, session 37:
+    /// triangles); with equal weights the draws are those of the uniform pick.
+    public var shapeWeights: [Double]? = nil
     private var rng: SplitMix64
 
     public init(seed: UInt64, includeHeldOut: Bool = false) {
@@ -55,7 +59,17 @@ public struct PromptSampler: Sendable {
     public mutating func next(_ count: Int) -> [Prompt] { (0..<count).map { _ in next() } }
 
     private mutating func object() -> Prompt.Object {
-        Prompt.Object(rng.pick(Prompt.Colour.allCases), rng.pick(Prompt.Shape.allCases))
+        let colour = rng.pick(Prompt.Colour.allCases)
+        guard let w = shapeWeights else { return Prompt.Object(colour, rng.pick(Prompt.Shape.allCases)) }
+        precondition(w.count == Prompt.Shape.allCases.count && w.allSatisfy { $0 >= 0 } && w.reduce(0, +) > 0,
+                     "shapeWeights: one non-negative weight per shape, not all zero")
+        // One unit() per shape, as the uniform pick draws: u·Σw against the running sums.
+        var u = rng.unit() * w.reduce(0, +)
+        for (shape, weight) in zip(Prompt.Shape.allCases, w) where weight > 0 {
+            if u < weight { return Prompt.Object(colour, shape) }
+            u -= weight
+        }
+        return Prompt.Object(colour, Prompt.Shape.allCases[w.lastIndex { $0 > 0 }!])
     }
 
     private mutating func draw() -> Prompt {

@@ -127,11 +127,22 @@ final class DefaultPipelineTests: XCTestCase {
         XCTAssertTrue(md.contains("| model | fails | count | identity | relation | size | position | passes where the teacher fails | fails where the teacher passes |"), md)
         XCTAssertTrue(md.contains("| teacher | 1 | 1 | 0 | 0 | 0 | 0 | — | — |"), md)
         XCTAssertTrue(md.contains("| student | 2 | 1 | 1 | 0 | 0 | 0 | 1/1 | 2/2 |"), md)
-        // By form: the held-out prompt lands in the column of its own object count.
+        // By form (the held-out prompt lands in the column of its own object count), then by the
+        // shapes each prompt names, counted here prompt by prompt.
         let heldOutTwo = p[2].prompt.objects.count == 2
-        XCTAssertTrue(md.contains("| model | one object, seen pairs | one object, held-out pair | two objects, seen pairs | two objects, held-out pair |"), md)
-        XCTAssertTrue(md.contains(heldOutTwo ? "| teacher | 1.00 (1/1) | — | 1.00 (1/1) | 0.00 (0/1) |" : "| teacher | 1.00 (1/1) | 0.00 (0/1) | 1.00 (1/1) | — |"), md)
-        XCTAssertTrue(md.contains(heldOutTwo ? "| student | 0.00 (0/1) | — | 0.00 (0/1) | 1.00 (1/1) |" : "| student | 0.00 (0/1) | 1.00 (1/1) | 0.00 (0/1) | — |"), md)
+        XCTAssertTrue(md.contains("| model | one object, seen pairs | one object, held-out pair | two objects, seen pairs | two objects, held-out pair "
+                                  + "| with a circle | with a square | with a triangle |"), md)
+        func byShape(_ passed: [Bool]) -> String {
+            Prompt.Shape.allCases.map { shape -> String in
+                let idx = p.indices.filter { p[$0].prompt.objects.contains { $0.shape == shape } }
+                let n = idx.filter { passed[$0] }.count
+                return idx.isEmpty ? "—" : String(format: "%.2f (%d/%d)", Double(n) / Double(idx.count), n, idx.count)
+            }.joined(separator: " | ")
+        }
+        XCTAssertTrue(md.contains((heldOutTwo ? "| teacher | 1.00 (1/1) | — | 1.00 (1/1) | 0.00 (0/1) | " : "| teacher | 1.00 (1/1) | 0.00 (0/1) | 1.00 (1/1) | — | ")
+                                  + byShape(teacher.passed) + " |"), md)
+        XCTAssertTrue(md.contains((heldOutTwo ? "| student | 0.00 (0/1) | — | 0.00 (0/1) | 1.00 (1/1) | " : "| student | 0.00 (0/1) | 1.00 (1/1) | 0.00 (0/1) | — | ")
+                                  + byShape(student.passed) + " |"), md)
         let csv = DefaultReport.verdictsCSV([teacher, student], prompts: p, seed: 5).split(separator: "\n").map(String.init)
         XCTAssertEqual(csv.count, 4)
         XCTAssertEqual(csv[0], "index,category,prompt,seed,teacher,teacher reason,student,student reason,student error")

@@ -83,6 +83,28 @@ final class PromptTests: XCTestCase {
         XCTAssertNoThrow(try Prompt.parse("a red circle above a blue circle"))
     }
 
+    /// Shape weights: equal ones draw what the uniform pick draws; (1, 1, 2) about half
+    /// triangles (before held-out pairs are redrawn); a zero weight never draws its shape.
+    func testSamplerShapeWeights() {
+        var plain = PromptSampler(seed: 7), equal = PromptSampler(seed: 7)
+        equal.shapeWeights = [1, 1, 1]
+        XCTAssertEqual(plain.next(2000), equal.next(2000))
+        var skewed = PromptSampler(seed: 7, includeHeldOut: true)
+        skewed.shapeWeights = [1, 1, 2]
+        var counts = [Prompt.Shape: Int]()
+        for p in skewed.next(5000) { for o in p.objects { counts[o.shape, default: 0] += 1 } }
+        let total = Double(counts.values.reduce(0, +))
+        XCTAssertEqual(Double(counts[.triangle] ?? 0) / total, 0.5, accuracy: 0.03, "\(counts)")
+        XCTAssertEqual(Double(counts[.circle] ?? 0) / total, 0.25, accuracy: 0.03, "\(counts)")
+        var onlyTriangles = PromptSampler(seed: 7)
+        onlyTriangles.shapeWeights = [0, 0, 1]
+        onlyTriangles.twoObjects = 0
+        for p in onlyTriangles.next(500) {
+            XCTAssertEqual(p.objects[0].shape, .triangle, "\(p)")
+            XCTAssertNotEqual(p.objects[0].colour, .green, "\(p)")
+        }
+    }
+
     func testSamplerNeverDrawsHeldOutPairsUnlessAsked() {
         var s = PromptSampler(seed: 1)
         var words = Set<String>()
