@@ -619,7 +619,8 @@ public struct DistillRun {
     static let resumableSettings = ["guidance", "early_guidance", "guidance_split", "shift", "decay_iterations", "lr", "warmup",
                                     "lr_decay_start", "teacher_weights", "endpoint_weight", "sharpen_weight", "dmd_weight",
                                     "score_sigma", "score_all_steps", "fake_lr", "fake_steps", "fake_warmup", "adversarial_weight",
-                                    "adversarial_sigma", "discriminator_lr", "discriminator_warmup", "trajectory_weight", "init_adapter"]
+                                    "adversarial_sigma", "discriminator_lr", "discriminator_warmup", "trajectory_weight", "init_adapter",
+                                    "shape_weights"]
 
     /// One line per setting whose value `now` differs from the saved run's (absent: "unset").
     static func resumeNotes(saved: [String: String], now: [String: String]) -> [String] {
