@@ -28,8 +28,8 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--guidance-split"], value: "S", help: "the σ where --early-guidance hands over to --guidance (default 0.5)"),
         OptionSpec(names: ["--endpoint-loss"], value: "W", help: "not the reference's: also fit where the last step's policy ends to the teacher's 28-step Euler solution from its start, weight W (default 0: π-ID only)"),
         OptionSpec(names: ["--trajectory-loss"], value: "W", help: "not the reference's: also fit the student's whole 2-step sample from each iteration's noise to the guided teacher's 28-step Euler solution from the same noise, backpropagated through both steps, weight W (default 0)"),
-        OptionSpec(names: ["--shape-weights"], value: "C,S,T", help: "relative frequencies of circle, square and triangle in the distillation prompts (default 1,1,1; held-out pairs stay excluded)"),
         OptionSpec(names: ["--trajectory-last-step"], value: nil, help: "--trajectory-loss: backpropagate through the last step only, run from the student's own state at σ 0.5 (the first step learns from π-ID alone)"),
+        OptionSpec(names: ["--shape-weights"], value: "C,S,T", help: "relative frequencies of circle, square and triangle in the distillation prompts (default 1,1,1; held-out pairs stay excluded)"),
         OptionSpec(names: ["--sharpen-loss"], value: "W", help: "not the reference's: also pull the student's final image toward the guided teacher's denoising of it, noised to σ' ≤ --score-sigma (score distillation, SDS), weight W (default 0)"),
         OptionSpec(names: ["--dmd-loss"], value: "W", help: "not the reference's: distribution matching (DMD): move the final image by the difference of a fake score (a teacher copy trained on the student's images) and the guided teacher at σ' ≤ --score-sigma, weight W (default 0)"),
         OptionSpec(names: ["--score-sigma"], value: "S", help: "the largest σ' of --sharpen-loss or --dmd-loss; σ' is uniform in [S/10, S] (default 0.5)"),
@@ -94,15 +94,15 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.recipe.trajectoryWeight = try args.double("--trajectory-loss", spec, default: 0)!
     guard o.recipe.trajectoryWeight >= 0 else { throw UsageError("--trajectory-loss must be at least 0", spec) }
     o.recipe.trajectoryLastStep = args.has("--trajectory-last-step")
-    if let w = args.value("--shape-weights") {
-        let v = w.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
-        guard v.count == 3, v.allSatisfy({ ($0 ?? -1) >= 0 }), v.reduce(0, { $0 + ($1 ?? 0) }) > 0 else {
-            throw UsageError("--shape-weights takes three non-negative numbers (circle, square, triangle), not all zero; got '\(w)'", spec)
-        }
-        o.recipe.shapeWeights = v.map { $0! }
-    }
     guard !o.recipe.trajectoryLastStep || args.has("--trajectory-loss") else {
         throw UsageError("--trajectory-last-step needs --trajectory-loss", spec)
+    }
+    if let w = args.value("--shape-weights") {
+        let v = w.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard v.count == 3, v.allSatisfy({ ($0 ?? -1) >= 0 && $0!.isFinite }), v.reduce(0, { $0 + ($1 ?? 0) }) > 0 else {
+            throw UsageError("--shape-weights takes three finite non-negative numbers (circle, square, triangle), not all zero; got '\(w)'", spec)
+        }
+        o.recipe.shapeWeights = v.map { $0! }
     }
     guard !(args.has("--sharpen-loss") && args.has("--dmd-loss")) else { throw UsageError("--sharpen-loss and --dmd-loss exclude each other", spec) }
     o.recipe.dmd = args.has("--dmd-loss")
