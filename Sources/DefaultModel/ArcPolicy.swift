@@ -139,4 +139,29 @@ public enum Tokens {
         }
         return out
     }
+
+    /// Per-element weights for tokens [B, N, 3p²] (`DistillRecipe.edgeWeight`): 1 + `boost` at
+    /// the pixels that differ from a 4-neighbour by more than `threshold` in some channel, 1
+    /// elsewhere, the same in all three channels, scaled to mean 1 per image.
+    public static func edgeWeights(_ tokens: [Float], count: Int, patch p: Int, boost: Float, threshold: Float) -> [Float] {
+        let s = TeacherConfig.side, plane = s * s
+        let images = unpatchify(tokens, count: count, patch: p)
+        var weights = [Float](repeating: 0, count: images.count)
+        for n in 0..<count {
+            let image = images[(n * 3 * plane)...].prefix(3 * plane)
+            func differs(_ y: Int, _ x: Int, _ y2: Int, _ x2: Int) -> Bool {
+                guard y2 >= 0, y2 < s, x2 >= 0, x2 < s else { return false }
+                return (0..<3).contains { c in abs(image[image.startIndex + c * plane + y * s + x] - image[image.startIndex + c * plane + y2 * s + x2]) > threshold }
+            }
+            var w = [Float](repeating: 1, count: plane)
+            for y in 0..<s {
+                for x in 0..<s where differs(y, x, y - 1, x) || differs(y, x, y + 1, x) || differs(y, x, y, x - 1) || differs(y, x, y, x + 1) {
+                    w[y * s + x] += boost
+                }
+            }
+            let mean = w.reduce(0, +) / Float(plane)
+            for c in 0..<3 { for i in 0..<plane { weights[n * 3 * plane + c * plane + i] = w[i] / mean } }
+        }
+        return patchify(weights, count: count, patch: p)
+    }
 }

@@ -130,9 +130,11 @@ public enum DistillGraphs {
     /// With `generator` (B; not the reference's: `DistillRecipe.scoreAllSteps`), the student's
     /// whole `nfe`-step sample from `gen_noise` [B, N, 4C] (prompts `gen_ids`, knots `gen_sigmas`)
     /// is built too, with gradient through every step, and 15 · gen_weight · mean((x̂ − gen_target)²)
-    /// is added.
+    /// is added. With `pixelWeights`, an input `gen_pixel_weight` [B, N, 4C] weights that squared
+    /// error element by element (`DistillRecipe.edgeWeight`).
     public static func loss(_ s: StudentConfig, teacher: WeightStore, adapter: ArcFlowAdapter, evaluations m: Int, intervals: Int,
-                            meanVelocity: Bool = false, endpoint: Bool = false, generator: Int? = nil, nfe: Int = 2) throws -> Graph {
+                            meanVelocity: Bool = false, endpoint: Bool = false, generator: Int? = nil, nfe: Int = 2,
+                            pixelWeights: Bool = false) throws -> Graph {
         let b = GraphBuilder(name: "distill_loss_k\(s.components)")
         let c = s.teacher, n = c.imageTokens, ch = s.channels, i = intervals
         let x = b.input("x_src", .f32([m, n, ch]))
@@ -175,7 +177,8 @@ public enum DistillGraphs {
                 y = y - (from - to).reshaped([g, 1, 1]) * step(from.reshaped([g, 1]), to.reshaped([g, 1]), 1).reshaped([g, n, ch])
             }
             let e = y - genTarget
-            total = total + b.reduce(.reduce_mean, e * e, axes: [0, 1, 2]).reshaped([1]) * genWeight
+            let squared = pixelWeights ? e * e * b.input("gen_pixel_weight", .f32([g, n, ch])) : e * e
+            total = total + b.reduce(.reduce_mean, squared, axes: [0, 1, 2]).reshaped([1]) * genWeight
         }
         b.output("loss", total * lossScale)
         return try b.finish()

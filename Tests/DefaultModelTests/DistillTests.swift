@@ -488,6 +488,69 @@ final class DistillTests: XCTestCase {
         try assertTrains(run)
     }
 
+    /// `Tokens.edgeWeights` on a flat image with one 10×10 square: the 36 border pixels inside it
+    /// and the 40 outside (4-neighbours: no corners) weigh 1 + A, all others 1, scaled to mean 1;
+    /// a difference at the threshold or under marks nothing; each image is scaled on its own.
+    func testEdgeWeightsMarkColourEdges() {
+        let s = TeacherConfig.side, plane = s * s, a: Float = 4
+        var images = [Float](repeating: -1, count: 2 * 3 * plane)
+        for y in 20..<30 { for x in 30..<40 { images[plane + y * s + x] = 0.5; images[3 * plane + 2 * plane + y * s + x] = -0.75 } }
+        let w = Tokens.unpatchify(Tokens.edgeWeights(Tokens.patchify(images, count: 2, patch: 8), count: 2, patch: 8, boost: a, threshold: 0.3),
+                                  count: 2, patch: 8)
+        let mean = (Float(plane) + 76 * a) / Float(plane)
+        func edge(_ y: Int, _ x: Int) -> Bool {
+            let inside = (20..<30).contains(y) && (30..<40).contains(x)
+            let ring = (y == 20 || y == 29 || x == 30 || x == 39)
+            let outside = ((y == 19 || y == 30) && (30..<40).contains(x)) || ((x == 29 || x == 40) && (20..<30).contains(y))
+            return (inside && ring) || outside
+        }
+        for c in 0..<3 {
+            for y in 0..<s {
+                for x in 0..<s {
+                    XCTAssertEqual(w[c * plane + y * s + x], (edge(y, x) ? 1 + a : 1) / mean, accuracy: 1e-6, "image 0 (\(c), \(y), \(x))")
+                    XCTAssertEqual(w[3 * plane + c * plane + y * s + x], 1, accuracy: 1e-6, "image 1: a step of 0.25 is no edge")
+                }
+            }
+        }
+    }
+
+    /// `edgeWeight`: the batch carries `Tokens.edgeWeights` of the trajectory target, and the loss
+    /// graph weights the term's squared error by it element by element (ones: the unweighted loss;
+    /// a target moved by δ where the weight is 3 and 0 elsewhere: 15·W·mean(3δ² over that part));
+    /// it needs the trajectory term; a short run trains.
+    func testTrajectoryEdgeWeight() throws {
+        let (dir, teacher, o, run, batch) = try termRun { $0.trajectoryWeight = 1; $0.trajectoryLastStep = true; $0.endpointSteps = 4; $0.edgeWeight = 4 }
+        let c = Self.teacherConfig, b = o.recipe.batch
+        XCTAssertEqual(batch["gen_pixel_weight"], Tokens.edgeWeights(batch["gen_target"]!, count: b, patch: c.patch, boost: 4,
+                                                                     threshold: DistillRecipe.edgeThreshold))
+        let adapter = try ArcFlowAdapter.load("\(dir)/init-adapter")
+        let teacherStore = TeacherGraphs.store(c, trained: try SafeTensorsStore(path: teacher))
+        let store = StudentWeights(teacher: teacherStore, adapter: adapter.store)
+        func loss(pixelWeights: Bool, target: [Float], weights: [Float]? = nil) throws -> Double {
+            let graph = try DistillGraphs.loss(run.student, teacher: teacherStore, adapter: adapter, evaluations: 2 * b, intervals: o.recipe.intervals,
+                                               generator: b, nfe: 1, pixelWeights: pixelWeights)
+            var inputs = batch
+            inputs["gen_target"] = target
+            inputs["gen_pixel_weight"] = weights
+            let tensors = Dictionary(uniqueKeysWithValues: graph.inputs.map { id in
+                (graph.nodes[id].name!, Tensor(graph.nodes[id].type, inputs[graph.nodes[id].name!]!))
+            })
+            return Double(try Interpreter.run(graph, inputs: tensors, weights: { key, _ in try store.tensor(key) })["loss"]!.data[0])
+        }
+        let n = batch["gen_target"]!.count
+        var mid = batch["gen_noise"]!
+        try run.rollout.studentSegment(&mid, ids: batch["gen_ids"]!, t: 0.5, size: 0.5, weight: run.rollout.weight)
+        let plain = try loss(pixelWeights: false, target: batch["gen_target"]!)
+        XCTAssertEqual(try loss(pixelWeights: true, target: batch["gen_target"]!, weights: [Float](repeating: 1, count: n)), plain, accuracy: 1e-6 * plain)
+        let half = (0..<n).map { $0 < n / 2 ? Float(3) : 0 }
+        XCTAssertEqual(try loss(pixelWeights: true, target: mid.enumerated().map { $0.offset < n / 2 ? $0.element + 0.1 : $0.element }, weights: half)
+                       - (try loss(pixelWeights: true, target: mid, weights: half)), 15 * 0.5 * 3 * 0.01, accuracy: 1e-3)
+        try assertTrains(run)
+        var without = options("\(dir)/none", teacher: teacher, iterations: 1)
+        without.recipe.edgeWeight = 1
+        XCTAssertThrowsError(try DistillRun.prepare(without))
+    }
+
     /// The adversarial term: the batch's generator target is the student's own 2-step sample moved
     /// by numel/30 times the discriminator's gradient of the heads at the iteration's start (a twin
     /// that has not rolled out recomputes it), and that gradient is the generator loss's

@@ -29,6 +29,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--endpoint-loss"], value: "W", help: "not the reference's: also fit where the last step's policy ends to the teacher's 28-step Euler solution from its start, weight W (default 0: π-ID only)"),
         OptionSpec(names: ["--trajectory-loss"], value: "W", help: "not the reference's: also fit the student's whole 2-step sample from each iteration's noise to the guided teacher's 28-step Euler solution from the same noise, backpropagated through both steps, weight W (default 0)"),
         OptionSpec(names: ["--trajectory-last-step"], value: nil, help: "--trajectory-loss: backpropagate through the last step only, run from the student's own state at σ 0.5 (the first step learns from π-ID alone)"),
+        OptionSpec(names: ["--edge-weight"], value: "A", help: "--trajectory-loss: weight its squared error 1 + A at the colour edges of the teacher's solution, 1 elsewhere, mean 1 per image (default 0: uniform)"),
         OptionSpec(names: ["--shape-weights"], value: "C,S,T", help: "relative frequencies of circle, square and triangle in the distillation prompts (default 1,1,1; held-out pairs stay excluded)"),
         OptionSpec(names: ["--sharpen-loss"], value: "W", help: "not the reference's: also pull the student's final image toward the guided teacher's denoising of it, noised to σ' ≤ --score-sigma (score distillation, SDS), weight W (default 0)"),
         OptionSpec(names: ["--dmd-loss"], value: "W", help: "not the reference's: distribution matching (DMD): move the final image by the difference of a fake score (a teacher copy trained on the student's images) and the guided teacher at σ' ≤ --score-sigma, weight W (default 0)"),
@@ -97,6 +98,9 @@ func distillDefaultCommand(_ argv: [String]) throws {
     guard !o.recipe.trajectoryLastStep || args.has("--trajectory-loss") else {
         throw UsageError("--trajectory-last-step needs --trajectory-loss", spec)
     }
+    o.recipe.edgeWeight = try args.double("--edge-weight", spec, default: 0)!
+    guard o.recipe.edgeWeight >= 0, o.recipe.edgeWeight.isFinite else { throw UsageError("--edge-weight must be a finite number at least 0", spec) }
+    guard o.recipe.edgeWeight == 0 || o.recipe.trajectoryWeight > 0 else { throw UsageError("--edge-weight needs --trajectory-loss", spec) }
     if let w = args.value("--shape-weights") {
         let v = w.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
         guard v.count == 3, v.allSatisfy({ ($0 ?? -1) >= 0 && $0!.isFinite }), v.reduce(0, { $0 + ($1 ?? 0) }) > 0 else {
@@ -141,6 +145,7 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--endpoint-loss"), let w = md["endpoint_weight"].flatMap(Double.init) { o.recipe.endpointWeight = w }
         if !args.has("--trajectory-loss"), let w = md["trajectory_weight"].flatMap(Double.init) { o.recipe.trajectoryWeight = w }
         if md["trajectory_last_step"] == "1" { o.recipe.trajectoryLastStep = true }
+        if !args.has("--edge-weight"), let w = md["edge_weight"].flatMap(Double.init) { o.recipe.edgeWeight = w }
         if !args.has("--sharpen-loss"), !args.has("--dmd-loss") {
             if let w = md["sharpen_weight"].flatMap(Double.init) { o.recipe.scoreWeight = w }
             if let w = md["dmd_weight"].flatMap(Double.init) { o.recipe.scoreWeight = w; o.recipe.dmd = true }
