@@ -12,7 +12,8 @@ extension ArcFlowAdapter {
     /// (whose product is not the mean of the products): the pairs are concatenated along the
     /// rank, A's rows stacked and B's columns side by side with B scaled by s/n, so the result
     /// has the summed rank and scale 1 (α = r, no `.alpha` tensors), and applies unchanged.
-    public static func average(_ adapters: [ArcFlowAdapter]) throws -> [TensorRecord] {
+    /// The records are stored as `dtype` (the values are computed in f32 either way).
+    public static func average(_ adapters: [ArcFlowAdapter], dtype: DType = .f32) throws -> [TensorRecord] {
         guard let first = adapters.first else { throw ArcError("average: no adapters") }
         let n = Float(adapters.count)
         for a in adapters.dropFirst() {
@@ -36,7 +37,7 @@ extension ArcFlowAdapter {
             }
             var sum = [Float](repeating: 0, count: ts[0].data.count)
             for t in ts { for i in sum.indices { sum[i] += t.data[i] } }
-            records.append(TensorRecord(name: key, dtype: .f32, shape: ts[0].type.shape, payload: .floats(sum.map { $0 / n })))
+            records.append(TensorRecord(name: key, dtype: dtype, shape: ts[0].type.shape, payload: .floats(sum.map { $0 / n })))
         }
         for module in first.lora.keys.sorted() {
             var aRows: [Float] = [], bParts: [(rank: Int, values: [Float])] = []
@@ -62,8 +63,8 @@ extension ArcFlowAdapter {
                 for o in 0..<outFeatures { for j in 0..<part.rank { b[o * rank + column + j] = part.values[o * part.rank + j] } }
                 column += part.rank
             }
-            records.append(TensorRecord(name: module + ".lora_A.weight", dtype: .f32, shape: [rank, inFeatures], payload: .floats(aRows)))
-            records.append(TensorRecord(name: module + ".lora_B.weight", dtype: .f32, shape: [outFeatures, rank], payload: .floats(b)))
+            records.append(TensorRecord(name: module + ".lora_A.weight", dtype: dtype, shape: [rank, inFeatures], payload: .floats(aRows)))
+            records.append(TensorRecord(name: module + ".lora_B.weight", dtype: dtype, shape: [outFeatures, rank], payload: .floats(b)))
         }
         return records
     }
@@ -73,7 +74,7 @@ extension ArcFlowAdapter {
     /// each atomically.
     public static func writeAverage(of inputs: [String], to output: String, dtype: DType = .f16) throws -> [TensorRecord] {
         let adapters = try inputs.map { try ArcFlowAdapter.load($0) }
-        let records = try average(adapters).map { TensorRecord(name: $0.name, dtype: dtype, shape: $0.shape, payload: $0.payload) }
+        let records = try average(adapters, dtype: dtype)
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         try writeSafeTensors(records, metadata: ["policy_config": "{\"type\": \"ArcFlow\"}"], to: "\(output)/diffusion_pytorch_model.safetensors")
         try writeAtomically(try Data(contentsOf: URL(fileURLWithPath: "\(inputs[0])/config.json")), to: "\(output)/config.json")
