@@ -22,8 +22,8 @@ extension ArcFlowAdapter {
             }
             // The output takes the first input's config.json: a student distilled for another
             // σ schedule or prediction is another model, not a neighbour to average with.
-            guard a.shift == first.shift, a.prediction == first.prediction else {
-                throw ArcError("average: \(a.directory) and \(first.directory) differ in config.json's arcflow_shift or arcflow_prediction")
+            guard a.shift == first.shift, a.timestepRatio == first.timestepRatio, a.prediction == first.prediction else {
+                throw ArcError("average: \(a.directory) and \(first.directory) differ in config.json's arcflow_shift, arcflow_timestep_ratio or arcflow_prediction")
             }
             guard a.dense == first.dense, Set(a.lora.keys) == Set(first.lora.keys) else {
                 throw ArcError("average: \(a.directory) and \(first.directory) hold different tensors (other LoRA targets or head)")

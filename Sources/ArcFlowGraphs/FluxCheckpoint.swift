@@ -174,6 +174,11 @@ public struct ArcFlowAdapter {
     /// Ours (`"arcflow_shift"`): the σ-schedule shift the student was distilled at; the
     /// sampler's default when no --shift is given.
     public var shift: Double?
+    /// Ours (`"arcflow_timestep_ratio"`): the reference's timestep_ratio r the student was
+    /// distilled with, the last step's share of raw time (`Schedule.arcSigmas`); nil: 1, as
+    /// every reference checkpoint. Another r puts the middle knot elsewhere, so a student must
+    /// be sampled with the r it learnt its steps at.
+    public var timestepRatio: Double?
     /// Ours (`"arcflow_prediction"`): what `proj_out_means` predicts; nil: as the base transformer.
     public var prediction: FluxConfig.Prediction?
 
@@ -228,13 +233,14 @@ public struct ArcFlowAdapter {
             throw ArcError("\(configPath): unknown _class_name '\(name)' (expected \(expected))")
         }
         guard let k = json["num_gaussians"] as? Int, k >= 1 else { throw ArcError("\(configPath): 'num_gaussians' must be a positive integer") }
-        var shift: Double?
-        if let raw = json["arcflow_shift"] {
+        func positive(_ key: String) throws -> Double? {
+            guard let raw = json[key] else { return nil }
             guard let v = (raw as? NSNumber).map(\.doubleValue), v.isFinite, v > 0 else {
-                throw ArcError("\(configPath): 'arcflow_shift' must be a positive number, got \(oneLineJSON(raw))")
+                throw ArcError("\(configPath): '\(key)' must be a positive number, got \(oneLineJSON(raw))")
             }
-            shift = v
+            return v
         }
+        let shift = try positive("arcflow_shift"), timestepRatio = try positive("arcflow_timestep_ratio")
         let prediction: FluxConfig.Prediction? = try FluxConfig.ourKey(json, "arcflow_prediction", path: configPath)
         if let lw = json["logweights_channels"] as? Int, lw != 4 {
             throw ArcError("\(configPath): logweights_channels \(lw) is not supported (one logit per 2×2 sub-position: 4)")
@@ -275,7 +281,8 @@ public struct ArcFlowAdapter {
         let required = k == 1 ? denseKeys.filter { !$0.hasPrefix("proj_out_loggamma.") } : denseKeys
         let missing = required.subtracting(dense).sorted()
         if !missing.isEmpty { throw ArcError("\(path): missing \(missing.joined(separator: ", "))") }
-        var adapter = ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense, shift: shift, prediction: prediction)
+        var adapter = ArcFlowAdapter(directory: dir, components: k, store: store, lora: lora, dense: dense, shift: shift,
+                                      timestepRatio: timestepRatio, prediction: prediction)
         adapter.peftAlpha = try peftConfig(dir: dir, metadata: file.files[0].metadata, path: path)
         if let p = adapter.peftAlpha, !lora.values.contains(where: { $0.alpha != nil }) {
             adapter.notes.append("LoRA α = \(p.alpha)\(p.pattern.isEmpty ? "" : " (\(p.pattern.count) per-module α)")\(p.rsLoRA ? ", rsLoRA" : "") from \(p.source): "

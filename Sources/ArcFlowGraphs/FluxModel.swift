@@ -117,7 +117,7 @@ public enum FluxModel {
         let config = checkpoint.config, c = config.latentChannels
         let prediction = adapter?.prediction ?? config.prediction
         let shift = o.shift ?? adapter?.shift ?? Schedule.shift
-        let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: shift)
+        let sigmas = o.sigmas ?? (o.sampler == .arc ? Schedule.arcSigmas(steps: steps, timestepRatio: adapter?.timestepRatio ?? 1, shift: shift)
                                                    : Schedule.eulerSigmas(steps: steps, shift: shift))
         if sigmas.count != steps + 1 || sigmas.last != 0 || !sigmas.allSatisfy(\.isFinite) {
             throw ArcError("the σ schedule must have \(steps + 1) finite knots ending in 0, got \(sigmas)")

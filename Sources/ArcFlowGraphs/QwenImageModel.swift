@@ -66,7 +66,7 @@ public enum QwenImageModel {
         let steps = try validate(o, adapter: adapter)
         let (b, net, noise, context, negative) = try setUp("qwen_image_\(o.sampler.rawValue)\(steps)", "noise", checkpoint, adapter, o)
         let shift = o.shift ?? Schedule.shift
-        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps, shift: shift) : Schedule.eulerSigmas(steps: steps, shift: shift)
+        let sigmas = o.sampler == .arc ? Schedule.arcSigmas(steps: steps, timestepRatio: adapter?.timestepRatio ?? 1, shift: shift) : Schedule.eulerSigmas(steps: steps, shift: shift)
         let c = checkpoint.config.latentChannels
         let cfg = o.trueCFGScale.map { o.trueCFGScaleInput ? b.input(trueCFGScaleInput, .f32([1])) : b.scalar(Float($0)) }
         var x = net.grid.pack(noise)

@@ -21,7 +21,10 @@ import Training
 public struct DistillRecipe: Equatable {
     public var batch = 8
     public var nfe = 2
-    /// The last segment's share (reference: keep 1.0).
+    /// The reference's timestep_ratio r: the last segment's share of raw time, r/(N − 1 + r)
+    /// (reference: keep 1.0; 2 steps meet at σ 0.5). Ours to vary: where the two steps meet
+    /// decides how much of the image the last step draws; the adapter records it
+    /// (`arcflow_timestep_ratio`) so the sampler takes the same knots.
     public var timestepRatio = 1.0
     public var intervals = 4
     /// The σ warp's shift. 1 (no warp) here: the teacher was trained with logit-normal σ and is
@@ -143,11 +146,8 @@ public struct DistillRecipe: Equatable {
     /// Whether the loss graph has the generator inputs.
     public var usesGenerator: Bool { (scoreWeight > 0 && scoreAllSteps) || adversarialWeight > 0 || trajectoryWeight > 0 }
 
-    /// The σ knots of the student's nfe steps, [σ(1), …, σ(0)], as the sampler visits them.
-    public var knots: [Double] {
-        var t = 1.0
-        return [warp(t)] + segments.map { t -= $0; return warp(t) }
-    }
+    /// The σ knots of the student's nfe steps, [σ(1), …, 0], the compiled sampler's own.
+    public var knots: [Double] { Schedule.arcSigmas(steps: nfe, timestepRatio: timestepRatio, shift: shift) }
 
     /// ρ of 0-based iteration `step`.
     public func teacherRatio(step: Int) -> Double {
@@ -427,13 +427,15 @@ public final class DistillRollout: BatchProvider {
         return (sigmas, rng.normals(recipe.batch * tokens * channels), rng)
     }
 
-    /// The student's 2-NFE (the recipe's nfe, or `nfe`) sampler from tokens `noise` [B, N, 4C]:
-    /// one policy evaluation per segment, each integrated in closed form to the next knot (no dropout);
-    /// with `segments`, only the first that many (the state where the last-step trajectory term starts).
-    public func sample(noise: [Float], ids: [Float], nfe: Int? = nil, segments: Int? = nil,
+    /// The student's 2-NFE (the recipe's nfe, or `nfe`; the recipe's timestep ratio, or
+    /// `timestepRatio`) sampler from tokens `noise` [B, N, 4C]: one policy evaluation per segment,
+    /// each integrated in closed form to the next knot (no dropout); with `segments`, only the
+    /// first that many (the state where the last-step trajectory term starts).
+    public func sample(noise: [Float], ids: [Float], nfe: Int? = nil, timestepRatio: Double? = nil, segments: Int? = nil,
                        weight: (String) throws -> UnsafeRawPointer) throws -> [Float] {
         var r = recipe
         if let nfe { r.nfe = nfe }
+        if let timestepRatio { r.timestepRatio = timestepRatio }
         var x = noise, t = 1.0
         for size in r.segments.prefix(segments ?? r.nfe) {
             try studentSegment(&x, ids: ids, t: t, size: size, weight: weight)
@@ -516,6 +518,7 @@ public struct DistillRun {
         guard s.components >= 1 else { throw ArcError("--components must be at least 1, got \(s.components)") }
         guard r.batch >= 1, r.intervals >= 1, r.nfe >= 1 else { throw ArcError("--batch must be at least 1") }
         guard r.shift > 0 else { throw ArcError("--shift must be positive, got \(r.shift)") }
+        guard r.timestepRatio > 0, r.timestepRatio.isFinite else { throw ArcError("--timestep-ratio must be positive, got \(r.timestepRatio)") }
         guard r.endpointWeight == 0 || r.scoreWeight == 0 else { throw ArcError("--endpoint-loss cannot be combined with --sharpen-loss or --dmd-loss (each sets the loss's endpoint)") }
         guard r.scoreSigma > 0, r.scoreSigma <= 1 else { throw ArcError("--score-sigma must be in (0, 1], got \(r.scoreSigma)") }
         guard r.fakeSteps >= 1, r.fakeLR > 0 else { throw ArcError("--fake-steps must be at least 1 and --fake-lr positive") }
@@ -538,7 +541,7 @@ public struct DistillRun {
                 let store = try ArcFlowAdapter.load(dir).store
                 return try Dictionary(uniqueKeysWithValues: Student.layout(s).map { key, _ in (key, try store.tensor(key)) })
             } ?? Student.initialAdapter(s, teacher: teacherFile)
-            try Student.writeAdapter(start, s, shift: r.shift, dtype: .f32, to: initDir)
+            try Student.writeAdapter(start, s, shift: r.shift, timestepRatio: r.timestepRatio, dtype: .f32, to: initDir)
         }
         let adapter = try ArcFlowAdapter.load(initDir)
         // The folder's init must be this student's (K, rank, LoRA targets): another run's would be
@@ -585,7 +588,8 @@ public struct DistillRun {
         config.karrasEMAOffset = o.warmup
         let trainer = Trainer(session: session, batches: rollout, config: config, directory: dir)
         trainer.metadata = ["model": "shapes-arcflow-student", "components": String(s.components), "rank": String(s.rank),
-                            "lora_targets": s.loraTargetsName, "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
+                            "lora_targets": s.loraTargetsName, "shift": String(r.shift),
+                            "timestep_ratio": String(r.timestepRatio), "guidance": String(r.guidance), "batch": String(r.batch),
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights, "teacher_shape": TeacherShape.metadata(s.teacher.shape)]
@@ -636,7 +640,7 @@ public struct DistillRun {
                                     "lr_decay_start", "teacher_weights", "endpoint_weight", "sharpen_weight", "dmd_weight",
                                     "score_sigma", "score_all_steps", "fake_lr", "fake_steps", "fake_warmup", "adversarial_weight",
                                     "adversarial_sigma", "discriminator_lr", "discriminator_warmup", "trajectory_weight", "init_adapter",
-                                    "shape_weights", "edge_weight"]
+                                    "shape_weights", "edge_weight", "timestep_ratio"]
 
     /// One line per setting whose value `now` differs from the saved run's (absent: "unset").
     static func resumeNotes(saved: [String: String], now: [String: String]) -> [String] {
@@ -788,7 +792,9 @@ public enum DistillExport {
                 tensors[key] = Tensor(.f32(shape), [Float](repeating: 0, count: shape.reduce(1, *)))
             }
         }
-        try Student.writeAdapter(tensors, s, shift: shift, dtype: .f16, to: dir)
+        // States written before the option have no timestep_ratio: the reference's 1.
+        let ratio = md["timestep_ratio"].flatMap(Double.init) ?? 1
+        try Student.writeAdapter(tensors, s, shift: shift, timestepRatio: ratio, dtype: .f16, to: dir)
         return s
     }
 }

@@ -155,9 +155,10 @@ public enum Student {
         }
     }
 
-    /// The adapter's `config.json` (§5.2) plus our two keys: the shift the student was distilled
-    /// at and that its head predicts x0 means (velocity means are (x_src − m_k)/σ_src).
-    public static func configJSON(_ s: StudentConfig, shift: Double) -> String {
+    /// The adapter's `config.json` (§5.2) plus our keys: the shift and timestep ratio the student
+    /// was distilled at (its knots) and that its head predicts x0 means (velocity means are
+    /// (x_src − m_k)/σ_src).
+    public static func configJSON(_ s: StudentConfig, shift: Double, timestepRatio: Double = 1) -> String {
         let f = s.flux
         let fields: [(String, String)] = [
             ("_class_name", "\"\(ArcFlowAdapter.className)\""),
@@ -167,7 +168,7 @@ public enum Student {
             ("attention_head_dim", "\(f.attentionHeadDim)"), ("num_attention_heads", "\(f.numAttentionHeads)"),
             ("joint_attention_dim", "\(f.jointAttentionDim)"), ("pooled_projection_dim", "\(f.pooledProjectionDim)"),
             ("guidance_embeds", "false"), ("axes_dims_rope", "[\(f.axesDimsRope.map(String.init).joined(separator: ", "))]"),
-            ("arcflow_shift", "\(shift)"), ("arcflow_prediction", "\"x0\""),
+            ("arcflow_shift", "\(shift)"), ("arcflow_timestep_ratio", "\(timestepRatio)"), ("arcflow_prediction", "\"x0\""),
         ]
         return "{\n" + fields.map { "  \"\($0.0)\": \($0.1)" }.joined(separator: ",\n") + "\n}\n"
     }
@@ -175,7 +176,8 @@ public enum Student {
     /// Writes an adapter folder: `diffusion_pytorch_model.safetensors` (metadata policy_config
     /// {"type": "ArcFlow"}) and `config.json`, each atomically. f32 for the training init, f16
     /// to ship (as the reference's checkpoints).
-    public static func writeAdapter(_ tensors: [String: Tensor], _ s: StudentConfig, shift: Double, dtype: DType, to dir: String) throws {
+    public static func writeAdapter(_ tensors: [String: Tensor], _ s: StudentConfig, shift: Double, timestepRatio: Double = 1, dtype: DType,
+                                    to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for (key, shape) in layout(s) {
             guard let t = tensors[key] else { throw ArcError("adapter export: missing tensor '\(key)' (expected \(shape))") }
@@ -183,7 +185,7 @@ public enum Student {
         }
         let records = layout(s).map { key, shape in TensorRecord(name: key, dtype: dtype, shape: shape, payload: .floats(tensors[key]!.data)) }
         try writeSafeTensors(records, metadata: ["policy_config": "{\"type\": \"ArcFlow\"}"], to: "\(dir)/diffusion_pytorch_model.safetensors")
-        try writeAtomically(configJSON(s, shift: shift), to: "\(dir)/config.json")
+        try writeAtomically(configJSON(s, shift: shift, timestepRatio: timestepRatio), to: "\(dir)/config.json")
     }
 }
 

@@ -10,7 +10,8 @@ final class AdapterAverageTests: XCTestCase {
 
     /// An adapter folder with K = 2, every dense key (small shapes: the loader does not check
     /// them against a model) and one LoRA module of rank `rank`, α given as a tensor if set.
-    func writeAdapter(_ dir: String, rank: Int, alpha: Float?, seed: UInt64, components: Int = 2, shift: Double = 1) throws -> [String: [Float]] {
+    func writeAdapter(_ dir: String, rank: Int, alpha: Float?, seed: UInt64, components: Int = 2, shift: Double = 1,
+                      timestepRatio: String? = nil) throws -> [String: [Float]] {
         var rng = SeededGenerator(seed: seed)
         var values: [String: [Float]] = [:]
         var records: [TensorRecord] = []
@@ -25,7 +26,9 @@ final class AdapterAverageTests: XCTestCase {
         if let alpha { records.append(TensorRecord(name: "\(module).alpha", dtype: .f32, shape: [], payload: .floats([alpha]))) }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try writeSafeTensors(records, to: "\(dir)/diffusion_pytorch_model.safetensors")
-        try writeAtomically("{\"_class_name\": \"ArcFluxTransformer2DModel\", \"num_gaussians\": \(components), \"arcflow_shift\": \(shift)}", to: "\(dir)/config.json")
+        let ratio = timestepRatio.map { ", \"arcflow_timestep_ratio\": \($0)" } ?? ""
+        try writeAtomically("{\"_class_name\": \"ArcFluxTransformer2DModel\", \"num_gaussians\": \(components), \"arcflow_shift\": \(shift)\(ratio)}",
+                            to: "\(dir)/config.json")
         return values
     }
 
@@ -81,6 +84,18 @@ final class AdapterAverageTests: XCTestCase {
         _ = try writeAdapter("\(root)/shift3", rank: 2, alpha: nil, seed: 3, shift: 3)
         XCTAssertThrowsError(try ArcFlowAdapter.writeAverage(of: ["\(root)/x", "\(root)/shift3"], to: "\(root)/avg")) { error in
             XCTAssertTrue((error as? ArcError)?.message.contains("arcflow_shift") ?? false, "\(error)")
+        }
+        _ = try writeAdapter("\(root)/r06", rank: 2, alpha: nil, seed: 4, timestepRatio: "0.6")
+        XCTAssertEqual(try ArcFlowAdapter.load("\(root)/r06").timestepRatio, 0.6)
+        XCTAssertNil(try ArcFlowAdapter.load("\(root)/x").timestepRatio, "absent: the reference's 1")
+        XCTAssertThrowsError(try ArcFlowAdapter.writeAverage(of: ["\(root)/x", "\(root)/r06"], to: "\(root)/avg")) { error in
+            XCTAssertTrue((error as? ArcError)?.message.contains("arcflow_timestep_ratio") ?? false, "\(error)")
+        }
+        for bad in ["0", "-1", "\"1\""] {
+            _ = try writeAdapter("\(root)/bad", rank: 2, alpha: nil, seed: 5, timestepRatio: bad)
+            XCTAssertThrowsError(try ArcFlowAdapter.load("\(root)/bad")) { error in
+                XCTAssertTrue("\(error)".contains("'arcflow_timestep_ratio' must be a positive number, got \(bad)"), "\(error)")
+            }
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(root)/avg"), "nothing is written for refused inputs")
     }

@@ -644,6 +644,7 @@ final class DistillTests: XCTestCase {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/adapter/config.json"))) as! [String: Any]
         XCTAssertEqual(json["arcflow_prediction"] as? String, "x0")
         XCTAssertEqual(json["arcflow_shift"] as? Double, 1)
+        XCTAssertEqual(json["arcflow_timestep_ratio"] as? Double, 1)
         // The adapter's config carries the teacher's sizes and the student's prediction (x0 means).
         var expected = Self.teacherConfig.flux
         expected.prediction = .x0
@@ -660,16 +661,21 @@ final class DistillTests: XCTestCase {
         ])
     }
 
-    /// The linear baseline: one component, no γ layer; it trains, exports and loads.
+    /// The linear baseline: one component, no γ layer; it trains, exports and loads. Here with
+    /// `--timestep-ratio 0.6`, which the run records and the export writes for the sampler.
     func testLinearBaseline() throws {
         let dir = try temporaryFolder()
-        let run = try DistillRun.prepare(options("\(dir)/run", teacher: try teacherFile(dir), components: 1, iterations: 2))
+        var o = options("\(dir)/run", teacher: try teacherFile(dir), components: 1, iterations: 2)
+        o.recipe.timestepRatio = 0.6
+        XCTAssertEqual(o.recipe.knots, [1, 0.375, 0])
+        let run = try DistillRun.prepare(o)
         XCTAssertFalse(run.trainer.session.step.stateNames.contains { $0.contains("loggamma") || $0.contains("logweights") })
         try run.train()
         XCTAssertTrue(run.trainer.history.allSatisfy { $0.loss.isFinite })
         _ = try DistillExport.export(stateFile: "\(dir)/run/state.safetensors", teacher: Self.teacherConfig, to: "\(dir)/linear")
         let adapter = try ArcFlowAdapter.load("\(dir)/linear")
         XCTAssertEqual(adapter.components, 1)
+        XCTAssertEqual(adapter.timestepRatio, 0.6)
         XCTAssertFalse(adapter.store.names.contains { $0.hasPrefix("proj_out_loggamma") })
         XCTAssertEqual(adapter.store.type(of: "proj_out_means.weight")?.shape, [Self.teacherConfig.tokenChannels, Self.teacherConfig.flux.width])
     }

@@ -85,7 +85,8 @@ final class StudentParityTests: XCTestCase {
 
     /// The distillation's 2-NFE sampler (`DistillRollout.sample`, what `DistillEvaluator`
     /// judges) with its trained tensors read from `adapter` (f32 copies, kept alive here).
-    func distilledSample(_ run: DistillRun, adapter: WeightStore, noise: [Float], ids: [Float], nfe: Int? = nil) throws -> [Float] {
+    func distilledSample(_ run: DistillRun, adapter: WeightStore, noise: [Float], ids: [Float], nfe: Int? = nil,
+                         timestepRatio: Double? = nil) throws -> [Float] {
         var copies: [String: UnsafeMutableRawPointer] = [:]
         defer { copies.values.forEach { $0.deallocate() } }
         for p in Student.trainable(run.student) {
@@ -94,7 +95,7 @@ final class StudentParityTests: XCTestCase {
             values.withUnsafeBytes { ptr.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             copies[p.key] = ptr
         }
-        return try run.rollout.sample(noise: noise, ids: ids, nfe: nfe) { key in
+        return try run.rollout.sample(noise: noise, ids: ids, nfe: nfe, timestepRatio: timestepRatio) { key in
             guard let p = copies[key] else { throw ArcError("no trained tensor '\(key)'") }
             return UnsafeRawPointer(p)
         }
@@ -167,6 +168,23 @@ final class StudentParityTests: XCTestCase {
                 let two = Tensor(.f32([1, 3, 64, 64]), Array(distilledImages[(i * plane)..<((i + 1) * plane)]))
                 XCTAssertLessThan(relativeL2(got, want), Self.tolerance, "3 NFE '\(prompt)': compiled student vs the rollout's sampler")
                 XCTAssertGreaterThan(relativeL2(two, want), 100 * Self.tolerance, "3 NFE differs from 2")
+            }
+            // `--timestep-ratio 0.6`: the adapter's `arcflow_timestep_ratio` moves the compiled
+            // sampler's middle knot to σ 1 − 1/1.6 = 0.375, where the rollout's sampler puts it.
+            try writeAtomically(Student.configJSON(run.student, shift: 1, timestepRatio: 0.6), to: "\(folderDir)/\(name)/config.json")
+            XCTAssertEqual(try ArcFlowAdapter.load("\(folderDir)/\(name)").timestepRatio, 0.6)
+            let moved = try DefaultPipeline.pipeline(try DefaultModelFolder.load(folderDir), variant, threads: 1, cacheRoot: testCacheRoot)
+            XCTAssertEqual(moved.manifest.sigmas.map(Float.init), [1, 0.375, 0])
+            let sampledMoved = Tokens.unpatchify(try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids,
+                                                                     timestepRatio: 0.6), count: 2, patch: c.patch)
+            for (i, prompt) in prompts.enumerated() {
+                let image = Array(pixels[(i * plane)..<((i + 1) * plane)])
+                let latents = try moved.sample(try moved.encode(prompt), noise: Tensor(.f32(folder.codec.latentShape), folder.codec.encode(image)))
+                let got = Tensor(.f32([1, 3, 64, 64]), folder.codec.decode(latents.data))
+                let want = Tensor(.f32([1, 3, 64, 64]), Array(sampledMoved[(i * plane)..<((i + 1) * plane)]))
+                let two = Tensor(.f32([1, 3, 64, 64]), Array(distilledImages[(i * plane)..<((i + 1) * plane)]))
+                XCTAssertLessThan(relativeL2(got, want), Self.tolerance, "timestep ratio 0.6 '\(prompt)': compiled student vs the rollout's sampler")
+                XCTAssertGreaterThan(relativeL2(two, want), 100 * Self.tolerance, "the knot moved the sample")
             }
         }
         XCTAssertEqual("\(DefaultVariant.arcflow)", "ArcFlow 2-step student", "the cache key of the shipped students")

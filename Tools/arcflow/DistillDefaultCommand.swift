@@ -23,6 +23,7 @@ let distillDefaultSpec = CommandSpec(
         OptionSpec(names: ["--rank"], value: "R", help: "LoRA rank, alpha = rank (default 32)"),
         OptionSpec(names: ["--lora-targets"], value: "T", help: "mlp (default: the reference's MLP and timestep targets) or mlp+attention (also q, k, v and output projections)"),
         OptionSpec(names: ["--shift"], value: "S", help: "σ = S·t/(1 + (S−1)·t) (default 1: the teacher's schedule)"),
+        OptionSpec(names: ["--timestep-ratio"], value: "R", help: "the last step's share of raw time, R/(1 + R) at 2 steps: the steps meet at σ 1/(1 + R) before the shift (default 1, the reference's: σ 0.5); the adapter records it for the sampler"),
         OptionSpec(names: ["--guidance"], value: "G", help: "the teacher's classifier-free guidance scale for targets and evaluation (default 3, the shipped teacher's)"),
         OptionSpec(names: ["--early-guidance"], value: "G", help: "not the reference's: the teacher's guidance scale at σ > --guidance-split, where the layout is settled (--guidance below; default: --guidance throughout)"),
         OptionSpec(names: ["--guidance-split"], value: "S", help: "the σ where --early-guidance hands over to --guidance (default 0.5)"),
@@ -86,6 +87,8 @@ func distillDefaultCommand(_ argv: [String]) throws {
     o.attentionLoRA = attention
     o.recipe.shift = try args.double("--shift", spec, default: o.recipe.shift)!
     guard o.recipe.shift > 0 else { throw UsageError("--shift must be positive", spec) }
+    o.recipe.timestepRatio = try args.double("--timestep-ratio", spec, default: o.recipe.timestepRatio)!
+    guard o.recipe.timestepRatio > 0, o.recipe.timestepRatio.isFinite else { throw UsageError("--timestep-ratio must be a positive number", spec) }
     o.recipe.guidance = try args.double("--guidance", spec, default: o.recipe.guidance)!
     o.recipe.earlyGuidance = try args.double("--early-guidance", spec)
     o.recipe.guidanceSplit = try args.double("--guidance-split", spec, default: o.recipe.guidanceSplit)!
@@ -158,6 +161,7 @@ func distillDefaultCommand(_ argv: [String]) throws {
         if !args.has("--adversarial-loss"), let w = md["adversarial_weight"].flatMap(Double.init) { o.recipe.adversarialWeight = w }
         if !args.has("--adversarial-sigma"), let v = md["adversarial_sigma"].flatMap(Double.init) { o.recipe.adversarialSigma = v }
         if !args.has("--shift"), let v = md["shift"].flatMap(Double.init) { o.recipe.shift = v }
+        if !args.has("--timestep-ratio"), let v = md["timestep_ratio"].flatMap(Double.init) { o.recipe.timestepRatio = v }
         if !args.has("--guidance"), let v = md["guidance"].flatMap(Double.init) { o.recipe.guidance = v }
         if !args.has("--early-guidance"), let v = md["early_guidance"].flatMap(Double.init) { o.recipe.earlyGuidance = v }
         if !args.has("--guidance-split"), let v = md["guidance_split"].flatMap(Double.init) { o.recipe.guidanceSplit = v }
