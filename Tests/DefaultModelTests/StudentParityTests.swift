@@ -153,39 +153,34 @@ final class StudentParityTests: XCTestCase {
                 // The check can fail: the trained student is far (≥ 100× the tolerance) from the initial one.
                 XCTAssertGreaterThan(trainedEffect, 100 * Self.tolerance, "K=\(k): training changed the sample")
             }
-            // `--steps 3` / `--student-steps 3`: the student at 3 NFE, the rollout's sampler on 3 segments.
+            // `--steps 3` / `--student-steps 3`: the student at 3 NFE, the rollout's sampler on 3
+            // segments; then `--timestep-ratio 0.6`: the adapter's `arcflow_timestep_ratio` moves
+            // the compiled sampler's middle knot to σ 1 − 1/1.6 = 0.375, where the rollout puts it.
             guard k == 3 else { continue }
+            /// The compiled `pipeline` against the rollout's sampler with `nfe` or `ratio`, both
+            /// unlike the 2-step sample above.
+            func assertSamplersAgree(_ pipeline: CompiledPipeline, nfe: Int? = nil, ratio: Double? = nil, _ label: String) throws {
+                let sampled = Tokens.unpatchify(try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids,
+                                                                    nfe: nfe, timestepRatio: ratio), count: 2, patch: c.patch)
+                for (i, prompt) in prompts.enumerated() {
+                    let image = Array(pixels[(i * plane)..<((i + 1) * plane)])
+                    let latents = try pipeline.sample(try pipeline.encode(prompt), noise: Tensor(.f32(folder.codec.latentShape), folder.codec.encode(image)))
+                    let got = Tensor(.f32([1, 3, 64, 64]), folder.codec.decode(latents.data))
+                    let want = Tensor(.f32([1, 3, 64, 64]), Array(sampled[(i * plane)..<((i + 1) * plane)]))
+                    let two = Tensor(.f32([1, 3, 64, 64]), Array(distilledImages[(i * plane)..<((i + 1) * plane)]))
+                    XCTAssertLessThan(relativeL2(got, want), Self.tolerance, "\(label) '\(prompt)': compiled student vs the rollout's sampler")
+                    XCTAssertGreaterThan(relativeL2(two, want), 100 * Self.tolerance, "\(label) differs from the 2-step sample")
+                }
+            }
             let three = try DefaultPipeline.pipeline(folder, variant.studentSteps(3), threads: 1, cacheRoot: testCacheRoot)
             XCTAssertEqual(three.manifest.steps, 3)
             XCTAssertEqual(three.manifest.sigmas.map(Float.init), [1, Float(2.0 / 3), Float(1.0 / 3), 0])
-            let sampled3 = Tokens.unpatchify(try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids, nfe: 3),
-                                             count: 2, patch: c.patch)
-            for (i, prompt) in prompts.enumerated() {
-                let image = Array(pixels[(i * plane)..<((i + 1) * plane)])
-                let latents = try three.sample(try three.encode(prompt), noise: Tensor(.f32(folder.codec.latentShape), folder.codec.encode(image)))
-                let got = Tensor(.f32([1, 3, 64, 64]), folder.codec.decode(latents.data))
-                let want = Tensor(.f32([1, 3, 64, 64]), Array(sampled3[(i * plane)..<((i + 1) * plane)]))
-                let two = Tensor(.f32([1, 3, 64, 64]), Array(distilledImages[(i * plane)..<((i + 1) * plane)]))
-                XCTAssertLessThan(relativeL2(got, want), Self.tolerance, "3 NFE '\(prompt)': compiled student vs the rollout's sampler")
-                XCTAssertGreaterThan(relativeL2(two, want), 100 * Self.tolerance, "3 NFE differs from 2")
-            }
-            // `--timestep-ratio 0.6`: the adapter's `arcflow_timestep_ratio` moves the compiled
-            // sampler's middle knot to σ 1 − 1/1.6 = 0.375, where the rollout's sampler puts it.
+            try assertSamplersAgree(three, nfe: 3, "3 NFE")
             try writeAtomically(Student.configJSON(run.student, shift: 1, timestepRatio: 0.6), to: "\(folderDir)/\(name)/config.json")
             XCTAssertEqual(try ArcFlowAdapter.load("\(folderDir)/\(name)").timestepRatio, 0.6)
             let moved = try DefaultPipeline.pipeline(try DefaultModelFolder.load(folderDir), variant, threads: 1, cacheRoot: testCacheRoot)
             XCTAssertEqual(moved.manifest.sigmas.map(Float.init), [1, 0.375, 0])
-            let sampledMoved = Tokens.unpatchify(try distilledSample(run, adapter: exported, noise: Tokens.patchify(pixels, count: 2, patch: c.patch), ids: ids,
-                                                                     timestepRatio: 0.6), count: 2, patch: c.patch)
-            for (i, prompt) in prompts.enumerated() {
-                let image = Array(pixels[(i * plane)..<((i + 1) * plane)])
-                let latents = try moved.sample(try moved.encode(prompt), noise: Tensor(.f32(folder.codec.latentShape), folder.codec.encode(image)))
-                let got = Tensor(.f32([1, 3, 64, 64]), folder.codec.decode(latents.data))
-                let want = Tensor(.f32([1, 3, 64, 64]), Array(sampledMoved[(i * plane)..<((i + 1) * plane)]))
-                let two = Tensor(.f32([1, 3, 64, 64]), Array(distilledImages[(i * plane)..<((i + 1) * plane)]))
-                XCTAssertLessThan(relativeL2(got, want), Self.tolerance, "timestep ratio 0.6 '\(prompt)': compiled student vs the rollout's sampler")
-                XCTAssertGreaterThan(relativeL2(two, want), 100 * Self.tolerance, "the knot moved the sample")
-            }
+            try assertSamplersAgree(moved, ratio: 0.6, "timestep ratio 0.6")
         }
         XCTAssertEqual("\(DefaultVariant.arcflow)", "ArcFlow 2-step student", "the cache key of the shipped students")
         XCTAssertEqual("\(DefaultVariant.linear.studentSteps(4))", "linear 4-step student")
