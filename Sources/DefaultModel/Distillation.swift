@@ -588,8 +588,7 @@ public struct DistillRun {
         config.karrasEMAOffset = o.warmup
         let trainer = Trainer(session: session, batches: rollout, config: config, directory: dir)
         trainer.metadata = ["model": "shapes-arcflow-student", "components": String(s.components), "rank": String(s.rank),
-                            "lora_targets": s.loraTargetsName, "shift": String(r.shift),
-                            "timestep_ratio": String(r.timestepRatio), "guidance": String(r.guidance), "batch": String(r.batch),
+                            "lora_targets": s.loraTargetsName, "shift": String(r.shift), "guidance": String(r.guidance), "batch": String(r.batch),
                             "decay_iterations": String(r.decayIterations), "lr": String(o.lr), "warmup": String(o.warmup),
                             "lr_decay_start": o.decayStart.map(String.init) ?? "none",
                             "teacher_weights": o.teacherWeights, "teacher_shape": TeacherShape.metadata(s.teacher.shape)]
@@ -601,6 +600,8 @@ public struct DistillRun {
         if r.trajectoryWeight > 0 { trainer.metadata["trajectory_weight"] = String(r.trajectoryWeight) }
         if r.trajectoryWeight > 0, r.trajectoryLastStep { trainer.metadata["trajectory_last_step"] = "1" }
         if r.edgeWeight > 0 { trainer.metadata["edge_weight"] = String(r.edgeWeight) }
+        // Recorded only off the reference's 1, so that runs saved before the option resume quietly.
+        if r.timestepRatio != 1 { trainer.metadata["timestep_ratio"] = String(r.timestepRatio) }
         if let w = r.shapeWeights { trainer.metadata["shape_weights"] = w.map { String($0) }.joined(separator: ",") }
         if r.scoreWeight > 0 {
             trainer.metadata[r.dmd ? "dmd_weight" : "sharpen_weight"] = String(r.scoreWeight)
@@ -792,7 +793,7 @@ public enum DistillExport {
                 tensors[key] = Tensor(.f32(shape), [Float](repeating: 0, count: shape.reduce(1, *)))
             }
         }
-        // States written before the option have no timestep_ratio: the reference's 1.
+        // Absent: the reference's 1 (runs at 1, and states written before the option).
         let ratio = md["timestep_ratio"].flatMap(Double.init) ?? 1
         try Student.writeAdapter(tensors, s, shift: shift, timestepRatio: ratio, dtype: .f16, to: dir)
         return s

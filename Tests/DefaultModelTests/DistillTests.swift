@@ -619,6 +619,7 @@ final class DistillTests: XCTestCase {
         o.log = { notes.append($0) }
         let resumed = try DistillRun.prepare(o)
         XCTAssertFalse(notes.contains { $0.hasPrefix("note:") }, "\(notes)")
+        XCTAssertNil(resumed.trainer.metadata["timestep_ratio"], "r = 1 is not recorded: runs saved before the option resume without a note")
         XCTAssertEqual(resumed.trainer.session.stepCount, 2)
         try resumed.train()
         XCTAssertEqual(straight.trainer.history.map(\.loss), resumed.trainer.history.map(\.loss))
