@@ -146,7 +146,8 @@ final class GemmKernelTests: KernelTestCase {
             ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
             // 18 row tiles in one row block (the last tile 12 rows) × 24 panels in 2 groups.
             ([250, 40], 768, true),
-            // Three K blocks of bf16 compute (512, 512, then an odd 7) and five of f32 and 16-bit.
+            // Three K blocks of bf16 compute (512, 512, then an odd 7) and five of f32 and 16-bit
+            // (AVX2's f32: three, kc 512).
             ([20, 1031], 40, true),
             // M = 1 in parallel (f32: af__gemv): 35 panels, four at a time, the last pass partial.
             ([1, 1000], 1100, true),
