@@ -154,10 +154,11 @@ public struct DistillRecipe: Equatable {
         decayIterations <= 0 ? 0 : 1 - Double(min(step, decayIterations)) / Double(decayIterations)
     }
 
-    /// Raw-time segment sizes: base = 1/(N − 1 + r), the last r·base (§3.1).
+    /// Raw-time segment sizes (§3.1): the differences of the sampler's raw knots, so that
+    /// stepping down by them lands on its knots, the last exactly at 0.
     public var segments: [Double] {
-        let base = 1 / (Double(nfe) - 1 + timestepRatio)
-        return (0..<nfe).map { $0 == nfe - 1 ? timestepRatio * base : base }
+        let t = Schedule.arcTimes(steps: nfe, timestepRatio: timestepRatio)
+        return zip(t, t.dropFirst()).map { $0 - $1 }
     }
 
     public func warp(_ t: Double) -> Double { Schedule.warp(max(t, 0), shift: shift) }
