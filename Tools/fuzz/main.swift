@@ -11,6 +11,7 @@
 
 import Foundation
 import IR
+import Runtime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -224,8 +225,9 @@ func runTarget(_ args: [String]) -> Int32 {
         let (member, bytes) = corpus.input(i, seed: seed)
         try? FileManager.default.createDirectory(atPath: crashers, withIntermediateDirectories: true)
         let path = "\(crashers)/\(crasherName(member, bytes))"
-        // Atomically, as every output; a crasher that cannot be saved still counts as a finding.
-        try? Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic)
+        // Atomically, as every output (Foundation's `.atomic` on Linux leaves an empty
+        // TemporaryDirectory.* in /tmp per write); a crasher that cannot be saved still counts.
+        try? writeAtomically(Data(bytes), to: path)
         return path
     }
     while next < cases && Date().timeIntervalSince(start) < seconds {
