@@ -173,7 +173,7 @@ final class FluxCLITests: XCTestCase {
             try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
             try FileManager.default.copyItem(atPath: "\(src)/config.json", toPath: "\(d)/config.json")
             try writeRawSafeTensors(entries, metadata: metadata, to: "\(d)/diffusion_pytorch_model.safetensors")
-            for (file, text) in extra { try text.write(toFile: "\(d)/\(file)", atomically: false, encoding: .utf8) }
+            for (file, text) in extra { try text.write(toFile: "\(d)/\(file)", atomically: true, encoding: .utf8) }
             return d
         }
         func latents(_ adapterDir: String, _ name: String) throws -> (CommandResult, Tensor?) {
@@ -285,7 +285,7 @@ final class FluxCLITests: XCTestCase {
         try FileManager.default.copyItem(atPath: "\(a)/adapter-k4", toPath: ad)
         let config = try String(contentsOfFile: "\(ad)/config.json", encoding: .utf8)
         try config.replacingOccurrences(of: "ArcFluxTransformer2DModel", with: "PiFluxTransformer2DModel")
-            .write(toFile: "\(ad)/config.json", atomically: false, encoding: .utf8)
+            .write(toFile: "\(ad)/config.json", atomically: true, encoding: .utf8)
         assertOneLineError(try arcflow(["compile", "--transformer", "\(a)/transformer", "--adapter", ad, "--height", "48", "--width", "80", "-o", "m"]),
                            contains: "unknown _class_name 'PiFluxTransformer2DModel' (expected ArcFluxTransformer2DModel)")
     }

@@ -187,7 +187,7 @@ final class QwenImageCLITests: XCTestCase {
         // A folder of neither family: one line naming the class.
         let t = "\(dir)/other"
         try FileManager.default.createDirectory(atPath: t, withIntermediateDirectories: true)
-        try #"{"_class_name": "SD3Transformer2DModel", "num_layers": 2}"#.write(toFile: "\(t)/config.json", atomically: false, encoding: .utf8)
+        try #"{"_class_name": "SD3Transformer2DModel", "num_layers": 2}"#.write(toFile: "\(t)/config.json", atomically: true, encoding: .utf8)
         assertOneLineError(try arcflow(["compile", "--transformer", t, "--sampler", "euler", "--height", "48", "--width", "80", "-o", "m"]),
                            contains: "other/config.json: _class_name 'SD3Transformer2DModel' is neither FluxTransformer2DModel nor QwenImageTransformer2DModel")
         // A FLUX adapter on a Qwen-Image base, and the reverse.

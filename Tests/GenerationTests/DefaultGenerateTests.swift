@@ -92,7 +92,7 @@ final class DefaultGenerateTests: XCTestCase {
         let work = try makeTemporaryDirectory("default-prompts")
         defer { try? FileManager.default.removeItem(atPath: work) }
         // A byte-order mark and CRLF line ends (a Windows editor's file): two prompts all the same.
-        try "\u{FEFF}a red circle\r\na blue square to the left of a green circle\r\n".write(toFile: "\(work)/p.txt", atomically: false, encoding: .utf8)
+        try "\u{FEFF}a red circle\r\na blue square to the left of a green circle\r\n".write(toFile: "\(work)/p.txt", atomically: true, encoding: .utf8)
         let r = try arcflow(["generate", "--prompts", "p.txt", "--seed", "3", "-o", "imgs"], in: work)
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(try parameters("\(work)/imgs/00001.png").contains("Seed: 4,"))

@@ -167,7 +167,7 @@ final class PipelineEndToEndTests: XCTestCase {
 
     func testPromptsFileReportsEmptyLineAndShards() throws {
         let model = try Compiled.teacher.get()
-        try "a photo of a cat\n\nA red fox\n".write(toFile: "\(work)/prompts.txt", atomically: false, encoding: .utf8)
+        try "a photo of a cat\n\nA red fox\n".write(toFile: "\(work)/prompts.txt", atomically: true, encoding: .utf8)
         let r = try runArcflow(["generate", "--model", model, "--prompts", "prompts.txt", "-o", "all", "--seed", "7", "--threads", "2"], in: work)
         XCTAssertNotEqual(r.status, 0)
         XCTAssertEqual(r.err.split(separator: "\n").filter { $0.contains("prompts.txt:2: ") }.count, 1, r.err)
@@ -176,7 +176,7 @@ final class PipelineEndToEndTests: XCTestCase {
         // Line i uses seed S + i: the seed in the PNG says which.
         XCTAssertTrue(pngText(try bytes("\(work)/all/00002.png"))["parameters"]!.contains("A red fox\nSteps: 4, Sampler: Euler (flow matching), Guidance: 3.5, Seed: 9,"))
 
-        try "one\ntwo\nthree\nfour\n".write(toFile: "\(work)/four.txt", atomically: false, encoding: .utf8)
+        try "one\ntwo\nthree\nfour\n".write(toFile: "\(work)/four.txt", atomically: true, encoding: .utf8)
         let s = try runArcflow(["generate", "--model", model, "--prompts", "four.txt", "-o", "odd", "--shard", "1/2", "--threads", "2"], in: work)
         XCTAssertEqual(s.status, 0, s.err)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "\(work)/odd").sorted(), ["00001.png", "00003.png"])
@@ -313,7 +313,7 @@ final class PipelineEndToEndTests: XCTestCase {
 
     func testPromptFileWithOnlyAnEmptyLine() throws {
         let model = try Compiled.teacher.get()
-        try "  \n".write(toFile: "\(work)/blank.txt", atomically: false, encoding: .utf8)
+        try "  \n".write(toFile: "\(work)/blank.txt", atomically: true, encoding: .utf8)
         let r = try runArcflow(["generate", "--model", model, "--prompts", "blank.txt", "-o", "out", "--threads", "2"], in: work)
         XCTAssertEqual(r.status, 1, r.err)
         XCTAssertTrue(r.err.contains("blank.txt:1: empty line"), r.err)

@@ -26,7 +26,7 @@ final class CLITests: XCTestCase {
 
     func write(_ name: String, _ text: String) throws -> String {
         let p = "\(dir)/\(name)"
-        try text.write(toFile: p, atomically: false, encoding: .utf8)
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
         return p
     }
 

@@ -214,7 +214,7 @@ final class GemmKernelTests: KernelTestCase {
             let dir = try makeTemporaryDirectory("arcflow-packed-c")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             for source in program.sources {
-                try source.text.write(toFile: "\(dir)/\(source.name)", atomically: false, encoding: .utf8)
+                try source.text.write(toFile: "\(dir)/\(source.name)", atomically: true, encoding: .utf8)
                 let r = try runProcess(toolchain.compiler, toolchain.compileFlags + ["-Werror=incompatible-pointer-types", "-fsyntax-only", "\(dir)/\(source.name)"])
                 XCTAssertEqual(r.status, 0, "\(source.name): \(r.error)")
             }

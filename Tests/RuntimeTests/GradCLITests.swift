@@ -39,7 +39,7 @@ final class GradCLITests: XCTestCase {
     """
 
     func prepare() throws {
-        try ir.write(toFile: "\(dir)/net.ir", atomically: false, encoding: .utf8)
+        try ir.write(toFile: "\(dir)/net.ir", atomically: true, encoding: .utf8)
         XCTAssertEqual(try arcflow(["random-weights", "net.ir", "-o", "w.safetensors", "--seed", "1"]).status, 0)
         XCTAssertEqual(try arcflow(["random-inputs", "net.ir", "-o", "in.safetensors", "--seed", "2"]).status, 0)
     }
@@ -85,7 +85,7 @@ final class GradCLITests: XCTestCase {
         // c = greater(...) feeding a product: the only path from fc.bias to the loss goes through it.
         let blocked = ir.replacingOccurrences(of: "output \"y\" %6", with: "%7 = mul %c, %x2 : f32[3,4]\n  output \"y\" %7")
             .replacingOccurrences(of: "%x = input \"x\" : f32[3,5]", with: "%x = input \"x\" : f32[3,5]\n  %x2 = input \"x2\" : f32[3,4]")
-        try blocked.write(toFile: "\(dir)/blocked.ir", atomically: false, encoding: .utf8)
+        try blocked.write(toFile: "\(dir)/blocked.ir", atomically: true, encoding: .utf8)
         XCTAssertEqual(try arcflow(["random-inputs", "blocked.ir", "-o", "in2.safetensors"]).status, 0)
         assertOneLineError(try arcflow(["grad", "blocked.ir", "--weights", "w.safetensors", "--inputs", "in2.safetensors", "-o", "g.safetensors",
                                         "--loss", "y", "--wrt", "fc.bias"]),

@@ -118,7 +118,7 @@ func assertCompilesWithoutWarnings(_ text: String, name: String, file: StaticStr
     let dir = try makeTemporaryDirectory("arcflow-prelude")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let source = "\(dir)/\(name).c"
-    try text.write(toFile: source, atomically: false, encoding: .utf8)
+    try text.write(toFile: source, atomically: true, encoding: .utf8)
     #if arch(x86_64)
     let arches = ["native", "x86-64-v3", "x86-64"]
     #else

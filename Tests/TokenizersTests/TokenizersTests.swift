@@ -255,7 +255,7 @@ final class TokenizersTests: XCTestCase {
         XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "cannot read \(clipDir)/vocab.json: no such file")
         try FileManager.default.copyItem(atPath: "\(fixtures)/tokenizer/vocab.json", toPath: "\(clipDir)/vocab.json")
         XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "cannot read \(clipDir)/merges.txt: no such file")
-        try "{\"a\": 1,".write(toFile: "\(clipDir)/vocab.json", atomically: false, encoding: .utf8)
+        try "{\"a\": 1,".write(toFile: "\(clipDir)/vocab.json", atomically: true, encoding: .utf8)
         XCTAssertEqual(message { _ = try CLIPTokenizer(folder: clipDir) }, "\(clipDir)/vocab.json: malformed JSON")
 
         XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "cannot read \(t5Dir)/tokenizer.json: no such file")
@@ -269,7 +269,7 @@ final class TokenizersTests: XCTestCase {
         XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: missing key 'model.vocab'")
         try writeJSON(["normalizer": NSNull()], "\(t5Dir)/tokenizer.json")
         XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: missing key 'model'")
-        try "{\"model\": [".write(toFile: "\(t5Dir)/tokenizer.json", atomically: false, encoding: .utf8)
+        try "{\"model\": [".write(toFile: "\(t5Dir)/tokenizer.json", atomically: true, encoding: .utf8)
         XCTAssertEqual(message { _ = try T5Tokenizer(folder: t5Dir) }, "\(t5Dir)/tokenizer.json: malformed JSON")
         try writeJSON(["model": ["type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]],
                        "pre_tokenizer": ["type": "ByteLevel"]], "\(t5Dir)/tokenizer.json")

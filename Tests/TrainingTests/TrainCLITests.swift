@@ -11,7 +11,7 @@ final class TrainCLITests: XCTestCase {
         dir = try makeTemporaryDirectory("train-cli")
         let ex = try runArcflow(["example", "mlp-regression", "--batch", "16", "--data", "data.safetensors", "--rows", "512"], in: dir)
         XCTAssertEqual(ex.status, 0, ex.err)
-        try ex.out.write(toFile: "\(dir)/mlp.ir", atomically: false, encoding: .utf8)
+        try ex.out.write(toFile: "\(dir)/mlp.ir", atomically: true, encoding: .utf8)
         XCTAssertEqual(try runArcflow(["random-weights", "mlp.ir", "-o", "w.safetensors", "--seed", "3"], in: dir).status, 0)
     }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }

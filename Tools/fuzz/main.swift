@@ -11,7 +11,6 @@
 
 import Foundation
 import IR
-import Runtime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -225,9 +224,8 @@ func runTarget(_ args: [String]) -> Int32 {
         let (member, bytes) = corpus.input(i, seed: seed)
         try? FileManager.default.createDirectory(atPath: crashers, withIntermediateDirectories: true)
         let path = "\(crashers)/\(crasherName(member, bytes))"
-        // Atomically, as every output (Foundation's `.atomic` on Linux leaves an empty
-        // TemporaryDirectory.* in /tmp per write); a crasher that cannot be saved still counts.
-        try? writeAtomically(Data(bytes), to: path)
+        // Atomically, as every output; a crasher that cannot be saved still counts as a finding.
+        try? Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic)
         return path
     }
     while next < cases && Date().timeIntervalSince(start) < seconds {
