@@ -151,8 +151,8 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  * Blocking (BLIS-style; the weight panels already are B's micro-panels, so only A is packed):
  *  - K in blocks of kc (AF_GEMM_KC f32, AF_GEMM_KC16 for 16-bit panels, AF_GEMM_KCDP for bf16
  *    compute): the slice of one panel a register tile reads (kc x 32 elements, 16-32 KB) is
- *    contiguous in the precomputed
- *    panel and stays in L1 while the tile walks down a row block.
+ *    contiguous in the precomputed panel and stays in L1 while the tile walks down a row block
+ *    (AVX2's f32 slice, 64 KB at its kc of 512, streams from L2 instead: see AF_GEMM_KC).
  *  - Rows in blocks of AF_GEMM_MB: each thread copies its MB x kc block of A into micro-panels
  *    of AF__GMR rows (element (k, r) at k*AF__GMR + r), so the kernel reads A contiguously
  *    from L2 (MB x kc floats = 344 KB) instead of AF__GMR rows lda apart: with lda a multiple
@@ -962,7 +962,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
         const size_t kbytes = po_any ? sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kspan) : 0, obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
         float *heap = shared ? NULL : (float *)aligned_alloc(64, ((kbytes > obytes ? kbytes : obytes) + 63) & ~(size_t)63);
         float local[AF__GMR * AF__GKCMAX];
-        float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64))); /* 32 KB; touched only with unpack */
+        /* kc x 32 floats (32 KB; 64 KB at AVX2's kc); touched only with unpack */
+        float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64)));
         float *abuf = heap ? heap : local;
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (long mb = 0; mb < mblocks; mb++)
