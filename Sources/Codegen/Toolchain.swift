@@ -37,7 +37,7 @@ public struct Toolchain {
         let isClang = identity.lowercased().contains("clang")
         let blas = try openBLAS()
         var compileFlags = ["-std=c11", try optimizationLevel(environment), "-march=\(march ?? "native")", "-fopenmp", "-fno-math-errno", "-fPIC",
-                            "-Wno-unused-function", "-I", blas.include]
+                            "-Wno-unused-function", "-I", blas.include] + (try preludeDefines(environment))
         // -z defs: a symbol that no linked library defines fails the link here, with the linker's
         // message, rather than the dlopen after the library is cached (a clang newer than the
         // libomp found emits OpenMP entry points that libomp lacks).
@@ -59,6 +59,25 @@ public struct Toolchain {
             throw ArcError("ARCFLOW_CC_OPT must be -O0, -O1, -O2, -O3 or -Os, got '\(level)'")
         }
         return level
+    }
+
+    /// `-D` flags from `$ARCFLOW_CC_DEFINES`: space-separated `AF_NAME` or `AF_NAME=VALUE` (a prelude
+    /// tunable such as `AF_GEMM_TPT=4L`), so that a blocking constant can be measured on a whole
+    /// compiled model (Tools/bench/alternate.py) without editing the prelude. Only the prelude's
+    /// `AF_` macros, with plain values, are accepted: not a way to pass arbitrary compiler flags
+    /// (`-ffast-math` would change every result). Compile flags, so part of the cache key.
+    static func preludeDefines(_ environment: [String: String]) throws -> [String] {
+        let words = (environment["ARCFLOW_CC_DEFINES"] ?? "").split(separator: " ").map(String.init)
+        return try words.map { w in
+            let parts = w.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            let nameOK = parts[0].hasPrefix("AF_") && parts[0].count > 3
+                && parts[0].allSatisfy { $0.isASCII && ($0.isUppercase || $0.isNumber || $0 == "_") }
+            let valueOK = parts.count == 1 || (!parts[1].isEmpty && parts[1].allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+-.".contains($0)) })
+            guard nameOK && valueOK else {
+                throw ArcError("ARCFLOW_CC_DEFINES takes space-separated AF_NAME or AF_NAME=VALUE (letters, digits, '+', '-', '.'), got '\(w)'")
+            }
+            return "-D\(w)"
+        }
     }
 
     /// The OpenMP or serial OpenBLAS, by explicit path: the default pthread build oversubscribes

@@ -152,6 +152,31 @@ final class CLITests: XCTestCase {
                            contains: "ARCFLOW_CC_OPT must be -O0, -O1, -O2, -O3 or -Os, got '-O9'")
     }
 
+    /// `ARCFLOW_CC_DEFINES` sets prelude macros (`-D` in every compile command, a cache entry of its
+    /// own, the same results); anything but `AF_` macros with plain values is a one-line error.
+    func testPreludeDefines() throws {
+        XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors", "--seed", "1"]).status, 0)
+        XCTAssertEqual(try arcflow(["random-inputs", mlpIR, "-o", "in.safetensors", "--seed", "2"]).status, 0)
+        for (defines, folder) in [("", "plain"), ("AF_GEMM_TPT=4L AF_GEMM_KC=128L", "tuned")] {
+            let c = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", folder], env: ["ARCFLOW_CC_DEFINES": defines])
+            XCTAssertEqual(c.status, 0, c.err)
+            XCTAssertTrue(c.out.contains("library built"), "\(folder) is not the other's cache entry: \(c.out)")
+            let compiles = try LoadedModel.readManifest("\(dir)/\(folder)").commands.filter { $0.contains(" -c ") }
+            XCTAssertFalse(compiles.isEmpty)
+            XCTAssertTrue(compiles.allSatisfy { $0.contains(" -DAF_GEMM_TPT=4L -DAF_GEMM_KC=128L ") == !defines.isEmpty }, "\(compiles)")
+            let r = try arcflow(["run", "--model", folder, "--inputs", "in.safetensors", "-o", "\(folder).safetensors"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        // fc2's K = 256 runs as two K blocks of 128 in the tuned build: other sums, the same values
+        let err = relativeL2(try SafeTensorsStore(path: "\(dir)/tuned.safetensors").tensor("y"),
+                             try SafeTensorsStore(path: "\(dir)/plain.safetensors").tensor("y"))
+        XCTAssertLessThan(err, 1e-6)
+        for bad in ["-ffast-math", "GEMM_TPT=4", "AF_GEMM_TPT=$(rm)", "AF_X="] {
+            assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"], env: ["ARCFLOW_CC_DEFINES": bad]),
+                               contains: "ARCFLOW_CC_DEFINES takes space-separated AF_NAME or AF_NAME=VALUE")
+        }
+    }
+
     func testUnparsableIR() throws {
         let f = try write("bad.ir", "graph @g {\n  %x = input \"x\" : f32[2,\n}\n")
         assertOneLineError(try arcflow(["dump-ir", f]), contains: "bad.ir:3:1: expected an integer, found '}'")
