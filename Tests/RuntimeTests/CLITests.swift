@@ -136,16 +136,23 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(bad.err.contains("--weights-dtype must be auto, f32, bf16, f16 or int8, got 'int4'"), bad.err)
     }
 
+    /// Compiles mlp.ir with w.safetensors into `folder` under `env`, which must build a library of its
+    /// own (not another build's cache entry); the manifest's compile commands.
+    func compileOwnEntry(_ folder: String, env: [String: String]) throws -> [String] {
+        let c = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", folder], env: env)
+        XCTAssertEqual(c.status, 0, c.err)
+        XCTAssertTrue(c.out.contains("library built"), "\(env) is another build's cache entry: \(c.out)")
+        let compiles = try LoadedModel.readManifest("\(dir)/\(folder)").commands.filter { $0.contains(" -c ") }
+        XCTAssertFalse(compiles.isEmpty)
+        return compiles
+    }
+
     /// `ARCFLOW_CC_OPT` sets the optimization level of the generated C (the manifest's compile
     /// commands show it); each level is a cache entry of its own; a bad value is a one-line error.
     func testOptimizationLevel() throws {
         XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors"]).status, 0)
         for (level, folder) in [("-O2", "o2"), ("-O3", "o3")] {
-            let c = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", folder], env: ["ARCFLOW_CC_OPT": level])
-            XCTAssertEqual(c.status, 0, c.err)
-            XCTAssertTrue(c.out.contains("library built"), "\(level) is not the other level's cache entry: \(c.out)")
-            let compiles = try LoadedModel.readManifest("\(dir)/\(folder)").commands.filter { $0.contains(" -c ") }
-            XCTAssertFalse(compiles.isEmpty)
+            let compiles = try compileOwnEntry(folder, env: ["ARCFLOW_CC_OPT": level])
             XCTAssertTrue(compiles.allSatisfy { $0.contains(" \(level) ") }, "\(compiles)")
         }
         assertOneLineError(try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", "m"], env: ["ARCFLOW_CC_OPT": "-O9"]),
@@ -158,11 +165,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try arcflow(["random-weights", mlpIR, "-o", "w.safetensors", "--seed", "1"]).status, 0)
         XCTAssertEqual(try arcflow(["random-inputs", mlpIR, "-o", "in.safetensors", "--seed", "2"]).status, 0)
         for (defines, folder) in [("", "plain"), ("AF_GEMM_TPT=4L AF_GEMM_KC=128L", "tuned")] {
-            let c = try arcflow(["compile", mlpIR, "--weights", "w.safetensors", "-o", folder], env: ["ARCFLOW_CC_DEFINES": defines])
-            XCTAssertEqual(c.status, 0, c.err)
-            XCTAssertTrue(c.out.contains("library built"), "\(folder) is not the other's cache entry: \(c.out)")
-            let compiles = try LoadedModel.readManifest("\(dir)/\(folder)").commands.filter { $0.contains(" -c ") }
-            XCTAssertFalse(compiles.isEmpty)
+            let compiles = try compileOwnEntry(folder, env: ["ARCFLOW_CC_DEFINES": defines])
             XCTAssertTrue(compiles.allSatisfy { $0.contains(" -DAF_GEMM_TPT=4L -DAF_GEMM_KC=128L ") == !defines.isEmpty }, "\(compiles)")
             let r = try arcflow(["run", "--model", folder, "--inputs", "in.safetensors", "-o", "\(folder).safetensors"])
             XCTAssertEqual(r.status, 0, r.err)
