@@ -89,16 +89,39 @@ final class CLITests: XCTestCase {
         try assertBlockOutputMatchesInterpreter("out.safetensors")
     }
 
+    /// Every command the top help lists answers --help, fitted to $COLUMNS (100 without it): no line
+    /// longer unless it is one unbreakable word, and the same words in the same order as unwrapped.
     func testHelpOnEveryCommand() throws {
-        for c in ["dump-ir", "compile", "run", "bench", "random-weights", "random-inputs", "example"] {
-            let r = try arcflow([c, "--help"])
-            XCTAssertEqual(r.status, 0, c)
-            XCTAssertTrue(r.out.hasPrefix("usage: arcflow \(c)"), r.out)
+        func help(_ args: [String], columns: Int) throws -> String {
+            let r = try arcflow(args, env: ["COLUMNS": "\(columns)"])
+            XCTAssertEqual(r.status, 0, "\(args)")
+            return r.out
         }
-        XCTAssertEqual(try arcflow(["--help"]).status, 0)
-        let bad = try arcflow(["compile", "--frobnicate"])
+        func assertFits(_ text: String, _ columns: Int, _ what: String) {
+            for line in text.split(separator: "\n") where line.count > columns {
+                XCTAssertFalse(line.drop { $0 == " " }.contains(" "), "\(what), \(columns) columns: \(line)")
+            }
+        }
+        let top = try help(["--help"], columns: 100)
+        let listed = top.components(separatedBy: "\ncommands:\n")[1].components(separatedBy: "\n\n")[0]
+            .split(separator: "\n").filter { $0.hasPrefix("  ") && !$0.hasPrefix("   ") }.map { String($0.split(separator: " ")[0]) }
+        XCTAssertEqual(listed.count, 18, top)
+        for c in ["dump-ir", "compile", "generate", "run", "bench", "train", "distill-default", "average-adapters", "example"] {
+            XCTAssertTrue(listed.contains(c), "\(c) missing from \(listed)")
+        }
+        for args in [["--help"]] + listed.map { [$0, "--help"] } {
+            let wide = try help(args, columns: 100_000)
+            if args.count > 1 { XCTAssertTrue(wide.hasPrefix("usage: arcflow \(args[0])"), wide) }
+            for columns in [100, 60] {
+                let text = try help(args, columns: columns)
+                assertFits(text, columns, "\(args)")
+                XCTAssertEqual(text.split(whereSeparator: \.isWhitespace), wide.split(whereSeparator: \.isWhitespace), "\(args) at \(columns)")
+            }
+        }
+        let bad = try arcflow(["compile", "--frobnicate"], env: ["COLUMNS": "100"])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.err.contains("unknown option --frobnicate"), bad.err)
+        assertFits(bad.err.components(separatedBy: "\n").dropFirst().joined(separator: "\n"), 100, "usage after an error")
     }
 
     func testDumpIRWithNoPassesPrintsTheParsedGraph() throws {

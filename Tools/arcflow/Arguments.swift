@@ -29,7 +29,7 @@ struct CommandSpec {
             }
         }
         if !details.isEmpty { s += "\n" + details + "\n" }
-        return s
+        return wrapHelp(s, width: helpWidth())
     }
 }
 
@@ -68,7 +68,7 @@ struct UsageError: Error {
     var usage: String
     init(_ message: String, _ spec: CommandSpec) {
         self.message = message
-        self.usage = "usage: arcflow \(spec.usage)\n(see arcflow \(spec.name) --help)"
+        self.usage = wrapHelp("usage: arcflow \(spec.usage)\n(see arcflow \(spec.name) --help)", width: helpWidth())
     }
 }
 

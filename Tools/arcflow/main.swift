@@ -24,16 +24,19 @@ let commands: [(spec: CommandSpec, run: ([String]) throws -> Void)] = [
     (exampleSpec, exampleCommand),
 ]
 
-let topHelp = """
+/// One row per command: the name, then its summary as one paragraph (wrapHelp hangs it under the
+/// summaries' column).
+let nameColumn = (commands.map(\.spec.name.count).max() ?? 0) + 2
+let topHelp = wrapHelp("""
 usage: arcflow <command> [options]
 
 Compiles a tensor-IR graph (and its weights) to a native library with C/OpenMP kernels, and runs it.
 
 commands:
-\(commands.map { "  " + $0.spec.name.padding(toLength: 16, withPad: " ", startingAt: 0) + $0.spec.summary }.joined(separator: "\n"))
+\(commands.map { "  " + $0.spec.name.padding(toLength: nameColumn, withPad: " ", startingAt: 0) + $0.spec.summary.replacingOccurrences(of: "\n", with: " ") }.joined(separator: "\n"))
 
 Run `arcflow <command> --help` for a command's options.
-"""
+""", width: helpWidth())
 
 setvbuf(stdout, nil, _IOLBF, 0)
 let argv = Array(CommandLine.arguments.dropFirst())
