@@ -39,6 +39,12 @@ public struct StepInfo: Equatable, Codable {
 
 /// Generated C for one graph, split into translation units, plus what the runtime needs to call it.
 public struct CProgram {
+    /// Lays the weights packed in strips out for `strip` columns (the built library's
+    /// AF_GEMM_STRIP: generating the C does not know which register tile the compiler's -march picks).
+    public mutating func stripPanels(_ strip: Int) {
+        for i in weights.indices where weights[i].packing?.stripped == true { weights[i].packing!.strip = strip }
+    }
+
     /// File name → C source. `main.c` holds the ABI functions; `kernels_N.c` the kernels.
     public var sources: [(name: String, text: String)]
     public var inputs: [Binding]
@@ -217,6 +223,9 @@ public enum CCodegen {
 
         /// Which unit runs `--compute bf16` here: 2 AMX tiles, 1 vdpbf16ps, 0 f32 FMAs (emulated).
         int arcflow_bf16_compute_unit(void) { return af_bf16_compute_unit(); }
+
+        /// Columns per strip of the packed weight panels these kernels read (gemm.h, AF_GEMM_STRIP).
+        int arcflow_gemm_strip(void) { return af_gemm_strip(); }
 
         /// Which OpenBLAS kernels run (e.g. "Haswell", "SkylakeX"), for benchmark reports.
         const char *arcflow_blas_core(void) { return openblas_get_corename(); }

@@ -23,10 +23,16 @@ public enum GEMMCompute: String, CaseIterable {
 
 /// How a weight is stored for `af_gemm_packed` (gemm.h): the matmul's right operand B (K × N as
 /// the product uses it) cut into panels of `panel` columns, K rows each, zero past N, in the
-/// binding's dtype. The binding's shape is the physical one, [panels, K, panel].
+/// binding's dtype. The binding's shape is the physical one, [panels, K, panel]. Within a panel
+/// the columns go in strips of `strip` (one register tile's width: the whole panel with AVX-512,
+/// half of it with AVX2), each strip's K rows contiguous, so a tile reads its weights as one
+/// sequential stream (gemm.h, AF_GEMM_STRIP, says what that was worth).
 public struct WeightPacking: Equatable, Codable {
     /// Columns per panel (AF_GEMM_NR).
     public var panel: Int
+    /// Columns per strip (AF_GEMM_STRIP of the library that reads the panels; it divides `panel`).
+    /// Pair and int8 panels keep whole rows (their kernels expand a K block into strips).
+    public var strip: Int
     /// The weight as the graph types it (f32): [N, K] when `transposed` (x·Wᵀ), else [K, N].
     public var source: [Int]
     public var transposed: Bool
@@ -38,9 +44,13 @@ public struct WeightPacking: Equatable, Codable {
     /// tiles in place), which otherwise interleave rows per K block at run time.
     public var pairs = false
 
-    public init(panel: Int, source: [Int], transposed: Bool, group: Int? = nil, pairs: Bool = false) {
+    public init(panel: Int, source: [Int], transposed: Bool, group: Int? = nil, pairs: Bool = false, strip: Int? = nil) {
         (self.panel, self.source, self.transposed, self.group, self.pairs) = (panel, source, transposed, group, pairs)
+        self.strip = strip ?? panel
     }
+
+    /// Whether the panels are stored in strips (else in whole rows of `panel`).
+    public var stripped: Bool { !pairs && group == nil }
 
     public var k: Int { transposed ? source[1] : source[0] }
     public var n: Int { transposed ? source[0] : source[1] }
@@ -52,14 +62,15 @@ public struct WeightPacking: Equatable, Codable {
         return TensorType(.i8, [panels, int8PanelBytes(k: k, group: g, panel: panel)])
     }
 
-    private enum CodingKeys: String, CodingKey { case panel, source, transposed, group, pairs }
+    private enum CodingKeys: String, CodingKey { case panel, source, transposed, group, pairs, strip }
 
-    /// A manifest written before pair panels existed has no `pairs`: plain rows.
+    /// A manifest written before pair panels existed has no `pairs`: plain rows; one written before
+    /// strips has no `strip`: whole rows.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.init(panel: try c.decode(Int.self, forKey: .panel), source: try c.decode([Int].self, forKey: .source),
                   transposed: try c.decode(Bool.self, forKey: .transposed), group: try c.decodeIfPresent(Int.self, forKey: .group),
-                  pairs: try c.decodeIfPresent(Bool.self, forKey: .pairs) ?? false)
+                  pairs: try c.decodeIfPresent(Bool.self, forKey: .pairs) ?? false, strip: try c.decodeIfPresent(Int.self, forKey: .strip))
     }
 }
 

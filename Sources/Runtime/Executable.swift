@@ -25,6 +25,11 @@ public final class Executable {
         self.outputs = outputs
         self.weights = weights
         self.store = store
+        // Panels laid out for another build's register tile would be read as wrong numbers.
+        if let w = weights.first(where: { $0.packing.map { $0.stripped && $0.strip != library.gemmStrip } ?? false }) {
+            throw ArcError("weight \(w.name) is packed in strips of \(w.packing!.strip) columns, but \(library.path) reads strips of "
+                           + "\(library.gemmStrip) (compiled for another CPU or by another arcflow); recompile the model")
+        }
         weightPointers = try weights.map { w in
             try store.validate(w.name, w.type)
             return try store.raw(w.name)

@@ -105,7 +105,7 @@ public enum ModelCompiler {
 
         let storage: (String) -> DType? = options.compute == .bf16 ? { _ in .bf16 }
             : weightStorage(options.weightsDType, prologue: optimized.prologue, weights: weights)
-        let program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount),
+        var program = try CCodegen.generate(optimized.main, translationUnits: max(2, ProcessInfo.processInfo.activeProcessorCount),
                                             weightStorage: storage, compute: options.compute)
         try dumpC(program, options.dumpC)
         // LoRA fused into a 16-bit base is rounded to 16 bits (as diffusers' fuse then cast); a
@@ -123,6 +123,8 @@ public enum ModelCompiler {
         }
         let entry = try cache.library(for: program)
         options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
+        // The weights are packed for the kernels just built: the library says its register tile's width.
+        program.stripPanels(try NativeLibrary(path: entry.path).gemmStrip)
         let producer = try WeightProducer(bindings: program.weights, source: weights, prologue: optimized.prologue,
                                           wholePrologueBytes: options.wholePrologueBytes, cache: cache,
                                           dumpC: options.dumpC, log: options.log)
@@ -314,12 +316,12 @@ public func packWeightPanels(_ w: UnsafePointer<Float>, _ packing: WeightPacking
     func pack<T>(_ out: UnsafeMutablePointer<T>, zero: T, _ convert: (Float) -> T) {
         let (k, n, nr, kp) = (packing.k, packing.n, packing.panel, packing.paddedK)
         out.initialize(repeating: zero, count: packing.panels * kp * nr)
-        let (pairs, transposed) = (packing.pairs, packing.transposed)
+        let (pairs, transposed, ns) = (packing.pairs, packing.transposed, packing.strip)
         for j in 0..<n {
-            // Element (kk, j): row kk of its panel, or in a pair panel half kk % 2 of pair row kk / 2.
-            let column = (j / nr) * kp * nr + (pairs ? 2 * (j % nr) : j % nr)
+            // Element (kk, j): row kk of its strip, or in a pair panel half kk % 2 of pair row kk / 2.
+            let column = (j / nr) * kp * nr + (pairs ? 2 * (j % nr) : (j % nr) / ns * kp * ns + j % ns)
             for kk in 0..<k {
-                out[pairs ? column + kk / 2 * 2 * nr + kk % 2 : column + kk * nr] = convert(transposed ? w[j * k + kk] : w[kk * n + j])
+                out[pairs ? column + kk / 2 * 2 * nr + kk % 2 : column + kk * ns] = convert(transposed ? w[j * k + kk] : w[kk * n + j])
             }
         }
     }

@@ -31,6 +31,9 @@ public final class NativeLibrary {
     private let setProgressFunction: SetProgressFunction
     /// The OpenBLAS kernel family in use, e.g. "SkylakeX".
     public let blasCore: String
+    /// Columns per strip of the packed weight panels its GEMMs read (gemm.h AF_GEMM_STRIP); a
+    /// library built before strips read whole panel rows.
+    public let gemmStrip: Int
 
     /// Loads `path` and checks its ABI version; `dlerror()` is reported verbatim.
     public init(path: String) throws {
@@ -63,6 +66,7 @@ public final class NativeLibrary {
         bf16UnitFunction = dlsym(h, "arcflow_bf16_compute_unit").map { unsafeBitCast($0, to: IntFunction.self) }
         setProgressFunction = try symbol("arcflow_set_progress", SetProgressFunction.self)
         blasCore = (try symbol("arcflow_blas_core", StringFunction.self)()).map { String(cString: $0) } ?? "unknown"
+        gemmStrip = dlsym(h, "arcflow_gemm_strip").map { Int(unsafeBitCast($0, to: IntFunction.self)()) } ?? gemmPanelWidth
     }
 
     /// Measures the machine's fp32 FMA peak with the current thread count (about 60 ms).

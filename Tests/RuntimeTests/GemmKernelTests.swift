@@ -28,7 +28,7 @@ final class GemmKernelTests: KernelTestCase {
         }
         let api = CCodegen.preludeAPI
         let defined = try entryPoints(CCodegen.preludeFamilies.map(\.text).joined(separator: "\n"))
-        XCTAssertEqual(defined.count, 21, "\(defined.sorted())")
+        XCTAssertEqual(defined.count, 22, "\(defined.sorted())")
         XCTAssertEqual(try entryPoints(api), defined)
     }
 
@@ -303,6 +303,46 @@ final class GemmKernelTests: KernelTestCase {
         guard ModelCompiler.cpuHasAVX512BF16() else { throw XCTSkip("this CPU lacks avx512_bf16") }
         let program = try checkPackedGEMM(.auto, compute: .bf16)
         XCTAssertTrue(program.prelude.text.contains("af__gemm_tile_dp"))
+        #endif
+    }
+
+    /// Panels are packed in strips of the built library's register-tile width (16 columns for AVX2,
+    /// each strip's K rows contiguous), a manifest from before strips reads as whole rows, and a
+    /// library refuses panels packed for another width instead of reading wrong numbers.
+    func testPanelsArePackedInTheLibrarysStrips() throws {
+        #if arch(x86_64)
+        // W [N = 45, K = 3] (x·Wᵀ): two panels, the first in strips of 16 columns.
+        let w = (0..<135).map { Float($0 + 1) }
+        let packing = WeightPacking(panel: 32, source: [45, 3], transposed: true, strip: 16)
+        let panels = w.withUnsafeBufferPointer { packWeightPanels($0, packing, dtype: .f32) }.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        XCTAssertEqual(panels.count, 2 * 3 * 32)
+        for j in 0..<64 {
+            for k in 0..<3 {
+                XCTAssertEqual(panels[(j / 32) * 96 + (j % 32) / 16 * 48 + k * 16 + j % 16], j < 45 ? w[j * 3 + k] : 0, "k \(k) j \(j)")
+            }
+        }
+        let b = GraphBuilder(name: "strips")
+        b.output("y", b.linear(b.input("x", .f32([20, 3])), weight: b.weight("w", .f32([45, 3])), bias: nil))
+        var options = CompileOptions()
+        options.cacheRoot = testCacheRoot
+        options.march = "x86-64-v3"
+        let compiled = try ModelCompiler.build(Module(try b.finish()), weights: TensorStore(["w": Tensor(.f32([45, 3]), w)]), options: options)
+        XCTAssertEqual(compiled.program.weights.first?.packing?.strip, 16)
+        let exe = try compiled.load()
+        XCTAssertEqual(exe.library.gemmStrip, 16)
+        let x = (0..<60).map { Float($0 % 7) - 3 }
+        let y = try exe.run(["x": Tensor(.f32([20, 3]), x)])["y"]!.data
+        for i in 0..<20 {
+            for j in 0..<45 { XCTAssertEqual(y[i * 45 + j], (0..<3).reduce(Float(0)) { $0 + x[i * 3 + $1] * w[j * 3 + $1] }, "y[\(i), \(j)]") }
+        }
+        var wrong = compiled.program.weights
+        wrong[0].packing!.strip = 32
+        XCTAssertThrowsError(try Executable(library: exe.library, inputs: compiled.program.inputs, outputs: compiled.program.outputs,
+                                            weights: wrong, store: try compiled.weights)) { error in
+            XCTAssertTrue("\(error)".contains("packed in strips of 32 columns") && "\(error)".contains("recompile"), "\(error)")
+        }
+        let old = #"{"panel": 32, "source": [45, 3], "transposed": true}"#
+        XCTAssertEqual(try JSONDecoder().decode(WeightPacking.self, from: Data(old.utf8)).strip, 32)
         #endif
     }
 

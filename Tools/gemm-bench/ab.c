@@ -43,6 +43,8 @@ void gemm_ab_a(const float *a, long lda, const void *b, int dt, float *c, long l
 void gemm_ab_b(const float *a, long lda, const void *b, int dt, float *c, long ldc, long M, long N, long K);
 void attn_ab_a(const float *q, const float *k, const float *v, float *out, long B, long Sq, long Sk, long H, long D, float scale);
 void attn_ab_b(const float *q, const float *k, const float *v, float *out, long B, long Sq, long Sk, long H, long D, float scale);
+int strip_ab_a(void);
+int strip_ab_b(void);
 #define NR 32 /* AF_GEMM_NR */
 
 /* One shape's operands; run(x, side, rep) calls side A (0) or B (1) for repetition rep. */
@@ -50,7 +52,7 @@ typedef struct {
     int attention, dt, nc;
     long d0, d1, d2; /* M N K, or S H D */
     float *in[3], *out[2];
-    void **w;
+    void **w, **wb; /* wb: side B's copies where its panels' strips differ from A's (else NULL) */
 } Case;
 
 static void run(const Case *x, int side, int rep) {
@@ -58,7 +60,7 @@ static void run(const Case *x, int side, int rep) {
         const float scale = 1.0f / sqrtf((float)x->d2);
         (side ? attn_ab_b : attn_ab_a)(x->in[0], x->in[1], x->in[2], x->out[side], 1, x->d0, x->d0, x->d1, x->d2, scale);
     } else {
-        (side ? gemm_ab_b : gemm_ab_a)(x->in[0], x->d2, x->w[rep % x->nc], x->dt, x->out[side], x->d1, x->d0, x->d1, x->d2);
+        (side ? gemm_ab_b : gemm_ab_a)(x->in[0], x->d2, (side && x->wb ? x->wb : x->w)[rep % x->nc], x->dt, x->out[side], x->d1, x->d0, x->d1, x->d2);
     }
 }
 
@@ -90,7 +92,7 @@ int main(int argc, char **argv) {
     printf("; GFLOP/s median (min time), B/A = ratio of median times\n");
     int status = 0;
     for (int s = 4; s + 2 < argc; s += 3) {
-        Case x = {attention, dt, attention ? 1 : nc, atol(argv[s]), atol(argv[s + 1]), atol(argv[s + 2]), {0}, {0}, NULL};
+        Case x = {attention, dt, attention ? 1 : nc, atol(argv[s]), atol(argv[s + 1]), atol(argv[s + 2]), {0}, {0}, NULL, NULL};
         const long M = x.d0, N = x.d1, K = x.d2, P = (N + NR - 1) / NR;
         const long nin = attention ? M * N * K : M * K, nout = attention ? M * N * K : M * N; /* S*H*D, or M*K and M*N */
         uint32_t r = 12345;
@@ -112,16 +114,26 @@ int main(int argc, char **argv) {
                     for (long i = 0; i < K * NR; i++) panel[groups * NR * 4 + i] = (char)(int)(254.0f * uniform(&r));
                 }
             }
+            /* f32 and bf16 panels in strips of each side's width (the int8 and pair layouts are
+             * whole rows on both); where the widths differ, B gets copies of its own */
+            const int sa = strip_ab_a(), sb = strip_ab_b();
+            if (dt != 4 && dt != 3 && sa != sb) x.wb = malloc(sizeof(void *) * (size_t)nc);
             for (int q = 0; q < nc && dt != 4; q++) {
                 /* dt 3: bf16 in pairs of k, K padded to a multiple of 32 (gemm.h) */
                 const long Kp = dt == 3 ? (K + 31) / 32 * 32 : K;
                 x.w[q] = calloc((size_t)(P * Kp * NR), es);
+                if (x.wb) x.wb[q] = calloc((size_t)(P * Kp * NR), es);
                 for (long j = 0; j < N; j++)
                     for (long k = 0; k < K; k++) {
                         const float v = uniform(&r);
-                        const long at = (j / NR) * Kp * NR + (dt == 3 ? k / 2 * 2 * NR + 2 * (j % NR) + k % 2 : k * NR + j % NR);
-                        if (dt == 3) { uint32_t u; memcpy(&u, &v, 4); ((uint16_t *)x.w[q])[at] = (uint16_t)(u >> 16); }
-                        else ((float *)x.w[q])[at] = v;
+                        for (int side = 0; side < (x.wb ? 2 : 1); side++) {
+                            const long st = side ? sb : sa;
+                            const long at = (j / NR) * Kp * NR + (dt == 3 ? k / 2 * 2 * NR + 2 * (j % NR) + k % 2
+                                                                          : (j % NR) / st * Kp * st + k * st + j % st);
+                            void *w = side ? x.wb[q] : x.w[q];
+                            if (dt == 3) { uint32_t u; memcpy(&u, &v, 4); ((uint16_t *)w)[at] = (uint16_t)(u >> 16); }
+                            else ((float *)w)[at] = v;
+                        }
                     }
             }
         }

@@ -29,6 +29,12 @@ WRAP='void gemm_ab_SIDE(const float *a, long lda, const void *b, int dt, float *
     if (dt == 4) af_gemm_packed_int8(a, lda, b, 32, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K);
     else af_gemm_packed(a, lda, b, dt, NULL, AF_GEMM_ACT_NONE, c, ldc, M, N, K);
 }
+/* the columns per strip of the packed panels this side reads (whole rows of 32 before strips) */
+#ifdef AF_GEMM_STRIP
+int strip_ab_SIDE(void) { return AF_GEMM_STRIP; }
+#else
+int strip_ab_SIDE(void) { return 32; }
+#endif
 void attn_ab_SIDE(const float *q, const float *k, const float *v, float *out, long B, long Sq, long Sk, long H, long D, float scale) { af_attention(q, k, v, out, B, Sq, Sk, H, D, scale); }'
 for side in a b; do
     D=$P; [ $side = a ] && D=$B/a

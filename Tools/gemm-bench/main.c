@@ -30,8 +30,9 @@
 /* bytes, 64-byte aligned: the runtime's alignment for activations and weights. */
 static void *bench_alloc(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
 
-/* B^T ([N, K] row-major) as AF_GEMM_NR-column panels of dtype dt (0 f32, 1 bf16, 3 bf16 in
- * pairs of k, K padded to AF__GPAIRK), like the compiler's packWeightPanels. */
+/* B^T ([N, K] row-major) as AF_GEMM_NR-column panels of dtype dt (0 f32, 1 bf16: strips of
+ * AF_GEMM_STRIP columns; 3 bf16 in pairs of k, K padded to AF__GPAIRK), like the compiler's
+ * packWeightPanels. */
 static void *bench_pack(const float *w, long N, long K, int dt) {
     const long P = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, Kp = dt == 3 ? AF__GPAIRK(K) : K;
     const size_t es = dt == 0 ? 4 : 2;
@@ -41,7 +42,7 @@ static void *bench_pack(const float *w, long N, long K, int dt) {
     for (long j = 0; j < N; j++)
         for (long k = 0; k < K; k++) {
             const long at = (j / AF_GEMM_NR) * Kp * AF_GEMM_NR + (dt == 3 ? k / 2 * 2 * AF_GEMM_NR + 2 * (j % AF_GEMM_NR) + k % 2
-                                                                           : k * AF_GEMM_NR + j % AF_GEMM_NR);
+                                                                           : af__strip_at(j % AF_GEMM_NR, k, Kp));
             if (dt == 0) ((float *)out)[at] = w[j * K + k];
             else ((uint16_t *)out)[at] = af_f32_to_bf16(w[j * K + k]);
         }

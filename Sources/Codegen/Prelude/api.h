@@ -24,6 +24,7 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w, float *
                        long W, long O, long KH, long KW, long sh, long sw, long ph, long pw, long dh, long dw);
 AF__API void af_gemm_packed(const float *restrict a, long lda, const void *restrict b, int dt,
                             const float *restrict bias, int act, float *restrict c, long ldc, long M, long N, long K);
+AF__API int af_gemm_strip(void);
 AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int tb, float *restrict c, long M, long N,
                          long K);
 AF__API void af_gemm_packed_int8(const float *restrict a, long lda, const void *restrict b, long g,

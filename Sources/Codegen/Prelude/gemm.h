@@ -134,8 +134,10 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  *
  * C[M, N] = A[M, K] . B[K, N] (+ bias[N]) where B is a weight, packed once at compile time
  * (Swift: packWeightPanels) into ceil(N / AF_GEMM_NR) panels.  Panel p holds columns
- * p*NR .. p*NR + NR-1 of B for every k: element (k, j) at panel + k*NR + j, zero past N; the
- * panels follow each other (panel p starts at p*K*NR).  Stored as f32, bf16 or f16 (dt 0, 1,
+ * p*NR .. p*NR + NR-1 of B for every k, zero past N, in strips of AF_GEMM_STRIP columns (one
+ * register tile's width: 32 with AVX-512, so a strip is the whole panel, 16 with AVX2), each
+ * strip's K rows contiguous: element (k, j) at panel + af__strip_at(j, k, K); the panels follow
+ * each other (panel p starts at p*K*NR).  Stored as f32, bf16 or f16 (dt 0, 1,
  * 2): a 16-bit panel is widened to f32 in registers as it is loaded, so memory traffic halves
  * and the arithmetic stays f32 (products and sums are exactly those of the f32 GEMM on the
  * rounded weights).  dt 3 (bf16 compute) stores bf16 panels in pairs of k: element (k, j) at
@@ -144,15 +146,15 @@ AF__API void af_conv2d(const float *restrict x, const float *restrict w,
  * AMX) multiply such pairs as they are stored.
  *
  * Register tile: AF__GMR rows x AF__GW columns of C held in AF__GMR * AF__GNV vector
- * accumulators over a K block.  Per k: AF__GNV loads of B (the panel row, contiguous), then
+ * accumulators over a K block.  Per k: AF__GNV loads of B (the strip's row, contiguous), then
  * per row one broadcast of A and AF__GNV FMAs.  AVX-512: 14 x 32 (28 zmm accumulators + 2
  * for B + 1 broadcast); AVX2: 6 x 16 (12 ymm + 2 + 1), two tiles per panel.
  *
  * Blocking (BLIS-style; the weight panels already are B's micro-panels, so only A is packed):
  *  - K in blocks of kc (AF_GEMM_KC f32, AF_GEMM_KC16 for 16-bit panels, AF_GEMM_KCDP for bf16
- *    compute): the slice of one panel a register tile reads (kc x 32 elements, 16-32 KB) is
- *    contiguous in the precomputed panel and stays in L1 while the tile walks down a row block
- *    (AVX2's f32 slice, 64 KB at its kc of 512, streams from L2 instead: see AF_GEMM_KC).
+ *    compute): the slice of one strip a register tile reads (kc x AF_GEMM_STRIP elements,
+ *    16-32 KB) is contiguous in the precomputed panel and stays in L1 while the tile walks down
+ *    a row block (AVX2's f32 slice, 32 KB at its kc of 512, shares L1 with A: see AF_GEMM_KC).
  *  - Rows in blocks of AF_GEMM_MB: each thread copies its MB x kc block of A into micro-panels
  *    of AF__GMR rows (element (k, r) at k*AF__GMR + r), so the kernel reads A contiguously
  *    from L2 (MB x kc floats = 344 KB) instead of AF__GMR rows lda apart: with lda a multiple
@@ -225,6 +227,16 @@ typedef float af__gv;
 #define AF__GNV 2
 #endif
 #define AF__GW (AF__GNV * AF__GVW) /* columns of one register tile; divides AF_GEMM_NR */
+/* A panel is stored as strips of one register tile's columns, each contiguous along K (see the
+ * layout above): AVX-512's tile is the whole panel, AVX2's half of it.  With AVX2's panels in
+ * whole rows of 32 (until session 42), a tile read 64 bytes of every 128 and the two tiles of a
+ * panel each walked the same K rows: Tools/gemm-bench/ab.sh on a Zen 3 (2 threads, 16 weight
+ * copies, 30 alternations; an A/A run read 0.98-1.01) had strips at 1.04-1.15x the rows at
+ * M = 320 and 1088 with N, K in {768, 3072}, and 1.03-1.10x at 1 thread (CPU time); the
+ * width-768 FLUX NFE 1.05x at 1 thread (Tools/bench/alternate.py). */
+#define AF_GEMM_STRIP AF__GW
+/* Where element (k, j) of a panel of `rows` rows of k lies, in elements from the panel's start. */
+#define af__strip_at(j, k, rows) (((j) / AF_GEMM_STRIP) * (rows) * AF_GEMM_STRIP + (k) * AF_GEMM_STRIP + (j) % AF_GEMM_STRIP)
 
 /* Block sizes (overridable with -D for tuning: Tools/gemm-bench's CFLAGS_EXTRA).  kc = 256 for
  * both storage types: a 32-column slice is 32 KB in f32, 16 KB in 16 bits (measured on Zen 4,
@@ -420,13 +432,13 @@ AF__INLINE void af__gemm_tile(const int mr, const int nv, const int dt, long kc,
         af__gv bv[AF__GNV];
 #pragma GCC unroll 8
         for (int v = 0; v < nv; v++) {
-            const long o = k * AF_GEMM_NR + v * AF__GVW;
+            const long o = k * AF_GEMM_STRIP + v * AF__GVW;
             bv[v] = dt == 0 ? af__gld(bf + o) : dt == 1 ? af__gld_bf16(bh + o) : af__gld_f16(bh + o);
         }
         const float *ak = a + k * AF__GMR;
 #if AF_GEMM_PFB > 0 && AF__GVW > 1
-        _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_NR * (dt == 0 ? 4 : 2), _MM_HINT_T0);
-        if (dt == 0) _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_NR * 4 + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_STRIP * (dt == 0 ? 4 : 2), _MM_HINT_T0);
+        if (dt == 0 && AF_GEMM_STRIP > 16) _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_STRIP * 4 + 64, _MM_HINT_T0);
 #endif
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++) {
@@ -796,8 +808,9 @@ static AF__UNUSED void af_gemm_empty_k(const float *restrict bias, int act, floa
         }
 }
 
-/* A K block of one panel as f32 rows of AF_GEMM_NR floats (what an f32 panel holds there),
- * from weights stored otherwise: gemm_int8.h's dequantization. */
+/* A K block of one panel as f32 (kc rows of each strip in turn: element (k, j) at
+ * (j / AF_GEMM_STRIP) * kc * AF_GEMM_STRIP + (k - k0) * AF_GEMM_STRIP + j % AF_GEMM_STRIP), from
+ * weights stored otherwise: gemm_int8.h's dequantization. */
 typedef void (*af__gemm_panel_fn)(const void *restrict b, long p, long K, long g, long k0, long kc, float *restrict out);
 
 /* A K block of dt-3 panel p (pairs of k, see above) as f32 rows: the bf16 compute of a build
@@ -807,7 +820,7 @@ static AF__UNUSED void af__gemm_pairs_unpack(const void *restrict b, long p, lon
     const uint16_t *panel = (const uint16_t *)b + (size_t)p * (size_t)AF__GPAIRK(K) * AF_GEMM_NR;
     for (long k = k0; k < k0 + kc; k++)
         for (long j = 0; j < AF_GEMM_NR; j++)
-            out[(k - k0) * AF_GEMM_NR + j] = af_bf16_to_f32(panel[(k / 2) * 2 * AF_GEMM_NR + 2 * j + k % 2]);
+            out[af__strip_at(j, k - k0, kc)] = af_bf16_to_f32(panel[(k / 2) * 2 * AF_GEMM_NR + 2 * j + k % 2]);
 }
 
 /* Rows 0..rows-1 (at most a row block), columns 0..kc-1 of A into micro-panels: bf16 pairs for
@@ -840,11 +853,14 @@ typedef struct {
 static void af__gemm_panel_step(const af__gemm_job *j, long p, long k0, long kc, const float *a, long at, long r0,
                                 long r1, float *unpacked) {
     const int last = k0 + kc == j->K;
-    const char *panel = (const char *)j->b + ((size_t)p * (size_t)j->Kstride + (size_t)k0) * AF_GEMM_NR * j->esize;
-    if (j->unpack) { j->unpack(j->b, p, j->K, j->qgroup, k0, kc, unpacked); panel = (const char *)unpacked; }
+    /* Strip s of the slice starts at panel + s * rows * AF_GEMM_STRIP elements: rows is K in a
+     * stored panel, kc in an unpacked slice. */
+    const char *panel = (const char *)j->b + ((size_t)p * (size_t)j->Kstride * AF_GEMM_NR + (size_t)k0 * AF_GEMM_STRIP) * j->esize;
+    size_t rows = (size_t)j->Kstride;
+    if (j->unpack) { j->unpack(j->b, p, j->K, j->qgroup, k0, kc, unpacked); panel = (const char *)unpacked; rows = (size_t)kc; }
     for (long j0 = p * AF_GEMM_NR; j0 < j->N && j0 < (p + 1) * AF_GEMM_NR; j0 += AF__GW) {
         const long ncols = j->N - j0 < AF__GW ? j->N - j0 : AF__GW;
-        const void *bt = panel + (size_t)(j0 - p * AF_GEMM_NR) * j->esize;
+        const void *bt = panel + (size_t)((j0 - p * AF_GEMM_NR) / AF_GEMM_STRIP) * rows * AF_GEMM_STRIP * j->esize;
         const float *bias_t = j->bias ? j->bias + j0 : NULL;
         for (long i = r0; i < r1; i += AF__GMR) {
             const int mr = r1 - i < AF__GMR ? (int)(r1 - i) : AF__GMR;
@@ -1037,7 +1053,7 @@ AF__INLINE void af__gemv_pass(const float *restrict a, const void *restrict b, i
                             const int8_t *qk = (const int8_t *)(panel[u] + groups * AF_GEMM_NR * (long)sizeof(float)) + k * AF_GEMM_NR + v * AF__GVW;
                             w = af__gmul(af__gld_i8(qk), af__gld(sk));
                         } else {
-                            w = af__gld((const float *)(const void *)panel[u] + k * AF_GEMM_NR + v * AF__GVW);
+                            w = af__gld((const float *)(const void *)panel[u] + af__strip_at(v * AF__GVW, k, K));
                         }
                         acc[u][v] = af__gfma(ak, w, acc[u][v]);
                     }
@@ -1103,6 +1119,10 @@ AF__API void af_gemm_packed(const float *restrict a, long lda, const void *restr
     af__gemm_packed_blocks(a, lda, b, dt, bias, act, c, ldc, M, N, K, 0, dt == 3 && !AF__GEMM_DPBF16 ? af__gemm_pairs_unpack : NULL);
 }
 
+/* Columns per strip of this build's packed panels (AF_GEMM_STRIP): the Swift packer lays the
+ * weights out for it, and a model folder is checked against it when loaded. */
+AF__API int af_gemm_strip(void) { return AF_GEMM_STRIP; }
+
 /* C[M, N] = A[M, K] . op(B) for an f32 B that is not a packed weight (training: activations,
  * gradients, weights read as inputs; tb: B is [N, K], else [K, N]): op(B) is copied into panels
  * on each call, then the packed GEMM runs, so these GEMMs get the same micro-kernel as inference
@@ -1121,19 +1141,23 @@ AF__API void af_gemm_f32(const float *restrict a, const float *restrict b, int t
     for (long q = 0; q < panels; q++) {
         float *d = p + q * K * AF_GEMM_NR;
         const long j0 = q * AF_GEMM_NR, nj = N - j0 < AF_GEMM_NR ? N - j0 : AF_GEMM_NR;
-        if (!tb) {
-            for (long k = 0; k < K; k++) {
-                memcpy(d + k * AF_GEMM_NR, b + k * N + j0, sizeof(float) * (size_t)nj);
-                for (long j = nj; j < AF_GEMM_NR; j++) d[k * AF_GEMM_NR + j] = 0.0f;
-            }
-        } else {
-            /* rows of B are the panel's columns: read each along K, write it down the panel */
-            for (long j = 0; j < AF_GEMM_NR; j++) {
-                const float *src = b + (j0 + j) * K;
-                if (j < nj)
-                    for (long k = 0; k < K; k++) d[k * AF_GEMM_NR + j] = src[k];
-                else
-                    for (long k = 0; k < K; k++) d[k * AF_GEMM_NR + j] = 0.0f;
+        for (long s0 = 0; s0 < AF_GEMM_NR; s0 += AF_GEMM_STRIP) {
+            float *ds = d + s0 * K; /* strip s0 / AF_GEMM_STRIP: K rows of AF_GEMM_STRIP */
+            const long ns = nj - s0 < 0 ? 0 : nj - s0 < AF_GEMM_STRIP ? nj - s0 : AF_GEMM_STRIP;
+            if (!tb) {
+                for (long k = 0; k < K; k++) {
+                    if (ns) memcpy(ds + k * AF_GEMM_STRIP, b + k * N + j0 + s0, sizeof(float) * (size_t)ns);
+                    for (long j = ns; j < AF_GEMM_STRIP; j++) ds[k * AF_GEMM_STRIP + j] = 0.0f;
+                }
+            } else {
+                /* rows of B are the strip's columns: read each along K, write it down the strip */
+                for (long j = 0; j < AF_GEMM_STRIP; j++) {
+                    const float *src = b + (j0 + s0 + j) * K;
+                    if (j < ns)
+                        for (long k = 0; k < K; k++) ds[k * AF_GEMM_STRIP + j] = src[k];
+                    else
+                        for (long k = 0; k < K; k++) ds[k * AF_GEMM_STRIP + j] = 0.0f;
+                }
             }
         }
     }

@@ -11,7 +11,7 @@
  *
  * The arithmetic is gemm.h's f32 GEMM on the values q * s (exactly what the interpreter
  * computes), with its blocking, threads and fused store: each thread expands the K block of a
- * panel it is about to use into f32 rows (af__i8_unpack: kc x 32 floats, 32 KB, or 64 KB at AVX2's kc; in L1/L2) and every row tile of
+ * panel it is about to use into f32 strips (af__i8_unpack: kc x 32 floats, 32 KB, or 64 KB at AVX2's kc; in L1/L2) and every row tile of
  * its row block reads them.  Measured on the width-768 FLUX model, a kernel of its own that
  * converted weights in registers for every 12-row tile ran the NFE at 0.77x f32's speed: the
  * conversions competed with the FMAs for the same ports.
@@ -27,7 +27,7 @@ AF__INLINE long af_i8_panel_bytes(long K, long g) {
     return groups * AF_I8_NR * (long)sizeof(float) + (K * AF_I8_NR + 63) / 64 * 64;
 }
 
-/* Rows k0 .. k0+kc-1 of int8 panel p as f32 q * s, AF_I8_NR floats per row (an af__gemm_panel_fn).
+/* Rows k0 .. k0+kc-1 of int8 panel p as f32 q * s, in the kernels' strips (an af__gemm_panel_fn).
  * Group by group, so the scales' row is found without an integer division per row (g is a
  * run-time value); same values, no speed difference measured (`DT=4 ab.sh`: 0.99-1.03). */
 static void af__i8_unpack(const void *restrict b, long p, long K, long g, long k0, long kc, float *restrict out) {
@@ -39,9 +39,11 @@ static void af__i8_unpack(const void *restrict b, long p, long K, long g, long k
         const float *sk = s + grp * AF_I8_NR;
         for (; k < ke; k++) {
             const int8_t *qk = q + k * AF_I8_NR;
-            float *o = out + (k - k0) * AF_I8_NR;
+            for (int s0 = 0; s0 < AF_I8_NR; s0 += AF_GEMM_STRIP) {
+                float *o = out + af__strip_at(s0, k - k0, kc);
 #pragma omp simd
-            for (int j = 0; j < AF_I8_NR; j++) o[j] = (float)qk[j] * sk[j];
+                for (int j = 0; j < AF_GEMM_STRIP; j++) o[j] = (float)qk[s0 + j] * sk[s0 + j];
+            }
         }
     }
 }
