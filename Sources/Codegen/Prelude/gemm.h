@@ -242,13 +242,15 @@ typedef float af__gv;
  * both storage types: a 32-column slice is 32 KB in f32, 16 KB in 16 bits (measured on Zen 4,
  * 32 KB L1: 128 and 384 were no better for f32).  AVX2's f32 kc is 512: its 6 x 16 register tile
  * does 12 FMAs per k against AVX-512's 28, so the C tile's round trip at each K block costs it
- * over twice as much per FMA, and longer blocks pay it less often (the slice, 64 KB, streams from
- * L2; 108 rows of packed A, 221 KB, stay there).  Measured on a quiet Zen 3 (512 KB L2; session 39,
+ * over twice as much per FMA, and longer blocks pay it less often (a tile's strip slice, 32 KB, and
+ * its A micro-panel, 12 KB, share L1; 108 rows of packed A, 221 KB, stay in L2).  Measured on a
+ * quiet Zen 3 (512 KB L2; session 39, before strips,
  * Tools/gemm-bench/run.sh 5 1 and 5 2): at 1 thread 2048^3 and 2397 x 1563 x 2418 read 82 / 80% of
  * the FMA peak at 256, 80 / 80% at 192, 86 / 83% at 384, 88 / 86% at 512, 90 / 86% at 768 and
  * 89 / 90% at 1024 (OpenBLAS 91%); at 2 threads on those two, 1024^3 and 2290 x 1553 x 2288,
  * 85-88% at 256, 86-89% at 512, 87-90% at 768.  512 takes most of the gain and keeps slice and A
- * block within a 512 KB L2 with room (768 would fill 428 KB of it). */
+ * block within a 512 KB L2 with room (768 would fill 428 KB of it).  With strips (session 42), 256
+ * still read 0.98x 512 at M = 1088 (ab.sh, 2 threads), and the prefetch distance of 64 rows level. */
 #ifndef AF_GEMM_KC
 #if AF__GMR == 6
 #define AF_GEMM_KC 512L
