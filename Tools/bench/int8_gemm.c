@@ -18,7 +18,7 @@ static void *bench_pack(const float *w, long N, long K, int dt) {
     char *out = calloc((size_t)(P * K * AF_GEMM_NR), dt == 0 ? 4 : 2);
     for (long j = 0; j < N; j++)
         for (long k = 0; k < K; k++) {
-            const long at = (j / AF_GEMM_NR) * K * AF_GEMM_NR + k * AF_GEMM_NR + j % AF_GEMM_NR;
+            const long at = (j / AF_GEMM_NR) * K * AF_GEMM_NR + af__strip_at(j % AF_GEMM_NR, k, K); /* packWeightPanels' strips */
             if (dt == 0) ((float *)out)[at] = w[j * K + k];
             else ((uint16_t *)out)[at] = af_f32_to_bf16(w[j * K + k]);
         }
