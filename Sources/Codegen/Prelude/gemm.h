@@ -856,7 +856,8 @@ static void af__gemm_panel_step(const af__gemm_job *j, long p, long k0, long kc,
                                 long r1, float *unpacked) {
     const int last = k0 + kc == j->K;
     /* Strip s of the slice starts at panel + s * rows * AF_GEMM_STRIP elements: rows is K in a
-     * stored panel, kc in an unpacked slice. */
+     * stored panel, kc in an unpacked slice.  (Pair panels, whole rows, are read in place only by
+     * vdpbf16ps, an AVX-512 build whose strip is the whole panel; elsewhere they are unpacked.) */
     const char *panel = (const char *)j->b + ((size_t)p * (size_t)j->Kstride * AF_GEMM_NR + (size_t)k0 * AF_GEMM_STRIP) * j->esize;
     size_t rows = (size_t)j->Kstride;
     if (j->unpack) { j->unpack(j->b, p, j->K, j->qgroup, k0, kc, unpacked); panel = (const char *)unpacked; rows = (size_t)kc; }
