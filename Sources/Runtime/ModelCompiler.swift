@@ -65,6 +65,8 @@ public struct CompiledProgram {
     public var module: Module
     public var program: CProgram
     public var library: BuildCache.Entry
+    /// The library, loaded once at build (it said how to pack the weights); `load` runs it.
+    public var native: NativeLibrary
     public var producer: WeightProducer
     public var passTimings: [PassTiming]
     public var toolchain: Toolchain
@@ -73,9 +75,9 @@ public struct CompiledProgram {
     /// Every weight `@main` reads, in memory (computed on first use).
     public var weights: WeightStore { get throws { try producer.materialize() } }
 
-    /// Loads the library and binds the weights (all in memory), ready to run.
+    /// Binds the weights (all in memory) to the library, ready to run.
     public func load() throws -> Executable {
-        try Executable(library: try NativeLibrary(path: library.path), inputs: program.inputs, outputs: program.outputs,
+        try Executable(library: native, inputs: program.inputs, outputs: program.outputs,
                        weights: program.weights, store: try weights)
     }
 }
@@ -124,11 +126,12 @@ public enum ModelCompiler {
         let entry = try cache.library(for: program)
         options.log(entry.cacheHit ? "library cache hit \(entry.key.prefix(16))" : "built library \(entry.key.prefix(16))")
         // The weights are packed for the kernels just built: the library says its register tile's width.
-        program.stripPanels(try NativeLibrary(path: entry.path).gemmStrip)
+        let native = try NativeLibrary(path: entry.path)
+        program.stripPanels(native.gemmStrip)
         let producer = try WeightProducer(bindings: program.weights, source: weights, prologue: optimized.prologue,
                                           wholePrologueBytes: options.wholePrologueBytes, cache: cache,
                                           dumpC: options.dumpC, log: options.log)
-        return CompiledProgram(module: optimized, program: program, library: entry, producer: producer,
+        return CompiledProgram(module: optimized, program: program, library: entry, native: native, producer: producer,
                                passTimings: timings, toolchain: toolchain, model: options.model)
     }
 
