@@ -440,7 +440,8 @@ AF__INLINE void af__gemm_tile(const int mr, const int nv, const int dt, long kc,
         const float *ak = a + k * AF__GMR;
 #if AF_GEMM_PFB > 0 && AF__GVW > 1
         _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_STRIP * (dt == 0 ? 4 : 2), _MM_HINT_T0);
-        if (dt == 0 && AF_GEMM_STRIP > 16) _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_STRIP * 4 + 64, _MM_HINT_T0);
+        if (dt == 0 && AF_GEMM_STRIP * 4 > 64) /* an f32 strip row past one cache line: its second line too */
+            _mm_prefetch((const char *)b + (k + AF_GEMM_PFB) * AF_GEMM_STRIP * 4 + 64, _MM_HINT_T0);
 #endif
 #pragma GCC unroll 16
         for (int r = 0; r < mr; r++) {
