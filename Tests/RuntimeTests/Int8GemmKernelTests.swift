@@ -19,7 +19,8 @@ final class Int8GemmKernelTests: XCTestCase {
         let cases: [(a: [Int], n: Int, transposed: Bool)] = [
             ([1, 300], 33, true), ([13, 7], 1, false), ([29, 65], 100, true), ([2, 15, 257], 31, false),
             ([257, 512], 64, true), ([130, 96], 300, false), ([3, 1], 45, true),
-            ([500, 40], 70, true), // two row blocks (252 + 248 rows of AF_GEMM_MB's 336)
+            ([500, 40], 70, true), // two row blocks (252 + 248 rows of AF_GEMM_MB's 336; AVX2: one, weight-outer)
+            ([200, 1100], 70, true), // K blocks of 512, 512 and 76 (AVX2; 256s and 76 on AVX-512), one packed at a time weight-outer
             ([1, 1000], 1100, true), // M = 1 in parallel (af__i8_gemv): 35 panels, a partial pass of 4
         ]
         let b = GraphBuilder(name: "int8_gemm")

@@ -318,6 +318,18 @@ typedef float af__gv;
 #ifndef AF_GEMM_PO_TILES
 #define AF_GEMM_PO_TILES 7L
 #endif
+/* The weight-outer order for expanded panels (int8; bf16 compute without vdpbf16ps): M is one row
+ * block and each (panel, K block) slice is expanded once per GEMM (af__gemm_weight_outer), not once
+ * per row block.  Measured on a Zen 3 (AVX2, 512 KB L2; session 43), where 108-row blocks and the
+ * panel-outer sub-blocks had expanded each weight 22 times at M = 1088: DT=4 ab.sh 2 30 16 on the
+ * six M = 320 and 1088 model shapes 0.97-1.10x by medians, every best run faster; DT=3 1.56-1.78x;
+ * in the width-768 FLUX NFE (alternate.py) int8 went from 1.051x f32's time to 0.949x at 256
+ * tokens and from 1.106x to 1.028x at 1024.  f32 panels keep their row blocks (the same order read
+ * 0.85-0.99x for them).  AVX2 only: AVX-512's 336-row blocks expand a weight 4 times at M = 1088,
+ * and the order has not been measured there (FLAGS_B=-DAF_GEMM_WOUTER=1 DT=4 ab.sh compares). */
+#ifndef AF_GEMM_WOUTER
+#define AF_GEMM_WOUTER (AF__GMR == 6)
+#endif
 #ifndef AF_GEMM_PFC
 #define AF_GEMM_PFC 32L /* rows of k before a tile's end at which its C rows are prefetched */
 #endif
@@ -887,6 +899,34 @@ static long af__l2_bytes(void) {
     return l2;
 }
 
+/* The weight-outer order (AF_GEMM_WOUTER; expanded panels, M one row block of rtiles >= 8 tiles):
+ * K block by K block, the threads pack its A for all M rows into `shared` (M x kc), then run the
+ * panel groups over every row tile, so each (panel, K block) slice is expanded once per GEMM.
+ * K-outer, not panel-outer: both threads read the same A block from L3 at about the same time,
+ * where each panel over all of K streamed the whole of A once per panel (level at M = 320, 1.07x
+ * slower in the 1024-token NFE, session 43).  One K block of A at a time, not all of K: the
+ * buffer is M x kc floats, not M x K (4608 x 12288 in a 1024-pixel FLUX's MLP: 226 MB). */
+static void af__gemm_weight_outer(const af__gemm_job *job, const float *restrict a, long lda, long M, long KC, int pairs,
+                                  int round, long groups, long ng, float *restrict shared, int par) {
+    const long rtiles = (M + AF__GMR - 1) / AF__GMR, panels = (job->N + AF_GEMM_NR - 1) / AF_GEMM_NR;
+#pragma omp parallel if (par)
+    {
+        float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64)));
+        for (long k0 = 0; k0 < job->K; k0 += KC) {
+            const long kc = job->K - k0 < KC ? job->K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+#pragma omp for schedule(static)
+            for (long t = 0; t < rtiles; t++)
+                af__gemm_pack_any(a + t * AF__GMR * lda + k0, lda, M - t * AF__GMR < AF__GMR ? M - t * AF__GMR : AF__GMR, kc, pairs,
+                                  round, shared + t * AF__GMR * at);
+            /* (the implicit barrier: every group reads tiles the other threads packed; and the
+             * next K block's packing waits for every group to finish with this one) */
+#pragma omp for schedule(dynamic, 1)
+            for (long g = 0; g < groups; g++)
+                for (long p = g * ng; p < panels && p < (g + 1) * ng; p++) af__gemm_panel_step(job, p, k0, kc, shared, at, 0, M, unpacked);
+        }
+    }
+}
+
 /* af_gemm_packed, or with `unpack` non-null: B is in unpack's format (groups of qgroup along K), and
  * each thread expands one K block of a panel at a time into f32 rows, which every row tile of
  * its row block then reads (int8 weights run the f32 micro-kernel at the cost of one
@@ -896,11 +936,13 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
                                    long M, long N, long K, long qgroup, af__gemm_panel_fn unpack) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { af_gemm_empty_k(bias, act, c, ldc, M, N); return; }
-    /* int8 (unpack) expands each weight slice once per row block: 336-row blocks convert a
-     * 1088-row GEMM's weights 4 times.  Until session 27 it had its own 448-row blocks and 2 tiles
-     * per thread (against 112 rows and 4 then); the shared blocking measured 1.06-1.07x at M = 1088
-     * with N = 768 and level elsewhere (DT=4 ab.sh, Intel). */
-    const long MB = AF_GEMM_MB;
+    /* With unpack, each weight slice is expanded once per row block it serves: 336-row blocks
+     * convert a 1088-row GEMM's weights 4 times (AVX-512, where the shared blocking measured
+     * 1.06-1.07x at M = 1088 with N = 768 against int8's own 448-row blocks: DT=4 ab.sh, session
+     * 27, Intel), AVX2's 108-row blocks 11 times.  AF_GEMM_WOUTER (above) makes the whole M one
+     * row block instead, so each slice is expanded once per GEMM. */
+    const int wouter = unpack != NULL && AF_GEMM_WOUTER;
+    const long MB = wouter ? (M + AF__GMR - 1) / AF__GMR * AF__GMR : AF_GEMM_MB;
     const long panels = (N + AF_GEMM_NR - 1) / AF_GEMM_NR, mblocks = (M + MB - 1) / MB;
     const size_t esize = dt == 0 || unpack ? sizeof(float) : sizeof(uint16_t); /* of the rows the kernel reads */
     const int pairs = dt == 3 && AF__GEMM_DPBF16, round = dt == 3 && !pairs;
@@ -938,11 +980,18 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
     const long ng = (panels + groups - 1) / groups;
     groups = (panels + ng - 1) / ng;
     const int par = big && mblocks * groups > 1;
-    /* The shared A (share): K block kb's micro-panels at shared + kb * rtiles * AF__GMR * KCu, row
-     * tile t at t * AF__GMR * at within it; NULL (allocation failed) packs per task as below. */
+    const af__gemm_job job = {rows, b, esize, Kstride, unpack, qgroup, K, N, ldc, bias, act, c};
+    /* The shared A (share): K block kb's micro-panels at shared + kb * rtiles * AF__GMR * KCu (the
+     * weight-outer order's one K block at a time at shared), row tile t at t * AF__GMR * at within
+     * it; NULL (allocation failed) packs per task as below. */
     const long KCu = pairs ? (KC + 1) / 2 : KC, kblocks = (K + KC - 1) / KC; /* 4-byte units per full packed row */
     const size_t region = (size_t)rtiles * AF__GMR * (size_t)KCu;
-    float *shared = share ? (float *)aligned_alloc(64, (sizeof(float) * region * (size_t)kblocks + 63) & ~(size_t)63) : NULL;
+    float *shared = share ? (float *)aligned_alloc(64, (sizeof(float) * region * (size_t)(wouter ? 1 : kblocks) + 63) & ~(size_t)63) : NULL;
+    if (wouter && shared) {
+        af__gemm_weight_outer(&job, a, lda, M, KC, pairs, round, groups, ng, shared, par);
+        free(shared);
+        return;
+    }
     /* Panel-outer order where the K-outer one (below) loses C from L2: when a task's C block
      * and one K block of its A pass 0.3 of L2 (AF_GEMM_PO_FILL), the C tiles a K block adds
      * to were written a whole panel group ago, with the group's weight slices streamed through
@@ -964,9 +1013,10 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
         if (nsub == 1 || ptiles / nsub >= AF_GEMM_PO_TILES) { kspan = span; ktiles = kt; break; }
     }
     /* Whether the largest task passes the threshold below (no task passes unless it does): only
-     * then the heap holds a sub-block's A over a pass's K blocks. */
-    const int po_any = kspan > 1 && (double)sizeof(float) * (double)(ptiles * AF__GMR) * (double)(ng * AF_GEMM_NR + KCu) > AF_GEMM_PO_FILL * (double)l2;
-    const af__gemm_job job = {rows, b, esize, Kstride, unpack, qgroup, K, N, ldc, bias, act, c};
+     * then the heap holds a sub-block's A over a pass's K blocks.  Never in the weight-outer order
+     * (af__gemm_weight_outer says why). */
+    const int po_any = !wouter && kspan > 1 &&
+                       (double)sizeof(float) * (double)(ptiles * AF__GMR) * (double)(ng * AF_GEMM_NR + KCu) > AF_GEMM_PO_FILL * (double)l2;
 #pragma omp parallel if (par)
     {
         if (shared) {

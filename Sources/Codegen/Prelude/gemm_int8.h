@@ -12,7 +12,8 @@
  * The arithmetic is gemm.h's f32 GEMM on the values q * s (exactly what the interpreter
  * computes), with its blocking, threads and fused store: each thread expands the K block of a
  * panel it is about to use into f32 strips (af__i8_unpack: kc x 32 floats, 32 KB, or 64 KB at AVX2's kc; in L1/L2) and every row tile of
- * its row block reads them.  Measured on the width-768 FLUX model, a kernel of its own that
+ * its row block reads them (on AVX2 one row block holds all of M, so each weight is expanded once
+ * per GEMM: gemm.h's AF_GEMM_WOUTER).  Measured on the width-768 FLUX model, a kernel of its own that
  * converted weights in registers for every 12-row tile ran the NFE at 0.77x f32's speed: the
  * conversions competed with the FMAs for the same ports.
  */
