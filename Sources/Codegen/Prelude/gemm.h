@@ -899,6 +899,15 @@ static long af__l2_bytes(void) {
     return l2;
 }
 
+/* Row tile t of A's K block kb (AF__GMR rows, fewer at M's end) into a shared A block `blk`, whose
+ * tile t starts at t * AF__GMR * at (at: 4-byte units per packed row of that K block). */
+static void af__gemm_pack_shared_tile(const float *restrict a, long lda, long M, long K, long KC, long kb, long t, int pairs,
+                                      int round, float *restrict blk) {
+    const long k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+    const long rows = M - t * AF__GMR < AF__GMR ? M - t * AF__GMR : AF__GMR;
+    af__gemm_pack_any(a + t * AF__GMR * lda + k0, lda, rows, kc, pairs, round, blk + t * AF__GMR * at);
+}
+
 /* The weight-outer order (AF_GEMM_WOUTER; expanded panels, M one row block of rtiles >= 8 tiles):
  * K block by K block, the threads pack its A for all M rows into `shared` (M x kc), then run the
  * panel groups over every row tile, so each (panel, K block) slice is expanded once per GEMM.
@@ -912,12 +921,10 @@ static void af__gemm_weight_outer(const af__gemm_job *job, const float *restrict
 #pragma omp parallel if (par)
     {
         float unpacked[AF_GEMM_KC * AF_GEMM_NR] __attribute__((aligned(64)));
-        for (long k0 = 0; k0 < job->K; k0 += KC) {
-            const long kc = job->K - k0 < KC ? job->K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
+        for (long kb = 0; kb * KC < job->K; kb++) {
+            const long k0 = kb * KC, kc = job->K - k0 < KC ? job->K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
 #pragma omp for schedule(static)
-            for (long t = 0; t < rtiles; t++)
-                af__gemm_pack_any(a + t * AF__GMR * lda + k0, lda, M - t * AF__GMR < AF__GMR ? M - t * AF__GMR : AF__GMR, kc, pairs,
-                                  round, shared + t * AF__GMR * at);
+            for (long t = 0; t < rtiles; t++) af__gemm_pack_shared_tile(a, lda, M, job->K, KC, kb, t, pairs, round, shared);
             /* (the implicit barrier: every group reads tiles the other threads packed; and the
              * next K block's packing waits for every group to finish with this one) */
 #pragma omp for schedule(dynamic, 1)
@@ -1022,12 +1029,8 @@ static void af__gemm_packed_blocks(const float *restrict a, long lda, const void
         if (shared) {
 #pragma omp for collapse(2) schedule(static)
             for (long kb = 0; kb < kblocks; kb++)
-                for (long t = 0; t < rtiles; t++) {
-                    const long k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC, at = pairs ? (kc + 1) / 2 : kc;
-                    const long rows = M - t * AF__GMR < AF__GMR ? M - t * AF__GMR : AF__GMR;
-                    af__gemm_pack_any(a + t * AF__GMR * lda + k0, lda, rows, kc, pairs, round,
-                                      shared + (size_t)kb * region + (size_t)(t * AF__GMR * at));
-                } /* its implicit barrier: every task reads tiles the other threads packed */
+                for (long t = 0; t < rtiles; t++) af__gemm_pack_shared_tile(a, lda, M, K, KC, kb, t, pairs, round, shared + (size_t)kb * region);
+            /* its implicit barrier: every task reads tiles the other threads packed */
         }
         const size_t kbytes = po_any ? sizeof(float) * (size_t)(ktiles * AF__GMR * KCu * kspan) : 0, obytes = sizeof(float) * (size_t)(MB * AF__GKCMAX);
         float *heap = shared ? NULL : (float *)aligned_alloc(64, ((kbytes > obytes ? kbytes : obytes) + 63) & ~(size_t)63);
